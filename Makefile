@@ -1,0 +1,34 @@
+# Front door. `make demo` runs the main job on the embedded default; `make test` runs the test suite.
+PY ?= python3
+VENV := .venv
+PYTHON := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv test lint demo teacher clean-venv
+
+$(STAMP): requirements.txt
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --upgrade pip
+	$(PYTHON) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The tiny teacher (committed as assets/tiny_teacher/); `make teacher` rebuilds it from scratch with its fixed seed.
+teacher: $(STAMP)
+	WANDB_MODE=offline $(PYTHON) tools/make_teacher.py
+
+demo: $(STAMP)
+	WANDB_MODE=offline $(PYTHON) tools/demo.py
+
+clean-venv:
+	rm -rf $(VENV)

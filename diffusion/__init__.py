@@ -1,0 +1,1 @@
+"""PixArt-delta reproduction: PixArt-alpha transformer, teacher diffusion, LCM distillation, ControlNet-Transformer."""
