@@ -1,0 +1,5 @@
+"""PixArt-alpha transformer (PixArt / PixArtMS) and its building blocks."""
+
+from diffusion.model.pixart import PixArt, PixArt_tiny, PixArt_XL_2, PixArtMS, PixArtMS_tiny, PixArtMS_XL_2
+
+__all__ = ["PixArt", "PixArtMS", "PixArt_XL_2", "PixArtMS_XL_2", "PixArt_tiny", "PixArtMS_tiny"]

@@ -1,0 +1,55 @@
+"""Reading model weights from any of the formats users have: official ``.pth``, ``.safetensors``, diffusers folders.
+
+Everything is loaded without executing pickled code (``torch.load(weights_only=True)`` / safetensors).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from diffusion.model.diffusers_format import load_diffusers
+
+
+def load_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
+    """Official-format state dict from ``path``.
+
+    - ``*.safetensors``: the tensors as stored;
+    - ``*.pth`` / ``*.pt``: ``torch.load(weights_only=True)``; a ``{'state_dict': ...}`` wrapper (official checkpoints)
+      is unwrapped, or ``key`` (e.g. ``'state_dict_ema'``) is taken;
+    - a directory: a diffusers ``PixArtTransformer2DModel`` folder (converted back to official keys).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        inner = path / "transformer" if (path / "transformer").is_dir() else path
+        return load_diffusers(inner)[1]
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # a corrupt or non-weights file: name it
+        raise ValueError(f"cannot read checkpoint {path}: {err}") from err
+    if key is not None:
+        if key not in obj:
+            raise KeyError(f"checkpoint {path} has no '{key}' (keys: {sorted(obj)[:10]})")
+        obj = obj[key]
+    elif isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"checkpoint {path} does not hold a flat tensor state dict")
+    return obj
+
+
+def load_model_weights(model: torch.nn.Module, path: str | Path, key: str | None = None) -> None:
+    """Load ``path`` into ``model`` strictly (``pos_embed`` aside); an error names every missing/unexpected key."""
+    state = load_state(path, key)
+    if "y_embedder.y_embedding" not in state and hasattr(model, "y_embedder"):
+        raise KeyError(
+            f"{path} has no 'y_embedder.y_embedding' (the learned null caption); a diffusers folder needs the "
+            "y_embedding.safetensors side file written by tools/convert_diffusers.py"
+        )
+    model.load_state_dict(state, strict=True)

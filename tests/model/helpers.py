@@ -1,0 +1,43 @@
+"""Tiny models with every weight random (nothing left at its zero init) and matching inputs."""
+
+import torch
+
+from diffusion.model import PixArt, PixArtMS
+
+
+def randomize(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in list(model.parameters()) + list(model.buffers()):
+            p.copy_(torch.randn(p.shape, generator=g) * std)
+    return model
+
+
+def tiny(ms: bool, **kw) -> PixArt:
+    cls = PixArtMS if ms else PixArt
+    args = dict(
+        input_size=8,
+        patch_size=2,
+        in_channels=4,
+        hidden_size=48,
+        depth=2,
+        num_heads=3,
+        caption_channels=32,
+        model_max_length=16,
+        pe_interpolation=2.0,
+    )
+    args.update(kw)
+    return randomize(cls(**args)).eval()
+
+
+def inputs(batch: int = 3, hw: tuple[int, int] = (8, 12), length: int = 16, channels: int = 32, seed: int = 1):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, 4, *hw, generator=g)
+    t = torch.tensor([999, 421, 3, 500, 17][:batch])
+    y = torch.randn(batch, 1, length, channels, generator=g)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, n in enumerate([5, 11, 2, 16, 7][:batch]):
+        mask[i, :n] = 1
+    hw_px = torch.tensor([[64.0, 96.0], [100.0, 150.0], [48.0, 80.0], [512.0, 512.0], [30.0, 40.0]][:batch])
+    info = {"img_hw": hw_px, "aspect_ratio": hw_px[:, :1] / hw_px[:, 1:]}
+    return x, t, y, mask, info

@@ -1,0 +1,165 @@
+"""Speed of our PixArt transformer against diffusers' ``PixArtTransformer2DModel`` with the same weights.
+
+Both models get the same random weights (ours converted with ``diffusion.model.diffusers_format``), the same inputs
+(XL width, 120 caption tokens of which few are valid, as with real T5 prompts) and are timed interleaved in one
+process: median forward and forward+backward time, in fp32 and under bf16 autocast. Prints a markdown row per
+precision and checks the outputs are still equal.
+
+    python tools/benchmark_model.py                      # CPU: XL width, 2 blocks, 256 px, batch 2
+    python tools/benchmark_model.py --device cuda --depth 28 --resolution 1024 --ms --precisions bf16 --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion.model import PixArt, PixArtMS  # noqa: E402
+from diffusion.model.diffusers_format import diffusers_config, official_to_diffusers  # noqa: E402
+
+
+def build_pair(args):
+    from diffusers import PixArtTransformer2DModel
+
+    torch.manual_seed(0)
+    cls = PixArtMS if args.ms else PixArt
+    ours = cls(input_size=args.resolution // 8, depth=args.depth, pe_interpolation=args.resolution / 512)
+    with torch.no_grad():  # no layer at its zero init, so every path computes something
+        for p in ours.parameters():
+            p.normal_(std=0.02)
+    config = {k: v for k, v in diffusers_config(ours).items() if not k.startswith("_")}
+    theirs = PixArtTransformer2DModel(**config)
+    theirs.load_state_dict(official_to_diffusers(ours.state_dict())[0], strict=True)
+    return ours.to(args.device), theirs.to(args.device)
+
+
+def make_inputs(args):
+    g = torch.Generator().manual_seed(1)
+    b, side = args.batch, args.resolution // 8
+    x = torch.randn(b, 4, side, side, generator=g)
+    y = torch.randn(b, 1, 120, 4096, generator=g)
+    mask = torch.zeros(b, 120, dtype=torch.long)
+    for i in range(b):
+        mask[i, : args.valid_tokens - 3 * i] = 1  # realistic: short prompts of different lengths
+    t = torch.randint(0, 1000, (b,), generator=g)
+    hw = torch.tensor([[float(args.resolution)] * 2] * b)
+    info = {"img_hw": hw, "aspect_ratio": torch.ones(b, 1)}
+    return [v.to(args.device) for v in (x, t, y, mask)] + [{k: v.to(args.device) for k, v in info.items()}]
+
+
+def call(model, inputs, ours: bool):
+    x, t, y, mask, info = inputs
+    if ours:
+        return model(x, t, y, mask, info)
+    cond = (
+        {"resolution": info["img_hw"], "aspect_ratio": info["aspect_ratio"]}
+        if model.config.use_additional_conditions
+        else {"resolution": None, "aspect_ratio": None}
+    )
+    return model(
+        x,
+        encoder_hidden_states=y.squeeze(1),
+        timestep=t,
+        added_cond_kwargs=cond,
+        encoder_attention_mask=mask,
+        return_dict=False,
+    )[0]
+
+
+def timed(fn, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def bench(args, precision: str) -> dict:
+    ours, theirs = build_pair(args)
+    inputs = make_inputs(args)
+    dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    runners = {"ours": (ours, True), "diffusers": (theirs, False)}
+    if args.compile:
+        runners = {k: (torch.compile(m), o) for k, (m, o) in runners.items()}
+
+    def autocast():
+        return torch.autocast(args.device, dtype=dtype, enabled=dtype is not None)
+
+    def forward(name):
+        model, is_ours = runners[name]
+        with torch.no_grad(), autocast():
+            return call(model, inputs, is_ours)
+
+    def train_step(name):
+        model, is_ours = runners[name]
+        model.zero_grad(set_to_none=True)
+        with autocast():
+            out = call(model, inputs, is_ours)
+        out.float().square().mean().backward()
+
+    diff = (forward("ours").float() - forward("diffusers").float()).abs().max().item()
+    times = {f"{n}_{k}": [] for n in runners for k in ("fwd", "train")}
+    for rep in range(args.warmup + args.repeats):
+        for name in runners:  # interleaved so drifts in machine load hit both models alike
+            f = timed(lambda n=name: forward(n), args.device)
+            s = timed(lambda n=name: train_step(n), args.device)
+            if rep >= args.warmup:
+                times[f"{name}_fwd"].append(f)
+                times[f"{name}_train"].append(s)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return dict(
+        precision=precision,
+        diff=diff,
+        **med,
+        fwd_ratio=med["diffusers_fwd"] / med["ours_fwd"],
+        train_ratio=med["diffusers_train"] / med["ours_train"],
+    )
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--depth", type=int, default=2)
+    parser.add_argument("--resolution", type=int, default=256, help="image size in pixels (latent = /8)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--valid-tokens", type=int, default=20, help="valid caption tokens of the longest prompt")
+    parser.add_argument("--ms", action="store_true", help="PixArtMS (micro-conditions) instead of PixArt")
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(
+        f"# {device_name}; depth {args.depth}, {args.resolution}px, batch {args.batch}, "
+        f"{args.valid_tokens}/120 valid tokens, compile={args.compile}"
+    )
+    print(
+        "| precision | ours fwd (ms) | diffusers fwd (ms) | fwd ratio | ours fwd+bwd (ms) | diffusers fwd+bwd (ms) "
+        "| train ratio | max abs diff |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for precision in args.precisions:
+        r = bench(args, precision)
+        print(
+            f"| {precision} | {r['ours_fwd'] * 1e3:.1f} | {r['diffusers_fwd'] * 1e3:.1f} | {r['fwd_ratio']:.2f}x "
+            f"| {r['ours_train'] * 1e3:.1f} | {r['diffusers_train'] * 1e3:.1f} | {r['train_ratio']:.2f}x "
+            f"| {r['diff']:.1e} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
