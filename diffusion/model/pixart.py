@@ -69,6 +69,7 @@ class PixArt(nn.Module):
         model_max_length: int = 120,
         pe_interpolation: float = 1.0,
         grad_checkpointing: bool = False,
+        guidance_embedding: bool = False,
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -90,6 +91,8 @@ class PixArt(nn.Module):
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, model_max_length, class_dropout_prob)
         self.build_condition_embedders()
+        # LCM's w-embedding (a variant PixArt-delta compares against; off for the paper's fixed-w student).
+        self.w_embedder = TimestepEmbedder(hidden_size) if guidance_embedding else None
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
         self.blocks = nn.ModuleList(PixArtBlock(hidden_size, num_heads, mlp_ratio, rates[i]) for i in range(depth))
         self.final_layer = T2IFinalLayer(hidden_size, patch_size, self.out_channels)
@@ -113,6 +116,9 @@ class PixArt(nn.Module):
             nn.init.zeros_(block.cross_attn.proj.bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        if self.w_embedder is not None:  # zero output: a student with a w-embedding starts equal to its teacher
+            nn.init.zeros_(self.w_embedder.mlp[2].weight)
+            nn.init.zeros_(self.w_embedder.mlp[2].bias)
 
     def build_condition_embedders(self) -> None:
         """Hook for extra conditioning embedders (PixArtMS's micro-conditions); none at fixed resolution."""
@@ -130,7 +136,10 @@ class PixArt(nn.Module):
         """Timestep (and, for PixArtMS, micro-condition) embedding t, (B, D)."""
         if timestep.ndim == 0:
             timestep = timestep.expand(batch_size)
-        return self.t_embedder(timestep)
+        t = self.t_embedder(timestep)
+        if self.w_embedder is not None and data_info is not None and "guidance" in data_info:
+            t = t + self.w_embedder(data_info["guidance"].reshape(batch_size) * 1000)  # LCM embeds 1000 w
+        return t
 
     def embed(
         self,
@@ -187,9 +196,13 @@ class PixArt(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Official checkpoints carry a ``pos_embed`` buffer; it is recomputed here, so it is dropped on load.
 
-        Every other key must match (with ``strict``): a missing or unexpected key raises an error naming it.
+        Every other key must match (with ``strict``): a missing or unexpected key raises an error naming it. A model
+        with a w-embedding accepts a checkpoint without one (LCM student initialised from its teacher).
         """
         state_dict = {k: v for k, v in state_dict.items() if k != "pos_embed" and not k.endswith(".pos_embed")}
+        if self.w_embedder is not None and not any(k.startswith("w_embedder.") for k in state_dict):
+            # A teacher checkpoint has no w-embedding: the student keeps its zero-initialised one.
+            state_dict.update({f"w_embedder.{k}": v for k, v in self.w_embedder.state_dict().items()})
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

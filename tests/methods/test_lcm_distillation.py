@@ -1,0 +1,136 @@
+"""LCMDistillation (PixArt-delta Algorithm 1): frozen teacher, EMA target, loss, LoRA and w-embedding variants."""
+
+import pytest
+import torch
+
+from diffusion.methods import LCMDistillation, consistency_fn
+from diffusion.model import PixArtMS
+from diffusion.schedulers import NoiseSchedule
+from tests.model.helpers import inputs, randomize
+
+
+def _model(random: bool = True, **kw):
+    m = PixArtMS(
+        input_size=8,
+        hidden_size=48,
+        depth=2,
+        num_heads=3,
+        caption_channels=32,
+        model_max_length=16,
+        class_dropout_prob=0.0,
+        **kw,
+    )
+    return randomize(m, std=0.05) if random else m
+
+
+def _batch(b=3):
+    x, _, y, mask, info = inputs(batch=b)
+    return {"x0": x, "y": y, "y_mask": mask, "data_info": info}
+
+
+def _step(method, model, opt, batch):
+    loss, logs = method(model, batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    method.after_optimizer_step(model)
+    return loss.item()
+
+
+def test_consistency_fn_is_identity_at_t0():
+    sched = NoiseSchedule()
+    xt, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    assert torch.equal(consistency_fn(sched, xt, torch.zeros(2, dtype=torch.long), eps), xt)
+
+
+def test_teacher_frozen_target_moves_only_after_optimizer_step():
+    model = _model()
+    method = LCMDistillation(model, ema_decay=0.95)
+    teacher0 = {k: v.clone() for k, v in method.teacher.state_dict().items()}
+    target0 = [p.clone() for p in method.target.parameters()]
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    loss, _ = method(model, _batch())
+    loss.backward()  # gradients alone (an accumulation micro-step) must not move the target
+    assert all(torch.equal(a, b) for a, b in zip(target0, method.target.parameters()))
+    opt.step()
+    method.after_optimizer_step(model)
+    for t0, t1, s in zip(target0, method.target.parameters(), model.parameters()):
+        assert torch.allclose(t1, 0.95 * t0 + 0.05 * s.detach(), atol=1e-6)
+    assert any(not torch.equal(a, b) for a, b in zip(target0, method.target.parameters()))
+    for _ in range(2):
+        _step(method, model, opt, _batch())
+    assert all(torch.equal(v, method.teacher.state_dict()[k]) for k, v in teacher0.items())
+    assert not any(p.requires_grad for p in method.teacher.parameters())
+    assert list(method.state_dict()) == []  # teacher/target are not parameters of the method
+
+
+def test_teacher_step_is_guided_ddim():
+    """With a teacher whose eps ignores the caption, guidance cancels and x_prev is the plain DDIM jump."""
+    model = _model()
+    method = LCMDistillation(model)
+    torch.manual_seed(3)
+    _, logs = method(model, _batch())
+    assert torch.isfinite(logs["mse_to_target"])
+    sched, solver = method.schedule, method.solver
+    x0, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    index = torch.tensor([0, 49])
+    start = solver.ddim_timesteps[index]
+    xt = sched.q_sample(x0, start, eps)
+    x_prev = solver.ddim_step(sched.x0_from_eps(xt, start, eps), eps, index)
+    assert torch.allclose(x_prev, sched.q_sample(x0, (start - 20).clamp(min=0), eps), atol=1e-5)
+
+
+def test_distillation_loss_decreases():
+    """Same draws (t, noise) every step: the Huber consistency loss must fall as the student learns."""
+    torch.manual_seed(0)
+    model = _model()
+    method = LCMDistillation(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    batch, losses = _batch(4), []
+    for _ in range(20):
+        torch.manual_seed(1)
+        losses.append(_step(method, model, opt, batch))
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_extra_state_round_trip():
+    model = _model()
+    a = LCMDistillation(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    _step(a, model, opt, _batch())
+    state = a.extra_state()
+    assert state and all(k.startswith("target.") for k in state)
+    b = LCMDistillation(_model())
+    b.load_extra_state(state)
+    assert all(torch.equal(p, q) for p, q in zip(a.target.parameters(), b.target.parameters()))
+
+
+def test_lora_trains_adapters_only_and_is_its_own_target():
+    model = _model()
+    method = LCMDistillation(model, lora=dict(rank=4))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert method.target is model and method.extra_state() == {}
+    before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        _step(method, model, opt, _batch())
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_guidance_embedding_student_starts_equal_to_teacher():
+    teacher = _model()
+    student = _model(random=False, guidance_embedding=True)  # w_embedder at its zero init
+    student.load_state_dict(teacher.state_dict())  # teacher checkpoint has no w_embedder keys
+    x, t, y, mask, info = inputs()
+    with torch.no_grad():
+        a = teacher.eval()(x, t, y, mask, info)
+        b = student.eval()(x, t, y, mask, dict(info, guidance=torch.tensor([3.0, 6.0, 9.0])))
+    assert torch.allclose(a, b, atol=1e-6)
+    method = LCMDistillation(student, w_range=(3.0, 15.0), guidance_embedding=True)
+    loss, logs = method(student, _batch())
+    loss.backward()
+    assert student.w_embedder.mlp[2].weight.grad.abs().sum() > 0
+    assert 3.0 <= logs["w"] <= 15.0
+    with pytest.raises(ValueError, match="guidance_embedding"):
+        LCMDistillation(_model(), guidance_embedding=True)
