@@ -1,0 +1,18 @@
+# PixArt-delta LCM distillation (§3.1, Algorithm 1): fixed guidance w = 4.5 (no w-embedding), DDIM solver on 50 of
+# the 1000 steps (skip k = 20), EMA target mu = 0.95, Huber loss c = 0.001, c_skip/c_out with sigma_data 0.5 and
+# timestep scaling 10; the teacher's unconditional branch is the learned null caption with the caption's own mask.
+method = dict(
+    type="LCMDistillation",
+    w=4.5,
+    w_range=None,
+    guidance_embedding=False,
+    ema_decay=0.95,
+    loss_type="huber",
+    huber_c=0.001,
+    num_ddim_steps=50,
+    sigma_data=0.5,
+    timestep_scaling=10.0,
+    null_caption="learned",
+    lora=None,
+    sampler=dict(name="lcm", steps=4),
+)

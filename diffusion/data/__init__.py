@@ -1,0 +1,45 @@
+"""Data: datasets over cached features, aspect-ratio buckets, codecs, the text encoder and the embedded default.
+
+Importing this package registers FeatureDataset (DATASETS), AspectRatioBatchSampler (SAMPLERS) and the codecs (CODECS).
+"""
+
+from diffusion.data.buckets import (
+    ASPECT_RATIO_256,
+    ASPECT_RATIO_512,
+    ASPECT_RATIO_1024,
+    AspectRatioBatchSampler,
+    aspect_ratio_table,
+    closest_bucket,
+)
+from diffusion.data.codec import AutoencoderKLCodec, PixelCodec
+from diffusion.data.dataset import FeatureDataset, collate, prepare_batch
+from diffusion.data.default import EMBEDDED_MAX_LENGTH, ensure_embedded_default
+from diffusion.data.embedded import VALIDATION_PROMPTS, attribute_vocab, caption, parse_prompt, render
+from diffusion.data.features import extract_features, feature_name
+from diffusion.data.text_encoder import TextEncoder, ensure_tiny_text_encoder, make_tiny_text_encoder
+
+__all__ = [
+    "ASPECT_RATIO_1024",
+    "ASPECT_RATIO_256",
+    "ASPECT_RATIO_512",
+    "EMBEDDED_MAX_LENGTH",
+    "VALIDATION_PROMPTS",
+    "AspectRatioBatchSampler",
+    "AutoencoderKLCodec",
+    "FeatureDataset",
+    "PixelCodec",
+    "TextEncoder",
+    "aspect_ratio_table",
+    "attribute_vocab",
+    "caption",
+    "closest_bucket",
+    "collate",
+    "ensure_embedded_default",
+    "ensure_tiny_text_encoder",
+    "extract_features",
+    "feature_name",
+    "make_tiny_text_encoder",
+    "parse_prompt",
+    "prepare_batch",
+    "render",
+]

@@ -1,0 +1,137 @@
+"""Multi-scale aspect-ratio buckets (PixArt-α multi-scale training, reused by PixArt-δ at 1024 px, paper §3).
+
+The official ``ASPECT_RATIO_1024`` table has 40 buckets from h/w = 0.25 ([512, 2048]) to 4.0 ([2048, 512]), sizes
+multiples of 64 with about 1024² pixels; the 512 and 256 tables are the same table scaled by 1/2 and 1/4. An image
+goes to the bucket whose ratio key is closest to its h/w, and every batch holds one bucket (facts §6).
+"""
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from diffusion.registry import SAMPLERS
+
+# ratio key (h/w) -> (height, width) in pixels, official values.
+ASPECT_RATIO_1024: dict[str, tuple[int, int]] = {
+    "0.25": (512, 2048), "0.26": (512, 1984), "0.27": (512, 1920), "0.28": (512, 1856),
+    "0.32": (576, 1792), "0.33": (576, 1728), "0.35": (576, 1664), "0.4": (640, 1600),
+    "0.42": (640, 1536), "0.48": (704, 1472), "0.5": (704, 1408), "0.52": (704, 1344),
+    "0.57": (768, 1344), "0.6": (768, 1280), "0.68": (832, 1216), "0.72": (832, 1152),
+    "0.78": (896, 1152), "0.82": (896, 1088), "0.88": (960, 1088), "0.94": (960, 1024),
+    "1.0": (1024, 1024), "1.07": (1024, 960), "1.13": (1088, 960), "1.21": (1088, 896),
+    "1.29": (1152, 896), "1.38": (1152, 832), "1.46": (1216, 832), "1.67": (1280, 768),
+    "1.75": (1344, 768), "2.0": (1408, 704), "2.09": (1472, 704), "2.4": (1536, 640),
+    "2.5": (1600, 640), "2.89": (1664, 576), "3.0": (1728, 576), "3.11": (1792, 576),
+    "3.62": (1856, 512), "3.75": (1920, 512), "3.88": (1984, 512), "4.0": (2048, 512),
+}  # fmt: skip
+
+
+def aspect_ratio_table(resolution: int) -> dict[str, tuple[int, int]]:
+    """The 1024 table scaled to ``resolution`` (512 → ASPECT_RATIO_512, 256 → ASPECT_RATIO_256, 32 → tiny)."""
+    if any((side * resolution) % 1024 for size in ASPECT_RATIO_1024.values() for side in size):
+        raise ValueError(f"resolution {resolution} does not scale the 1024 buckets to whole pixels")
+    return {key: (h * resolution // 1024, w * resolution // 1024) for key, (h, w) in ASPECT_RATIO_1024.items()}
+
+
+ASPECT_RATIO_512 = aspect_ratio_table(512)
+ASPECT_RATIO_256 = aspect_ratio_table(256)
+TABLES = {
+    "ASPECT_RATIO_1024": ASPECT_RATIO_1024,
+    "ASPECT_RATIO_512": ASPECT_RATIO_512,
+    "ASPECT_RATIO_256": ASPECT_RATIO_256,
+}
+
+
+def resolve_table(table: str | int | dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    """Accept a table, its name (``'ASPECT_RATIO_1024'``) or a resolution (``1024``, ``32``)."""
+    if isinstance(table, dict):
+        return table
+    if isinstance(table, str):
+        if table not in TABLES:
+            raise ValueError(f"unknown aspect-ratio table {table!r}; expected one of {sorted(TABLES)}")
+        return TABLES[table]
+    return aspect_ratio_table(int(table))
+
+
+def closest_bucket(
+    height: float, width: float, table: str | int | dict[str, tuple[int, int]]
+) -> tuple[str, tuple[int, int]]:
+    """The bucket whose ratio key is closest to height/width: (key, (bucket_h, bucket_w))."""
+    table = resolve_table(table)
+    ratio = height / width
+    key = min(table, key=lambda k: abs(float(k) - ratio))
+    return key, table[key]
+
+
+@SAMPLERS.register_module()
+class AspectRatioBatchSampler:
+    """Batches of dataset indices that all fall in one aspect-ratio bucket, split across ranks.
+
+    Each epoch (seeded by ``seed + epoch``) shuffles the indices inside every bucket, cuts them into batches, shuffles
+    the batch order, and deals batch ``j`` to rank ``j % world_size``. Every rank gets the same number of batches, so
+    DDP ranks stay in step: with ``drop_last`` incomplete batches and the uneven tail are dropped; without it, the
+    last batch of a bucket may be short and the list is padded by repeating its first batches.
+
+    Args:
+        dataset_ratios: h/w of every dataset item (``FeatureDataset.aspect_ratios``).
+        batch_size: per-rank batch size.
+        table: bucket table, its name or a resolution.
+    """
+
+    def __init__(
+        self,
+        dataset_ratios: Sequence[float],
+        batch_size: int,
+        table: str | int | dict[str, tuple[int, int]] = "ASPECT_RATIO_1024",
+        drop_last: bool = True,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside world_size {world_size}")
+        self.table = resolve_table(table)
+        keys = list(self.table)
+        bucket_ratios = np.array([float(k) for k in keys])
+        nearest = np.abs(np.asarray(dataset_ratios, dtype=float)[:, None] - bucket_ratios[None]).argmin(1)
+        self.buckets = {keys[b]: np.flatnonzero(nearest == b) for b in np.unique(nearest)}
+        self.batch_size, self.drop_last, self.shuffle = batch_size, drop_last, shuffle
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _all_batches(self) -> list[list[int]]:
+        rng = np.random.default_rng(self.seed + self.epoch)
+        batches = []
+        for key in sorted(self.buckets, key=float):
+            indices = self.buckets[key]
+            if self.shuffle:
+                indices = rng.permutation(indices)
+            for start in range(0, len(indices), self.batch_size):
+                batch = indices[start : start + self.batch_size].tolist()
+                if len(batch) == self.batch_size or not self.drop_last:
+                    batches.append(batch)
+        if self.shuffle:
+            batches = [batches[i] for i in rng.permutation(len(batches))]
+        return batches
+
+    def _num_batches(self, total: int) -> int:
+        return total // self.world_size if self.drop_last else -(-total // self.world_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self._all_batches()
+        per_rank = self._num_batches(len(batches))
+        if batches:
+            batches = (batches * (1 + self.world_size))[: per_rank * self.world_size]
+        yield from batches[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        sizes = [len(v) for v in self.buckets.values()]
+        if self.drop_last:
+            total = sum(n // self.batch_size for n in sizes)
+        else:
+            total = sum(-(-n // self.batch_size) for n in sizes)
+        return self._num_batches(total)

@@ -1,0 +1,114 @@
+"""Caption encoder: a T5 encoder producing the (1, L, C) caption features and (L,) masks PixArt cross-attends to.
+
+PixArt-α/δ use T5-XXL (4096 channels) with 120 tokens, ``padding='max_length'`` and truncation (facts §2, §6). The
+same class loads a tiny ByT5-tokenised T5 built by :func:`make_tiny_text_encoder` for the embedded default, so tests
+and demos go through exactly the code path real runs use.
+"""
+
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+
+BYT5_VOCAB_SIZE = 384  # 256 bytes + 3 special tokens + 125 extra ids, what ByT5Tokenizer() produces
+
+
+class TextEncoder:
+    """A frozen Hugging Face T5 encoder plus its tokenizer.
+
+    Attributes:
+        max_length: L, the number of tokens every caption is padded/truncated to.
+        caption_channels: C, the width of the encoder output (4096 for T5-XXL).
+    """
+
+    def __init__(self, tokenizer, model: T5EncoderModel, max_length: int = 120) -> None:
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self.max_length = max_length
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        max_length: int = 120,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> "TextEncoder":
+        """Load the tokenizer and ``T5EncoderModel`` saved in the local directory ``path`` (never the hub)."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"no T5 encoder at {path} (expected {path / 'config.json'})")
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = T5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
+        return cls(tokenizer, model, max_length)
+
+    @property
+    def caption_channels(self) -> int:
+        return self.model.config.d_model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def to(self, device: str | torch.device) -> "TextEncoder":
+        self.model.to(device)
+        return self
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode B prompts.
+
+        Returns:
+            y (B, 1, L, C) float features and y_mask (B, L) long, 1 on real tokens (including EOS), 0 on padding.
+        """
+        tokens = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        ).to(self.device)
+        y = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        return y[:, None], tokens.attention_mask.long()
+
+
+def make_tiny_text_encoder(
+    path: str | Path,
+    seed: int = 0,
+    d_model: int = 64,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    d_ff: int = 128,
+) -> Path:
+    """Build a small randomly initialised T5 encoder with a ByT5 tokenizer (needs no vocab file) and save both to
+    ``path`` so :meth:`TextEncoder.from_pretrained` loads it like T5-XXL. The same seed gives the same bytes; the
+    global RNG state is left untouched."""
+    path = Path(path)
+    config = T5Config(
+        vocab_size=BYT5_VOCAB_SIZE,
+        d_model=d_model,
+        d_kv=d_model // num_heads,
+        d_ff=d_ff,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        is_encoder_decoder=False,
+        use_cache=False,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = T5EncoderModel(config)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path))
+    ByT5Tokenizer().save_pretrained(str(path))
+    return path
+
+
+def ensure_tiny_text_encoder(path: str | Path, seed: int = 0) -> Path:
+    """Create the tiny text encoder at ``path`` unless one is already there."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        make_tiny_text_encoder(path, seed=seed)
+    return path

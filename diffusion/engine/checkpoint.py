@@ -1,0 +1,160 @@
+"""Checkpoints for the training loop (PixArt-α / PixArt-δ §3.3 runs are resumed many times, so a crash must never
+leave a half-written checkpoint and a resumed run must continue exactly).
+
+Layout of ``<work_dir>/checkpoints/step_XXXXXXX/``: ``model.safetensors``, ``ema.safetensors``,
+``method.safetensors`` (``method.extra_state()``), ``training_state.pt`` (optimizer, grad scaler, lr schedule, step,
+data position) and ``rng_rank{r}.pt`` per process. Everything loads with safetensors or
+``torch.load(weights_only=True)``. A checkpoint is written into ``step_XXXXXXX.tmp``, fsynced and then renamed.
+"""
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+CHECKPOINT_SUBDIR = "checkpoints"
+STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+def step_dir(root: str | os.PathLike, step: int) -> Path:
+    """``root/step_XXXXXXX`` (7 digits, so names sort by step)."""
+    return Path(root) / f"step_{step:07d}"
+
+
+def begin_save(root: str | os.PathLike, step: int) -> Path:
+    """Create a fresh temporary directory for the checkpoint of ``step`` (removing a stale one) and return it."""
+    tmp = step_dir(root, step).with_suffix(".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
+    """Write a flat dict of tensors as safetensors (moved to CPU, contiguous and unshared)."""
+    save_file({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+def save_object(path: str | os.PathLike, obj: dict) -> None:
+    """``torch.save`` an object made only of tensors and Python primitives (loadable with ``weights_only``)."""
+    torch.save(obj, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(tmp: Path) -> Path:
+    """Flush every file of ``tmp`` to disk and atomically rename it to its final name; returns the final path."""
+    for file in tmp.iterdir():
+        _fsync(file)
+    final = tmp.with_suffix("")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _fsync(final.parent)
+    return final
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Completed checkpoints under ``root`` sorted by step (temporary ``.tmp`` directories are ignored)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+
+
+def prune(root: str | os.PathLike, keep_last: int) -> None:
+    """Delete all but the ``keep_last`` newest checkpoints (``keep_last <= 0`` keeps everything)."""
+    if keep_last > 0:
+        for old in list_checkpoints(root)[:-keep_last]:
+            shutil.rmtree(old)
+
+
+def find_latest(work_dir: str | os.PathLike) -> Path | None:
+    """Newest completed checkpoint of a run (for ``--resume auto``), or None."""
+    found = list_checkpoints(Path(work_dir) / CHECKPOINT_SUBDIR)
+    return found[-1] if found else None
+
+
+def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a safetensors file onto the CPU."""
+    return load_file(str(path), device="cpu")
+
+
+def load_object(path: str | os.PathLike) -> dict:
+    """Read a ``torch.save`` file with ``weights_only=True`` (no arbitrary code runs)."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, drop_suffixes: tuple[str, ...] = ("pos_embed",)) -> None:
+    """Load ``load_from`` weights: ``.safetensors`` or ``.pth`` (official ``{'state_dict': ...}`` or plain).
+
+    Keys ending in ``drop_suffixes`` (the fixed sin-cos ``pos_embed``, recomputed by the model for its own grid) are
+    dropped; every other key must match. Raises ``KeyError`` naming missing or unexpected keys.
+    """
+    path = Path(path)
+    state = load_tensors(path) if path.suffix == ".safetensors" else load_object(path)
+    if "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    state = {k: v for k, v in state.items() if not k.endswith(drop_suffixes)}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(drop_suffixes)]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"{path}: missing keys {missing}, unexpected keys {list(result.unexpected_keys)}")
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict:
+    """RNG states of python, numpy, torch (CPU and current CUDA device) and ``generator``, as tensors and ints."""
+    version, mt, gauss_next = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python_version": version,
+        "python_mt": torch.tensor(mt, dtype=torch.int64),
+        "python_gauss_next": gauss_next,
+        "numpy_keys": torch.from_numpy(keys.astype(np.int64)),
+        "numpy_pos": int(pos),
+        "numpy_has_gauss": int(has_gauss),
+        "numpy_cached_gaussian": float(cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def set_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    """Restore what :func:`rng_state` captured."""
+    random.setstate((state["python_version"], tuple(state["python_mt"].tolist()), state["python_gauss_next"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            state["numpy_keys"].numpy().astype(np.uint32),
+            state["numpy_pos"],
+            state["numpy_has_gauss"],
+            state["numpy_cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if generator is not None and "generator" in state:
+        generator.set_state(state["generator"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

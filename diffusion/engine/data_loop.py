@@ -1,0 +1,104 @@
+"""Endless, resumable stream of training batches over epochs.
+
+Each epoch's order is a pure function of ``seed + epoch`` (``DistributedSampler.set_epoch`` or the bucket sampler's
+``set_epoch``), so a resumed run re-creates the epoch and skips the batches it had already consumed.
+"""
+
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
+
+
+def to_device(batch, device: torch.device):
+    """Move every tensor of a (nested) dict/list batch to ``device``; other values pass through."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, list | tuple):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+class EpochBatchSampler:
+    """``BatchSampler`` over a ``DistributedSampler`` (shuffled, drop_last) with ``set_epoch``.
+
+    Every rank yields the same number of equal-size batches, as DDP requires.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int, rank: int, seed: int) -> None:
+        self.sampler = DistributedSampler(
+            dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
+        self.batches = BatchSampler(self.sampler, batch_size, drop_last=True)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+class _Skip:
+    """The batches of ``batch_sampler`` after the first ``skip``."""
+
+    def __init__(self, batch_sampler, skip: int) -> None:
+        self.batch_sampler, self.skip = batch_sampler, skip
+
+    def __iter__(self) -> Iterator[Sequence[int]]:
+        for i, batch in enumerate(self.batch_sampler):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self) -> int:
+        return max(0, len(self.batch_sampler) - self.skip)
+
+
+class BatchStream:
+    """Iterator of collated batches that remembers its position (``epoch``, ``batch_in_epoch``).
+
+    Args:
+        dataset: map-style dataset of contract items.
+        batch_sampler: yields index lists; ``set_epoch(epoch)`` is called before each epoch when it exists.
+        collate_fn: list of items -> batch.
+        num_workers: DataLoader workers (re-created per epoch).
+        seed: seeds the DataLoader's own generator, so loading never consumes the global torch RNG.
+    """
+
+    def __init__(self, dataset: Dataset, batch_sampler, collate_fn: Callable, num_workers: int, seed: int) -> None:
+        self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
+        self.num_workers, self.seed = num_workers, seed
+        self.epoch, self.batch_in_epoch = 0, 0
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+
+    def __iter__(self) -> Iterator:
+        empty_epochs = 0
+        while True:
+            if hasattr(self.batch_sampler, "set_epoch"):
+                self.batch_sampler.set_epoch(self.epoch)
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=_Skip(self.batch_sampler, self.batch_in_epoch),
+                collate_fn=self.collate_fn,
+                num_workers=self.num_workers,
+                pin_memory=torch.cuda.is_available(),
+                generator=torch.Generator().manual_seed(self.seed + self.epoch),
+            )
+            produced = False
+            for batch in loader:
+                produced = True
+                self.batch_in_epoch += 1
+                yield batch
+            empty_epochs = 0 if produced else empty_epochs + 1
+            if empty_epochs > 1:
+                raise RuntimeError("the data sampler yields no batches: dataset smaller than one global batch?")
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0

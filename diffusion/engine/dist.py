@@ -1,0 +1,80 @@
+"""Distributed setup for the trainer (PixArt-δ §3.3 trains on several GPUs with data parallelism).
+
+Initialises from the environment that ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so
+single-node and multi-node (``--nnodes``) launches work unchanged. Without those variables everything falls back to a
+single process and the collective helpers become no-ops, which keeps tests and debugging free of launchers.
+"""
+
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as torch_dist
+
+ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+
+def is_initialized() -> bool:
+    """True when a process group is running."""
+    return torch_dist.is_available() and torch_dist.is_initialized()
+
+
+def init(timeout_minutes: int = 30) -> torch.device:
+    """Join the process group described by the torchrun environment (idempotent) and pick this process's device.
+
+    NCCL is used on CUDA, gloo on CPU. Returns ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``.
+    """
+    use_cuda = torch.cuda.is_available()
+    device = torch.device("cuda", local_rank()) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    launched = all(key in os.environ for key in ENV_KEYS)
+    if launched and not is_initialized():
+        torch_dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo",
+            init_method="env://",
+            timeout=timedelta(minutes=timeout_minutes),
+            device_id=device if use_cuda else None,
+        )
+    return device
+
+
+def rank() -> int:
+    """Global rank of this process (0 without a process group)."""
+    return torch_dist.get_rank() if is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 without a process group)."""
+    return torch_dist.get_world_size() if is_initialized() else 1
+
+
+def local_rank() -> int:
+    """Rank within this node, as set by torchrun (0 when absent)."""
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_main() -> bool:
+    """True on the process that logs, samples and writes shared files."""
+    return rank() == 0
+
+
+def barrier() -> None:
+    """Wait for every process (no-op in a single process)."""
+    if is_initialized():
+        torch_dist.barrier()
+
+
+def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tensor`` over all processes (returns a new tensor; the input is left untouched)."""
+    out = tensor.detach().clone()
+    if is_initialized():
+        torch_dist.all_reduce(out, op=torch_dist.ReduceOp.SUM)
+        out /= world_size()
+    return out
+
+
+def cleanup() -> None:
+    """Leave the process group if one is running."""
+    if is_initialized():
+        torch_dist.destroy_process_group()

@@ -1,0 +1,51 @@
+"""Optimizer, learning-rate schedule and batch-size scaling of the learning rate (PixArt-α recipe: AdamW, constant
+lr with warmup, ``auto_lr`` square-root rule over a base batch of 256; PixArt-δ §3.3 uses AdamW at 2e-5).
+"""
+
+import math
+from collections.abc import Iterable
+
+import torch
+
+BASE_BATCH_SIZE = 256
+
+
+def scaled_lr(lr: float, global_batch: int, rule: str | None, base_batch: int = BASE_BATCH_SIZE) -> float:
+    """``lr`` scaled to ``global_batch`` images per step: ``'linear'`` ∝ bs, ``'sqrt'`` ∝ √bs, None: unchanged."""
+    if rule is None:
+        return lr
+    ratio = global_batch / base_batch
+    return lr * (ratio if rule == "linear" else math.sqrt(ratio))
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict, lr: float) -> torch.optim.Optimizer:
+    """``torch.optim.<cfg['type']>(params, lr=lr, **rest_of_cfg)``; the class rejects unknown keys by name."""
+    kwargs = {k: v for k, v in cfg.items() if k not in ("type", "lr")}
+    optimizer_cls = getattr(torch.optim, cfg["type"], None)
+    if optimizer_cls is None:
+        raise KeyError(f"optimizer.type '{cfg['type']}' is not a torch.optim optimizer")
+    return optimizer_cls(list(params), lr=lr, **kwargs)
+
+
+def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """Multiplier of the base lr at optimizer step ``step`` (diffusers' warmup schedules, plus a floor for cosine).
+
+    Linear warmup ``step / warmup_steps``, then 1 (``'constant'``) or a half cosine from 1 down to ``min_lr_ratio``.
+    """
+    if step < warmup_steps:
+        return step / max(1, warmup_steps)
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: dict, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """LambdaLR over :func:`lr_factor` with the resolved ``lr_schedule`` section ``cfg``."""
+
+    def factor(step: int) -> float:
+        return lr_factor(step, cfg["type"], cfg["warmup_steps"], total_steps, cfg["min_lr_ratio"])
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

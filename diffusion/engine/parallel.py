@@ -1,0 +1,88 @@
+"""Data-parallel wrapping for the trainer: DDP (the PixArt-δ §3.3 setup of 2 V100s) or FSDP2 for large models.
+
+FSDP shards each transformer block the model lists in ``fsdp_wrap_modules`` (else its ``blocks``), then the root.
+"""
+
+from contextlib import contextmanager, nullcontext
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from diffusion.engine import dist
+
+
+def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
+    """Return the module the training step calls: ``model`` itself in one process, else DDP / FSDP2 around it."""
+    if dist.world_size() == 1:
+        return model
+    if parallel == "ddp":
+        device_ids = [device.index] if device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+    from torch.distributed.fsdp import fully_shard
+
+    blocks = getattr(model, "fsdp_wrap_modules", None) or getattr(model, "blocks", None)
+    if blocks is None:
+        raise AttributeError("parallel='fsdp' needs the model to expose `fsdp_wrap_modules` or `blocks`")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain network inside a DDP wrapper (FSDP2 shards in place, so it is its own unwrapped module)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+@contextmanager
+def no_sync(model: nn.Module, skip: bool):
+    """Skip the gradient all-reduce inside the block when ``skip`` (all but the last micro-step of accumulation)."""
+    if not skip:
+        yield
+    elif isinstance(model, DistributedDataParallel):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        with nullcontext():
+            yield
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """True when the parameters are FSDP2 DTensors."""
+    return any(hasattr(p, "full_tensor") for p in model.parameters())
+
+
+def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Complete CPU state dict of the unwrapped network (collective under FSDP)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    """Optimizer state that can be loaded back by :func:`load_optimizer_state_dict` (collective under FSDP)."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_optimizer_state_dict(model, optimizer, options=options)
+    return optimizer.state_dict()
+
+
+def load_optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Inverse of :func:`optimizer_state_dict`."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(model, optimizer, state, options=StateDictOptions(full_state_dict=True))
+    else:
+        optimizer.load_state_dict(state)

@@ -1,0 +1,298 @@
+"""THE training loop, shared by the PixArt-α teacher, PixArt-δ LCM distillation (§3, Algorithm 1) and the
+ControlNet-Transformer (§4): they differ only in the config's ``method``, which computes
+``loss, logs = method(model, batch)``. The loop never branches on the method.
+
+One optimizer step = ``grad_accum`` micro-steps (gradient all-reduce only on the last), mixed precision, gradient
+clipping, lr schedule, then ``method.after_optimizer_step`` and the EMA update. A non-finite loss skips the step.
+Checkpoints restore everything (weights, EMA, method state, optimizer, scaler, lr schedule, data position, RNG), so a
+killed and resumed run reproduces the uninterrupted one exactly on CPU.
+"""
+
+import copy
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+
+from diffusion.engine import checkpoint as ckpt
+from diffusion.engine import dist, parallel
+from diffusion.engine.config import check_top_level, resolve_section
+from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, to_device
+from diffusion.engine.ema import EMA
+from diffusion.engine.metrics import MetricLogger
+from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
+from diffusion.engine.validation import save_grid
+from diffusion.registry import CODECS, DATASETS, METHODS, MODELS, SAMPLERS
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Trainer:
+    """Builds everything from a config and runs the loop.
+
+    Args:
+        cfg: mmengine ``Config`` (or plain dict) with the keys of ``diffusion.engine.config.TOP_LEVEL_KEYS``.
+        work_dir: run directory (checkpoints, logs, samples, dumped config).
+        resume: None, ``'auto'`` (latest checkpoint of ``work_dir`` if any) or a checkpoint directory.
+    """
+
+    def __init__(self, cfg: Config | dict, work_dir: str | Path, resume: str | None = None) -> None:
+        cfg = cfg if isinstance(cfg, Config) else Config(cfg)
+        check_top_level(cfg)
+        self.cfg, self.work_dir = cfg, Path(work_dir)
+        tc = self.train_cfg = resolve_section("train", cfg.train)
+        self.lr_cfg = resolve_section("lr_schedule", cfg.get("lr_schedule"))
+        self.ckpt_cfg = resolve_section("checkpoint", cfg.get("checkpoint"))
+        self.log_cfg = resolve_section("log", cfg.get("log"))
+        self.val_cfg = resolve_section("validation", cfg.validation) if cfg.get("validation") else None
+        if cfg.get("codec") is None:
+            raise KeyError("missing required top-level config key(s) ['codec'] (needed for scale_factor)")
+        self.device = dist.init()
+        self.rank, self.world = dist.rank(), dist.world_size()
+        resume_dir = self._resolve_resume(resume)
+
+        ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
+        model = MODELS.build(cfg.model)
+        if cfg.get("load_from"):
+            ckpt.load_weights(model, cfg.load_from)
+        self.method = METHODS.build(dict(cfg.method, model=model))
+        if resume_dir is not None:
+            model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
+        model.to(self.device)
+        self.method.to(self.device)
+        keep_val_copy = self.val_cfg is not None and dist.is_main()
+        self.val_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_val_copy else None
+        self.pipeline = None
+        self.model = parallel.wrap(model, tc["parallel"], self.device)
+        self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
+
+        self.params = [p for p in parallel.unwrap(self.model).parameters() if p.requires_grad]
+        self.global_batch = tc["batch_size"] * tc["grad_accum"] * self.world
+        lr = scaled_lr(cfg.optimizer["lr"], self.global_batch, tc["auto_lr"])
+        self.optimizer = build_optimizer(self.params, cfg.optimizer, lr)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, self.lr_cfg, tc["max_steps"])
+        self.amp_dtype = AMP_DTYPES.get(tc["mixed_precision"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc["mixed_precision"] == "fp16")
+
+        codec = cfg.codec
+        self.scale_factor = codec["scale_factor"] if "scale_factor" in codec else CODECS.build(codec).scale_factor
+        self.stream = self._build_data()
+        self.generator = torch.Generator(self.device).manual_seed(tc["seed"] + self.rank)
+        ckpt.seed_everything(tc["seed"] + self.rank)  # a different noise stream per rank
+        self.step, self.nan_total, self.nan_streak = 0, 0, 0
+        if resume_dir is not None:
+            self._load_state(resume_dir)
+
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():
+            cfg.dump(str(self.work_dir / "config.py"))
+        self.logger = MetricLogger(
+            self.work_dir,
+            dist.is_main(),
+            tc["max_steps"],
+            self.step,
+            self.log_cfg["wandb_project"],
+            self.log_cfg["wandb_name"],
+            cfg.to_dict(),
+        )
+        self.logger.info(
+            f"world {self.world}, global batch {self.global_batch}, lr {lr:.3g}, "
+            f"{sum(p.numel() for p in self.params) / 1e6:.2f}M trainable params, start step {self.step}"
+        )
+
+    def _resolve_resume(self, resume: str | None) -> Path | None:
+        if resume is None:
+            return None
+        found = ckpt.find_latest(self.work_dir) if resume == "auto" else Path(resume)
+        if found is not None and not (found / "training_state.pt").is_file():
+            raise FileNotFoundError(f"no checkpoint at {found}")
+        return found
+
+    def _build_data(self) -> BatchStream:
+        tc, cfg = self.train_cfg, self.cfg
+        dataset = DATASETS.build(cfg.data)
+        if cfg.get("data_sampler"):
+            batch_sampler = SAMPLERS.build(
+                dict(
+                    cfg.data_sampler,
+                    dataset_ratios=dataset.aspect_ratios,
+                    batch_size=tc["batch_size"],
+                    seed=tc["seed"],
+                    rank=self.rank,
+                    world_size=self.world,
+                )
+            )
+        else:
+            batch_sampler = EpochBatchSampler(dataset, tc["batch_size"], self.world, self.rank, tc["seed"])
+        # a dataset may bring its own batch functions (test stand-ins do); otherwise the data package's contract ones
+        import diffusion.data
+
+        self.prepare_batch = getattr(dataset, "prepare_batch", diffusion.data.prepare_batch)
+        collate = getattr(dataset, "collate", diffusion.data.collate)
+        return BatchStream(dataset, batch_sampler, collate, tc["num_workers"], tc["seed"] + self.rank)
+
+    def _autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def train_step(self, batches) -> dict[str, float] | None:
+        """One optimizer step over ``grad_accum`` micro-batches; None when a non-finite loss skipped it."""
+        accum = self.train_cfg["grad_accum"]
+        self.model.train()
+        loss_sum, log_sums = torch.zeros((), device=self.device), {}
+        for micro in range(accum):
+            batch = self.prepare_batch(to_device(next(batches), self.device), self.scale_factor, self.generator)
+            with parallel.no_sync(self.model, skip=micro < accum - 1):
+                with self._autocast():
+                    loss, logs = self.method(self.model, batch)
+                self.scaler.scale(loss / accum).backward()
+            loss_sum += loss.detach().float() / accum
+            for k, v in logs.items():
+                log_sums[k] = log_sums.get(k, 0.0) + float(v) / accum
+        loss_mean = dist.all_reduce_mean(loss_sum)
+        if not torch.isfinite(loss_mean):
+            self.optimizer.zero_grad(set_to_none=True)
+            self.nan_total, self.nan_streak = self.nan_total + 1, self.nan_streak + 1
+            self.logger.warning(f"step {self.step + 1}: non-finite loss {loss_mean.item()}, optimizer step skipped")
+            if self.nan_streak >= self.train_cfg["max_nan_steps"]:
+                raise FloatingPointError(f"loss was non-finite for {self.nan_streak} consecutive steps; aborting")
+            return None
+        self.nan_streak = 0
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.train_cfg["grad_clip"] or math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
+        unwrapped = parallel.unwrap(self.model)
+        self.method.after_optimizer_step(unwrapped)
+        if self.ema is not None:
+            self.ema.update(unwrapped)
+        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
+        names = sorted(log_sums)
+        values = torch.tensor([log_sums[k] for k in names], device=self.device, dtype=torch.float64)
+        logs = dict(zip(names, dist.all_reduce_mean(values).tolist()))
+        return {"loss": loss_mean.item(), "lr": lr, "grad_norm": grad_norm.item(), **logs}
+
+    def train(self) -> None:
+        """Run from the current step to ``train.max_steps``, logging, sampling and checkpointing on the way."""
+        max_steps = self.train_cfg["max_steps"]
+        batches = iter(self.stream)
+        self._reset_window()
+        saved_at = self.step
+        try:
+            while self.step < max_steps:
+                out = self.train_step(batches)
+                self.step += 1
+                self._window_steps += 1
+                if out is not None:
+                    self._window_ok += 1
+                    for k, v in out.items():
+                        self._window[k] = self._window.get(k, 0.0) + v
+                self.logger.advance(self.step)
+                if self.step % self.log_cfg["every"] == 0 or self.step == max_steps:
+                    self._log_window()
+                if self.val_cfg is not None and self.step % self.val_cfg["every"] == 0 and self.step < max_steps:
+                    self.validate(self.step)
+                if self.step % self.ckpt_cfg["every"] == 0:
+                    self.save_checkpoint()
+                    saved_at = self.step
+            if saved_at != self.step:
+                self.save_checkpoint()
+            if self.val_cfg is not None:
+                self.validate(self.step)
+        finally:
+            self.logger.close()
+
+    def _reset_window(self) -> None:
+        self._window, self._window_ok, self._window_steps, self._window_start = {}, 0, 0, time.perf_counter()
+
+    def _log_window(self) -> None:
+        """Average the metrics of the finished steps since the last log line and write them out."""
+        metrics = {k: v / self._window_ok for k, v in self._window.items()}
+        metrics.setdefault("loss", math.nan)
+        metrics.setdefault("lr", self.optimizer.param_groups[0]["lr"])
+        elapsed = time.perf_counter() - self._window_start
+        metrics.update(img_per_s=self.global_batch * self._window_steps / elapsed, nan_skipped=self.nan_total)
+        self.logger.log(self.step, metrics)
+        self._reset_window()
+
+    def build_pipeline(self, model: torch.nn.Module):
+        """The sampling pipeline used for validation grids (override or monkeypatch in tests)."""
+        from diffusion.pipeline import Pipeline
+
+        return Pipeline.from_config(self.cfg, model=model)
+
+    @torch.no_grad()
+    def validate(self, step: int) -> Path | None:
+        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``."""
+        unwrapped = parallel.unwrap(self.model)
+        state = self.ema.state_dict() if self.ema is not None else parallel.full_state_dict(unwrapped)
+        path = None
+        if dist.is_main():
+            rng = ckpt.rng_state(self.generator)  # sampling must not shift the training noise stream
+            self.val_model.load_state_dict(state, strict=False)
+            if self.pipeline is None:
+                self.pipeline = self.build_pipeline(self.val_model)
+            sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
+            images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
+            path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
+            self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
+            ckpt.set_rng_state(rng, self.generator)
+        dist.barrier()
+        return path
+
+    def save_checkpoint(self) -> Path:
+        """Write ``checkpoints/step_XXXXXXX`` atomically and prune old ones; collective under DDP/FSDP."""
+        root = self.work_dir / ckpt.CHECKPOINT_SUBDIR
+        tmp = ckpt.step_dir(root, self.step).with_suffix(".tmp")
+        if dist.is_main():
+            ckpt.begin_save(root, self.step)
+        dist.barrier()
+        unwrapped = parallel.unwrap(self.model)
+        weights = {"model": parallel.full_state_dict(unwrapped), "method": self.method.extra_state()}
+        if self.ema is not None:
+            weights["ema"] = self.ema.state_dict()
+        optimizer_state = parallel.optimizer_state_dict(unwrapped, self.optimizer)
+        ckpt.save_object(tmp / f"rng_rank{self.rank}.pt", ckpt.rng_state(self.generator))
+        if dist.is_main():
+            for name, tensors in weights.items():
+                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors)
+            state = {
+                "step": self.step,
+                "optimizer": optimizer_state,
+                "scaler": self.scaler.state_dict(),
+                "lr_scheduler": self.lr_scheduler.state_dict(),
+                "data": self.stream.state_dict(),
+                "nan_total": self.nan_total,
+                "world_size": self.world,
+            }
+            ckpt.save_object(tmp / "training_state.pt", state)
+        dist.barrier()
+        final = ckpt.step_dir(root, self.step)
+        if dist.is_main():
+            ckpt.commit(tmp)
+            ckpt.prune(root, self.ckpt_cfg["keep_last"])
+            self.logger.info(f"saved checkpoint {final}")
+        dist.barrier()
+        return final
+
+    def _load_state(self, resume_dir: Path) -> None:
+        state = ckpt.load_object(resume_dir / "training_state.pt")
+        self.step, self.nan_total = state["step"], state["nan_total"]
+        parallel.load_optimizer_state_dict(parallel.unwrap(self.model), self.optimizer, state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.stream.load_state_dict(state["data"])
+        if self.ema is not None:
+            self.ema.load_state_dict(ckpt.load_tensors(resume_dir / "ema.safetensors"))
+        self.method.load_extra_state(ckpt.load_tensors(resume_dir / "method.safetensors"))
+        rng_file = resume_dir / f"rng_rank{self.rank}.pt"
+        if rng_file.is_file() and state["world_size"] == self.world:
+            ckpt.set_rng_state(ckpt.load_object(rng_file), self.generator)

@@ -1,0 +1,143 @@
+"""Prompts -> images, shared by ``tools/sample.py``, the trainer's sample grids, evaluation and benchmarks.
+
+Teacher sampling (PixArt-alpha): DPM-Solver++(2M) or DDIM with classifier-free guidance, whose unconditional input
+is the model's learned null caption ``y_embedding`` with the prompt's own mask (as the official code). LCM sampling
+(PixArt-delta §3): the multistep consistency sampler, one model evaluation per step and no guidance.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from diffusion.data.text_encoder import TextEncoder
+from diffusion.registry import CODECS
+from diffusion.schedulers import LCMScheduler, NoiseSchedule, ddim_sample, dpm_solver_pp_sample
+
+SAMPLERS = ("dpm", "ddim", "lcm")
+
+
+@dataclass
+class SamplerConfig:
+    """How to sample: ``name`` in {dpm, ddim, lcm}, number of steps, guidance scale (ignored by lcm)."""
+
+    name: str = "dpm"
+    steps: int = 20
+    cfg_scale: float = 4.5
+    timesteps: Sequence[int] | None = None
+    lcm_schedule: str = "pixart"
+
+    def __post_init__(self):
+        if self.name not in SAMPLERS:
+            raise ValueError(f"unknown sampler {self.name!r}; expected one of {SAMPLERS}")
+
+
+class Pipeline:
+    """Text encoder + PixArt model + codec.
+
+    Args:
+        model: PixArt / PixArtMS (eval mode is set while sampling).
+        text_encoder: ``TextEncoder`` (any T5 encoder).
+        codec: object with ``decode(z) -> images in [-1, 1]``, ``scale_factor``, ``latent_channels``, ``downsample``.
+        resolution: default image size in pixels (square), or (height, width).
+    """
+
+    def __init__(self, model: nn.Module, text_encoder: TextEncoder, codec, resolution: int | tuple[int, int]):
+        self.model, self.text_encoder, self.codec = model, text_encoder, codec
+        self.resolution = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        self.schedule = NoiseSchedule()
+        self.nfe = 0  # model evaluations per image of the last call (CFG counts two)
+
+    @classmethod
+    def from_config(cls, cfg: Mapping, model: nn.Module, device: str | torch.device | None = None) -> Pipeline:
+        """Build the text encoder and codec named by a training config (``text_encoder``, ``codec``, ``data``)."""
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        te = TextEncoder.from_pretrained(cfg["text_encoder"]["path"], max_length=cfg["text_encoder"]["max_length"])
+        codec = CODECS.build(dict(cfg["codec"]))
+        if hasattr(codec, "to"):
+            codec = codec.to(device)
+        return cls(model, te.to(device), codec, cfg["data"]["resolution"])
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(y (B,1,L,C), y_mask (B,L)) on the model's device and dtype."""
+        y, mask = self.text_encoder.encode(list(prompts))
+        dtype = next(self.model.parameters()).dtype
+        return y.to(self.device, dtype), mask.to(self.device)
+
+    def denoise_fn(self, y: torch.Tensor, mask: torch.Tensor, data_info: Mapping, cfg_scale: float | None):
+        """``(xt, t) -> eps`` for the samplers; with guidance the batch is run once as [cond ‖ null caption]."""
+        channels = self.model.in_channels
+        if cfg_scale is None:
+
+            def eps_fn(xt, t):
+                self.nfe += 1
+                return self.model(xt.to(y.dtype), t, y, mask, data_info)[:, :channels].float()
+
+            return eps_fn
+        null = self.model.y_embedder.null_caption(y.shape[0]).to(y.dtype)
+        y2, mask2 = torch.cat([y, null]), torch.cat([mask, mask])
+        info2 = {k: torch.cat([v, v]) for k, v in data_info.items()}
+
+        def cfg_eps_fn(xt, t):
+            self.nfe += 2
+            out = self.model(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), y2, mask2, info2)[:, :channels]
+            cond, uncond = out.float().chunk(2)
+            return uncond + cfg_scale * (cond - uncond)
+
+        return cfg_eps_fn
+
+    @torch.no_grad()
+    def sample_latents(
+        self,
+        prompts: Sequence[str],
+        sampler: SamplerConfig,
+        seed: int = 0,
+        height: int | None = None,
+        width: int | None = None,
+        x_T: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Denoised latents (B, C, h, w) in model space (codec latents times ``scale_factor``)."""
+        height, width = height or self.resolution[0], width or self.resolution[1]
+        down = self.codec.downsample
+        generator = torch.Generator("cpu").manual_seed(seed)
+        if x_T is None:
+            shape = (len(prompts), self.model.in_channels, height // down, width // down)
+            x_T = torch.randn(shape, generator=generator)
+        x_T = x_T.to(self.device, torch.float32)
+        y, mask = self.encode(prompts)
+        hw = torch.tensor([[float(height), float(width)]], device=self.device).expand(len(prompts), 2)
+        data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:]}
+        guided = sampler.name != "lcm" and sampler.cfg_scale not in (None, 1.0)
+        eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None)
+        was_training = self.model.training
+        self.model.eval()
+        self.nfe = 0
+        try:
+            if sampler.name == "lcm":
+                lcm = LCMScheduler(schedule=sampler.lcm_schedule)
+                steps = None if sampler.timesteps is not None else sampler.steps
+                z = lcm.sample(eps_fn, x_T, steps, generator=generator, timesteps=sampler.timesteps)
+            elif sampler.name == "ddim":
+                z = ddim_sample(eps_fn, x_T, self.schedule, sampler.steps, timesteps=sampler.timesteps)
+            else:
+                z = dpm_solver_pp_sample(eps_fn, x_T, self.schedule, sampler.steps, timesteps=sampler.timesteps)
+        finally:
+            self.model.train(was_training)
+        return z
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> uint8 images (B, 3, H, W)."""
+        images = self.codec.decode(z.float() / self.codec.scale_factor)
+        return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def __call__(self, prompts: Sequence[str], seed: int = 0, **sampler) -> torch.Tensor:
+        """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`."""
+        extra = {k: sampler.pop(k) for k in ("height", "width") if k in sampler}
+        return self.decode(self.sample_latents(prompts, SamplerConfig(**sampler), seed=seed, **extra))

@@ -1,0 +1,55 @@
+"""TextEncoder: the tiny ByT5/T5 is deterministic and loads through the same path as T5-XXL."""
+
+import pytest
+import torch
+
+from diffusion.data import TextEncoder, ensure_tiny_text_encoder, make_tiny_text_encoder
+
+
+def _bytes(directory):
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_tiny_text_encoder_is_byte_deterministic(tmp_path):
+    state = torch.random.get_rng_state()
+    a = _bytes(make_tiny_text_encoder(tmp_path / "a", seed=0))
+    b = _bytes(make_tiny_text_encoder(tmp_path / "b", seed=0))
+    c = _bytes(make_tiny_text_encoder(tmp_path / "c", seed=1))
+    assert "model.safetensors" in a and "config.json" in a
+    assert a == b
+    assert a["model.safetensors"] != c["model.safetensors"]
+    assert torch.equal(state, torch.random.get_rng_state()), "global RNG must be left untouched"
+
+
+def test_masks_match_prompt_byte_lengths(tiny_text_encoder_dir):
+    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=40)
+    prompts = ["a red circle", "ä blue square", "x" * 100]
+    y, y_mask = encoder.encode(prompts)
+    assert y.shape == (3, 1, 40, encoder.caption_channels) and y.dtype == torch.float32
+    assert y_mask.shape == (3, 40) and y_mask.dtype == torch.long
+    lengths = [min(len(p.encode()) + 1, 40) for p in prompts]  # one token per byte + EOS, truncated
+    assert y_mask.sum(1).tolist() == lengths
+    for row, n in zip(y_mask, lengths):
+        assert row[:n].eq(1).all() and row[n:].eq(0).all()
+    assert torch.isfinite(y).all()
+
+
+def test_encoding_is_batch_independent_and_repeatable(tiny_text_encoder_dir):
+    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=32)
+    y_pair, _ = encoder.encode(["a red circle", "a much longer green triangle prompt"])
+    y_one, mask_one = encoder.encode(["a red circle"])
+    n = int(mask_one.sum())
+    torch.testing.assert_close(y_pair[0, :, :n], y_one[0, :, :n], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(encoder.encode(["a red circle"])[0], y_one, rtol=0, atol=0)
+
+
+def test_missing_directory_names_the_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        TextEncoder.from_pretrained(tmp_path / "nowhere")
+
+
+def test_ensure_creates_once(tmp_path):
+    path = ensure_tiny_text_encoder(tmp_path / "t5")
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    ensure_tiny_text_encoder(path)
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp

@@ -1,0 +1,79 @@
+"""Two gloo processes under torchrun train exactly like one process with the same global batch.
+
+DDP averages gradients over ranks and the one-process run averages over accumulation micro-steps, so with a
+deterministic method and data, 2 ranks x batch 2 == 1 process x batch 2 x grad_accum 2 (the distributed sampler deals
+the same 4 shuffled items to one optimizer step in both runs).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from diffusion.engine import Trainer
+from diffusion.engine import checkpoint as ckpt
+from tests.engine.standins import tiny_config
+
+REPO = Path(__file__).resolve().parents[2]
+ENTRY = Path(__file__).resolve().parent / "train_entry.py"
+STEPS = 3
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _config(**train) -> dict:
+    return tiny_config(
+        method=dict(type="EngineMSELoss", noise=False),
+        data=dict(type="EngineMemDataset", size=8, std=0),
+        train=dict(max_steps=100, **train),
+        checkpoint=dict(every=100),
+    )
+
+
+def _losses(work_dir: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("parallel", ["ddp", pytest.param("fsdp", marks=pytest.mark.slow)])
+def test_two_processes_match_one(tmp_path, parallel):
+    cfg_path = tmp_path / "tiny.py"
+    Config(_config(batch_size=2, grad_accum=1, parallel=parallel)).dump(str(cfg_path))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
+    cmd += [
+        str(ENTRY),
+        str(cfg_path),
+        "--work-dir",
+        str(tmp_path / "ddp"),
+        "--cfg-options",
+        f"train.max_steps={STEPS}",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    single_cfg = _config(batch_size=2, grad_accum=2)
+    single_cfg["train"]["max_steps"] = STEPS
+    Trainer(single_cfg, tmp_path / "single").train()
+
+    multi_dir = tmp_path / "ddp" / "checkpoints" / f"step_{STEPS:07d}"
+    single_dir = tmp_path / "single" / "checkpoints" / f"step_{STEPS:07d}"
+    assert (multi_dir / "rng_rank0.pt").is_file() and (multi_dir / "rng_rank1.pt").is_file()
+    for name in ("model", "ema"):
+        multi = ckpt.load_tensors(multi_dir / f"{name}.safetensors")
+        single = ckpt.load_tensors(single_dir / f"{name}.safetensors")
+        assert multi.keys() == single.keys()
+        for key in multi:
+            torch.testing.assert_close(multi[key], single[key], rtol=0, atol=1e-6, msg=f"{name}.{key}")
+    assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), abs=1e-6)
+    assert torch.load(multi_dir / "training_state.pt", weights_only=True)["world_size"] == 2

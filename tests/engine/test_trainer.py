@@ -1,0 +1,171 @@
+"""The training loop on stand-ins: config validation, grad accumulation, exact resume, NaN handling, crash-safe
+checkpoints and validation grids."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from diffusion.engine import Trainer, find_latest
+from diffusion.engine import checkpoint as ckpt
+from tests.engine.standins import tiny_config
+
+DETERMINISTIC = dict(method=dict(type="EngineMSELoss", noise=False), data=dict(type="EngineMemDataset", size=8, std=0))
+
+
+def _metrics(work_dir) -> list[dict]:
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _train(cfg: dict, work_dir, resume=None) -> Trainer:
+    trainer = Trainer(cfg, work_dir, resume=resume)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize(
+    ("overrides", "name"),
+    [
+        (dict(extra_key=1), "extra_key"),
+        (dict(train=dict(bogus=1)), "bogus"),
+        (dict(checkpoint=dict(evry=5)), "evry"),
+        (dict(train=dict(mixed_precision="fp8")), "mixed_precision"),
+        (dict(method=None), "method"),
+    ],
+)
+def test_bad_config_key_is_named(tmp_path, overrides, name):
+    with pytest.raises(KeyError, match=name):
+        Trainer(tiny_config(**overrides), tmp_path)
+
+
+def test_grad_accumulation_equals_big_batch(tmp_path):
+    big = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=4, grad_accum=1, max_steps=3)), tmp_path / "a")
+    acc = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=2, grad_accum=2, max_steps=3)), tmp_path / "b")
+    for (name, p_big), p_acc in zip(big.model.named_parameters(), acc.model.parameters()):
+        torch.testing.assert_close(p_acc, p_big, rtol=0, atol=1e-6, msg=name)
+    losses = [m["loss"] for m in _metrics(tmp_path / "a")]
+    assert [m["loss"] for m in _metrics(tmp_path / "b")] == pytest.approx(losses, abs=1e-6)
+    assert losses[-1] < losses[0]
+
+
+BUCKETS = dict(type="AspectRatioBatchSampler", table={"0.5": (4, 8), "1.0": (8, 8)})
+
+
+@pytest.mark.parametrize("data_sampler", [None, BUCKETS], ids=["distributed_sampler", "buckets"])
+def test_resume_reproduces_uninterrupted_run(tmp_path, data_sampler):
+    # 5 (or 4 bucketed) batches per epoch: step 3 resumes mid-epoch and the run crosses an epoch boundary
+    cfg = tiny_config(data=dict(size=10), train=dict(grad_accum=2), data_sampler=data_sampler)
+    full = _train(cfg, tmp_path / "full")
+    step3 = tmp_path / "full" / "checkpoints" / "step_0000003"
+    _train(cfg, tmp_path / "resumed", resume=str(step3))
+    ref = _metrics(tmp_path / "full")
+    got = _metrics(tmp_path / "resumed")
+    assert [m["step"] for m in got] == [4, 5, 6]
+    for key in ("loss", "mse", "grad_norm", "lr"):
+        assert [m[key] for m in got] == [m[key] for m in ref[3:]], key
+    for name in ("model", "ema", "method"):
+        a = ckpt.load_tensors(tmp_path / "full" / "checkpoints" / "step_0000006" / f"{name}.safetensors")
+        b = ckpt.load_tensors(tmp_path / "resumed" / "checkpoints" / "step_0000006" / f"{name}.safetensors")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert full.method.steps.item() == 6
+
+
+def test_checkpoint_files_load_safely(tmp_path):
+    _train(tiny_config(train=dict(max_steps=3)), tmp_path)
+    latest = find_latest(tmp_path)
+    assert latest.name == "step_0000003"
+    assert sorted(p.name for p in latest.iterdir()) == [
+        "ema.safetensors",
+        "method.safetensors",
+        "model.safetensors",
+        "rng_rank0.pt",
+        "training_state.pt",
+    ]
+    state = torch.load(latest / "training_state.pt", weights_only=True)
+    assert state["step"] == 3 and state["data"] == {"epoch": 0, "batch_in_epoch": 3}
+    torch.load(latest / "rng_rank0.pt", weights_only=True)
+    assert "blocks.0.weight" in ckpt.load_tensors(latest / "model.safetensors")
+    assert (tmp_path / "config.py").is_file() and (tmp_path / "train.log").is_file()
+
+
+def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    cfg = tiny_config()
+    original = ckpt.save_tensors
+
+    def failing(path, tensors):
+        if "step_0000006" in str(path) and "ema" in str(path):
+            raise OSError("disk full")
+        original(path, tensors)
+
+    monkeypatch.setattr(ckpt, "save_tensors", failing)
+    with pytest.raises(OSError, match="disk full"):
+        _train(cfg, tmp_path)
+    root = tmp_path / "checkpoints"
+    assert find_latest(tmp_path).name == "step_0000003"
+    assert (root / "step_0000006.tmp").is_dir() and not (root / "step_0000006").exists()
+    assert torch.load(root / "step_0000003" / "training_state.pt", weights_only=True)["step"] == 3
+    monkeypatch.setattr(ckpt, "save_tensors", original)
+    _train(cfg, tmp_path, resume="auto")
+    assert find_latest(tmp_path).name == "step_0000006" and not (root / "step_0000006.tmp").exists()
+
+
+def test_nan_loss_skips_step(tmp_path):
+    trainer = _train(tiny_config(method=dict(nan_calls=(1,))), tmp_path)
+    metrics = _metrics(tmp_path)
+    assert math.isnan(metrics[1]["loss"]) and metrics[1]["nan_skipped"] == 1
+    assert all(math.isfinite(m["loss"]) for i, m in enumerate(metrics) if i != 1)
+    assert trainer.method.steps.item() == 5  # after_optimizer_step only after real steps
+    assert trainer.lr_scheduler.last_epoch == 5
+    assert "non-finite loss" in (tmp_path / "train.log").read_text()
+
+
+def test_consecutive_nan_losses_abort(tmp_path):
+    cfg = tiny_config(method=dict(nan_calls=tuple(range(2, 100))), train=dict(max_nan_steps=3))
+    with pytest.raises(FloatingPointError, match="3 consecutive"):
+        _train(cfg, tmp_path)
+
+
+class _FakePipeline:
+    def __init__(self, model):
+        self.model, self.calls = model, []
+
+    def __call__(self, prompts, seed, **sampler):
+        self.calls.append((list(prompts), seed, sampler))
+        torch.randn(3)  # consumes global RNG: the trainer must restore it
+        value = int(self.model.blocks[0].weight.abs().sum() * 10) % 256
+        return torch.full((len(prompts), 3, 8, 8), value, dtype=torch.uint8)
+
+
+def test_validation_grids_use_ema_and_keep_training_stream(tmp_path, monkeypatch):
+    built = []
+
+    def build_pipeline(self, model):
+        built.append(_FakePipeline(model))
+        return built[-1]
+
+    monkeypatch.setattr(Trainer, "build_pipeline", build_pipeline)
+    val = dict(every=2, prompts=["a", "b", "c"], seed=7)
+    trainer = _train(tiny_config(validation=val, checkpoint=dict(every=100)), tmp_path / "val")
+    _train(tiny_config(checkpoint=dict(every=100)), tmp_path / "plain")
+    assert len(built) == 1 and len(built[0].calls) == 3
+    assert built[0].calls[0] == (["a", "b", "c"], 7, {"steps": 2})
+    assert sorted(p.name for p in (tmp_path / "val" / "samples").iterdir()) == [
+        "step_0000002.png",
+        "step_0000004.png",
+        "step_0000006.png",
+    ]
+    assert Image.open(tmp_path / "val" / "samples" / "step_0000006.png").size == (16, 16)
+    for name, value in trainer.val_model.state_dict().items():
+        if name in trainer.ema.shadow:
+            assert torch.equal(value, trainer.ema.shadow[name]), name
+    assert [m["loss"] for m in _metrics(tmp_path / "val")] == [m["loss"] for m in _metrics(tmp_path / "plain")]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_trains_fp32_weights(tmp_path, precision):
+    trainer = _train(tiny_config(train=dict(mixed_precision=precision, max_steps=3)), tmp_path)
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())
+    assert all(math.isfinite(m["loss"]) for m in _metrics(tmp_path))
+    assert trainer.scaler.is_enabled() == (precision == "fp16")

@@ -1,0 +1,84 @@
+"""Cache T5 caption features and codec posteriors for a data folder (PixArt-α/δ train on these, facts §6).
+
+Example (embedded default):
+    python tools/extract_features.py --data-root output/embedded_data --text-encoder output/tiny_text_encoder \
+        --codec pixel --resolution 32 --max-length 66 --control
+Real scale (one process per GPU, each takes items rank::world_size):
+    torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \
+        --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \
+        --resolution 1024 --multi-scale
+Existing files are skipped, so rerunning resumes; unreadable images are listed at the end.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
+
+from diffusion.data.codec import AutoencoderKLCodec, PixelCodec  # noqa: E402
+from diffusion.data.features import extract_features  # noqa: E402
+from diffusion.data.text_encoder import TextEncoder  # noqa: E402
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True, help="folder with data_info.json and the images")
+    parser.add_argument("--json", default="data_info.json", help="item list inside --data-root")
+    parser.add_argument("--text-encoder", required=True, help="local T5 encoder directory")
+    parser.add_argument("--codec", choices=["pixel", "vae"], required=True)
+    parser.add_argument("--vae", help="local AutoencoderKL directory (with --codec vae)")
+    parser.add_argument("--scale-factor", type=float, default=None, help="codec scale factor (recorded only)")
+    parser.add_argument("--downsample", type=int, default=2, help="PixelCodec downsample")
+    parser.add_argument("--resolution", type=int, required=True)
+    parser.add_argument("--multi-scale", action="store_true", help="resize each image to its aspect-ratio bucket")
+    parser.add_argument("--control", action="store_true", help="also cache each item's control_path image")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=120, help="T5 tokens per caption")
+    parser.add_argument("--text-dtype", choices=sorted(DTYPES), default="fp32", help="T5 weights dtype")
+    parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
+    parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args(argv)
+    if args.codec == "vae" and not args.vae:
+        parser.error("--codec vae needs --vae PATH")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = args.device
+    if device == "cuda" and "LOCAL_RANK" in os.environ:
+        device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    if args.codec == "vae":
+        codec = AutoencoderKLCodec(args.vae, **({"scale_factor": args.scale_factor} if args.scale_factor else {}))
+    else:
+        codec = PixelCodec(args.downsample, **({"scale_factor": args.scale_factor} if args.scale_factor else {}))
+    codec.to(device)
+    text_encoder = TextEncoder.from_pretrained(
+        args.text_encoder, max_length=args.max_length, dtype=DTYPES[args.text_dtype], device=device
+    )
+    report = extract_features(
+        args.data_root,
+        text_encoder,
+        codec,
+        args.resolution,
+        multi_scale=args.multi_scale,
+        control=args.control,
+        batch_size=args.batch_size,
+        rank=args.rank,
+        world_size=args.world_size,
+        json_name=args.json,
+        device=device,
+    )
+    print(f"[rank {args.rank}/{args.world_size}] {report.summary()}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Train the embedded default's teacher from scratch and publish it as ``assets/tiny_teacher/`` (``make teacher``).
+
+The tiny teacher stands in for the released PixArt-alpha checkpoint: ``make demo`` starts from it as a real user
+starts from PixArt-XL-2-1024-MS. The published file is the EMA of the run's final checkpoint, stored in fp16 to stay
+small, with ``meta.json`` recording the config hash (a test checks it against ``configs/pixart/tiny_teacher.py``),
+the text-encoder hash, the wall time and the measured throughput.
+
+    python tools/make_teacher.py [--config configs/pixart/tiny_teacher.py] [--work-dir output/tiny_teacher_run]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import Config  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from diffusion.data import ensure_embedded_default  # noqa: E402
+from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+
+DEFAULT_CONFIG = "configs/pixart/tiny_teacher.py"
+ASSET_DIR = Path("assets/tiny_teacher")
+
+
+def config_hash(cfg: Config) -> str:
+    """sha256 of the resolved config (every inherited value included), independent of file layout."""
+    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_hash(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict) -> Path:
+    """EMA weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json``."""
+    source = checkpoint / "ema.safetensors"
+    if not source.is_file():
+        source = checkpoint / "model.safetensors"
+    state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(out_dir / "model.safetensors"), metadata={"config_sha256": config_hash(cfg)})
+    meta = dict(config=DEFAULT_CONFIG, config_sha256=config_hash(cfg), source=str(source), **extra)
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir / "model.safetensors"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--work-dir", default="output/tiny_teacher_run")
+    parser.add_argument("--out", default=str(ASSET_DIR))
+    args = parser.parse_args(argv)
+    cfg = Config.fromfile(args.config)
+    start = time.time()
+    ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
+    data_s = time.time() - start
+    Trainer(cfg, args.work_dir, resume="auto").train()  # resumes an interrupted run
+    dist.cleanup()
+    wall = time.time() - start
+    metrics = [json.loads(line) for line in (Path(args.work_dir) / "metrics.jsonl").read_text().splitlines()]
+    img_s = sorted(m["img_per_s"] for m in metrics)[len(metrics) // 2]
+    extra = dict(
+        steps=cfg.train.max_steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        wall_time_s=round(wall, 1),
+        data_setup_s=round(data_s, 1),
+        median_img_per_s=round(img_s, 1),
+        final_loss=metrics[-1]["loss"],
+        text_encoder_sha256=file_hash(Path(cfg.text_encoder.path) / "model.safetensors"),
+        torch=torch.__version__,
+    )
+    out = publish(find_latest(args.work_dir), cfg, Path(args.out), extra)
+    print(f"published {out} ({out.stat().st_size / 1e6:.1f} MB) after {wall / 60:.1f} min; {json.dumps(extra)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,45 @@
+"""Entry point for every training run (teacher, PixArt-δ LCM distillation §3, ControlNet §4): parse, load the config,
+hand over to the trainer.
+
+    python train_scripts/train.py CONFIG [--work-dir DIR] [--resume auto|PATH] [--cfg-options k=v ...]
+    torchrun --nproc_per_node N [--nnodes M ...] train_scripts/train.py CONFIG ...
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
+
+from diffusion.engine import Trainer, dist  # noqa: E402
+
+DEFAULT_OUTPUT_ROOT = "output"
+
+
+def parse_args(argv: list[str] | None = None, default_config: str | None = None) -> argparse.Namespace:
+    """Command-line arguments; ``default_config`` makes CONFIG optional (for thin wrappers such as train_lcm.py)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?" if default_config else None, default=default_config, help="config file")
+    parser.add_argument("--work-dir", default=None, help=f"default {DEFAULT_OUTPUT_ROOT}/<config stem>")
+    parser.add_argument("--resume", default=None, help="'auto' or a checkpoint dir")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, default={}, help="override config keys: k=v")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None, default_config: str | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun."""
+    args = parse_args(argv, default_config)
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    work_dir = args.work_dir or str(Path(DEFAULT_OUTPUT_ROOT) / Path(args.config).stem)
+    try:
+        Trainer(cfg, work_dir, resume=args.resume).train()
+    finally:
+        dist.cleanup()
+
+
+if __name__ == "__main__":
+    main()
