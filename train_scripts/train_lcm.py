@@ -1,7 +1,7 @@
 """PixArt-delta LCM distillation (§3): the shared trainer with an LCM config (a method object, not a second loop).
 
-    torchrun --nproc_per_node 8 train_scripts/train_lcm.py configs/lcm/pixartms_xl2_img1024_lcm.py
-    python train_scripts/train_lcm.py            # the embedded default: configs/lcm/tiny_lcm.py
+torchrun --nproc_per_node 8 train_scripts/train_lcm.py configs/lcm/pixartms_xl2_img1024_lcm.py
+python train_scripts/train_lcm.py            # the embedded default: configs/lcm/tiny_lcm.py
 """
 
 import sys

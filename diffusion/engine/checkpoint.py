@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
+
+from diffusion.model.io import load_model_weights as load_weights  # noqa: F401 (load_from of every run)
 
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d+)$")
@@ -94,23 +95,6 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 def load_object(path: str | os.PathLike) -> dict:
     """Read a ``torch.save`` file with ``weights_only=True`` (no arbitrary code runs)."""
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike, drop_suffixes: tuple[str, ...] = ("pos_embed",)) -> None:
-    """Load ``load_from`` weights: ``.safetensors`` or ``.pth`` (official ``{'state_dict': ...}`` or plain).
-
-    Keys ending in ``drop_suffixes`` (the fixed sin-cos ``pos_embed``, recomputed by the model for its own grid) are
-    dropped; every other key must match. Raises ``KeyError`` naming missing or unexpected keys.
-    """
-    path = Path(path)
-    state = load_tensors(path) if path.suffix == ".safetensors" else load_object(path)
-    if "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    state = {k: v for k, v in state.items() if not k.endswith(drop_suffixes)}
-    result = model.load_state_dict(state, strict=False)
-    missing = [k for k in result.missing_keys if not k.endswith(drop_suffixes)]
-    if missing or result.unexpected_keys:
-        raise KeyError(f"{path}: missing keys {missing}, unexpected keys {list(result.unexpected_keys)}")
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

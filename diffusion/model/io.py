@@ -44,12 +44,21 @@ def load_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tens
     return obj
 
 
-def load_model_weights(model: torch.nn.Module, path: str | Path, key: str | None = None) -> None:
-    """Load ``path`` into ``model`` strictly (``pos_embed`` aside); an error names every missing/unexpected key."""
-    state = load_state(path, key)
+def load_model_weights(
+    model: torch.nn.Module, path: str | Path, key: str | None = None, drop_suffixes: tuple[str, ...] = ("pos_embed",)
+) -> None:
+    """Load ``path`` (any format of :func:`load_state`) into ``model``; every key must match.
+
+    Keys ending in ``drop_suffixes`` (the sin-cos ``pos_embed``, recomputed by the model for its grid) are ignored.
+    Raises ``KeyError`` naming every missing or unexpected key.
+    """
+    state = {k: v for k, v in load_state(path, key).items() if not k.endswith(drop_suffixes)}
     if "y_embedder.y_embedding" not in state and hasattr(model, "y_embedder"):
         raise KeyError(
             f"{path} has no 'y_embedder.y_embedding' (the learned null caption); a diffusers folder needs the "
             "y_embedding.safetensors side file written by tools/convert_diffusers.py"
         )
-    model.load_state_dict(state, strict=True)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(drop_suffixes)]
+    if missing or result.unexpected_keys:
+        raise KeyError(f"{path}: missing keys {missing}, unexpected keys {list(result.unexpected_keys)}")

@@ -106,11 +106,11 @@ def test_load_official_pth_with_pos_embed_and_errors(tmp_path):
     load_model_weights(dst, tmp_path / "ckpt.pth")
     assert all(torch.equal(a, b) for a, b in zip(src.state_dict().values(), dst.state_dict().values()))
     torch.save({"state_dict": dict(state, extra_key=torch.zeros(1))}, tmp_path / "bad.pth")
-    with pytest.raises(RuntimeError, match="extra_key"):
+    with pytest.raises(KeyError, match="extra_key"):
         load_model_weights(dst, tmp_path / "bad.pth")
     del state["blocks.1.mlp.fc2.bias"]
     torch.save({"state_dict": state}, tmp_path / "missing.pth")
-    with pytest.raises(RuntimeError, match="blocks.1.mlp.fc2.bias"):
+    with pytest.raises(KeyError, match="blocks.1.mlp.fc2.bias"):
         load_model_weights(dst, tmp_path / "missing.pth")
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt.pth"):
