@@ -5,6 +5,9 @@
         --cfg pe_interpolation=2.0 input_size=128
     # diffusers folder -> official-format safetensors (lossless when the y_embedding side file is present)
     python tools/convert_diffusers.py to-official out/transformer PixArt-XL-2-1024-MS.safetensors
+    # a trained model -> complete PixArtAlphaPipeline folder (transformer, scheduler, T5, tokenizer, VAE)
+    python tools/convert_diffusers.py export-pipeline student.safetensors out/pixart-lcm --config CFG \
+        --text-encoder T5_DIR --vae VAE_DIR --scheduler lcm
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline  # noqa: E402
 from diffusion.model.diffusers_format import load_diffusers, save_diffusers  # noqa: E402
-from diffusion.model.io import load_state  # noqa: E402
+from diffusion.model.io import load_model_weights, load_state  # noqa: E402
 from diffusion.registry import MODELS  # noqa: E402
 
 
@@ -59,6 +63,31 @@ def to_official(src: str, dst: str) -> Path:
     return dst
 
 
+def export_from_config(args: argparse.Namespace) -> Path:
+    """Build ``cfg.model``, load ``args.src`` into it and export a diffusers pipeline folder; the T5 and VAE
+    directories default to the config's ``text_encoder.path`` and ``codec.path``."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    model = MODELS.build(dict(cfg.model))
+    load_model_weights(model, args.src, args.key)
+    text_encoder = args.text_encoder or cfg.get("text_encoder", {}).get("path")
+    codec = dict(cfg.get("codec") or {})
+    vae = args.vae or codec.get("path")
+    if not text_encoder or not vae:
+        raise ValueError("pass --text-encoder and --vae (or set text_encoder.path / codec.path in the config)")
+    return export_pipeline(
+        model,
+        args.dst,
+        text_encoder,
+        vae,
+        scheduler=args.scheduler,
+        lcm_timesteps_schedule=args.lcm_schedule,
+        max_length=cfg.get("text_encoder", {}).get("max_length"),
+        scaling_factor=codec.get("scale_factor") if codec.get("type") == "AutoencoderKLCodec" else None,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="direction", required=True)
@@ -71,9 +100,20 @@ def main(argv: list[str] | None = None) -> None:
     b = sub.add_parser("to-official", help="diffusers transformer folder -> official-format .safetensors")
     b.add_argument("src")
     b.add_argument("dst")
+    c = sub.add_parser("export-pipeline", help="checkpoint + config -> diffusers PixArtAlphaPipeline folder")
+    c.add_argument("src", help="checkpoint: .safetensors, .pth or a diffusers transformer folder")
+    c.add_argument("dst")
+    c.add_argument("--config", required=True, help="config whose `model` builds the network")
+    c.add_argument("--text-encoder", default=None, help="local T5 directory (default: config text_encoder.path)")
+    c.add_argument("--vae", default=None, help="local AutoencoderKL directory (default: config codec.path)")
+    c.add_argument("--scheduler", default="lcm", choices=SCHEDULER_CHOICES)
+    c.add_argument("--lcm-schedule", default="pixart", choices=LCM_SCHEDULES, help="timesteps listed for users")
+    c.add_argument("--key", default=None, help="state-dict key inside a .pth (e.g. state_dict_ema)")
     args = parser.parse_args(argv)
     if args.direction == "to-diffusers":
         out = to_diffusers(args.src, args.dst, args.model, _parse_kv(args.cfg), args.key)
+    elif args.direction == "export-pipeline":
+        out = export_from_config(args)
     else:
         out = to_official(args.src, args.dst)
     print(f"wrote {out}")

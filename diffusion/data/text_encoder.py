@@ -58,19 +58,26 @@ class TextEncoder:
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode B prompts.
 
+        The encoder runs only up to the batch's longest prompt and the rest is zero-padded to ``max_length``: T5's
+        self-attention masks padding, so the features of real tokens are unchanged (checked in the tests) while a
+        typical 10-30 token prompt costs a fraction of the 120-token pass.
+
         Returns:
             y (B, 1, L, C) float features and y_mask (B, L) long, 1 on real tokens (including EOS), 0 on padding.
         """
         tokens = self.tokenizer(
             list(prompts),
-            padding="max_length",
+            padding="longest",
             max_length=self.max_length,
             truncation=True,
             return_attention_mask=True,
             return_tensors="pt",
         ).to(self.device)
         y = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-        return y[:, None], tokens.attention_mask.long()
+        pad = self.max_length - y.shape[1]
+        y = torch.nn.functional.pad(y, (0, 0, 0, pad))  # (B, L, C)
+        mask = torch.nn.functional.pad(tokens.attention_mask.long(), (0, pad))
+        return y[:, None], mask
 
 
 def make_tiny_text_encoder(

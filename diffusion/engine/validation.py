@@ -20,9 +20,9 @@ def make_grid(images: torch.Tensor, columns: int | None = None) -> torch.Tensor:
     return grid
 
 
-def save_grid(images: torch.Tensor, path: str | os.PathLike) -> Path:
+def save_grid(images: torch.Tensor, path: str | os.PathLike, columns: int | None = None) -> Path:
     """Save uint8 images (N, 3, H, W) as one PNG grid at ``path`` (parents created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(make_grid(images).permute(1, 2, 0).numpy()).save(path)
+    Image.fromarray(make_grid(images, columns).permute(1, 2, 0).numpy()).save(path)
     return path

@@ -53,3 +53,16 @@ def test_ensure_creates_once(tmp_path):
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     ensure_tiny_text_encoder(path)
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_running_only_to_the_longest_prompt_equals_the_full_padded_pass(tiny_text_encoder_dir):
+    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=64)
+    prompts = ["a red circle", "a small blue square at the top left"]
+    y, mask = encoder.encode(prompts)
+    full = encoder.tokenizer(prompts, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = encoder.model(input_ids=full.input_ids, attention_mask=full.attention_mask).last_hidden_state
+    assert torch.equal(mask, full.attention_mask.long())
+    keep = mask.bool()
+    torch.testing.assert_close(y[:, 0][keep], ref[keep], rtol=1e-5, atol=1e-5)
+    assert y[:, 0, int(mask.sum(1).max()) :].abs().max() == 0  # beyond the longest prompt: zeros (masked anyway)

@@ -1,0 +1,184 @@
+"""Export a PixArt model as a complete diffusers ``PixArtAlphaPipeline`` folder (a PixArt-delta §3 LCM student, or a
+PixArt-alpha teacher), loadable offline with ``PixArtAlphaPipeline.from_pretrained(out_dir)``.
+
+Layout written (what ``from_pretrained`` reads, facts §3.5 / §6.3):
+
+    model_index.json
+    transformer/   config.json + diffusion_pytorch_model.safetensors (+ y_embedding.safetensors, the learned null
+                   caption diffusers has no slot for; see diffusion/model/diffusers_format.py)
+    scheduler/     LCMScheduler (linear betas 1e-4 -> 0.02, timestep_scaling 10, 50 original steps) or
+                   DPMSolverMultistepScheduler (DPM-Solver++(2M), the PixArt-alpha default)
+    text_encoder/  the T5 encoder files, copied from a local directory
+    tokenizer/     its tokenizer, re-saved
+    vae/           the AutoencoderKL files, copied from a local directory
+
+diffusers' ``LCMScheduler`` spaces ``num_inference_steps`` evenly over the 50 distillation timesteps
+(4 -> [999, 759, 499, 259]); the official PixArt-LCM schedule differs (4 -> [999, 759, 519, 279]) and can only be
+requested through ``pipe(..., timesteps=...)``. The timesteps for 1..8 steps of the chosen schedule are written to
+``scheduler/lcm_timesteps.json`` so users can pass them (see :func:`lcm_timesteps`).
+
+Sampling the exported folder reproduces our ``Pipeline`` (tests/tools/test_export.py) with ``guidance_scale=0``,
+``use_resolution_binning=False``, ``clean_caption=False`` and ``max_sequence_length`` = our caption length (120 for
+the real model). Differences to keep in mind: diffusers lower-cases prompts, and its CFG null is T5("") rather than
+the learned ``y_embedding``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from torch import nn
+
+from diffusion.model.diffusers_format import save_diffusers
+from diffusion.schedulers import LCMScheduler
+
+SCHEDULER_CHOICES = ("lcm", "dpm")
+LCM_SCHEDULES = ("pixart", "diffusers")
+LCM_TIMESTEPS_FILE = "lcm_timesteps.json"
+# Files of a Hugging Face T5 directory that belong to the model (the rest is the tokenizer's).
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
+_MODEL_FILE_NAMES = ("config.json", "generation_config.json")
+_SCHEDULER_CONFIG = "scheduler_config.json"
+
+
+def lcm_scheduler_config(
+    num_train_timesteps: int = 1000,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    original_inference_steps: int = 50,
+    timestep_scaling: float = 10.0,
+) -> dict:
+    """``scheduler_config.json`` of a diffusers ``LCMScheduler`` matching our :class:`LCMScheduler` (PixArt's linear
+    schedule, not diffusers' Stable Diffusion defaults)."""
+    return {
+        "_class_name": "LCMScheduler",
+        "num_train_timesteps": num_train_timesteps,
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "beta_schedule": "linear",
+        "original_inference_steps": original_inference_steps,
+        "timestep_scaling": timestep_scaling,
+        "prediction_type": "epsilon",
+        "clip_sample": False,
+        "set_alpha_to_one": True,
+        "thresholding": False,
+        "rescale_betas_zero_snr": False,
+    }
+
+
+def dpm_scheduler_config(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
+    """``scheduler_config.json`` of the PixArt-alpha teacher's DPM-Solver++(2M) (diffusers' hub config)."""
+    return {
+        "_class_name": "DPMSolverMultistepScheduler",
+        "num_train_timesteps": num_train_timesteps,
+        "beta_start": beta_start,
+        "beta_end": beta_end,
+        "beta_schedule": "linear",
+        "algorithm_type": "dpmsolver++",
+        "solver_order": 2,
+        "solver_type": "midpoint",
+        "prediction_type": "epsilon",
+        "lower_order_final": True,
+        "timestep_spacing": "linspace",
+        "final_sigmas_type": "zero",
+        "variance_type": None,
+    }
+
+
+def lcm_timesteps(num_steps: int, schedule: str = "pixart", original_inference_steps: int = 50) -> list[int]:
+    """Descending LCM timesteps for ``num_steps`` under ``schedule`` ("pixart" official or "diffusers" spacing)."""
+    scheduler = LCMScheduler(original_steps=original_inference_steps, schedule=schedule)
+    return scheduler.set_timesteps(num_steps).tolist()
+
+
+def export_pipeline(
+    model: nn.Module,
+    out_dir: str | Path,
+    text_encoder_dir: str | Path,
+    vae_dir: str | Path,
+    scheduler: str = "lcm",
+    lcm_timesteps_schedule: str = "pixart",
+    max_length: int | None = None,
+    scaling_factor: float | None = None,
+) -> Path:
+    """Write ``model`` and its companions as a diffusers ``PixArtAlphaPipeline`` folder.
+
+    Args:
+        model: our ``PixArt`` / ``PixArtMS``. diffusers' pipeline passes micro-conditions exactly when the
+            transformer's ``sample_size`` is 128, so a PixArtMS must have ``input_size`` 128 and a PixArt must not.
+        out_dir: the folder to create (an existing folder is overwritten file by file).
+        text_encoder_dir: a local T5 encoder directory (``T5EncoderModel`` + tokenizer files, what ``TextEncoder``
+            loads).
+        vae_dir: a local diffusers ``AutoencoderKL`` directory.
+        scheduler: "lcm" (a distilled student) or "dpm" (a teacher).
+        lcm_timesteps_schedule: "pixart" or "diffusers"; which schedule ``scheduler/lcm_timesteps.json`` lists.
+        max_length: the caption length the model was trained with (stored as the tokenizer's ``model_max_length``;
+            pass the same value as ``max_sequence_length`` to the pipeline). Defaults to ``model.model_max_length``.
+        scaling_factor: if given, overrides the VAE config's ``scaling_factor`` (must equal the codec's).
+    Returns: ``out_dir`` as a Path.
+    """
+    from transformers import AutoTokenizer
+
+    if scheduler not in SCHEDULER_CHOICES:
+        raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_CHOICES}")
+    if lcm_timesteps_schedule not in LCM_SCHEDULES:
+        raise ValueError(f"unknown LCM schedule {lcm_timesteps_schedule!r}; expected one of {LCM_SCHEDULES}")
+    if bool(model.use_micro_conditions) != (model.input_size == 128):
+        raise ValueError(
+            f"{type(model).__name__} with input_size {model.input_size}: PixArtAlphaPipeline feeds micro-conditions "
+            "iff sample_size == 128, so only a PixArtMS at 128 (1024 px) or a PixArt at another size can be exported"
+        )
+    text_encoder_dir, vae_dir, out_dir = Path(text_encoder_dir), Path(vae_dir), Path(out_dir)
+    for directory in (text_encoder_dir, vae_dir):
+        if not (directory / "config.json").is_file():
+            raise FileNotFoundError(f"{directory / 'config.json'} not found")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    save_diffusers(model, out_dir / "transformer")
+    tokenizer = AutoTokenizer.from_pretrained(str(text_encoder_dir), local_files_only=True)
+    tokenizer.model_max_length = max_length or model.model_max_length
+    tokenizer.save_pretrained(str(out_dir / "tokenizer"))
+    _copy_files(text_encoder_dir, out_dir / "text_encoder", _is_model_file)
+    _copy_files(vae_dir, out_dir / "vae", lambda p: True)
+    if scaling_factor is not None:
+        vae_config = json.loads((out_dir / "vae" / "config.json").read_text())
+        vae_config["scaling_factor"] = scaling_factor
+        (out_dir / "vae" / "config.json").write_text(json.dumps(vae_config, indent=2))
+    _write_scheduler(out_dir / "scheduler", scheduler, lcm_timesteps_schedule)
+
+    import diffusers
+
+    model_index = {
+        "_class_name": "PixArtAlphaPipeline",
+        "_diffusers_version": diffusers.__version__,
+        "scheduler": ["diffusers", "LCMScheduler" if scheduler == "lcm" else "DPMSolverMultistepScheduler"],
+        "text_encoder": ["transformers", "T5EncoderModel"],
+        "tokenizer": ["transformers", type(tokenizer).__name__],
+        "transformer": ["diffusers", "PixArtTransformer2DModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
+    (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2))
+    return out_dir
+
+
+def _write_scheduler(directory: Path, scheduler: str, schedule: str) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    config = lcm_scheduler_config() if scheduler == "lcm" else dpm_scheduler_config()
+    (directory / _SCHEDULER_CONFIG).write_text(json.dumps(config, indent=2))
+    if scheduler == "lcm":
+        steps = {str(n): lcm_timesteps(n, schedule) for n in range(1, 9)}
+        (directory / LCM_TIMESTEPS_FILE).write_text(json.dumps({"schedule": schedule, "timesteps": steps}, indent=2))
+
+
+def _is_model_file(path: Path) -> bool:
+    return path.name in _MODEL_FILE_NAMES or path.name.endswith(_MODEL_FILE_SUFFIXES)
+
+
+def _copy_files(src: Path, dst: Path, keep) -> None:
+    """Copy the top-level files of ``src`` accepted by ``keep`` into ``dst``."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.is_file() and keep(path):
+            shutil.copy2(path, dst / path.name)

@@ -1,0 +1,89 @@
+"""tools/sample.py end to end on the tiny config with random weights: PNGs per image, the grid, and the pixels equal
+what ``Pipeline`` produces for the same seed."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from mmengine.config import Config
+from PIL import Image
+from safetensors.torch import save_file
+
+from diffusion.data import ensure_tiny_text_encoder
+from diffusion.pipeline import Pipeline
+from diffusion.registry import MODELS
+from tests.model.helpers import randomize
+from tools.sample import main, make_grid, resolve_checkpoint
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+PROMPTS = ["a large red circle at the top left on a gray background", "a small blue square in the center"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A config in tmp (tiny model, embedded_32 data, pixel codec, tiny T5) and a random checkpoint for it."""
+    root = tmp_path_factory.mktemp("sample")
+    te_dir = ensure_tiny_text_encoder(root / "t5")
+    config = root / "cfg.py"
+    config.write_text(
+        f"_base_ = ['{CONFIGS}/_base_/models/tiny.py', '{CONFIGS}/_base_/datasets/embedded_32.py']\n"
+        f"text_encoder = dict(path='{te_dir}', max_length=66)\n"
+    )
+    cfg = Config.fromfile(str(config))
+    model = randomize(MODELS.build(dict(cfg.model)), std=0.05).eval()
+    save_file(model.state_dict(), str(root / "model.safetensors"))
+    return dict(root=root, config=config, cfg=cfg, model=model)
+
+
+def read_png(path) -> torch.Tensor:
+    return torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("sampler, steps", [("lcm", 2), ("dpm", 3)])
+def test_sample_writes_pngs_equal_to_pipeline(setup, tmp_path, sampler, steps):
+    out = tmp_path / "out"
+    argv = ["--config", str(setup["config"]), "--checkpoint", str(setup["root"] / "model.safetensors")]
+    argv += ["--prompts", *PROMPTS, "--sampler", sampler, "--steps", str(steps), "--seeds", "0", "7"]
+    written = main([*argv, "--cfg-scale", "3.0", "--out", str(out)])
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["grid.png", "s0_000.png", "s0_001.png", "s7_000.png", "s7_001.png"]
+    assert written[-1] == out / "grid.png"
+    pipe = Pipeline.from_config(setup["cfg"], setup["model"], device="cpu")
+    expected = pipe(PROMPTS, seed=7, name=sampler, steps=steps, cfg_scale=3.0)
+    assert expected.shape == (2, 3, 32, 32)
+    assert torch.equal(read_png(out / "s7_001.png"), expected[1])
+    grid = read_png(out / "grid.png")
+    assert grid.shape == (3, 64, 64)
+    assert torch.equal(grid[:, 32:, :32], expected[0])  # row = seed 7, column = prompt 0
+
+
+def test_prompt_file_and_trainer_checkpoint_folder(setup, tmp_path):
+    step = tmp_path / "step_0000010"
+    step.mkdir()
+    save_file(setup["model"].state_dict(), str(step / "model.safetensors"))
+    ema = {k: v + 0.01 for k, v in setup["model"].state_dict().items()}
+    save_file(ema, str(step / "ema.safetensors"))
+    assert resolve_checkpoint(step) == step / "ema.safetensors"
+    assert resolve_checkpoint(step, use_ema=False) == step / "model.safetensors"
+    (tmp_path / "prompts.txt").write_text(PROMPTS[0] + "\n\n")
+    argv = [
+        "--config",
+        str(setup["config"]),
+        "--checkpoint",
+        str(step),
+        "--prompt-file",
+        str(tmp_path / "prompts.txt"),
+    ]
+    main([*argv, "--sampler", "lcm", "--steps", "1", "--out", str(tmp_path / "a")])
+    main([*argv, "--sampler", "lcm", "--steps", "1", "--out", str(tmp_path / "b"), "--no-ema"])
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["grid.png", "s0_000.png"]
+    ema_image, model_image = read_png(tmp_path / "a" / "s0_000.png"), read_png(tmp_path / "b" / "s0_000.png")
+    assert not torch.equal(ema_image, model_image)  # the EMA weights were used by default
+
+
+def test_make_grid_places_images_row_major():
+    images = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 3, 2, 2)
+    grid = make_grid(images, rows=2)
+    assert grid.shape == (3, 4, 6)
+    assert grid[0, ::2, ::2].tolist() == [[0, 1, 2], [3, 4, 5]]
