@@ -9,6 +9,6 @@ _base_ = [
 ]
 optimizer = dict(lr=5e-4, weight_decay=0.0)
 lr_schedule = dict(type="cosine", warmup_steps=100, min_lr_ratio=0.1)
-train = dict(max_steps=2000, batch_size=64, mixed_precision="bf16", ema_rate=0.999, seed=43, num_workers=0)
+train = dict(max_steps=1500, batch_size=64, mixed_precision="bf16", ema_rate=0.999, seed=43, num_workers=0)
 validation = dict(every=500)  # sampler None: the method's default (DPM-Solver++ 20 steps, CFG 4.5)
 checkpoint = dict(every=250, keep_last=1)
