@@ -1,0 +1,55 @@
+"""Evaluation (PixArt-δ §3.3, §5): FID with a selectable feature network, prompt-attribute accuracy on the embedded
+shapes data, and sample folders from a checkpoint.
+
+On the embedded data FID uses the features of a small attribute classifier trained on rendered images (InceptionV3
+cannot be downloaded here); InceptionV3 from a local weights file is the option for real scale.
+"""
+
+from diffusion.eval.attribute_net import (
+    AttributeNet,
+    attribute_accuracy,
+    ensure_attribute_net,
+    load_attribute_net,
+    train_attribute_net,
+)
+from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, InceptionFeatures, build_feature_extractor
+from diffusion.eval.fid import (
+    compute_statistics,
+    extract_features,
+    fid_between,
+    folder_features,
+    frechet_distance,
+    load_statistics,
+    save_statistics,
+    statistics_of,
+)
+from diffusion.eval.images import FolderReport, list_images, read_sample_folder, save_samples
+from diffusion.eval.sampling import SAMPLER_DEFAULTS, load_pipeline, read_prompts, sample_to_folder
+
+__all__ = [
+    "FEATURE_EXTRACTORS",
+    "SAMPLER_DEFAULTS",
+    "AttributeNet",
+    "EmbeddedFeatures",
+    "FolderReport",
+    "InceptionFeatures",
+    "attribute_accuracy",
+    "build_feature_extractor",
+    "compute_statistics",
+    "ensure_attribute_net",
+    "extract_features",
+    "fid_between",
+    "folder_features",
+    "frechet_distance",
+    "list_images",
+    "load_attribute_net",
+    "load_pipeline",
+    "load_statistics",
+    "read_prompts",
+    "read_sample_folder",
+    "sample_to_folder",
+    "save_samples",
+    "save_statistics",
+    "statistics_of",
+    "train_attribute_net",
+]

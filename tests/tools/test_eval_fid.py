@@ -1,0 +1,99 @@
+"""tools/eval_fid.py end to end on tiny inputs: ref, calc, sample (tiny random PixArt), attributes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from diffusion.data.embedded import VALIDATION_PROMPTS, make_embedded_data
+from diffusion.data.text_encoder import ensure_tiny_text_encoder
+from diffusion.registry import MODELS
+from tests.eval.helpers import render_folder, tiny_attribute_net
+from tools.eval_fid import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    return str(tiny_attribute_net(tmp_path_factory))
+
+
+def _last_number(capsys) -> float:
+    return float(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_ref_writes_mu_and_sigma_of_a_dataset_root(tmp_path, weights):
+    make_embedded_data(tmp_path / "data", num=10)
+    main(["ref", str(tmp_path / "data"), "-o", str(tmp_path / "ref.npz"), "--weights", weights, "--num", "8"])
+    with np.load(tmp_path / "ref.npz") as ref:
+        assert ref["mu"].shape == (16,) and ref["sigma"].shape == (16, 16)
+        assert str(ref["features"]) == "embedded" and int(ref["num"]) == 8
+
+
+def test_calc_prints_the_fid_last(tmp_path, weights, capsys):
+    render_folder(tmp_path / "a", 40, seed=0)
+    render_folder(tmp_path / "b", 40, seed=1)
+    main(["calc", str(tmp_path / "a"), str(tmp_path / "a"), "--weights", weights])
+    assert abs(_last_number(capsys)) < 1e-6
+    main(["calc", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", weights])
+    fid = _last_number(capsys)
+    assert fid > 0
+    main(["ref", str(tmp_path / "b"), "-o", str(tmp_path / "b.npz"), "--weights", weights])
+    main(["calc", str(tmp_path / "a"), str(tmp_path / "b.npz"), "--weights", weights])
+    assert _last_number(capsys) == pytest.approx(fid, rel=1e-6)
+
+
+def test_sample_then_attributes_end_to_end(tmp_path, weights, capsys):
+    text_encoder = ensure_tiny_text_encoder(tmp_path / "te")
+    config = tmp_path / "tiny.py"
+    config.write_text(
+        f"_base_ = [{str(REPO / 'configs/pixart/tiny_teacher.py')!r}]\n"
+        "model = dict(hidden_size=32, depth=1, num_heads=2)\n"
+        f"text_encoder = dict(path={str(text_encoder)!r})\n"
+    )
+    model = MODELS.build(
+        dict(
+            type="PixArt_tiny",
+            input_size=16,
+            patch_size=2,
+            in_channels=12,
+            hidden_size=32,
+            depth=1,
+            num_heads=2,
+            caption_channels=64,
+            model_max_length=66,
+            pe_interpolation=1.0,
+        )
+    )
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    prompts = VALIDATION_PROMPTS[:3]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
+    out = tmp_path / "samples"
+    args = ["sample", "--config", str(config), "--checkpoint", str(tmp_path / "model.safetensors")]
+    main(
+        [
+            *args,
+            "--prompts",
+            str(tmp_path / "prompts.txt"),
+            "--out",
+            str(out),
+            "--sampler",
+            "lcm",
+            "--steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--device",
+            "cpu",
+        ]
+    )
+    assert sorted(p.name for p in out.glob("*.png")) == ["00000.png", "00001.png", "00002.png"]
+    assert (out / "prompts.txt").read_text().splitlines() == prompts
+    capsys.readouterr()
+    main(["attributes", str(out), "--weights", weights, "--device", "cpu"])
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"shape", "color", "size", "position", "background", "all"}
+    assert all(0 <= v <= 1 for v in result.values())
