@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.model import PixArt, PixArtMS  # noqa: E402
-from diffusion.model.diffusers_format import diffusers_config, official_to_diffusers  # noqa: E402
+from diffusion.model.diffusers_format import diffusers_config, diffusers_forward, official_to_diffusers  # noqa: E402
 
 
 def build_pair(args):
@@ -55,22 +55,7 @@ def make_inputs(args):
 
 
 def call(model, inputs, ours: bool):
-    x, t, y, mask, info = inputs
-    if ours:
-        return model(x, t, y, mask, info)
-    cond = (
-        {"resolution": info["img_hw"], "aspect_ratio": info["aspect_ratio"]}
-        if model.config.use_additional_conditions
-        else {"resolution": None, "aspect_ratio": None}
-    )
-    return model(
-        x,
-        encoder_hidden_states=y.squeeze(1),
-        timestep=t,
-        added_cond_kwargs=cond,
-        encoder_attention_mask=mask,
-        return_dict=False,
-    )[0]
+    return model(*inputs) if ours else diffusers_forward(model, *inputs)
 
 
 def timed(fn, device: str) -> float:

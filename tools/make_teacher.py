@@ -26,14 +26,20 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from diffusion.data import ensure_embedded_default  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine.config import SECTION_DEFAULTS, resolve_section  # noqa: E402
 
 DEFAULT_CONFIG = "configs/pixart/tiny_teacher.py"
 ASSET_DIR = Path("assets/tiny_teacher")
 
 
 def config_hash(cfg: Config) -> str:
-    """sha256 of the resolved config (every inherited value included), independent of file layout."""
-    return hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 of the config as the trainer resolves it (inherited values and trainer defaults filled in), so moving
+    a value between files or spelling out a default does not change it."""
+    resolved = cfg.to_dict()
+    for section in SECTION_DEFAULTS:
+        if resolved.get(section) is not None:
+            resolved[section] = resolve_section(section, resolved[section])
+    return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def file_hash(path: str | Path) -> str:

@@ -22,20 +22,11 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.model.io import load_model_weights  # noqa: E402
+from diffusion.model.io import load_model_weights, resolve_checkpoint  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
 from diffusion.registry import MODELS  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_checkpoint(path: str | Path, use_ema: bool = True) -> Path:
-    """A trainer step folder (``model.safetensors`` [+ ``ema.safetensors``]) -> the weights file; else ``path``."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        ema = path / "ema.safetensors"
-        return ema if use_ema and ema.is_file() else path / "model.safetensors"
-    return path
 
 
 def build_pipeline(cfg, checkpoint: str | Path, device: str, dtype: torch.dtype, use_ema: bool = True) -> Pipeline:

@@ -13,7 +13,7 @@ import torch
 from tqdm import tqdm
 
 from diffusion.eval.images import PROMPTS_FILE, save_samples
-from diffusion.model.io import load_model_weights
+from diffusion.model.io import load_model_weights, resolve_checkpoint
 from diffusion.pipeline import Pipeline, SamplerConfig
 from diffusion.registry import MODELS
 
@@ -27,15 +27,6 @@ SAMPLER_DEFAULTS = {  # steps and guidance scale per sampler when not given (Pix
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line of a text file, blank lines skipped."""
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def resolve_checkpoint(path: str | Path, use_ema: bool = True) -> Path:
-    """A trainer step folder (``model.safetensors`` [+ ``ema.safetensors``]) → its weights file; else ``path``."""
-    path = Path(path)
-    if path.is_dir() and (path / "model.safetensors").is_file():
-        ema = path / "ema.safetensors"
-        return ema if use_ema and ema.is_file() else path / "model.safetensors"
-    return path
 
 
 def load_pipeline(

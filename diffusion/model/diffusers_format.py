@@ -176,3 +176,23 @@ def load_diffusers(directory: str | Path) -> tuple[dict, dict[str, torch.Tensor]
     null = directory / NULL_CAPTION_FILE
     y_embedding = load_file(str(null))["y_embedding"] if null.is_file() else None
     return config, diffusers_to_official(load_file(str(directory / DIFFUSERS_WEIGHTS)), y_embedding)
+
+
+def diffusers_forward(transformer, x, timestep, y, mask=None, data_info=None) -> torch.Tensor:
+    """Call a diffusers ``PixArtTransformer2DModel`` with our forward's arguments (for parity checks and benchmarks).
+
+    x (B,C,H,W), timestep (B,), y (B,1,L,C_text), mask (B,L), data_info {'img_hw', 'aspect_ratio'} -> (B,C_out,H,W).
+    """
+    use_micro = transformer.config.use_additional_conditions
+    cond = {
+        "resolution": data_info["img_hw"] if use_micro else None,
+        "aspect_ratio": data_info["aspect_ratio"] if use_micro else None,
+    }
+    return transformer(
+        x,
+        encoder_hidden_states=y.squeeze(1),
+        timestep=timestep,
+        added_cond_kwargs=cond,
+        encoder_attention_mask=mask,
+        return_dict=False,
+    )[0]

@@ -13,6 +13,15 @@ from safetensors.torch import load_file
 from diffusion.model.diffusers_format import load_diffusers
 
 
+def resolve_checkpoint(path: str | Path, use_ema: bool = True) -> Path:
+    """A trainer step folder (``model.safetensors`` [+ ``ema.safetensors``]) -> its weights file; else ``path``."""
+    path = Path(path)
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        ema = path / "ema.safetensors"
+        return ema if use_ema and ema.is_file() else path / "model.safetensors"
+    return path
+
+
 def load_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tensor]:
     """Official-format state dict from ``path``.
 

@@ -4,25 +4,8 @@ import pytest
 import torch
 from diffusers import PixArtTransformer2DModel
 
-from diffusion.model.diffusers_format import load_diffusers, save_diffusers
+from diffusion.model.diffusers_format import diffusers_forward, load_diffusers, save_diffusers
 from tests.model.helpers import inputs, tiny
-
-
-def _diffusers_forward(ref, x, t, y, mask, info, ms):
-    cond = (
-        {"resolution": info["img_hw"], "aspect_ratio": info["aspect_ratio"]}
-        if ms
-        else {"resolution": None, "aspect_ratio": None}
-    )
-    with torch.no_grad():
-        return ref(
-            x,
-            encoder_hidden_states=y.squeeze(1),
-            timestep=t,
-            added_cond_kwargs=cond,
-            encoder_attention_mask=mask,
-            return_dict=False,
-        )[0]
 
 
 @pytest.mark.parametrize("ms", [False, True], ids=["PixArt", "PixArtMS"])
@@ -35,7 +18,8 @@ def test_outputs_match_diffusers(tmp_path, ms, pe_interpolation):
     x, t, y, mask, info = inputs(hw=(8, 12))  # 4x6 grid, base grid 4x4: non-square and not the base size
     with torch.no_grad():
         ours = model(x, t, y, mask, info)
-    theirs = _diffusers_forward(ref, x, t, y, mask, info, ms)
+    with torch.no_grad():
+        theirs = diffusers_forward(ref, x, t, y, mask, info)
     assert ours.shape == theirs.shape == (3, 8, 8, 12)
     assert ours.abs().max() > 0.1  # non-trivial output
     assert (ours - theirs).abs().max() <= 1e-4

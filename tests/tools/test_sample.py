@@ -11,10 +11,11 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from diffusion.data import ensure_tiny_text_encoder
+from diffusion.model.io import resolve_checkpoint
 from diffusion.pipeline import Pipeline
 from diffusion.registry import MODELS
 from tests.model.helpers import randomize
-from tools.sample import main, make_grid, resolve_checkpoint
+from tools.sample import main, make_grid
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["a large red circle at the top left on a gray background", "a small blue square in the center"]
