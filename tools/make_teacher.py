@@ -1,9 +1,10 @@
 """Train the embedded default's teacher from scratch and publish it as ``assets/tiny_teacher/`` (``make teacher``).
 
 The tiny teacher stands in for the released PixArt-alpha checkpoint: ``make demo`` starts from it as a real user
-starts from PixArt-XL-2-1024-MS. The published file is the EMA of the run's final checkpoint, stored in fp16 to stay
-small, with ``meta.json`` recording the config hash (a test checks it against ``configs/pixart/tiny_teacher.py``),
-the text-encoder hash, the wall time and the measured throughput.
+starts from PixArt-XL-2-1024-MS. The published file is the final checkpoint's trained weights (the end of a cosine
+schedule; the run's EMA stays in its checkpoints), stored in fp16 to stay small, with ``meta.json`` recording the
+config hash (a test checks it against ``configs/pixart/tiny_teacher.py``), the text-encoder hash, the wall time and
+the measured throughput.
 
     python tools/make_teacher.py [--config configs/pixart/tiny_teacher.py] [--work-dir output/tiny_teacher_run]
 """
@@ -47,10 +48,8 @@ def file_hash(path: str | Path) -> str:
 
 
 def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict) -> Path:
-    """EMA weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json``."""
-    source = checkpoint / "ema.safetensors"
-    if not source.is_file():
-        source = checkpoint / "model.safetensors"
+    """Trained weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json``."""
+    source = checkpoint / "model.safetensors"
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"config_sha256": config_hash(cfg)})

@@ -8,11 +8,11 @@ import json
 from pathlib import Path
 
 from diffusion.data.codec import PixelCodec
-from diffusion.data.embedded import make_embedded_data, max_prompt_bytes
+from diffusion.data.embedded import make_embedded_data, max_prompt_words
 from diffusion.data.features import extract_features
 from diffusion.data.text_encoder import TextEncoder, ensure_tiny_text_encoder
 
-EMBEDDED_MAX_LENGTH = max_prompt_bytes() + 1  # ByT5: one token per byte plus EOS
+EMBEDDED_MAX_LENGTH = max_prompt_words() + 1  # word-level tokenizer: one token per word plus EOS
 DEFAULT_NUM = 4800  # five balanced rounds of the 960 attribute combinations
 
 

@@ -90,9 +90,14 @@ def parse_prompt(prompt: str) -> dict[str, str]:
     return {key: attributes[key] for key in ATTRIBUTES}
 
 
-def max_prompt_bytes() -> int:
-    """Length in UTF-8 bytes of the longest possible caption (ByT5 then needs this + 1 tokens for EOS)."""
-    return max(len(caption(attributes).encode()) for attributes in all_attribute_combinations())
+def caption_words() -> list[str]:
+    """Every word any caption uses, sorted (the vocabulary of the embedded default's word-level tokenizer)."""
+    return sorted({w for attributes in all_attribute_combinations() for w in caption(attributes).split()})
+
+
+def max_prompt_words() -> int:
+    """Words in the longest possible caption (the word-level tokenizer then needs this + 1 tokens for EOS)."""
+    return max(len(caption(attributes).split()) for attributes in all_attribute_combinations())
 
 
 def _shape_mask(shape: str, size: int, center: tuple[float, float], half: float) -> np.ndarray:

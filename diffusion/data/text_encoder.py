@@ -1,16 +1,22 @@
 """Caption encoder: a T5 encoder producing the (1, L, C) caption features and (L,) masks PixArt cross-attends to.
 
 PixArt-α/δ use T5-XXL (4096 channels) with 120 tokens, ``padding='max_length'`` and truncation (facts §2, §6). The
-same class loads a tiny ByT5-tokenised T5 built by :func:`make_tiny_text_encoder` for the embedded default, so tests
-and demos go through exactly the code path real runs use.
+same class loads a tiny T5 built by :func:`make_tiny_text_encoder` for the embedded default, so tests and demos go
+through exactly the code path real runs use. Its tokenizer is word-level over the embedded captions' words (built
+here, no download): with byte-level tokens each attribute is spread over several bytes and a randomly initialised
+T5, and the tiny teacher did not learn to use the caption within the demo budget (measured: the eps loss with true,
+shuffled and null captions agreed to 3 digits after 1000 steps).
 """
 
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, ByT5Tokenizer, T5Config, T5EncoderModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-BYT5_VOCAB_SIZE = 384  # 256 bytes + 3 special tokens + 125 extra ids, what ByT5Tokenizer() produces
+from diffusion.data.embedded import caption_words
+
+SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's pad / eos / unk, ids 0, 1, 2
 
 
 class TextEncoder:
@@ -87,13 +93,15 @@ def make_tiny_text_encoder(
     num_layers: int = 2,
     num_heads: int = 4,
     d_ff: int = 128,
+    words: list[str] | None = None,
 ) -> Path:
-    """Build a small randomly initialised T5 encoder with a ByT5 tokenizer (needs no vocab file) and save both to
-    ``path`` so :meth:`TextEncoder.from_pretrained` loads it like T5-XXL. The same seed gives the same bytes; the
-    global RNG state is left untouched."""
+    """Build a small randomly initialised T5 encoder with a word-level tokenizer over ``words`` (default: the
+    embedded captions' words) and save both to ``path`` so :meth:`TextEncoder.from_pretrained` loads it like T5-XXL.
+    The same seed gives the same bytes; the global RNG state is left untouched."""
     path = Path(path)
+    tokenizer = word_tokenizer(words if words is not None else caption_words())
     config = T5Config(
-        vocab_size=BYT5_VOCAB_SIZE,
+        vocab_size=len(tokenizer),
         d_model=d_model,
         d_kv=d_model // num_heads,
         d_ff=d_ff,
@@ -109,8 +117,19 @@ def make_tiny_text_encoder(
         model = T5EncoderModel(config)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(path))
-    ByT5Tokenizer().save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
     return path
+
+
+def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+    """Lower-cased whitespace words -> ids (unknown words -> ``<unk>``), EOS appended, T5's special-token ids."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    vocab.update({w: len(SPECIAL_TOKENS) + i for i, w in enumerate(sorted(set(words) - set(SPECIAL_TOKENS)))})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
 def ensure_tiny_text_encoder(path: str | Path, seed: int = 0) -> Path:

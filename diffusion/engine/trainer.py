@@ -172,8 +172,8 @@ class Trainer:
         self.lr_scheduler.step()
         unwrapped = parallel.unwrap(self.model)
         self.method.after_optimizer_step(unwrapped)
-        if self.ema is not None:
-            self.ema.update(unwrapped)
+        if self.ema is not None:  # the scheduler has counted this step: updates before it = last_epoch - 1
+            self.ema.update(unwrapped, num_updates=self.lr_scheduler.last_epoch - 1)
         grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         names = sorted(log_sums)
         values = torch.tensor([log_sums[k] for k in names], device=self.device, dtype=torch.float64)

@@ -18,7 +18,7 @@ from diffusion.data.embedded import (
     balanced_attributes,
     edge_map,
     make_embedded_data,
-    max_prompt_bytes,
+    max_prompt_words,
 )
 
 FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
@@ -109,7 +109,7 @@ def test_attributes_are_balanced():
 
 def test_config_max_length_fits_the_longest_caption():
     cfg = Config.fromfile(CONFIG_DIR / "embedded_32.py")
-    assert EMBEDDED_MAX_LENGTH == max_prompt_bytes() + 1
+    assert EMBEDDED_MAX_LENGTH == max_prompt_words() + 1
     assert cfg.data.max_length == cfg.text_encoder.max_length == EMBEDDED_MAX_LENGTH
 
 

@@ -1,4 +1,4 @@
-"""TextEncoder: the tiny ByT5/T5 is deterministic and loads through the same path as T5-XXL."""
+"""TextEncoder: the tiny word-level T5 is deterministic and loads through the same path as T5-XXL."""
 
 import pytest
 import torch
@@ -21,17 +21,19 @@ def test_tiny_text_encoder_is_byte_deterministic(tmp_path):
     assert torch.equal(state, torch.random.get_rng_state()), "global RNG must be left untouched"
 
 
-def test_masks_match_prompt_byte_lengths(tiny_text_encoder_dir):
-    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=40)
-    prompts = ["a red circle", "ä blue square", "x" * 100]
+def test_masks_match_prompt_word_counts(tiny_text_encoder_dir):
+    encoder = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=10)
+    prompts = ["a red circle", "A BLUE square on zebra", " ".join(["red"] * 30)]
     y, y_mask = encoder.encode(prompts)
-    assert y.shape == (3, 1, 40, encoder.caption_channels) and y.dtype == torch.float32
-    assert y_mask.shape == (3, 40) and y_mask.dtype == torch.long
-    lengths = [min(len(p.encode()) + 1, 40) for p in prompts]  # one token per byte + EOS, truncated
+    assert y.shape == (3, 1, 10, encoder.caption_channels) and y.dtype == torch.float32
+    assert y_mask.shape == (3, 10) and y_mask.dtype == torch.long
+    lengths = [min(len(p.split()) + 1, 10) for p in prompts]  # one token per word + EOS, truncated
     assert y_mask.sum(1).tolist() == lengths
     for row, n in zip(y_mask, lengths):
         assert row[:n].eq(1).all() and row[n:].eq(0).all()
     assert torch.isfinite(y).all()
+    ids = encoder.tokenizer(["a blue zebra"]).input_ids[0]
+    assert ids[-1] == encoder.tokenizer.eos_token_id and ids[2] == encoder.tokenizer.unk_token_id  # unknown word
 
 
 def test_encoding_is_batch_independent_and_repeatable(tiny_text_encoder_dir):

@@ -60,3 +60,14 @@ def test_halflife_rate_halves_weight():
     assert math.isclose(rate**10, 0.5, rel_tol=1e-12)
     with pytest.raises(ValueError):
         EMA(_net(), 1.0)
+
+
+def test_warmup_rate_follows_update_count():
+    """r_n = min(rate, (1 + n) / (10 + n)): the first update moves the shadow 90% of the way."""
+    net = nn.Linear(2, 2)
+    ema = EMA(net, 0.999)
+    w0 = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    ema.update(net, num_updates=0)
+    torch.testing.assert_close(ema.shadow["weight"], 0.1 * w0 + 0.9 * net.weight.detach(), rtol=0, atol=1e-6)
