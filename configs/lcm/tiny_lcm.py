@@ -11,6 +11,6 @@ model = dict(class_dropout_prob=0.0)  # see configs/lcm/pixartms_xl2_img1024_lcm
 load_from = "assets/tiny_teacher/model.safetensors"
 optimizer = dict(lr=2e-4, weight_decay=0.0)
 lr_schedule = dict(type="constant", warmup_steps=20, min_lr_ratio=0.0)
-train = dict(max_steps=400, batch_size=32, mixed_precision="bf16", ema_rate=None, grad_clip=1.0, seed=43)
-checkpoint = dict(every=200, keep_last=1)
-validation = dict(every=200)  # sampler None: the method's default (LCM, 4 steps)
+train = dict(max_steps=300, batch_size=32, mixed_precision="bf16", ema_rate=None, grad_clip=1.0, seed=43)
+checkpoint = dict(every=100, keep_last=1)
+validation = dict(every=300)  # sampler None: the method's default (LCM, 4 steps)

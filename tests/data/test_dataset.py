@@ -44,7 +44,7 @@ def test_items_match_the_contract(embedded_root, max_length):
         assert item["control_feat"].shape == (24, 16, 16)
         assert item["y"].shape == (1, max_length, 64) and item["y"].dtype == torch.float32
         assert item["y_mask"].shape == (max_length,) and item["y_mask"].dtype == torch.long
-        assert int(item["y_mask"].sum()) == len(entries[index]["prompt"].encode()) + 1
+        assert int(item["y_mask"].sum()) == len(entries[index]["prompt"].split()) + 1
         assert torch.equal(item["img_hw"], torch.tensor([32.0, 32.0]))
         assert torch.equal(item["aspect_ratio"], torch.tensor([1.0]))
         assert item["prompt"] == entries[index]["prompt"] and item["index"] == index

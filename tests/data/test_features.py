@@ -42,7 +42,7 @@ def test_files_have_official_layout_and_resume(folder, encoder):
             assert npz["caption_feature"].shape == (1, MAX_LENGTH, encoder.caption_channels)
             assert npz["caption_feature"].dtype == np.float32
             assert npz["attention_mask"].shape == (1, MAX_LENGTH)
-            assert npz["attention_mask"].sum() == len(entry["prompt"].encode()) + 1
+            assert npz["attention_mask"].sum() == len(entry["prompt"].split()) + 1
         latent = np.load(folder / "vae_features_32" / f"{name}.npy")
         assert latent.shape == (24, 16, 16) and latent.dtype == np.float32
         mean, std = latent[:12], latent[12:]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from safetensors.torch import save_file
 
+from diffusion.data import EMBEDDED_MAX_LENGTH
 from diffusion.data.embedded import VALIDATION_PROMPTS, make_embedded_data
 from diffusion.data.text_encoder import ensure_tiny_text_encoder
 from diffusion.registry import MODELS
@@ -64,7 +65,7 @@ def test_sample_then_attributes_end_to_end(tmp_path, weights, capsys):
             depth=1,
             num_heads=2,
             caption_channels=64,
-            model_max_length=66,
+            model_max_length=EMBEDDED_MAX_LENGTH,
             pe_interpolation=1.0,
         )
     )

@@ -29,7 +29,7 @@ def setup(tmp_path_factory):
     config = root / "cfg.py"
     config.write_text(
         f"_base_ = ['{CONFIGS}/_base_/models/tiny.py', '{CONFIGS}/_base_/datasets/embedded_32.py']\n"
-        f"text_encoder = dict(path='{te_dir}', max_length=66)\n"
+        f"text_encoder = dict(path='{te_dir}')\n"
     )
     cfg = Config.fromfile(str(config))
     model = randomize(MODELS.build(dict(cfg.model)), std=0.05).eval()

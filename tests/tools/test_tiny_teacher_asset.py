@@ -1,0 +1,28 @@
+"""The committed tiny teacher is exactly what `make teacher` produces from configs/pixart/tiny_teacher.py."""
+
+import json
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from safetensors import safe_open
+
+from diffusion.model.io import load_model_weights
+from diffusion.registry import MODELS
+from tools.make_teacher import ASSET_DIR, DEFAULT_CONFIG, config_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_asset_matches_config_and_loads():
+    weights, meta_path = ROOT / ASSET_DIR / "model.safetensors", ROOT / ASSET_DIR / "meta.json"
+    cfg = Config.fromfile(str(ROOT / DEFAULT_CONFIG))
+    meta = json.loads(meta_path.read_text())
+    assert meta["config_sha256"] == config_hash(cfg), "config changed since the teacher was trained: run make teacher"
+    with safe_open(str(weights), "pt") as f:
+        assert f.metadata()["config_sha256"] == config_hash(cfg)
+    assert weights.stat().st_size <= 20e6
+    model = MODELS.build(cfg.model)
+    load_model_weights(model, weights)  # strict: every key of the config's architecture is present
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert meta["steps"] == cfg.train.max_steps and meta["seed"] == cfg.train.seed
