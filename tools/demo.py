@@ -1,0 +1,109 @@
+"""``make demo``: the main job on the embedded default, end to end on a CPU.
+
+1. make the embedded data (32x32 captioned shapes, tiny T5, feature caches) if missing;
+2. load the committed tiny teacher (``assets/tiny_teacher``; trained by ``make teacher`` if absent);
+3. PixArt-delta LCM distillation of that teacher with the shared trainer (``configs/lcm/tiny_lcm.py``);
+4. a comparison grid (teacher DPM-Solver++ 20 and 4 steps with CFG 4.5 next to LCM 1, 2, 4 steps, no CFG) and the
+   small-scale reproduction table (``tools/reproduce_lcm.py``), all under ``output/demo/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mmengine.config import Config  # noqa: E402
+
+from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
+from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine.validation import save_grid  # noqa: E402
+from diffusion.model.io import load_model_weights  # noqa: E402
+from diffusion.pipeline import Pipeline  # noqa: E402
+from diffusion.registry import MODELS  # noqa: E402
+
+TEACHER = Path("assets/tiny_teacher/model.safetensors")
+LCM_CONFIG = "configs/lcm/tiny_lcm.py"
+COLUMNS = [  # (label, sampler settings)
+    ("teacher DPM-Solver++ 20 steps, CFG 4.5", dict(name="dpm", steps=20, cfg_scale=4.5)),
+    ("teacher DPM-Solver++ 4 steps, CFG 4.5", dict(name="dpm", steps=4, cfg_scale=4.5)),
+    ("LCM 1 step", dict(name="lcm", steps=1)),
+    ("LCM 2 steps", dict(name="lcm", steps=2)),
+    ("LCM 4 steps", dict(name="lcm", steps=4)),
+]
+
+
+def load(cfg: Config, path: Path) -> torch.nn.Module:
+    model = MODELS.build(cfg.model)
+    load_model_weights(model, path)
+    return model.eval()
+
+
+def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Path:
+    """One row per prompt, one column per sampler of ``COLUMNS``."""
+    pipes = {"teacher": Pipeline.from_config(cfg, load(cfg, teacher)), "lcm": None}
+    pipes["lcm"] = Pipeline(
+        load(cfg, student), pipes["teacher"].text_encoder, pipes["teacher"].codec, cfg.data.resolution
+    )
+    columns = []
+    for label, sampler in COLUMNS:
+        pipe = pipes["lcm" if sampler["name"] == "lcm" else "teacher"]
+        columns.append(pipe(VALIDATION_PROMPTS, seed=0, **sampler))
+        print(f"  {label}: {pipe.nfe} model evaluations per image")
+    images = torch.stack(columns, dim=1).flatten(0, 1)  # (prompts * columns, 3, H, W), row-major by prompt
+    path = save_grid(images, out, columns=len(COLUMNS))
+    legend = out.with_suffix(".txt")
+    legend.write_text("columns: " + " | ".join(c for c, _ in COLUMNS) + "\nrows:\n" + "\n".join(VALIDATION_PROMPTS))
+    return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="output/demo")
+    parser.add_argument("--steps", type=int, default=None, help="override the LCM distillation steps")
+    parser.add_argument("--eval-images", type=int, default=240, help="images per row of the reproduction table")
+    args = parser.parse_args(argv)
+    out, start = Path(args.out), time.time()
+    cfg = Config.fromfile(LCM_CONFIG)
+    ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
+    print(f"[demo] embedded data ready ({time.time() - start:.0f} s)")
+    if not TEACHER.is_file():
+        print(f"[demo] {TEACHER} missing: training the tiny teacher (make teacher)")
+        from tools.make_teacher import main as make_teacher
+
+        make_teacher([])
+    if args.steps:
+        cfg.merge_from_dict({"train.max_steps": args.steps})
+    work_dir = out / "lcm"
+    Trainer(cfg, work_dir, resume="auto").train()
+    dist.cleanup()
+    student = find_latest(work_dir) / "model.safetensors"
+    print(f"[demo] LCM distillation done ({time.time() - start:.0f} s); student: {student}")
+    grid = comparison_grid(cfg, TEACHER, student, out / "teacher_vs_lcm.png")
+    print(f"[demo] comparison grid: {grid} ({time.time() - start:.0f} s)")
+    from tools.reproduce_lcm import main as reproduce
+
+    reproduce(
+        [
+            "--teacher",
+            str(TEACHER),
+            "--student",
+            str(student),
+            "--config",
+            LCM_CONFIG,
+            "--num-images",
+            str(args.eval_images),
+            "--out",
+            str(out / "reproduce_lcm"),
+        ]
+    )
+    print(f"[demo] finished in {(time.time() - start) / 60:.1f} min; see {out}/")
+
+
+if __name__ == "__main__":
+    main()
