@@ -4,23 +4,12 @@ import pytest
 import torch
 
 from diffusion.methods import LCMDistillation, consistency_fn
-from diffusion.model import PixArtMS
 from diffusion.schedulers import NoiseSchedule
-from tests.model.helpers import inputs, randomize
+from tests.model.helpers import inputs, tiny
 
 
 def _model(random: bool = True, **kw):
-    m = PixArtMS(
-        input_size=8,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        caption_channels=32,
-        model_max_length=16,
-        class_dropout_prob=0.0,
-        **kw,
-    )
-    return randomize(m, std=0.05) if random else m
+    return tiny(True, random=random, std=0.05, pe_interpolation=1.0, class_dropout_prob=0.0, **kw)
 
 
 def _batch(b=3):

@@ -13,7 +13,7 @@ def randomize(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.
     return model
 
 
-def tiny(ms: bool, **kw) -> PixArt:
+def tiny(ms: bool, random: bool = True, std: float = 0.1, **kw) -> PixArt:
     cls = PixArtMS if ms else PixArt
     args = dict(
         input_size=8,
@@ -27,7 +27,8 @@ def tiny(ms: bool, **kw) -> PixArt:
         pe_interpolation=2.0,
     )
     args.update(kw)
-    return randomize(cls(**args)).eval()
+    model = cls(**args)
+    return (randomize(model, std=std) if random else model).eval()
 
 
 def inputs(batch: int = 3, hw: tuple[int, int] = (8, 12), length: int = 16, channels: int = 32, seed: int = 1):

@@ -100,7 +100,7 @@ def test_xl_state_dict_matches_official_keys(factory, expected, params):
 
 
 def test_load_official_pth_with_pos_embed_and_errors(tmp_path):
-    src, dst = tiny(True), PixArtMS_tiny_like()
+    src, dst = tiny(True), tiny(True, random=False)
     state = dict(src.state_dict(), pos_embed=torch.zeros(1, 16, 48))
     torch.save({"state_dict": state, "epoch": 3}, tmp_path / "ckpt.pth")
     load_model_weights(dst, tmp_path / "ckpt.pth")
@@ -115,18 +115,6 @@ def test_load_official_pth_with_pos_embed_and_errors(tmp_path):
     (tmp_path / "corrupt.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="corrupt.pth"):
         load_model_weights(dst, tmp_path / "corrupt.pth")
-
-
-def PixArtMS_tiny_like():  # noqa: N802
-    return PixArtMS(
-        input_size=8,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        caption_channels=32,
-        model_max_length=16,
-        pe_interpolation=2.0,
-    )
 
 
 def test_grad_checkpointing_same_output_and_grads():
