@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
 import time
 from pathlib import Path
@@ -62,6 +63,21 @@ def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Pat
     return path
 
 
+def fresh_or_resumable(work_dir: Path, teacher: Path) -> Path:
+    """The LCM run dir, resumable only if it distils this very teacher: a run of an older teacher is moved aside
+    (never deleted) so that ``--resume auto`` cannot continue it."""
+    digest = hashlib.sha256(teacher.read_bytes()).hexdigest()
+    stamp = work_dir / "teacher_sha256.txt"
+    if work_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != digest):
+        old = stamp.read_text().strip()[:8] if stamp.is_file() else "unknown"
+        stale = work_dir.with_name(f"{work_dir.name}.teacher-{old}.{int(time.time())}")
+        work_dir.rename(stale)
+        print(f"[demo] {work_dir} distilled another teacher; moved it to {stale}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+    return work_dir
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="output/demo")
@@ -79,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         make_teacher([])
     if args.steps:
         cfg.merge_from_dict({"train.max_steps": args.steps})
-    work_dir = out / "lcm"
+    work_dir = fresh_or_resumable(out / "lcm", TEACHER)
     Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
     student = find_latest(work_dir) / "model.safetensors"

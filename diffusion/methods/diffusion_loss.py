@@ -20,6 +20,11 @@ class DiffusionLoss(Method):
         num_steps, beta_start, beta_end: the linear noise schedule.
         pred_sigma: the model outputs [eps | v] and the VB term trains the learned variance.
         snr_loss: PixArt's optional x0 target for small t (see ``hybrid_loss``).
+        snr_gamma: Min-SNR-gamma weighting of the eps MSE (see ``hybrid_loss``); None = PixArt's uniform weight.
+        snr_floor: x0-MSE weighting below this SNR (see ``hybrid_loss``); None = PixArt's uniform weight.
+        high_noise_prob, high_noise_from: draw t from U{high_noise_from..T-1} with probability ``high_noise_prob``,
+            else from U{0..T-1} (0 = PixArt's uniform t). The high-noise steps are where a sampler decides the
+            composition from the caption; the tiny teacher oversamples them to learn captions within a CPU budget.
         sampler: what ``sampler_defaults`` returns; PixArt-alpha's DPM-Solver++, 20 steps, guidance 4.5 by default.
     """
 
@@ -31,6 +36,10 @@ class DiffusionLoss(Method):
         beta_end: float = 0.02,
         pred_sigma: bool = True,
         snr_loss: bool = False,
+        snr_gamma: float | None = None,
+        snr_floor: float | None = None,
+        high_noise_prob: float = 0.0,
+        high_noise_from: int = 700,
         sampler: dict | None = None,
     ) -> None:
         super().__init__()
@@ -40,6 +49,18 @@ class DiffusionLoss(Method):
         self.schedule = NoiseSchedule(num_steps, beta_start, beta_end)
         self.pred_sigma = pred_sigma
         self.snr_loss = snr_loss
+        if snr_gamma is not None and snr_gamma <= 0:
+            raise ValueError(f"snr_gamma must be positive or None, got {snr_gamma}")
+        self.snr_gamma = snr_gamma
+        if snr_floor is not None and not (snr_floor > 0 and (snr_gamma is None or snr_floor <= snr_gamma)):
+            raise ValueError(f"snr_floor must be positive and <= snr_gamma, got {snr_floor} (gamma {snr_gamma})")
+        self.snr_floor = snr_floor
+        if not 0.0 <= high_noise_prob <= 1.0 or not 0 <= high_noise_from < num_steps:
+            raise ValueError(
+                f"need 0 <= high_noise_prob <= 1 and 0 <= high_noise_from < {num_steps}, "
+                f"got {high_noise_prob} and {high_noise_from}"
+            )
+        self.high_noise_prob, self.high_noise_from = high_noise_prob, high_noise_from
         self.sampler = dict(DEFAULT_SAMPLER if sampler is None else sampler)
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
@@ -51,17 +72,28 @@ class DiffusionLoss(Method):
         Returns: (scalar mean loss, {"mse", "vb"} as detached 0-d tensors).
         """
         x0 = batch["x0"]
-        # Global RNG on the batch's device, so seeding the process seeds the loss.
-        t = torch.randint(0, self.schedule.num_steps, (x0.shape[0],), device=x0.device)
+        t = self.sample_timesteps(x0.shape[0], x0.device)
         eps = torch.randn_like(x0)
         xt = self.schedule.q_sample(x0, t, eps)
         extra = {"c": batch["c"]} if batch.get("c") is not None else {}
         out = model(xt, t, batch["y"], batch["y_mask"], batch["data_info"], **extra)
         terms = hybrid_loss(
-            self.schedule, out.float(), x0.float(), xt.float(), t, eps.float(), self.pred_sigma, self.snr_loss
+            self.schedule, out.float(), x0.float(), xt.float(), t, eps.float(), self.pred_sigma, self.snr_loss,
+            snr_gamma=self.snr_gamma,
+            snr_floor=self.snr_floor,
         )
         logs = {"mse": terms["mse"].mean().detach(), "vb": terms["vb"].mean().detach()}
         return terms["loss"].mean(), logs
+
+    def sample_timesteps(self, batch_size: int, device: torch.device) -> Tensor:
+        """(B,) int64 timesteps: uniform, or the high-noise mixture. Global RNG on ``device``, so seeding the process
+        seeds the loss; the uniform case draws exactly what PixArt's ``randint`` draws."""
+        num_steps = self.schedule.num_steps
+        t = torch.randint(0, num_steps, (batch_size,), device=device)
+        if self.high_noise_prob > 0:
+            high = torch.randint(self.high_noise_from, num_steps, (batch_size,), device=device)
+            t = torch.where(torch.rand(batch_size, device=device) < self.high_noise_prob, high, t)
+        return t
 
     def sampler_defaults(self) -> dict:
         return dict(self.sampler)

@@ -89,6 +89,8 @@ def hybrid_loss(
     pred_sigma: bool = True,
     snr: bool = False,
     snr_switch_t: int = 249,
+    snr_gamma: float | None = None,
+    snr_floor: float | None = None,
 ) -> dict[str, Tensor]:
     """PixArt-alpha's per-sample training loss.
 
@@ -99,7 +101,13 @@ def hybrid_loss(
         pred_sigma: train the learned variance with the VB term; otherwise the loss is the eps MSE alone.
         snr: PixArt's optional "snr" target: for t <= ``snr_switch_t`` regress x0 (from the predicted eps) onto the
             clean latent instead of eps onto the noise.
-    Returns: {"loss", "mse", "vb"}, each (B,); "vb" is zeros without ``pred_sigma``.
+        snr_gamma: Min-SNR-gamma weighting (Hang et al. 2023) of the MSE term: ``min(SNR_t, gamma) / SNR_t`` with
+            ``SNR_t = alpha_bar_t / (1 - alpha_bar_t)``, which lowers the weight of the low-noise steps; None (PixArt)
+            weighs every step by 1. The VB term is never reweighted.
+        snr_floor: the opposite end: weight ``max(SNR_t, floor) / SNR_t``, which turns the eps MSE into an x0 MSE
+            (times ``floor``) where SNR_t < floor. The eps MSE of a high-noise step is its x0 error times SNR_t, so
+            without it the steps that decide the composition contribute almost nothing to the gradient.
+    Returns: {"loss", "mse", "vb"}, each (B,); "mse" is unweighted; "vb" is zeros without ``pred_sigma``.
     """
     channels = x0.shape[1]
     if pred_sigma:
@@ -117,5 +125,9 @@ def hybrid_loss(
     else:
         target, output = eps, pred_eps
     mse = mean_flat((target - output) ** 2)
+    weighted = mse
+    if snr_gamma is not None or snr_floor is not None:
+        snr_t = schedule.gather(schedule.alphas_cumprod / (1.0 - schedule.alphas_cumprod), t, mse)
+        weighted = mse * snr_t.clamp(min=snr_floor, max=snr_gamma) / snr_t
     vb = vb_terms_bpd(schedule, pred_eps.detach(), v, x0, xt, t) if pred_sigma else torch.zeros_like(mse)
-    return {"loss": mse + vb, "mse": mse, "vb": vb}
+    return {"loss": weighted + vb, "mse": mse, "vb": vb}

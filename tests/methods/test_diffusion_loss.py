@@ -89,3 +89,23 @@ def test_default_hooks():
     assert method.after_optimizer_step(StandIn()) is None
     assert method.sampler_defaults() == dict(type="ddim", num_steps=5)
     assert DiffusionLoss(StandIn()).sampler_defaults()["name"] == "dpm"
+
+
+def test_timesteps_uniform_by_default_and_high_noise_mixture():
+    uniform = DiffusionLoss(StandIn())
+    torch.manual_seed(0)
+    t = uniform.sample_timesteps(4000, torch.device("cpu"))
+    torch.manual_seed(0)
+    torch.testing.assert_close(t, torch.randint(0, 1000, (4000,)))  # PixArt's draw, unchanged
+    mixed = DiffusionLoss(StandIn(), high_noise_prob=0.6, high_noise_from=700)
+    t = mixed.sample_timesteps(20000, torch.device("cpu"))
+    assert 0 <= int(t.min()) and int(t.max()) <= 999
+    # P(t >= 700) = 0.6 + 0.4 * 0.3 = 0.72
+    assert abs((t >= 700).float().mean().item() - 0.72) < 0.02
+    assert (t < 100).any()  # low-noise steps are still trained
+    with pytest.raises(ValueError, match="high_noise_prob"):
+        DiffusionLoss(StandIn(), high_noise_prob=1.5)
+    with pytest.raises(ValueError, match="snr_gamma"):
+        DiffusionLoss(StandIn(), snr_gamma=0.0)
+    with pytest.raises(ValueError, match="snr_floor"):
+        DiffusionLoss(StandIn(), snr_floor=1.0, snr_gamma=0.5)

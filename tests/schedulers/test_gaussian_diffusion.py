@@ -133,3 +133,33 @@ def test_snr_target_switches_to_x0_early():
     x0_err = ((schedule.x0_from_eps(xt, t, pred) - x0) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(terms["mse"][:2], x0_err[:2])
     torch.testing.assert_close(terms["mse"][2:], torch.full((2,), 0.01, dtype=torch.float64))
+
+
+def test_min_snr_gamma_weights_only_low_noise_steps():
+    t = torch.tensor([10, 100, 500, 900])
+    schedule, x0, eps, xt = _setup(t, seed=3)
+    pred = eps + 0.1
+    plain = hybrid_loss(schedule, pred, x0, xt, t, eps, pred_sigma=False)
+    gamma = 5.0
+    weighted = hybrid_loss(schedule, pred, x0, xt, t, eps, pred_sigma=False, snr_gamma=gamma)
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    expected = plain["mse"] * torch.minimum(snr, torch.tensor(gamma, dtype=snr.dtype)) / snr
+    torch.testing.assert_close(weighted["loss"], expected)
+    torch.testing.assert_close(weighted["mse"], plain["mse"])  # the logged MSE stays unweighted
+    assert bool((snr[:2] > gamma).all()) and bool((snr[2:] < gamma).all())
+    torch.testing.assert_close(weighted["loss"][2:], plain["loss"][2:])
+    assert bool((weighted["loss"][:2] < plain["loss"][:2]).all())
+
+
+def test_snr_floor_turns_high_noise_eps_mse_into_x0_mse():
+    t = torch.tensor([100, 500, 800, 999])
+    schedule, x0, eps, xt = _setup(t, seed=4)
+    pred = eps + 0.1
+    floor = 0.02
+    terms = hybrid_loss(schedule, pred, x0, xt, t, eps, pred_sigma=False, snr_floor=floor)
+    snr = schedule.alphas_cumprod[t] / (1 - schedule.alphas_cumprod[t])
+    low, high = snr >= floor, snr < floor
+    assert bool(low[:2].all()) and bool(high[2:].all())
+    torch.testing.assert_close(terms["loss"][low], terms["mse"][low])  # unchanged above the floor
+    x0_err = ((schedule.x0_from_eps(xt, t, pred) - x0) ** 2).mean(dim=(1, 2, 3))
+    torch.testing.assert_close(terms["loss"][high], floor * x0_err[high])  # x0 MSE (times the floor) below it
