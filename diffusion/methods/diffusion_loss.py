@@ -78,7 +78,14 @@ class DiffusionLoss(Method):
         extra = {"c": batch["c"]} if batch.get("c") is not None else {}
         out = model(xt, t, batch["y"], batch["y_mask"], batch["data_info"], **extra)
         terms = hybrid_loss(
-            self.schedule, out.float(), x0.float(), xt.float(), t, eps.float(), self.pred_sigma, self.snr_loss,
+            self.schedule,
+            out.float(),
+            x0.float(),
+            xt.float(),
+            t,
+            eps.float(),
+            self.pred_sigma,
+            self.snr_loss,
             snr_gamma=self.snr_gamma,
             snr_floor=self.snr_floor,
         )
