@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -23,10 +22,12 @@ from mmengine.config import Config  # noqa: E402
 
 from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.model.io import load_model_weights  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
 from diffusion.registry import MODELS  # noqa: E402
+from tools.make_teacher import file_hash  # noqa: E402
 
 TEACHER = Path("assets/tiny_teacher/model.safetensors")
 LCM_CONFIG = "configs/lcm/tiny_lcm.py"
@@ -63,21 +64,6 @@ def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Pat
     return path
 
 
-def fresh_or_resumable(work_dir: Path, teacher: Path) -> Path:
-    """The LCM run dir, resumable only if it distils this very teacher: a run of an older teacher is moved aside
-    (never deleted) so that ``--resume auto`` cannot continue it."""
-    digest = hashlib.sha256(teacher.read_bytes()).hexdigest()
-    stamp = work_dir / "teacher_sha256.txt"
-    if work_dir.exists() and (not stamp.is_file() or stamp.read_text().strip() != digest):
-        old = stamp.read_text().strip()[:8] if stamp.is_file() else "unknown"
-        stale = work_dir.with_name(f"{work_dir.name}.teacher-{old}.{int(time.time())}")
-        work_dir.rename(stale)
-        print(f"[demo] {work_dir} distilled another teacher; moved it to {stale}")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(digest + "\n")
-    return work_dir
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="output/demo")
@@ -95,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
         make_teacher([])
     if args.steps:
         cfg.merge_from_dict({"train.max_steps": args.steps})
-    work_dir = fresh_or_resumable(out / "lcm", TEACHER)
+    # resume only a distillation of this very teacher; one of an older teacher is moved aside
+    work_dir = claim_run_dir(out / "lcm", file_hash(TEACHER), on_other="move")
     Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
     student = find_latest(work_dir) / "model.safetensors"

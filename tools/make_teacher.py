@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from diffusion.data import ensure_embedded_default  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.config import SECTION_DEFAULTS, resolve_section  # noqa: E402
 
 DEFAULT_CONFIG = "configs/pixart/tiny_teacher.py"
@@ -45,19 +46,6 @@ def config_hash(cfg: Config) -> str:
 
 def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def check_work_dir(work_dir: Path, cfg_hash: str) -> None:
-    """Resume only a run of the same config: a work dir left by another config (an older teacher) is an error, not
-    a silent resume from its checkpoints."""
-    stamp = work_dir / "config_sha256.txt"
-    if stamp.is_file():
-        if stamp.read_text().strip() != cfg_hash:
-            raise SystemExit(f"{work_dir} holds a run of a different teacher config; delete it or pass --work-dir")
-    elif (work_dir / "checkpoints").is_dir() and any((work_dir / "checkpoints").iterdir()):
-        raise SystemExit(f"{work_dir} holds checkpoints of an unknown config; delete it or pass --work-dir")
-    work_dir.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(cfg_hash + "\n")
 
 
 def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict) -> Path:
@@ -81,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
     data_s = time.time() - start
-    check_work_dir(Path(args.work_dir), config_hash(cfg))
+    claim_run_dir(args.work_dir, config_hash(cfg), on_other="error")
     Trainer(cfg, args.work_dir, resume="auto").train()  # resumes an interrupted run of the same config
     dist.cleanup()
     wall = time.time() - start

@@ -11,6 +11,7 @@ import os
 import random
 import re
 import shutil
+import time
 from pathlib import Path
 
 import numpy as np
@@ -142,3 +143,29 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def claim_run_dir(work_dir: str | os.PathLike, digest: str, on_other: str = "error") -> Path:
+    """Make ``work_dir`` the run dir of whatever ``digest`` names (a config hash, a teacher file hash), so that
+    ``--resume auto`` only ever continues a run of the same inputs.
+
+    The digest is stamped in ``<work_dir>/run_sha256.txt``. A dir stamped with another digest, or unstamped but holding
+    checkpoints, belongs to another run: ``on_other="error"`` raises SystemExit naming it, ``"move"`` renames it to
+    ``<work_dir>.<old digest[:8]>.<unix time>`` (never deletes it) and starts fresh. Returns ``work_dir``.
+    """
+    if on_other not in ("error", "move"):
+        raise ValueError(f"on_other must be 'error' or 'move', got {on_other!r}")
+    work_dir = Path(work_dir)
+    stamp = work_dir / "run_sha256.txt"
+    old = stamp.read_text().strip() if stamp.is_file() else None
+    foreign = old != digest if old is not None else find_latest(work_dir) is not None
+    if foreign:
+        what = f"a run of other inputs (sha256 {old[:8]})" if old else "checkpoints of an unknown run"
+        if on_other == "error":
+            raise SystemExit(f"{work_dir} holds {what}, not of {digest[:8]}; delete it or choose another work dir")
+        stale = work_dir.with_name(f"{work_dir.name}.{(old or 'unknown')[:8]}.{int(time.time())}")
+        work_dir.rename(stale)
+        print(f"{work_dir} held {what}; moved it to {stale}")
+    work_dir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(digest + "\n")
+    return work_dir

@@ -61,3 +61,24 @@ def test_rng_state_round_trip_with_weights_only(tmp_path):
     assert got[0] == expected[0]
     assert np.array_equal(got[1], expected[1])
     assert torch.equal(got[2], expected[2]) and torch.equal(got[3], expected[3])
+
+
+def test_claim_run_dir_resumes_only_runs_of_the_same_inputs(tmp_path):
+    from diffusion.engine.checkpoint import claim_run_dir
+
+    run = claim_run_dir(tmp_path / "run", "a" * 64)  # fresh dir: stamped
+    (run / "checkpoints" / "step_0000250").mkdir(parents=True)
+    assert claim_run_dir(run, "a" * 64) == run  # same inputs: kept for --resume auto
+    with pytest.raises(SystemExit, match="other inputs"):
+        claim_run_dir(run, "b" * 64)
+    legacy = tmp_path / "legacy"
+    (legacy / "checkpoints" / "step_0000250").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="unknown run"):
+        claim_run_dir(legacy, "a" * 64)
+    # "move": another input's run is renamed aside, never deleted, and a fresh dir takes its place
+    run = claim_run_dir(run, "b" * 64, on_other="move")
+    assert not (run / "checkpoints").exists()
+    stale = [p for p in tmp_path.iterdir() if p.name.startswith("run.aaaaaaaa.")]
+    assert len(stale) == 1 and (stale[0] / "checkpoints" / "step_0000250").is_dir()
+    with pytest.raises(ValueError, match="on_other"):
+        claim_run_dir(run, "b" * 64, on_other="delete")

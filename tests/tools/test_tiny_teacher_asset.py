@@ -3,7 +3,6 @@
 import json
 from pathlib import Path
 
-import pytest
 import torch
 from mmengine.config import Config
 from safetensors import safe_open
@@ -27,17 +26,3 @@ def test_asset_matches_config_and_loads():
     load_model_weights(model, weights)  # strict: every key of the config's architecture is present
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert meta["steps"] == cfg.train.max_steps and meta["seed"] == cfg.train.seed
-
-
-def test_make_teacher_resumes_only_its_own_config(tmp_path):
-    from tools.make_teacher import check_work_dir
-
-    run = tmp_path / "run"
-    check_work_dir(run, "a" * 64)  # fresh dir: stamped
-    check_work_dir(run, "a" * 64)  # same config: resume allowed
-    with pytest.raises(SystemExit, match="different teacher config"):
-        check_work_dir(run, "b" * 64)
-    legacy = tmp_path / "legacy"
-    (legacy / "checkpoints" / "step_0000250").mkdir(parents=True)
-    with pytest.raises(SystemExit, match="unknown config"):
-        check_work_dir(legacy, "a" * 64)
