@@ -14,25 +14,43 @@ import torch
 from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
-from diffusion.registry import CODECS
 from diffusion.schedulers import LCMScheduler, NoiseSchedule, ddim_sample, dpm_solver_pp_sample
 
 SAMPLERS = ("dpm", "ddim", "lcm")
+# The one table of sampler defaults (PixArt-alpha: DPM-Solver++ 20 steps with CFG 4.5; PixArt-delta: LCM 4 steps, no
+# CFG). Every tool, the trainer's sample grids and the app fill what the user left out from here.
+SAMPLER_DEFAULTS = {
+    "dpm": dict(steps=20, cfg_scale=4.5),
+    "ddim": dict(steps=20, cfg_scale=4.5),
+    "lcm": dict(steps=4, cfg_scale=None),
+}
 
 
 @dataclass
 class SamplerConfig:
-    """How to sample: ``name`` in {dpm, ddim, lcm}, number of steps, guidance scale (ignored by lcm)."""
+    """How to sample: ``name`` in {dpm, ddim, lcm}, number of steps, guidance scale.
+
+    ``steps`` / ``cfg_scale`` left as None take the sampler's :data:`SAMPLER_DEFAULTS`. ``cfg_scale`` is in the
+    teacher samplers' convention ``uncond + cfg (cond - uncond)``: 1.0 means no guidance (and no null-caption pass).
+    The LCM sampler runs without a CFG batch.
+    """
 
     name: str = "dpm"
-    steps: int = 20
-    cfg_scale: float = 4.5
+    steps: int | None = None
+    cfg_scale: float | None = None
     timesteps: Sequence[int] | None = None
     lcm_schedule: str = "pixart"
 
     def __post_init__(self):
         if self.name not in SAMPLERS:
             raise ValueError(f"unknown sampler {self.name!r}; expected one of {SAMPLERS}")
+        defaults = SAMPLER_DEFAULTS[self.name]
+        if self.steps is None:
+            self.steps = defaults["steps"]
+        if self.cfg_scale is None:
+            self.cfg_scale = defaults["cfg_scale"]
+        if self.timesteps is None and self.steps < 1:
+            raise ValueError(f"sampler {self.name!r} needs steps >= 1, got {self.steps}")
 
 
 class Pipeline:
@@ -41,6 +59,7 @@ class Pipeline:
     Args:
         model: PixArt / PixArtMS (eval mode is set while sampling).
         text_encoder: ``TextEncoder`` (any T5 encoder).
+    Built from a config and a checkpoint by ``diffusion.build.load_pipeline``.
         codec: object with ``decode(z) -> images in [-1, 1]``, ``scale_factor``, ``latent_channels``, ``downsample``.
         resolution: default image size in pixels (square), or (height, width).
     """
@@ -51,15 +70,9 @@ class Pipeline:
         self.schedule = NoiseSchedule()
         self.nfe = 0  # model evaluations per image of the last call (CFG counts two)
 
-    @classmethod
-    def from_config(cls, cfg: Mapping, model: nn.Module, device: str | torch.device | None = None) -> Pipeline:
-        """Build the text encoder and codec named by a training config (``text_encoder``, ``codec``, ``data``)."""
-        device = torch.device(device) if device is not None else next(model.parameters()).device
-        te = TextEncoder.from_pretrained(cfg["text_encoder"]["path"], max_length=cfg["text_encoder"]["max_length"])
-        codec = CODECS.build(dict(cfg["codec"]))
-        if hasattr(codec, "to"):
-            codec = codec.to(device)
-        return cls(model, te.to(device), codec, cfg["data"]["resolution"])
+    def with_model(self, model: nn.Module) -> Pipeline:
+        """A pipeline over ``model`` that shares this one's text encoder, codec and resolution."""
+        return Pipeline(model, self.text_encoder, self.codec, self.resolution)
 
     @property
     def device(self) -> torch.device:

@@ -38,8 +38,16 @@ def test_cfg_scale_one_equals_unguided_conditional(pipe):
     z1 = pipe.sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=4, cfg_scale=1.0), seed=3)
     assert pipe.nfe == 4  # w = 1 skips the null branch altogether
     x_T = torch.randn(2, 12, 8, 8, generator=torch.Generator().manual_seed(3))
-    z_none = pipe.sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=4, cfg_scale=None), x_T=x_T)
-    torch.testing.assert_close(z1, z_none, rtol=0, atol=0)
+    z_given = pipe.sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=4, cfg_scale=1.0), x_T=x_T)
+    torch.testing.assert_close(z1, z_given, rtol=0, atol=0)  # the seed draws exactly this x_T
+
+
+def test_sampler_defaults_fill_what_is_left_out():
+    assert (SamplerConfig(name="dpm").steps, SamplerConfig(name="dpm").cfg_scale) == (20, 4.5)
+    assert SamplerConfig(name="lcm").steps == 4
+    assert SamplerConfig(name="ddim", steps=7, cfg_scale=2.0).steps == 7
+    with pytest.raises(ValueError, match="steps >= 1"):
+        SamplerConfig(name="lcm", steps=0)
 
 
 def test_guidance_uses_learned_null_caption_with_prompt_mask(pipe):

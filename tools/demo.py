@@ -20,13 +20,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import Config  # noqa: E402
 
+from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.model.io import load_model_weights  # noqa: E402
-from diffusion.pipeline import Pipeline  # noqa: E402
-from diffusion.registry import MODELS  # noqa: E402
 from tools.make_teacher import file_hash  # noqa: E402
 
 TEACHER = Path("assets/tiny_teacher/model.safetensors")
@@ -40,18 +38,10 @@ COLUMNS = [  # (label, sampler settings)
 ]
 
 
-def load(cfg: Config, path: Path) -> torch.nn.Module:
-    model = MODELS.build(cfg.model)
-    load_model_weights(model, path)
-    return model.eval()
-
-
 def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Path:
     """One row per prompt, one column per sampler of ``COLUMNS``."""
-    pipes = {"teacher": Pipeline.from_config(cfg, load(cfg, teacher)), "lcm": None}
-    pipes["lcm"] = Pipeline(
-        load(cfg, student), pipes["teacher"].text_encoder, pipes["teacher"].codec, cfg.data.resolution
-    )
+    pipes = {"teacher": load_pipeline(cfg, teacher)}
+    pipes["lcm"] = load_pipeline(cfg, student, like=pipes["teacher"])
     columns = []
     for label, sampler in COLUMNS:
         pipe = pipes["lcm" if sampler["name"] == "lcm" else "teacher"]

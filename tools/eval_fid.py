@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
 
+from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.eval import (  # noqa: E402
     FEATURE_EXTRACTORS,
     attribute_accuracy,
@@ -30,7 +31,6 @@ from diffusion.eval import (  # noqa: E402
     ensure_attribute_net,
     fid_between,
     folder_features,
-    load_pipeline,
     read_prompts,
     read_sample_folder,
     sample_to_folder,
@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sample":
         from mmengine.config import Config
 
-        pipe = load_pipeline(Config.fromfile(args.config), args.checkpoint, args.device, not args.no_ema)
+        pipe = load_pipeline(Config.fromfile(args.config), args.checkpoint, args.device, use_ema=not args.no_ema)
         prompts = read_prompts(args.prompts)
         paths = sample_to_folder(
             pipe, prompts, args.out, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmengine.config import Config  # noqa: E402
 
+from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.data.embedded import all_attribute_combinations, caption  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval import (  # noqa: E402
@@ -35,9 +36,7 @@ from diffusion.eval import (  # noqa: E402
     frechet_distance,
     statistics_of,
 )
-from diffusion.model.io import load_model_weights  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
-from diffusion.registry import MODELS  # noqa: E402
 
 ROWS = [  # (label, model, sampler settings)
     ("teacher DPM-Solver++, 4 steps, CFG 4.5", "teacher", dict(name="dpm", steps=4, cfg_scale=4.5)),
@@ -85,12 +84,8 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = build_feature_extractor(args.features, args.weights)
     classifier = extractor.net if hasattr(extractor, "net") else None
     ref_mu, ref_sigma, _ = statistics_of(cfg.data.root, extractor, num=args.num_images, progress=False)
-    models = {}
-    for name, path in (("teacher", args.teacher), ("student", args.student)):
-        models[name] = MODELS.build(cfg.model).eval()
-        load_model_weights(models[name], path)
-    base = Pipeline.from_config(cfg, models["teacher"])
-    pipes = {"teacher": base, "student": Pipeline(models["student"], base.text_encoder, base.codec, base.resolution)}
+    teacher = load_pipeline(cfg, args.teacher)
+    pipes = {"teacher": teacher, "student": load_pipeline(cfg, args.student, like=teacher)}
 
     prompts = eval_prompts(args.num_images)
     results, grid_rows = [], []

@@ -22,30 +22,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.model.io import load_model_weights, resolve_checkpoint  # noqa: E402
+from diffusion.build import DTYPES, load_pipeline  # noqa: E402
+from diffusion.engine.validation import save_grid  # noqa: E402
+from diffusion.eval.sampling import read_prompts  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
-from diffusion.registry import MODELS  # noqa: E402
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def build_pipeline(cfg, checkpoint: str | Path, device: str, dtype: torch.dtype, use_ema: bool = True) -> Pipeline:
-    """``cfg.model`` with the checkpoint's weights, plus the config's text encoder and codec."""
-    model = MODELS.build(dict(cfg["model"]))
-    load_model_weights(model, resolve_checkpoint(checkpoint, use_ema))
-    model = model.to(device=device, dtype=dtype).eval()
-    return Pipeline.from_config(cfg, model, device=device)
-
-
-def make_grid(images: torch.Tensor, rows: int) -> torch.Tensor:
-    """(N, 3, H, W) uint8 -> (3, rows*H, cols*W) uint8, filled row by row."""
-    n, c, h, w = images.shape
-    cols = -(-n // rows)
-    grid = torch.zeros(c, rows * h, cols * w, dtype=images.dtype)
-    for i, image in enumerate(images):
-        r, k = divmod(i, cols)
-        grid[:, r * h : (r + 1) * h, k * w : (k + 1) * w] = image
-    return grid
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -73,20 +53,22 @@ def sample(
             written.append(out / f"s{seed}_{index:03d}.png")
             save_png(image, written[-1])
     written.append(out / "grid.png")
-    save_png(make_grid(torch.cat(batches), rows=len(seeds)), written[-1])
+    save_grid(torch.cat(batches), written[-1], columns=len(prompts))
     return written
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--checkpoint", required=True, help=".safetensors / .pth / diffusers or trainer folder")
+    parser.add_argument(
+        "--checkpoint", default=None, help=".safetensors / .pth / diffusers or trainer folder (default: load_from)"
+    )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", nargs="+")
     src.add_argument("--prompt-file", help="one prompt per line (blank lines skipped)")
     parser.add_argument("--sampler", default="dpm", choices=SAMPLERS)
     parser.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
-    parser.add_argument("--cfg-scale", type=float, default=4.5, help="guidance scale (ignored by lcm)")
+    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default 4.5; lcm: none)")
     parser.add_argument("--lcm-schedule", default="pixart", choices=("pixart", "diffusers"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", required=True)
@@ -104,11 +86,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     prompts = args.prompts
     if args.prompt_file:
-        prompts = [line.strip() for line in Path(args.prompt_file).read_text().splitlines() if line.strip()]
-    steps = args.steps or (4 if args.sampler == "lcm" else 20)
-    pipe = build_pipeline(
-        Config.fromfile(args.config), args.checkpoint, args.device, DTYPES[args.dtype], not args.no_ema
-    )
+        prompts = read_prompts(args.prompt_file)
+    cfg = Config.fromfile(args.config)
+    pipe = load_pipeline(cfg, args.checkpoint, args.device, DTYPES[args.dtype], use_ema=not args.no_ema)
     written = sample(
         pipe,
         prompts,
@@ -117,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         args.height,
         args.width,
         name=args.sampler,
-        steps=steps,
+        steps=args.steps,
         cfg_scale=args.cfg_scale,
         lcm_schedule=args.lcm_schedule,
     )

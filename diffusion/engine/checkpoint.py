@@ -18,8 +18,6 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusion.model.io import load_model_weights as load_weights  # noqa: F401 (load_from of every run)
-
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 

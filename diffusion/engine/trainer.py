@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
+from diffusion.build import build_model, load_pipeline
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel
 from diffusion.engine.config import check_top_level, resolve_section
@@ -25,7 +26,7 @@ from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
 from diffusion.engine.validation import save_grid
-from diffusion.registry import CODECS, DATASETS, METHODS, MODELS, SAMPLERS
+from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -55,9 +56,7 @@ class Trainer:
         resume_dir = self._resolve_resume(resume)
 
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
-        model = MODELS.build(cfg.model)
-        if cfg.get("load_from"):
-            ckpt.load_weights(model, cfg.load_from)
+        model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
         self.method = METHODS.build(dict(cfg.method, model=model))
         if resume_dir is not None:
             model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
@@ -225,9 +224,7 @@ class Trainer:
 
     def build_pipeline(self, model: torch.nn.Module):
         """The sampling pipeline used for validation grids (override or monkeypatch in tests)."""
-        from diffusion.pipeline import Pipeline
-
-        return Pipeline.from_config(self.cfg, model=model)
+        return load_pipeline(self.cfg, model=model, device=self.device)
 
     @torch.no_grad()
     def validate(self, step: int) -> Path | None:

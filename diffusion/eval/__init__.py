@@ -24,11 +24,10 @@ from diffusion.eval.fid import (
     statistics_of,
 )
 from diffusion.eval.images import FolderReport, list_images, read_sample_folder, save_samples
-from diffusion.eval.sampling import SAMPLER_DEFAULTS, load_pipeline, read_prompts, sample_to_folder
+from diffusion.eval.sampling import read_prompts, sample_to_folder
 
 __all__ = [
     "FEATURE_EXTRACTORS",
-    "SAMPLER_DEFAULTS",
     "AttributeNet",
     "EmbeddedFeatures",
     "FolderReport",
@@ -43,7 +42,6 @@ __all__ = [
     "frechet_distance",
     "list_images",
     "load_attribute_net",
-    "load_pipeline",
     "load_statistics",
     "read_prompts",
     "read_sample_folder",

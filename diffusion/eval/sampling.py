@@ -6,36 +6,19 @@ better than the teacher at 4; these folders feed FID and prompt-attribute accura
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from diffusion.eval.images import PROMPTS_FILE, save_samples
-from diffusion.model.io import load_model_weights, resolve_checkpoint
 from diffusion.pipeline import Pipeline, SamplerConfig
-from diffusion.registry import MODELS
-
-SAMPLER_DEFAULTS = {  # steps and guidance scale per sampler when not given (PixArt-α: DPM 20 steps, w 4.5)
-    "lcm": dict(steps=4, cfg_scale=1.0),
-    "dpm": dict(steps=20, cfg_scale=4.5),
-    "ddim": dict(steps=20, cfg_scale=4.5),
-}
 
 
 def read_prompts(path: str | Path) -> list[str]:
     """One prompt per line of a text file, blank lines skipped."""
     return [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-
-
-def load_pipeline(
-    cfg: Mapping, checkpoint: str | Path, device: str | torch.device = "cpu", use_ema: bool = True
-) -> Pipeline:
-    """``MODELS.build(cfg.model)`` with the checkpoint's weights (strict), plus the config's text encoder and codec."""
-    model = MODELS.build(dict(cfg["model"]))
-    load_model_weights(model, resolve_checkpoint(checkpoint, use_ema))
-    return Pipeline.from_config(cfg, model.to(device).eval(), device=device)
 
 
 def sample_to_folder(
@@ -57,12 +40,7 @@ def sample_to_folder(
     Returns:
         the PNG paths, in prompt order.
     """
-    defaults = SAMPLER_DEFAULTS[sampler]
-    config = SamplerConfig(
-        name=sampler,
-        steps=steps if steps is not None else defaults["steps"],
-        cfg_scale=cfg_scale if cfg_scale is not None else defaults["cfg_scale"],
-    )
+    config = SamplerConfig(name=sampler, steps=steps, cfg_scale=cfg_scale)  # None: the sampler's defaults
     height, width = pipe.resolution
     down = pipe.codec.downsample
     latent_shape = (pipe.model.in_channels, height // down, width // down)

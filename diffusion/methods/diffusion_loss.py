@@ -8,7 +8,7 @@ from diffusion.methods.base import Method
 from diffusion.registry import METHODS
 from diffusion.schedulers import NoiseSchedule, hybrid_loss
 
-DEFAULT_SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)  # diffusion.pipeline.SamplerConfig
+DEFAULT_SAMPLER = dict(name="dpm")  # steps and guidance: diffusion.pipeline.SAMPLER_DEFAULTS
 
 
 @METHODS.register_module()

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion.engine import checkpoint as ckpt
+from diffusion.model.io import load_model_weights
 from tests.engine.standins import TinyNet
 
 
@@ -35,7 +36,7 @@ def test_load_weights_formats_drop_pos_embed(tmp_path, fmt):
         save_file(state, path)
     else:
         torch.save({"state_dict": state} if fmt == "pth_official" else state, path)
-    ckpt.load_weights(dst, path)
+    load_model_weights(dst, path)
     for name, value in src.state_dict().items():
         if name != "pos_embed":
             assert torch.equal(dst.state_dict()[name], value), name
@@ -47,7 +48,7 @@ def test_load_weights_names_bad_keys(tmp_path):
     del state["t_proj.bias"]
     torch.save(state, tmp_path / "w.pth")
     with pytest.raises(KeyError, match=r"t_proj\.bias.*extra\.weight"):
-        ckpt.load_weights(TinyNet(), tmp_path / "w.pth")
+        load_model_weights(TinyNet(), tmp_path / "w.pth")
 
 
 def test_rng_state_round_trip_with_weights_only(tmp_path):

@@ -10,12 +10,13 @@ from mmengine.config import Config
 from PIL import Image
 from safetensors.torch import save_file
 
+from diffusion.build import load_pipeline
 from diffusion.data import ensure_tiny_text_encoder
+from diffusion.engine.validation import make_grid
 from diffusion.model.io import resolve_checkpoint
-from diffusion.pipeline import Pipeline
 from diffusion.registry import MODELS
 from tests.model.helpers import randomize
-from tools.sample import main, make_grid
+from tools.sample import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["a large red circle at the top left on a gray background", "a small blue square in the center"]
@@ -50,7 +51,7 @@ def test_sample_writes_pngs_equal_to_pipeline(setup, tmp_path, sampler, steps):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["grid.png", "s0_000.png", "s0_001.png", "s7_000.png", "s7_001.png"]
     assert written[-1] == out / "grid.png"
-    pipe = Pipeline.from_config(setup["cfg"], setup["model"], device="cpu")
+    pipe = load_pipeline(setup["cfg"], model=setup["model"])
     expected = pipe(PROMPTS, seed=7, name=sampler, steps=steps, cfg_scale=3.0)
     assert expected.shape == (2, 3, 32, 32)
     assert torch.equal(read_png(out / "s7_001.png"), expected[1])
@@ -85,6 +86,6 @@ def test_prompt_file_and_trainer_checkpoint_folder(setup, tmp_path):
 
 def test_make_grid_places_images_row_major():
     images = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 3, 2, 2)
-    grid = make_grid(images, rows=2)
+    grid = make_grid(images, columns=3)  # what tools/sample.py writes: one row per seed, one column per prompt
     assert grid.shape == (3, 4, 6)
     assert grid[0, ::2, ::2].tolist() == [[0, 1, 2], [3, 4, 5]]
