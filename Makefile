@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test lint demo teacher clean-venv
+.PHONY: venv test test-slow lint demo teacher clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): requirements.txt
 venv: $(STAMP)
 
 test: $(STAMP)
-	WANDB_MODE=disabled $(PYTHON) -m pytest -q tests
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m "not slow" tests
+
+# Tests marked slow (more than ~30 s each on 2 cores): run on demand, not in CI.
+test-slow: $(STAMP)
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m slow tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
