@@ -23,8 +23,9 @@ def pipe(tmp_path_factory):
 
 @pytest.mark.parametrize("sampler, steps, nfe", [("lcm", 4, 4), ("lcm", 1, 1), ("dpm", 5, 10), ("ddim", 3, 6)])
 def test_model_evaluations_per_image(pipe, sampler, steps, nfe):
-    pipe.sample_latents(PROMPTS, SamplerConfig(name=sampler, steps=steps, cfg_scale=4.5))
-    assert pipe.nfe == nfe  # guidance costs two evaluations per step; LCM ignores cfg_scale
+    cfg_scale = None if sampler == "lcm" else 4.5  # an LCM student without a w-embedding takes no cfg_scale
+    pipe.sample_latents(PROMPTS, SamplerConfig(name=sampler, steps=steps, cfg_scale=cfg_scale))
+    assert pipe.nfe == nfe  # guidance costs two evaluations per step
 
 
 def test_cfg_scale_one_equals_unguided_conditional(pipe):
@@ -95,3 +96,24 @@ def test_images_are_uint8_nchw(pipe):
     latents = pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2), seed=0)
     expected = ((pipe.codec.decode(latents).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     assert torch.equal(pipe.decode(latents), expected)
+
+
+def test_w_embedding_student_gets_cfg_scale_minus_one(pipe):
+    """diffusers' convention: cfg_scale 5.5 embeds w = 4.5, i.e. samples like the student with w = 4.5 folded in."""
+    from diffusion.model.students import fold_guidance_embedding
+
+    kw = dict(in_channels=12, input_size=8, pe_interpolation=1.0, model_max_length=MAX_LENGTH)
+    student = tiny(False, guidance_embedding=True, **kw)
+    folded = tiny(False, random=False, **kw)
+    folded.load_state_dict(fold_guidance_embedding(student, 4.5))
+    w_pipe, plain_pipe = pipe.with_model(student), pipe.with_model(folded)
+    z = w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=5.5), seed=1)
+    folded_z = plain_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2), seed=1)
+    torch.testing.assert_close(z, folded_z, rtol=1e-4, atol=1e-3)  # fp32 reassociation of the folded bias
+    assert w_pipe.nfe == 2  # the embedded guidance costs no CFG batch
+    other = w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=3.0), seed=1)
+    assert (other - z).abs().max() > 1e-1
+    with pytest.raises(ValueError, match="embeds its guidance"):
+        w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2), seed=1)
+    with pytest.raises(ValueError, match="no w-embedding"):
+        plain_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=5.5), seed=1)

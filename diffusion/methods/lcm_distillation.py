@@ -241,4 +241,8 @@ class LCMDistillation(Method):
         return self
 
     def sampler_defaults(self) -> dict:
-        return dict(self.sampler)
+        """The configured sampler; a w-embedding student is sampled at the method's w (cfg_scale = w + 1)."""
+        sampler = dict(self.sampler)
+        if self.guidance_embedding:
+            sampler.setdefault("cfg_scale", self.w + 1.0)
+        return sampler
