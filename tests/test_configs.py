@@ -1,5 +1,6 @@
 """Every leaf config under configs/ (not ``_base_``) resolves with the trainer's schema and its model and method
-build on the meta device (no memory, so the XL configs are checked too). New configs are picked up by walking the folder."""
+build on the meta device (no memory, so the XL configs are checked too). New configs are found by walking the
+folder."""
 
 from pathlib import Path
 
