@@ -9,7 +9,6 @@ Checkpoints restore everything (weights, EMA, method state, optimizer, scaler, l
 killed and resumed run reproduces the uninterrupted one exactly on CPU.
 """
 
-import copy
 import math
 import time
 from contextlib import nullcontext
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import build_model, load_pipeline
+from diffusion.build import build_codec, build_model
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel
 from diffusion.engine.config import check_top_level, resolve_section
@@ -26,7 +25,8 @@ from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, to_device
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
-from diffusion.engine.validation import save_grid
+from diffusion.engine.validation import EncodedPrompts, save_grid, swapped_in
+from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -66,9 +66,7 @@ class Trainer:
             model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
         model.to(self.device)
         self.method.to(self.device)
-        keep_val_copy = self.val_cfg is not None and dist.is_main()
-        self.val_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_val_copy else None
-        self.pipeline = None
+        self.pipeline = None  # validation samples with the trained network itself (EMA swapped in): no second copy
         frozen = getattr(self.method, "frozen_networks", list)()  # teacher / target: sharded with the model (FSDP)
         self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
         self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
@@ -245,24 +243,30 @@ class Trainer:
         self._reset_window()
 
     def build_pipeline(self, model: torch.nn.Module):
-        """The sampling pipeline used for validation grids (override or monkeypatch in tests)."""
-        return load_pipeline(self.cfg, model=model, device=self.device)
+        """The sampling pipeline used for validation grids (override or monkeypatch in tests): the validation prompts
+        are encoded once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
+        prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
+        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
 
     @torch.no_grad()
     def validate(self, step: int) -> Path | None:
-        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``."""
+        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``.
+
+        The EMA weights are swapped into the trained network for the duration (its own weights wait on the CPU).
+        Under FSDP every rank samples (the forward is collective) and rank 0 saves; under DDP only rank 0 samples.
+        """
         unwrapped = parallel.unwrap(self.model)
-        state = self.ema.state_dict() if self.ema is not None else parallel.full_state_dict(unwrapped)
         path = None
-        if dist.is_main():
+        if dist.is_main() or parallel.is_sharded(unwrapped):
             rng = ckpt.rng_state(self.generator)  # sampling must not shift the training noise stream
-            self.val_model.load_state_dict(state, strict=False)
             if self.pipeline is None:
-                self.pipeline = self.build_pipeline(self.val_model)
+                self.pipeline = self.build_pipeline(unwrapped)
             sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
-            images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
-            path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
-            self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
+            with swapped_in(unwrapped, self.ema.shadow if self.ema is not None else None):
+                images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
+            if dist.is_main():
+                path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
+                self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
             ckpt.set_rng_state(rng, self.generator)
         dist.barrier()
         return path

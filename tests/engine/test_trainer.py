@@ -160,6 +160,7 @@ class _FakePipeline:
 
     def __call__(self, prompts, seed, **sampler):
         self.calls.append((list(prompts), seed, sampler))
+        self.seen = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         torch.randn(3)  # consumes global RNG: the trainer must restore it
         value = int(self.model.blocks[0].weight.abs().sum() * 10) % 256
         return torch.full((len(prompts), 3, 8, 8), value, dtype=torch.uint8)
@@ -184,9 +185,10 @@ def test_validation_grids_use_ema_and_keep_training_stream(tmp_path, monkeypatch
         "step_0000006.png",
     ]
     assert Image.open(tmp_path / "val" / "samples" / "step_0000006.png").size == (16, 16)
-    for name, value in trainer.val_model.state_dict().items():
-        if name in trainer.ema.shadow:
-            assert torch.equal(value, trainer.ema.shadow[name]), name
+    assert built[0].model is trainer.model  # no second copy: the EMA weights are swapped into the trained network
+    for name, value in built[0].seen.items():  # the last grid (after the last step) saw exactly the EMA weights
+        assert torch.equal(value, trainer.ema.shadow[name]), name
+    assert not torch.equal(trainer.model.blocks[0].weight, trainer.ema.shadow["blocks.0.weight"])  # put back
     assert [m["loss"] for m in _metrics(tmp_path / "val")] == [m["loss"] for m in _metrics(tmp_path / "plain")]
 
 

@@ -189,3 +189,19 @@ def test_lcm_config_without_load_from_is_an_error(tmp_path):
     cfg = tiny_config(model=dict(type="PixArt_tiny"), method=dict(type="LCMDistillation"), load_from=None)
     with pytest.raises(KeyError, match="load_from"):
         Trainer(cfg, tmp_path)
+
+
+def test_bf16_teacher_option_halves_its_memory_and_keeps_the_loss():
+    model = _model()
+    fp32 = LCMDistillation(model)
+    bf16 = LCMDistillation(model, teacher_dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in bf16.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in bf16.target.parameters())
+    batch = _batch()
+    torch.manual_seed(2)
+    want, _ = fp32(model, batch)
+    torch.manual_seed(2)
+    got, _ = bf16(model, batch)  # the same draws: only the teacher's precision differs
+    assert torch.isfinite(got) and abs(got.item() - want.item()) <= 0.05 * want.item()
+    with pytest.raises(ValueError, match="bf16"):
+        LCMDistillation(model, teacher_dtype="fp8")
