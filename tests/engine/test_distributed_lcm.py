@@ -38,7 +38,8 @@ MODEL = dict(
 )
 
 
-def _config(tmp_path: Path, **train) -> dict:
+def _config(tmp_path: Path, validation: bool = True, **train) -> dict:
+    """Validation grids (the EMA swapped into the sharded network, every rank sampling) at steps 2 and 4."""
     teacher = tmp_path / "teacher.safetensors"
     if not teacher.is_file():
         model = randomize(MODELS.build(dict(MODEL)), std=0.05, seed=5)
@@ -52,6 +53,7 @@ def _config(tmp_path: Path, **train) -> dict:
         lr_schedule=dict(type="constant", warmup_steps=0),
         train=dict(max_steps=4, batch_size=2, ema_rate=0.9, seed=3, num_workers=0, **train),
         checkpoint=dict(every=2, keep_last=5),
+        validation=dict(every=2, prompts=["a", "b"]) if validation else None,
     )
 
 
@@ -66,6 +68,7 @@ def _torchrun(cfg: dict, work_dir: Path, *extra: str, crash_after: int | None = 
     Config(cfg).dump(str(cfg_path))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    env.update(TRAIN_ENTRY_FORWARD_PIPELINE="1")
     if crash_after is not None:
         env["TRAIN_ENTRY_CRASH_AFTER_STEP"] = str(crash_after)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
@@ -99,13 +102,17 @@ def _step_dir(work_dir: Path, step: int) -> Path:
 def _resume_on_one_rank(tmp_path: Path, run: str, new_run: str) -> Trainer:
     """A 1-process trainer (same global batch) resumed from the step-2 checkpoint of the 2-rank run ``run``."""
     shutil.copytree(_step_dir(tmp_path / run, 2), _step_dir(tmp_path / new_run, 2))
-    return Trainer(_config(tmp_path, grad_accum=2), tmp_path / new_run, resume="auto")
+    return Trainer(_config(tmp_path, validation=False, grad_accum=2), tmp_path / new_run, resume="auto")
 
 
 def test_fsdp_lcm_checkpoint_resumes_on_one_rank(tmp_path):
     """FSDP shards all three networks, trains, checkpoints whole tensors; one process resumes and continues."""
     result = _torchrun(_config(tmp_path, parallel="fsdp"), tmp_path / "fsdp")
     assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "fsdp" / "samples").iterdir()) == [
+        "step_0000002.png",
+        "step_0000004.png",
+    ]
     saved = _tensors(_step_dir(tmp_path / "fsdp", 2))
     assert any(k.startswith("method.target.") for k in saved)
     for key, value in saved.items():
