@@ -43,16 +43,23 @@ class PixelCodec(nn.Module):
 
 @CODECS.register_module()
 class AutoencoderKLCodec(nn.Module):
-    """A diffusers ``AutoencoderKL`` loaded from a local directory (e.g. output/pretrained_models/sd-vae-ft-ema)."""
+    """A diffusers ``AutoencoderKL`` loaded from a local directory (e.g. output/pretrained_models/sd-vae-ft-ema).
 
-    def __init__(self, path: str | Path, scale_factor: float = 0.18215, dtype: torch.dtype = torch.float32) -> None:
+    ``scale_factor`` defaults to the VAE's own ``config.scaling_factor`` (0.18215 for the SD VAE PixArt uses,
+    0.13025 for SDXL's); pass it only to override that.
+    """
+
+    def __init__(
+        self, path: str | Path, scale_factor: float | None = None, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no AutoencoderKL at {path} (expected {path / 'config.json'})")
         self.vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
         self.vae.eval().requires_grad_(False)
-        self.scale_factor = scale_factor
+        self.path = path
+        self.scale_factor = float(self.vae.config.scaling_factor if scale_factor is None else scale_factor)
         self.latent_channels = self.vae.config.latent_channels
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
 

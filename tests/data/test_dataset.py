@@ -93,10 +93,12 @@ def test_unreadable_file_is_replaced_by_the_next_item_and_counted(root, max_leng
     _latent_file(root, 3).write_bytes(b"garbage")
     dataset = FeatureDataset(root, 32, max_length)
     assert dataset.skipped == 0
-    item = dataset[3]
-    assert item["index"] == 4 and dataset.skipped == 1
-    assert dataset[3]["index"] == 4 and dataset.skipped == 2  # deterministic, counted each time it is hit
-    assert "garbage" not in dataset.report() and "skipped" in dataset.report()
+    with pytest.warns(UserWarning, match=r"skipping images/00003\.png, unreadable cache .*images_00003\.npy"):
+        item = dataset[3]
+    assert item["index"] == 4 and dataset.skipped == 1 and dataset.replaced == 1
+    assert dataset[3]["index"] == 4 and dataset.skipped == 1 and dataset.replaced == 2  # deterministic
+    report = dataset.report()
+    assert "1 skipped, 2 replaced" in report and "images/00003.png" in report and "images_00003.npy" in report
 
 
 def test_missing_json_field_names_file_and_field(root, max_length):
@@ -114,8 +116,11 @@ def test_wrong_latent_shape_names_file_and_shape(root, max_length):
         dataset[1]
 
 
-def test_wrong_caption_length_names_file_and_shape(embedded_root, max_length):
-    dataset = FeatureDataset(embedded_root, 32, max_length + 1)
+def test_wrong_caption_length_names_file_and_shape(root, max_length):
+    with pytest.raises(ValueError, match=rf"caption_features/meta\.json.*max_length {max_length}.*data\.max_length"):
+        FeatureDataset(root, 32, max_length + 1)  # the cache records its max_length: refused up front
+    (root / "caption_features" / "meta.json").unlink()  # an older cache without a record: checked per file
+    dataset = FeatureDataset(root, 32, max_length + 1)
     with pytest.raises(ValueError, match=rf"images_00000\.npz.*caption_feature.*\(1, {max_length}, 64\)"):
         dataset[0]
 
@@ -127,7 +132,7 @@ def test_multi_scale_items_and_buckets(root, max_length, tiny_text_encoder_dir):
         entry["height"], entry["width"] = (32, 32) if i % 2 else (16, 64)
     (root / "data_info.json").write_text(json.dumps(entries))
     t5 = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=max_length)
-    extract_features(root, t5, PixelCodec(), 32, multi_scale=True, progress=False)
+    extract_features(root, t5, PixelCodec(), 32, multi_scale=True, progress=False, check_sizes=False)  # fake sizes
     dataset = FeatureDataset(root, 32, max_length, multi_scale=True)
     wide, square = dataset[0], dataset[1]
     assert wide["vae_feat"].shape == (24, 8, 32) and square["vae_feat"].shape == (24, 16, 16)
