@@ -11,7 +11,10 @@ from diffusion.data.images import open_rgb, oriented_size
 
 
 def _pixels(path):
-    return np.asarray(open_rgb(path)).astype(int)
+    """The extraction path: load_image at the displayed size (no resize) back to 0..255 integers."""
+    image = load_image(path, oriented_size(path))
+    np.testing.assert_allclose((image.permute(1, 2, 0).numpy() + 1) * 127.5, np.asarray(open_rgb(path)), atol=1e-3)
+    return np.round((image.permute(1, 2, 0).numpy() + 1) * 127.5).astype(int)
 
 
 def _displayed():
