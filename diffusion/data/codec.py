@@ -73,3 +73,21 @@ class AutoencoderKLCodec(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) unscaled latent → (B, 3, h·d, w·d) in [-1, 1] (float32)."""
         return self.vae.decode(z.to(self.vae.dtype)).sample.float().clamp(-1, 1)
+
+
+def make_tiny_vae(path: str | Path, seed: int = 0, scaling_factor: float = 0.18215) -> Path:
+    """Save a small randomly initialised diffusers ``AutoencoderKL`` (4 latent channels, downsample 2) to ``path``,
+    in the real format, so the VAE-latent path (``AutoencoderKLCodec``) can be run end to end without downloads."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+            layers_per_block=1,
+            scaling_factor=scaling_factor,
+        )
+    vae.save_pretrained(str(path))
+    return Path(path)

@@ -25,7 +25,7 @@ def load_data_info(json_path: str | Path, required: tuple[str, ...] = REQUIRED_F
             "from a folder of images with tools/make_data_info.py, then run tools/extract_features.py"
         )
     try:
-        entries = json.loads(json_path.read_text())
+        entries = json.loads(json_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{json_path} is not valid JSON: {error}") from error
     if not isinstance(entries, list):
