@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--multi-scale", action="store_true", help="resize each image to its aspect-ratio bucket")
     parser.add_argument("--control", action="store_true", help="also cache each item's control_path image")
     parser.add_argument("--t5-batch-size", type=int, default=64, help="captions per T5 call")
-    parser.add_argument("--vae-batch-size", type=int, default=8, help="images per VAE call")
+    parser.add_argument("--vae-batch-size", type=int, default=4, help="images per VAE call")
     parser.add_argument("--workers", type=int, default=4, help="threads decoding images")
     parser.add_argument("--max-length", type=int, default=120, help="T5 tokens per caption")
     parser.add_argument(

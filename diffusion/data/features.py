@@ -161,7 +161,7 @@ def extract_features(
     multi_scale: bool = False,
     control: bool = False,
     text_batch_size: int = 64,
-    vae_batch_size: int = 8,
+    vae_batch_size: int = 4,
     rank: int = 0,
     world_size: int = 1,
     json_name: str = "data_info.json",
