@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-slow lint demo teacher clean-venv
+.PHONY: venv test test-slow lint demo teacher controlnet clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -30,6 +30,10 @@ lint: $(STAMP)
 # The tiny teacher (committed as assets/tiny_teacher/); `make teacher` rebuilds it from scratch with its fixed seed.
 teacher: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/make_teacher.py
+
+# The tiny ControlNet on that teacher (committed as assets/tiny_controlnet/, PixArt-delta §4), with its fixed seed.
+controlnet: $(STAMP)
+	WANDB_MODE=offline $(PYTHON) tools/make_controlnet.py
 
 demo: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/demo.py

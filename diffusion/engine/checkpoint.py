@@ -91,6 +91,26 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return load_file(str(path), device="cpu")
 
 
+def trainable_only(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` reduced to ``model``'s trainable parameters when it has frozen ones (a ControlNet's copies, LoRA):
+    the frozen rest comes from the config's ``load_from``, so a checkpoint does not repeat it."""
+    names = {name for name, p in model.named_parameters() if p.requires_grad}
+    if len(names) == sum(1 for _ in model.named_parameters()):
+        return state
+    return {k: v for k, v in state.items() if k in names}
+
+
+def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """Load a state written through :func:`trainable_only`: every trainable parameter must be in it, nothing unknown.
+
+    A full state dict loads as well (the frozen part is then overwritten with the same values)."""
+    result = model.load_state_dict(state, strict=False)
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    missing = sorted(k for k in result.missing_keys if k in trainable)
+    if missing or result.unexpected_keys:
+        raise KeyError(f"{source}: missing trainable keys {missing}, unexpected keys {sorted(result.unexpected_keys)}")
+
+
 def load_object(path: str | os.PathLike) -> dict:
     """Read a ``torch.save`` file with ``weights_only=True`` (no arbitrary code runs)."""
     return torch.load(path, map_location="cpu", weights_only=True)

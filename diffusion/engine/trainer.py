@@ -62,8 +62,8 @@ class Trainer:
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
         model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
         self.method = METHODS.build(dict(cfg.method, model=model))
-        if resume_dir is not None:
-            model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
+        if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is cfg.load_from)
+            ckpt.load_trainable(model, ckpt.load_tensors(resume_dir / "model.safetensors"), resume_dir)
         model.to(self.device)
         self.method.to(self.device)
         self.pipeline = None  # validation samples with the trained network itself (EMA swapped in): no second copy
@@ -279,9 +279,11 @@ class Trainer:
             ckpt.begin_save(root, self.step)
         dist.barrier()
         unwrapped = parallel.unwrap(self.model)
-        weights = {"model": parallel.full_state_dict(unwrapped), "method": self.method.extra_state()}
+        # a model with frozen parameters saves only its trainable ones; the frozen rest comes from cfg.load_from
+        weights = {"model": ckpt.trainable_only(unwrapped, parallel.full_state_dict(unwrapped))}
+        weights["method"] = self.method.extra_state()
         if self.ema is not None:
-            weights["ema"] = self.ema.state_dict()
+            weights["ema"] = ckpt.trainable_only(unwrapped, self.ema.state_dict())
         optimizer_state = parallel.optimizer_state_dict(unwrapped, self.optimizer)
         ckpt.save_object(tmp / f"rng_rank{self.rank}.pt", ckpt.rng_state(self.generator))
         if dist.is_main():
@@ -313,8 +315,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.stream.load_state_dict(state["data"])
-        if self.ema is not None:
-            self.ema.load_state_dict(ckpt.load_tensors(resume_dir / "ema.safetensors"))
+        if self.ema is not None:  # frozen entries of the shadow are copies of the (loaded) frozen weights
+            self.ema.load_state_dict({**self.ema.state_dict(), **ckpt.load_tensors(resume_dir / "ema.safetensors")})
         self.method.load_extra_state(ckpt.load_tensors(resume_dir / "method.safetensors"))
         rng_file = resume_dir / f"rng_rank{self.rank}.pt"
         if rng_file.is_file() and state["world_size"] == self.world:
