@@ -135,13 +135,34 @@ def find_latest(work_dir: str | os.PathLike) -> Path | None:
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors file onto the CPU."""
-    return load_file(str(path), device="cpu")
+    """Read a safetensors file onto the CPU; a missing, truncated or corrupt file is an error naming it."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint file {path}: {type(error).__name__}: {error}") from error
 
 
 def load_object(path: str | os.PathLike) -> dict:
-    """Read a ``torch.save`` file with ``weights_only=True`` (no arbitrary code runs)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a ``torch.save`` file with ``weights_only=True``: a file carrying code (pickled globals) is refused
+    without running it, and any unreadable file is an error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"cannot read checkpoint file {path} (only tensors and plain Python values are loaded, never code): "
+            f"{type(error).__name__}: {error}"
+        ) from error
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load the safetensors state dict at ``path`` into ``model`` strictly; another architecture's checkpoint is an
+    error naming the file and the mismatching keys."""
+    try:
+        model.load_state_dict(load_tensors(path))
+    except RuntimeError as error:
+        raise ValueError(
+            f"checkpoint {path} does not fit the config's model (another architecture?): {error}"
+        ) from error
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

@@ -151,4 +151,7 @@ def epoch_report(stream: BatchStream, epoch: int, batch_size: int, world_size: i
     skipped = skipped() if callable(skipped) else skipped
     if isinstance(skipped, int):
         text += f", {skipped} items skipped by the dataset so far (this process)"
+    report = getattr(dataset, "report", None)
+    if isinstance(skipped, int) and skipped > 0 and callable(report):
+        text += f"\n{report()}"  # names the skipped files
     return text

@@ -62,7 +62,7 @@ class Trainer:
         model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
         self.method = METHODS.build(dict(cfg.method, model=model))
         if resume_dir is not None:
-            model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
+            ckpt.load_weights(model, resume_dir / "model.safetensors")
         model.to(self.device)
         self.method.to(self.device)
         keep_val_copy = self.val_cfg is not None and dist.is_main()
