@@ -10,7 +10,7 @@ the cause, and the drill then checks that *nothing finished is lost*: every comp
 resumed run's per-step losses and final weights equal the reference bit for bit. The last line is
 ``faults injected: N, survived: N, data lost: 0``; the exit status is non-zero unless every fault was survived.
 
-Faults are injected from inside the training process by ``--child`` (this file re-entered with a JSON spec before
+Faults are injected from inside the training process by tools/fault_inject.py (a JSON spec, then
 ``train_scripts/train.py``'s main): SIGKILL at a step or in the middle of a checkpoint write, a rank killed on the
 first torchrun attempt, NaN losses, a sleep per step (so an outside SIGTERM lands mid-run). Disk full is a real tmpfs
 of a size between one and two checkpoints (we are root), else a file-size limit set on the running process.
@@ -28,6 +28,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from tools import fault_inject as inject  # noqa: E402
 
 STEPS, EVERY = 8, 3  # checkpoints at 3 and 6 and the end; 6 batches of 8 per epoch: the runs cross an epoch
 OVERRIDES = {
@@ -47,52 +49,12 @@ OVERRIDES = {
 }
 
 
-# ---------------------------------------------------------------- inside the training process (--child SPEC ...)
-def child(spec: dict, argv: list[str]) -> None:
-    """Install the faults of ``spec`` into the trainer, then run ``train_scripts/train.py`` with ``argv``."""
-    from diffusion.engine import checkpoint as ckpt
-    from diffusion.engine.trainer import Trainer
-    from train_scripts.train import main
-
-    first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
-    on_this_rank = spec.get("rank") is None or int(os.environ.get("RANK", 0)) == spec["rank"]
-    if spec.get("ignore_sigxfsz"):
-        signal.signal(
-            signal.SIGXFSZ, signal.SIG_IGN
-        )  # a file-size limit then fails the write (EFBIG), not the process
-    train_step, init, save_tensors = Trainer.train_step, Trainer.__init__, ckpt.save_tensors
-
-    def step_with_faults(self, batches):
-        if spec.get("kill_at_step") == self.step + 1 and on_this_rank and first_attempt:
-            os.kill(os.getpid(), signal.SIGKILL)
-        time.sleep(spec.get("sleep", 0.0))
-        return train_step(self, batches)
-
-    def init_with_nans(self, *args, **kwargs):
-        init(self, *args, **kwargs)
-        forward = self.method.forward
-
-        def nan_forward(model, batch):
-            loss, logs = forward(model, batch)
-            return (loss * float("nan") if self.step + 1 in spec.get("nan_steps", ()) else loss), logs
-
-        self.method.forward = nan_forward
-
-    def save_then_die(path, tensors):
-        save_tensors(path, tensors)
-        if f"step_{spec.get('kill_in_save', -1):07d}.tmp" in str(path):
-            os.kill(os.getpid(), signal.SIGKILL)  # one file of the checkpoint written, the rest not
-
-    Trainer.train_step, Trainer.__init__, ckpt.save_tensors = step_with_faults, init_with_nans, save_then_die
-    main(argv)
-
-
 # ---------------------------------------------------------------- the drill
 class Drill:
     """Runs and checks the scenarios under ``out``; ``results`` collects (name, survived, lost, detail)."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.results = out, []
+    def __init__(self, out: Path, mount: bool = True) -> None:
+        self.out, self.results, self.mount = out, [], mount
         self.env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         self.env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         self.env["PYTHONPATH"] = str(REPO)
@@ -117,7 +79,7 @@ class Drill:
         if ranks > 1:
             cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--max-restarts", "1"]
             cmd += ["--standalone"]
-        cmd += [str(Path(__file__).resolve()), "--child", json.dumps(spec or {}), str(self.out / "config.py")]
+        cmd += [str(REPO / "tools" / "fault_inject.py"), json.dumps(spec or {}), str(self.out / "config.py")]
         cmd += ["--work-dir", str(work)] + (["--resume", resume] if resume else [])
         if options:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
@@ -138,7 +100,7 @@ class Drill:
         from diffusion.engine import checkpoint as ckpt
 
         ref = ref or self.out / "reference"
-        got, want = _losses(work), _losses(ref)
+        got, want = inject.losses(work), inject.losses(ref)
         if got != want:
             return False, f"losses differ: {got} vs {want}"
         for name in ("model", "ema"):
@@ -154,7 +116,7 @@ class Drill:
         missing = [s for s in kept if not (work / "checkpoints" / f"step_{s:07d}" / "training_state.pt").is_file()]
         result = self.train(work, resume="auto", **train)
         tmp_left = sorted(p.name for p in (work / "checkpoints").glob("*.tmp"))
-        same, detail = self.same_as_reference(work) if result.returncode == 0 else (False, _tail(result))
+        same, detail = self.same_as_reference(work) if result.returncode == 0 else (False, inject.tail(result))
         lost = bool(missing) or bool(tmp_left) or not same
         self.record(
             name,
@@ -168,8 +130,8 @@ class Drill:
     def reference(self) -> None:
         """The uninterrupted run every scenario is compared with (not a fault)."""
         result = self.train(self.out / "reference", options={"checkpoint.keep_last": 0})  # keeps every checkpoint
-        if result.returncode != 0 or len(_losses(self.out / "reference")) != STEPS:
-            raise SystemExit(f"the reference run failed:\n{_tail(result)}")
+        if result.returncode != 0 or len(inject.losses(self.out / "reference")) != STEPS:
+            raise SystemExit(f"the reference run failed:\n{inject.tail(result)}")
 
     def sigkill_mid_run(self) -> None:
         work = self.out / "sigkill_mid_run"
@@ -202,11 +164,11 @@ class Drill:
             text=True,
         )
         deadline = time.time() + 300
-        while len(_losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
+        while len(inject.losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=300)
-        stopped_at = len(_losses(work))
+        stopped_at = len(inject.losses(work))
         saved = (work / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
         ok = proc.returncode == 0 and saved and "stopped by SIGTERM" in (work / "train.log").read_text()
         self.resume_check(
@@ -220,7 +182,7 @@ class Drill:
         result = self.train(work, spec={"kill_at_step": 5, "rank": 1}, resume="auto", ranks=2)
         log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
         restarted = result.returncode == 0 and f"resumed from {work / 'checkpoints' / 'step_0000003'}" in log
-        same, detail = self.same_as_reference(work, ref) if first.returncode == 0 else (False, _tail(first))
+        same, detail = self.same_as_reference(work, ref) if first.returncode == 0 else (False, inject.tail(first))
         kept = (work / "checkpoints" / "step_0000006").is_dir()
         self.record(
             "rank killed under torchrun --max-restarts 1",
@@ -230,9 +192,10 @@ class Drill:
         )
 
     def disk_full(self) -> None:
-        ckpt_bytes = _du(self.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")
+        ckpt_bytes = inject.du(self.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")
         work = self.out / "disk_full"
-        mounted = _mount_tmpfs(work, int(ckpt_bytes * 1.6) + (256 << 10))
+        work.mkdir(parents=True)
+        mounted = self.mount and inject.mount_tmpfs(work, int(ckpt_bytes * 1.6) + (256 << 10))
         if mounted:  # room for the step-3 checkpoint, not for step 6 next to it
             result = self.train(work)
         else:  # not allowed to mount: a file-size limit on the running process once step 3 is saved
@@ -252,20 +215,20 @@ class Drill:
             moved,
             result.returncode != 0 and said and kept == ["step_0000003"],
             f"{how}: rc {result.returncode}, error names the path: {said}, left {kept}"
-            + ("" if said else _tail(result)),
+            + ("" if said else inject.tail(result)),
             [3],
         )
         if mounted:  # a disk that cannot hold one checkpoint is refused before step 1
             tiny = self.out / "disk_too_small"
-            _mount_tmpfs(tiny, int(ckpt_bytes * 0.5))
+            inject.mount_tmpfs(tiny, int(ckpt_bytes * 0.5))
             try:
                 result = self.train(tiny)
                 refused = result.returncode != 0 and "no space left on device for a checkpoint" in result.stderr
                 self.record(
                     "disk too small for one checkpoint",
-                    refused and not _losses(tiny),
+                    refused and not inject.losses(tiny),
                     False,
-                    "refused before step 1" if refused else _tail(result),
+                    "refused before step 1" if refused else inject.tail(result),
                 )
             finally:
                 subprocess.run(["umount", str(tiny)], check=False)
@@ -296,13 +259,13 @@ class Drill:
             "unwritable work dir",
             result.returncode != 0 and said,
             False,
-            "refused before step 1, naming the path" if said else _tail(result),
+            "refused before step 1, naming the path" if said else inject.tail(result),
         )
 
     def nan_losses(self) -> None:
         work = self.out / "nan_skipped"
         result = self.train(work, spec={"nan_steps": [2, 5]})
-        losses = _losses(work)
+        losses = inject.losses(work)
         skipped = result.returncode == 0 and [i + 1 for i, x in enumerate(losses) if x != x] == [2, 5]
         self.record(
             "non-finite losses (2 steps)",
@@ -311,11 +274,9 @@ class Drill:
             f"rc {result.returncode}, steps 2 and 5 skipped, the run went on to step {len(losses)}",
         )
         work = self.out / "nan_abort"
-        result = self.train(work, spec={"nan_steps": list(range(5, 100))}, options={"train.max_nan_steps": 3})
-        aborted = result.returncode != 0 and "consecutive" in result.stderr
-        self.resume_check(
-            "non-finite losses (persistent)", work, aborted, "aborted after 3 consecutive NaN steps", [3]
-        )
+        result = self.train(work, spec={"nan_steps": [7, 8]}, options={"train.max_nan_steps": 2})
+        aborted = result.returncode != 0 and "2 consecutive" in result.stderr
+        self.resume_check("non-finite losses (persistent)", work, aborted, "aborted at 2 NaN steps in a row", [3, 6])
 
     def bad_features(self) -> None:
         import numpy as np
@@ -325,10 +286,10 @@ class Drill:
         shutil.copytree(self.out / "data", data, ignore=shutil.ignore_patterns("images", "edges"))
         entries = [e["path"] for e in json.loads((data / "data_info.json").read_text())]
         truncated, garbage, deleted, wrong = (
-            _feature_file(data, entries[1], "vae_features_32/*.npy"),
-            _feature_file(data, entries[2], "caption_features/*.npz"),
-            _feature_file(data, entries[3], "vae_features_32/*.npy"),
-            _feature_file(data, entries[4], "vae_features_32/*.npy"),
+            inject.feature_file(data, entries[1], "vae_features_32/*.npy"),
+            inject.feature_file(data, entries[2], "caption_features/*.npz"),
+            inject.feature_file(data, entries[3], "vae_features_32/*.npy"),
+            inject.feature_file(data, entries[4], "vae_features_32/*.npy"),
         )
         truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
         garbage.write_bytes(os.urandom(garbage.stat().st_size))
@@ -338,7 +299,7 @@ class Drill:
         log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
         files = (truncated, garbage, deleted)
         named = [f.name for f, entry in zip(files, entries[1:4]) if f.name in log or entry in log]
-        ok = result.returncode == 0 and len(named) == 3 and len(_losses(work)) == STEPS
+        ok = result.returncode == 0 and len(named) == 3 and len(inject.losses(work)) == STEPS
         self.record(
             "truncated / corrupt / deleted features",
             ok,
@@ -348,7 +309,7 @@ class Drill:
         np.save(wrong, np.zeros((3, 2, 2), dtype=np.float32))
         result = self.train(self.out / "wrong_shape_features", options={"data.root": str(data)})
         said = result.returncode != 0 and (wrong.name in result.stderr or entries[4] in result.stderr)
-        self.record("wrong-shape feature", said, False, "error names the file" if said else _tail(result))
+        self.record("wrong-shape feature", said, False, "error names the file" if said else inject.tail(result))
 
     def victim(self) -> Path:
         """A run dir holding the reference's step-3 checkpoint, for faults that must not touch finished work."""
@@ -356,6 +317,8 @@ class Drill:
         shutil.rmtree(work, ignore_errors=True)
         (work / "checkpoints").mkdir(parents=True)
         shutil.copytree(self.out / "reference" / "checkpoints" / "step_0000003", work / "checkpoints" / "step_0000003")
+        lines = (self.out / "reference" / "metrics.jsonl").read_text().splitlines()[:3]
+        (work / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))  # the log of steps 1-3
         return work
 
     def config_and_checkpoint_errors(self) -> None:
@@ -368,7 +331,7 @@ class Drill:
         work = self.victim()
         marker = self.out / "code_was_executed"
         evil = self.out / "evil.pth"
-        torch.save({"state_dict": _Evil(str(marker))}, evil)
+        torch.save({"state_dict": inject.CodeCarrier(str(marker))}, evil)
         other = self.out / "other_arch"
         shutil.copytree(
             work / "checkpoints" / "step_0000003", other / "checkpoints" / "step_0000003", dirs_exist_ok=True
@@ -387,11 +350,11 @@ class Drill:
             (".pth carrying code as load_from", {"load_from": str(evil)}, None, "weights_only"),
             (".pth carrying code as a resume state", {}, str(evil_ckpt), "never code"),
         ]
-        before = _hashes(work / "checkpoints" / "step_0000003")
+        before = inject.hashes(work / "checkpoints" / "step_0000003")
         for name, options, resume, needle in cases:
             result = _in_process(self.env, self.out / "config.py", work, options, resume or "auto")
             said = needle in result and not marker.exists()
-            intact = _hashes(work / "checkpoints" / "step_0000003") == before
+            intact = inject.hashes(work / "checkpoints" / "step_0000003") == before
             self.record(
                 name,
                 said,
@@ -400,16 +363,6 @@ class Drill:
                 + ("" if intact else "; the finished checkpoint CHANGED"),
             )
         self.resume_check("the run after those errors", work, True, "same run dir, fixed config", [3])
-
-
-class _Evil:
-    """Unpickling this runs ``open(marker, 'w')``: a checkpoint that carries code."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
 
 
 def _in_process(env: dict, config: Path, work: Path, options: dict, resume: str) -> str:
@@ -428,50 +381,6 @@ def _in_process(env: dict, config: Path, work: Path, options: dict, resume: str)
     return ""
 
 
-def _losses(work: Path) -> list[float]:
-    path = Path(work) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    losses = []
-    for line in path.read_text().splitlines():
-        try:
-            losses.append(json.loads(line)["loss"])
-        except (ValueError, KeyError):  # the line a running process is writing
-            continue
-    return losses
-
-
-def _feature_file(root: Path, image_path: str, pattern: str) -> Path:
-    """The cache file of the data_info item ``image_path`` (its file stem is in the feature name)."""
-    stem = Path(image_path).stem
-    found = [p for p in root.glob(pattern) if stem in p.name]
-    if len(found) != 1:
-        raise SystemExit(f"drill: expected one {pattern} file for {image_path}, found {found}")
-    return found[0]
-
-
-def _hashes(folder: Path) -> dict[str, str]:
-    import hashlib
-
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def _du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def _mount_tmpfs(path: Path, size: int) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return result.returncode == 0
-
-
-def _tail(result: subprocess.CompletedProcess, chars: int = 600) -> str:
-    return f"rc {result.returncode}: {(result.stderr or '')[-chars:]}"
-
-
 SCENARIOS = (
     "sigkill_mid_run",
     "sigkill_mid_checkpoint",
@@ -485,11 +394,12 @@ SCENARIOS = (
 )
 
 
-def run(out: Path, only: list[str] | None = None) -> tuple[int, int, int]:
-    """Run the drill (or the ``only`` scenarios) under ``out``; returns (injected, survived, lost)."""
+def run(out: Path, only: list[str] | None = None, mount: bool = True) -> tuple[int, int, int]:
+    """Run the drill (or the ``only`` scenarios) under ``out``; returns (injected, survived, lost).
+    ``mount=False``: simulate the full disk with a file-size limit even where a tmpfs could be mounted."""
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
-    drill = Drill(out)
+    drill = Drill(out, mount)
     drill.prepare()
     drill.reference()
     for name in only or SCENARIOS:
@@ -502,19 +412,16 @@ def run(out: Path, only: list[str] | None = None) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--child"]:
-        child(json.loads(argv[1]), argv[2:])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="output/fault_drill", help="scratch dir (deleted first)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    parser.add_argument("--no-mount", action="store_true", help="disk full by RLIMIT_FSIZE, not a tmpfs")
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
     unknown = sorted(set(only or ()) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
-    injected, survived, lost = run(Path(args.out), only)
+    injected, survived, lost = run(Path(args.out), only, mount=not args.no_mount)
     sys.exit(0 if survived == injected and lost == 0 else 1)
 
 

@@ -72,13 +72,13 @@ def writing(tmp: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
     except BaseException as error:
+        full = isinstance(error, Exception) and is_disk_full(error, tmp)  # before the removal frees the space again
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(error, Exception) and is_disk_full(error, tmp):
-            free = shutil.disk_usage(tmp.parent).free if tmp.parent.exists() else 0
+        if full:
             raise OSError(
                 errno.ENOSPC,
-                f"no space left on device writing checkpoint {tmp} ({free / 2**20:.1f} MiB free; removed the partial "
-                f"checkpoint, the previous one is kept): {type(error).__name__}: {error}",
+                f"no space left on device writing checkpoint {tmp} (removed the partial checkpoint, the previous one "
+                f"is kept): {type(error).__name__}: {error}",
             ) from error
         raise
 
