@@ -110,13 +110,15 @@ class Drill:
                 return False, f"final {name} weights differ"
         return True, f"{len(got)} losses and final weights equal the uninterrupted run"
 
-    def resume_check(self, name: str, work: Path, cause_ok: bool, cause: str, kept: list[int], **train) -> None:
+    def resume_check(
+        self, name: str, work: Path, cause_ok: bool, cause: str, kept: list[int], ref: Path | None = None, **train
+    ) -> None:
         """Record scenario ``name``: the fault was handled (``cause_ok``), checkpoints ``kept`` survived, no ``.tmp``
         stayed behind after a resume, and the resumed run equals the reference."""
         missing = [s for s in kept if not (work / "checkpoints" / f"step_{s:07d}" / "training_state.pt").is_file()]
         result = self.train(work, resume="auto", **train)
         tmp_left = sorted(p.name for p in (work / "checkpoints").glob("*.tmp"))
-        same, detail = self.same_as_reference(work) if result.returncode == 0 else (False, inject.tail(result))
+        same, detail = self.same_as_reference(work, ref) if result.returncode == 0 else (False, inject.tail(result))
         lost = bool(missing) or bool(tmp_left) or not same
         self.record(
             name,
@@ -190,6 +192,11 @@ class Drill:
             not (same and kept),
             f"rank 1 SIGKILLed at step 5, rc {result.returncode}, restarted and resumed by itself: {detail}",
         )
+        work = self.out / "torchrun_sigterm_one_rank"
+        result = self.train(work, spec={"kill_at_step": 4, "signal": "SIGTERM", "rank": 1}, ranks=2)
+        both = result.returncode == 0 and (work / "checkpoints" / "step_0000004").is_dir()
+        cause = f"SIGTERM to rank 1 only in step 4: rc {result.returncode}, both ranks saved step 4 and exited: {both}"
+        self.resume_check("SIGTERM to one rank under torchrun", work, both, cause, [4], ref=ref, ranks=2)
 
     def disk_full(self) -> None:
         ckpt_bytes = inject.du(self.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")

@@ -2,10 +2,11 @@
 
     python tools/fault_inject.py SPEC_JSON CONFIG [train.py arguments]     # also as torchrun's script
 
-``SPEC_JSON`` keys: ``kill_at_step`` (SIGKILL as that optimizer step starts; with ``rank``, on that rank only; on the
-first torchrun attempt only), ``kill_in_save`` (SIGKILL after the first file of that step's checkpoint is written),
-``nan_steps`` (optimizer steps whose loss becomes NaN), ``sleep`` (seconds per step, so that an outside signal or
-limit lands mid-run) and ``ignore_sigxfsz`` (a file-size limit then fails the write with EFBIG instead of killing).
+``SPEC_JSON`` keys: ``kill_at_step`` (send ``signal``, default SIGKILL, as that optimizer step starts; with ``rank``
+on that rank only; on the first torchrun attempt only), ``kill_in_save`` (SIGKILL after the first file of that step's
+checkpoint is written), ``nan_steps`` (optimizer steps whose loss becomes NaN), ``sleep`` (seconds per step, so that
+an outside signal or limit lands mid-run) and ``ignore_sigxfsz`` (a file-size limit then fails the write with EFBIG
+instead of killing the process).
 """
 
 import json
@@ -36,7 +37,7 @@ def run_child(spec: dict, argv: list[str]) -> None:
 
     def step_with_faults(self, batches):
         if spec.get("kill_at_step") == self.step + 1 and on_this_rank and first_attempt:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.Signals[spec.get("signal", "SIGKILL")])
         time.sleep(spec.get("sleep", 0.0))
         return train_step(self, batches)
 

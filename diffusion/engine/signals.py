@@ -51,6 +51,8 @@ class StopSignal:
 
     def requested(self, device: torch.device) -> bool:
         """True on every rank once any rank received a stop signal (a collective when distributed)."""
+        if not dist.is_initialized():
+            return self.received is not None
         flag = torch.tensor(float(self.received is not None), device=device)
         return bool(dist.all_reduce_mean(flag).item() > 0)
 

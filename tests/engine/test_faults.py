@@ -11,8 +11,9 @@ import torch
 from mmengine.config import Config
 
 from diffusion.data.text_encoder import make_tiny_text_encoder
-from diffusion.engine import Trainer, find_latest
+from diffusion.engine import Trainer, find_latest, preflight
 from diffusion.engine import checkpoint as ckpt
+from diffusion.engine.data_loop import EpochBatchSampler, dropped_items
 from diffusion.engine.preflight import check_sections
 from diffusion.registry import DATASETS
 from tests.engine.standins import MemDataset, tiny_config
@@ -212,3 +213,21 @@ def test_dataset_size_report_and_drops_are_logged(tmp_path):
     assert "ReportingDataset: 9 items, 2 skipped\n  skipped a.npy: truncated" in log
     assert "epoch 0: 4 batches per rank, 1 items dropped (drop_last), 2 items skipped" in log
     assert "epoch 1: 4 batches per rank" in log
+
+
+def test_disk_space_check_refuses_and_warns(tmp_path, monkeypatch):
+    real_usage = preflight.shutil.disk_usage
+    monkeypatch.setattr(preflight.shutil, "disk_usage", lambda p: real_usage(p)._replace(free=250))
+    with pytest.raises(OSError, match="no space left on device for a checkpoint") as info:
+        preflight.check_disk_space(tmp_path, needed=300, keep_last=2)
+    assert info.value.errno == errno.ENOSPC
+    assert "a later save may fail" in preflight.check_disk_space(tmp_path, needed=100, keep_last=2)  # 250 < 3 x 100
+    assert preflight.check_disk_space(tmp_path, needed=80, keep_last=2) is None  # 250 >= 3 x 80
+
+
+def test_dropped_items_over_ranks():
+    # 9 items on 2 ranks in batches of 2: the distributed sampler drops 1 (9 -> 8) and each rank has 2 full batches
+    sampler = EpochBatchSampler(MemDataset(9), batch_size=2, num_replicas=2, rank=0, seed=0)
+    assert len(sampler) == 2 and sampler.dropped == 1
+    assert dropped_items(sampler, 9, 2, 2) == 1
+    assert dropped_items(EpochBatchSampler(MemDataset(11), 2, 2, 1, 0), 11, 2, 2) == 3  # 11 -> 10 -> 2 x 2 x 2
