@@ -110,23 +110,21 @@ class Drill:
                 return False, f"final {name} weights differ"
         return True, f"{len(got)} losses and final weights equal the uninterrupted run"
 
-    def resume_check(
-        self, name: str, work: Path, cause_ok: bool, cause: str, kept: list[int], ref: Path | None = None, **train
-    ) -> None:
-        """Record scenario ``name``: the fault was handled (``cause_ok``), checkpoints ``kept`` survived, no ``.tmp``
-        stayed behind after a resume, and the resumed run equals the reference."""
+    def verify_resume(self, work: Path, kept: list[int], ref: Path | None = None, **train) -> tuple[bool, str]:
+        """Checkpoints ``kept`` survived, a resume leaves no ``.tmp`` and equals the reference: (lost, detail)."""
         missing = [s for s in kept if not (work / "checkpoints" / f"step_{s:07d}" / "training_state.pt").is_file()]
         result = self.train(work, resume="auto", **train)
         tmp_left = sorted(p.name for p in (work / "checkpoints").glob("*.tmp"))
         same, detail = self.same_as_reference(work, ref) if result.returncode == 0 else (False, inject.tail(result))
-        lost = bool(missing) or bool(tmp_left) or not same
-        self.record(
-            name,
-            cause_ok,
-            lost,
-            f"{cause}; kept {kept}{' MISSING ' + str(missing) if missing else ''}; "
-            f"resumed: {detail}{' tmp left: ' + str(tmp_left) if tmp_left else ''}",
-        )
+        detail = f"kept {kept}{' MISSING ' + str(missing) if missing else ''}; resumed: {detail}"
+        return bool(missing) or bool(tmp_left) or not same, detail + (f"; tmp left: {tmp_left}" if tmp_left else "")
+
+    def resume_check(
+        self, name: str, work: Path, cause_ok: bool, cause: str, kept: list[int], ref: Path | None = None, **train
+    ) -> None:
+        """Record scenario ``name``: the fault was handled (``cause_ok``) and :meth:`verify_resume` found no loss."""
+        lost, detail = self.verify_resume(work, kept, ref, **train)
+        self.record(name, cause_ok, lost, f"{cause}; {detail}")
 
     # ------------------------------------------------------------ scenarios
     def reference(self) -> None:
@@ -358,18 +356,15 @@ class Drill:
             (".pth carrying code as a resume state", {}, str(evil_ckpt), "never code"),
         ]
         before = inject.hashes(work / "checkpoints" / "step_0000003")
+        outcomes = []
         for name, options, resume, needle in cases:
             result = _in_process(self.env, self.out / "config.py", work, options, resume or "auto")
-            said = needle in result and not marker.exists()
             intact = inject.hashes(work / "checkpoints" / "step_0000003") == before
-            self.record(
-                name,
-                said,
-                not intact,
-                ("refused, naming it" if said else result[-400:])
-                + ("" if intact else "; the finished checkpoint CHANGED"),
-            )
-        self.resume_check("the run after those errors", work, True, "same run dir, fixed config", [3])
+            outcomes.append((name, needle in result and not marker.exists(), intact, result))
+        lost, detail = self.verify_resume(work, [3])  # then the run dir still resumes, exactly
+        for name, said, intact, result in outcomes:
+            what = "refused, naming it" if said else result[-400:]
+            self.record(name, said, lost or not intact, f"{what}; {'' if intact else 'checkpoint CHANGED; '}{detail}")
 
 
 def _in_process(env: dict, config: Path, work: Path, options: dict, resume: str) -> str:
@@ -428,7 +423,7 @@ def main(argv: list[str] | None = None) -> None:
     unknown = sorted(set(only or ()) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
-    injected, survived, lost = run(Path(args.out), only, mount=not args.no_mount)
+    injected, survived, lost = run(Path(args.out).resolve(), only, mount=not args.no_mount)
     sys.exit(0 if survived == injected and lost == 0 else 1)
 
 

@@ -15,7 +15,7 @@ def _drill(tmp_path, capsys, only):
 
 
 def test_fast_subset(tmp_path, capsys):
-    assert _drill(tmp_path, capsys, ["sigkill_mid_run", "config_and_checkpoint_errors"]) == 8
+    assert _drill(tmp_path, capsys, ["sigkill_mid_run", "config_and_checkpoint_errors"]) == 7
     assert not (tmp_path / "drill" / "code_was_executed").exists()
 
 
