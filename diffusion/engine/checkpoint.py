@@ -4,14 +4,20 @@ leave a half-written checkpoint and a resumed run must continue exactly).
 Layout of ``<work_dir>/checkpoints/step_XXXXXXX/``: ``model.safetensors``, ``ema.safetensors``,
 ``method.safetensors`` (``method.extra_state()``), ``training_state.pt`` (optimizer, grad scaler, lr schedule, step,
 data position) and ``rng_rank{r}.pt`` per process. Everything loads with safetensors or
-``torch.load(weights_only=True)``. A checkpoint is written into ``step_XXXXXXX.tmp``, fsynced and then renamed.
+``torch.load(weights_only=True)``. A checkpoint is written into ``step_XXXXXXX.tmp``, fsynced and then renamed; a
+failed write removes its ``.tmp`` (a full disk is reported as "no space left on device" naming the path, where
+``torch.save`` itself only says ``unexpected pos`` or ``basic_ios::clear``) and a killed one's is removed by the next
+save. Either way the previous checkpoint stays the latest.
 """
 
+import errno
 import os
 import random
 import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +26,11 @@ from safetensors.torch import load_file, save_file
 
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+TMP_DIR = re.compile(r"^step_(\d+)\.tmp$")
+# below this many free bytes after a failed write, the failure is taken to be the full disk (libtorch's writer loses
+# the errno); a disk with more room than this failed for another reason and the original error is kept
+FULL_DISK_MARGIN = 1 << 20
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
 def step_dir(root: str | os.PathLike, step: int) -> Path:
@@ -28,11 +39,48 @@ def step_dir(root: str | os.PathLike, step: int) -> Path:
 
 
 def begin_save(root: str | os.PathLike, step: int) -> Path:
-    """Create a fresh temporary directory for the checkpoint of ``step`` (removing a stale one) and return it."""
+    """Create a fresh temporary directory for the checkpoint of ``step`` and return it; every stale ``.tmp`` of an
+    interrupted save under ``root`` is removed first."""
+    root = Path(root)
+    if root.is_dir():
+        for stale in root.iterdir():
+            if stale.is_dir() and TMP_DIR.match(stale.name):
+                shutil.rmtree(stale, ignore_errors=True)
     tmp = step_dir(root, step).with_suffix(".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    with writing(tmp):
+        tmp.mkdir(parents=True)
     return tmp
+
+
+def is_disk_full(error: BaseException, path: str | os.PathLike) -> bool:
+    """Whether ``error``, raised while writing under ``path``, is a full disk / quota / file-size limit."""
+    if isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS:
+        return True
+    if "no space left" in str(error).lower() or "file too large" in str(error).lower():
+        return True
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return shutil.disk_usage(existing).free < FULL_DISK_MARGIN
+
+
+@contextmanager
+def writing(tmp: str | os.PathLike) -> Iterator[Path]:
+    """Context of writing checkpoint directory ``tmp``: on any error the directory is removed (the previous
+    checkpoint stays the latest) and a full disk is re-raised as ``OSError(ENOSPC)`` naming ``tmp``."""
+    tmp = Path(tmp)
+    try:
+        yield tmp
+    except BaseException as error:
+        full = isinstance(error, Exception) and is_disk_full(error, tmp)  # before the removal frees the space again
+        shutil.rmtree(tmp, ignore_errors=True)
+        if full:
+            raise OSError(
+                errno.ENOSPC,
+                f"no space left on device writing checkpoint {tmp} (removed the partial checkpoint, the previous one "
+                f"is kept): {type(error).__name__}: {error}",
+            ) from error
+        raise
 
 
 def save_tensors(path: str | os.PathLike, tensors: dict[str, torch.Tensor]) -> None:
@@ -87,8 +135,11 @@ def find_latest(work_dir: str | os.PathLike) -> Path | None:
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a safetensors file onto the CPU."""
-    return load_file(str(path), device="cpu")
+    """Read a safetensors file onto the CPU; a missing, truncated or corrupt file is an error naming it."""
+    try:
+        return load_file(str(path), device="cpu")
+    except Exception as error:
+        raise ValueError(f"cannot read checkpoint file {path}: {type(error).__name__}: {error}") from error
 
 
 def trainable_only(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -104,7 +155,10 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     """Load a state written through :func:`trainable_only`: every trainable parameter must be in it, nothing unknown.
 
     A full state dict loads as well (the frozen part is then overwritten with the same values)."""
-    result = model.load_state_dict(state, strict=False)
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise ValueError(f"checkpoint {source} does not fit the config's model (another architecture?): {error}") from error
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(k for k in result.missing_keys if k in trainable)
     if missing or result.unexpected_keys:
@@ -112,8 +166,15 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
 
 
 def load_object(path: str | os.PathLike) -> dict:
-    """Read a ``torch.save`` file with ``weights_only=True`` (no arbitrary code runs)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Read a ``torch.save`` file with ``weights_only=True``: a file carrying code (pickled globals) is refused
+    without running it, and any unreadable file is an error naming it."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ValueError(
+            f"cannot read checkpoint file {path} (only tensors and plain Python values are loaded, never code): "
+            f"{type(error).__name__}: {error}"
+        ) from error
 
 
 def rng_state(generator: torch.Generator | None = None) -> dict:

@@ -4,6 +4,7 @@ An unknown or missing key is an error that names it (the official PixArt configs
 ``w_min``/``w_max`` in the LCM recipe of PixArt-δ §3.3; here such a key fails loudly).
 """
 
+import inspect
 from typing import Any
 
 REQUIRED = object()
@@ -47,6 +48,7 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     # PixArt-delta §4: wrap cfg.model (holding cfg.load_from) in a ControlNet; load_from = ControlNet weights (the
     # official full file or a training checkpoint of the trainable weights). copy_blocks None: depth // 2 for "unet".
     "controlnet": dict(copy_blocks=13, topology="transformer", load_from=None),
+    "text_encoder": dict(path=REQUIRED, max_length=120),  # diffusion.build.build_text_encoder reads these two
 }
 
 ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
@@ -83,3 +85,32 @@ def check_top_level(cfg: dict) -> None:
     missing = [k for k in REQUIRED_TOP_LEVEL if cfg.get(k) is None]
     if missing:
         raise KeyError(f"missing required top-level config key(s) {missing}")
+
+
+def check_codec(values: dict) -> dict[str, Any]:
+    """The ``codec`` section checked against its class: ``type`` must be a registered codec and every other key an
+    argument of that class's constructor (a misspelt ``scale_factr`` or ``pth`` fails here, before step 1)."""
+    from diffusion.registry import CODECS
+
+    values = dict(values or {})
+    if "type" not in values:
+        raise KeyError("missing required key(s) ['type'] in config section 'codec'")
+    codec_cls = CODECS.get(values["type"])
+    if codec_cls is None:
+        raise KeyError(
+            f"config key 'codec.type' = {values['type']!r} is not a registered codec: {sorted(CODECS.module_dict)}"
+        )
+    params = inspect.signature(codec_cls.__init__).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return values
+    known = sorted(k for k in params if k != "self")
+    unknown = sorted(values.keys() - {"type", *known})
+    if unknown:
+        raise KeyError(f"unknown key(s) {unknown} in config section 'codec' ({values['type']}); known: {known}")
+    missing = sorted(
+        k for k, p in params.items() if k != "self" and p.default is p.empty and p.kind is p.POSITIONAL_OR_KEYWORD
+    )
+    missing = [k for k in missing if k not in values]
+    if missing:
+        raise KeyError(f"missing required key(s) {missing} in config section 'codec' ({values['type']})")
+    return values

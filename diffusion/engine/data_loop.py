@@ -1,7 +1,9 @@
 """Endless, resumable stream of training batches over epochs.
 
 Each epoch's order is a pure function of ``seed + epoch`` (``DistributedSampler.set_epoch`` or the bucket sampler's
-``set_epoch``), so a resumed run re-creates the epoch and skips the batches it had already consumed.
+``set_epoch``), so a resumed run re-creates the epoch and skips the batches it had already consumed. The user hears
+about the data: :func:`describe_data` (size, the dataset's own ``report()``) at the start and :func:`epoch_report`
+(batches, items ``drop_last`` dropped, items skipped so far) at every epoch, through ``BatchStream.on_epoch``.
 """
 
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +39,11 @@ class EpochBatchSampler:
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+
+    @property
+    def dropped(self) -> int:
+        """Items of the dataset left out of every epoch (the uneven tail over ranks and the last partial batches)."""
+        return len(self.sampler.dataset) - len(self.batches) * self.batches.batch_size * self.sampler.num_replicas
 
     def __iter__(self) -> Iterator[list[int]]:
         return iter(self.batches)
@@ -75,6 +82,7 @@ class BatchStream:
         self.dataset, self.batch_sampler, self.collate_fn = dataset, batch_sampler, collate_fn
         self.num_workers, self.seed = num_workers, seed
         self.epoch, self.batch_in_epoch = 0, 0
+        self.on_epoch: Callable[[int], None] | None = None  # called with the epoch number as each epoch starts
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
@@ -107,6 +115,8 @@ class BatchStream:
         while True:
             if hasattr(self.batch_sampler, "set_epoch"):
                 self.batch_sampler.set_epoch(self.epoch)
+            if self.on_epoch is not None:
+                self.on_epoch(self.epoch)
             loader = DataLoader(
                 self.dataset,
                 batch_sampler=_Skip(self.batch_sampler, self.batch_in_epoch),
@@ -125,3 +135,46 @@ class BatchStream:
             if empty_epochs > 1:
                 raise RuntimeError(f"the data sampler yielded no batches in two epochs over {len(self.dataset)} items")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+# names under which a batch sampler may count the items it leaves out of an epoch (drop_last)
+DROPPED_ATTRS = ("dropped", "num_dropped", "dropped_last", "dropped_items")
+
+
+def dropped_items(batch_sampler, dataset_size: int, batch_size: int, world_size: int) -> int:
+    """Items one epoch leaves out: the sampler's own count when it has one, else dataset size minus what its batches
+    hold (an upper bound on full batches, so a sampler without ``drop_last`` gives 0)."""
+    for name in DROPPED_ATTRS:
+        value = getattr(batch_sampler, name, None)
+        value = value() if callable(value) else value
+        if isinstance(value, int | list | tuple | set):
+            return value if isinstance(value, int) else len(value)
+    return max(0, dataset_size - len(batch_sampler) * batch_size * world_size)
+
+
+def describe_data(dataset, batch_sampler, batch_size: int, world_size: int) -> str:
+    """Dataset size, batches per epoch and the dataset's own report (``report()``) when it has one."""
+    text = (
+        f"dataset {type(dataset).__name__}: {len(dataset)} items, {len(batch_sampler)} batches of {batch_size} per "
+        f"rank per epoch on {world_size} rank(s), "
+        f"{dropped_items(batch_sampler, len(dataset), batch_size, world_size)} items dropped per epoch (drop_last)"
+    )
+    report = getattr(dataset, "report", None)
+    return text + (f"\n{report()}" if callable(report) else "")
+
+
+def epoch_report(stream: BatchStream, epoch: int, batch_size: int, world_size: int) -> str:
+    """One line per epoch: batches, items dropped by ``drop_last`` and items the dataset skipped so far."""
+    dataset, sampler = stream.dataset, stream.batch_sampler
+    text = (
+        f"epoch {epoch}: {len(sampler)} batches per rank, "
+        f"{dropped_items(sampler, len(dataset), batch_size, world_size)} items dropped (drop_last)"
+    )
+    skipped = getattr(dataset, "skipped", None)
+    skipped = skipped() if callable(skipped) else skipped
+    if isinstance(skipped, int):
+        text += f", {skipped} items skipped by the dataset so far (this process)"
+    report = getattr(dataset, "report", None)
+    if isinstance(skipped, int) and skipped > 0 and callable(report):
+        text += f"\n{report()}"  # names the skipped files
+    return text

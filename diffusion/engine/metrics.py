@@ -1,6 +1,9 @@
 """Training logs: a tqdm bar, ``train.log`` text, ``metrics.jsonl`` (one JSON line per log step, read by tests and
 plots) and wandb. Only the main process writes; other ranks get a silent logger.
 
+On resume ``metrics.jsonl`` is cut back to the resumed step: the lines of steps after the last checkpoint (and a
+line half-written by a killed process) are dropped, so the file holds each step once, as in an uninterrupted run.
+
 wandb mode: ``WANDB_MODE`` when set (``disabled`` skips wandb entirely), else ``online`` with a ``WANDB_API_KEY`` and
 ``offline`` without one.
 """
@@ -18,11 +21,35 @@ def wandb_mode() -> str:
     return os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
 
 
+def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
+    """Keep the lines of ``path`` whose step is <= ``last_step`` (atomically rewritten); returns how many were dropped,
+    unreadable lines included."""
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        try:
+            keep = json.loads(line)["step"] <= last_step
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line + "\n")
+        else:
+            dropped += 1
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return dropped
+
+
 class MetricLogger:
     """Sink for scalars, messages and images of one run.
 
     Args:
-        work_dir: run directory; ``train.log`` and ``metrics.jsonl`` are appended to there.
+        work_dir: run directory; ``train.log`` and ``metrics.jsonl`` are appended to there (``metrics.jsonl`` first
+            cut back to ``initial_step``; ``dropped_lines`` says how many lines that removed).
         enabled: False on non-main ranks (everything becomes a no-op except raising).
         total_steps: length of the progress bar.
         initial_step: where a resumed run starts.
@@ -47,8 +74,10 @@ class MetricLogger:
         self.wandb_run = None
         self.bar = None
         self.metrics_path = Path(work_dir) / "metrics.jsonl"
+        self.dropped_lines = 0
         if not enabled:
             return
+        self.dropped_lines = truncate_metrics(self.metrics_path, initial_step)
         handler = logging.FileHandler(Path(work_dir) / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.handlers = [handler]

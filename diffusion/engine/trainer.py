@@ -19,12 +19,14 @@ from mmengine.config import Config
 
 from diffusion.build import build_codec, build_model
 from diffusion.engine import checkpoint as ckpt
-from diffusion.engine import dist, parallel
+from diffusion.engine import dist, parallel, preflight
+from diffusion.engine import resume as on_resume
 from diffusion.engine.config import check_top_level, resolve_section
-from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, to_device
+from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, describe_data, epoch_report, to_device
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
+from diffusion.engine.signals import StopSignal
 from diffusion.engine.validation import EncodedPrompts, save_grid, swapped_in
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
@@ -50,8 +52,9 @@ class Trainer:
         self.ckpt_cfg = resolve_section("checkpoint", cfg.get("checkpoint"))
         self.log_cfg = resolve_section("log", cfg.get("log"))
         self.val_cfg = resolve_section("validation", cfg.validation) if cfg.get("validation") else None
-        if cfg.get("codec") is None:
-            raise KeyError("missing required top-level config key(s) ['codec'] (needed for scale_factor)")
+        preflight.check_sections(cfg)  # text_encoder and codec keys, before anything is built
+        preflight.check_work_dir(self.work_dir)
+        self._notes: list[tuple[str, str | None]] = []  # (level, message) found before the logger exists
         self.device = dist.init()
         self.rank, self.world = dist.rank(), dist.world_size()
         resume_dir = self._resolve_resume(resume)
@@ -69,6 +72,12 @@ class Trainer:
         self.pipeline = None  # validation samples with the trained network itself (EMA swapped in): no second copy
         frozen = getattr(self.method, "frozen_networks", list)()  # teacher / target: sharded with the model (FSDP)
         self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
+        unwrapped = parallel.unwrap(self.model)
+        if self.val_cfg is not None and (dist.is_main() or parallel.is_sharded(unwrapped)):
+            # text encoder, codec and prompts now, not at the first validation after hours of training
+            self.pipeline = self.build_pipeline(unwrapped)
+            sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
+            preflight.check_sampling(self.pipeline, list(self.val_cfg["prompts"]), dict(sampler), self.val_cfg["seed"])
         self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
 
         self.params = [p for p in parallel.unwrap(self.model).parameters() if p.requires_grad]
@@ -78,6 +87,11 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, self.lr_cfg, tc["max_steps"])
         self.amp_dtype = AMP_DTYPES.get(tc["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc["mixed_precision"] == "fp16")
+        self.lr, self.run_record = lr, on_resume.run_record(tc, self.world, lr)
+        size = preflight.checkpoint_bytes(
+            parallel.unwrap(self.model).state_dict().values(), self.params, bool(self.ema)
+        )
+        self._notes.append(("warning", preflight.check_disk_space(self.work_dir, size, self.ckpt_cfg["keep_last"])))
 
         codec = cfg.codec
         self.scale_factor = codec["scale_factor"] if "scale_factor" in codec else CODECS.build(codec).scale_factor
@@ -104,6 +118,17 @@ class Trainer:
             f"world {self.world}, global batch {self.global_batch}, lr {lr:.3g}, "
             f"{sum(p.numel() for p in self.params) / 1e6:.2f}M trainable params, start step {self.step}"
         )
+        self.logger.info(describe_data(self.stream.dataset, self.stream.batch_sampler, tc["batch_size"], self.world))
+        self.stream.on_epoch = lambda epoch: self.logger.info(
+            epoch_report(self.stream, epoch, tc["batch_size"], self.world)
+        )
+        if self.logger.dropped_lines:
+            self._notes.append(
+                ("info", f"metrics.jsonl: dropped {self.logger.dropped_lines} line(s) after step {self.step}")
+            )
+        for level, note in self._notes:
+            if note is not None:
+                getattr(self.logger, level)(note)
 
     def _resolve_resume(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -199,11 +224,15 @@ class Trainer:
         return None
 
     def train(self) -> None:
-        """Run from the current step to ``train.max_steps``, logging, sampling and checkpointing on the way."""
+        """Run from the current step to ``train.max_steps``, logging, sampling and checkpointing on the way.
+
+        SIGTERM / SIGINT end the run early: a checkpoint at the next step boundary, then a normal return (exit 0).
+        """
         max_steps = self.train_cfg["max_steps"]
         batches = iter(self.stream)
         self._reset_window()
-        saved_at = self.step
+        saved_at, stopped = self.step, False
+        stop = StopSignal().install()
         try:
             while self.step < max_steps:
                 out = self.train_step(batches)
@@ -222,11 +251,19 @@ class Trainer:
                 if self.step % self.ckpt_cfg["every"] == 0:
                     self.save_checkpoint()
                     saved_at = self.step
+                if stop.requested(self.device):
+                    stopped = True
+                    break
+            if stopped and self._window_steps:
+                self._log_window()
             if saved_at != self.step:
                 self.save_checkpoint()
-            if self.val_cfg is not None:
+            if stopped:
+                self.logger.warning(f"stopped by {stop.name} at step {self.step}; resume with --resume auto")
+            elif self.val_cfg is not None:
                 self.validate(self.step)
         finally:
+            stop.uninstall()
             self.logger.close()
 
     def _reset_window(self) -> None:
@@ -285,20 +322,22 @@ class Trainer:
         if self.ema is not None:
             weights["ema"] = ckpt.trainable_only(unwrapped, self.ema.state_dict())
         optimizer_state = parallel.optimizer_state_dict(unwrapped, self.optimizer)
-        ckpt.save_object(tmp / f"rng_rank{self.rank}.pt", ckpt.rng_state(self.generator))
-        if dist.is_main():
-            for name, tensors in weights.items():
-                ckpt.save_tensors(tmp / f"{name}.safetensors", tensors)
-            state = {
-                "step": self.step,
-                "optimizer": optimizer_state,
-                "scaler": self.scaler.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "data": self.stream.state_dict(),
-                "nan_total": self.nan_total,
-                "world_size": self.world,
-            }
-            ckpt.save_object(tmp / "training_state.pt", state)
+        with ckpt.writing(tmp):  # a failed write leaves no .tmp; a full disk says so
+            ckpt.save_object(tmp / f"rng_rank{self.rank}.pt", ckpt.rng_state(self.generator))
+            if dist.is_main():
+                for name, tensors in weights.items():
+                    ckpt.save_tensors(tmp / f"{name}.safetensors", tensors)
+                state = {
+                    "step": self.step,
+                    "optimizer": optimizer_state,
+                    "scaler": self.scaler.state_dict(),
+                    "lr_scheduler": self.lr_scheduler.state_dict(),
+                    "data": self.stream.state_dict(),
+                    "nan_total": self.nan_total,
+                    "world_size": self.world,
+                    "run": self.run_record,
+                }
+                ckpt.save_object(tmp / "training_state.pt", state)
         dist.barrier()
         final = ckpt.step_dir(root, self.step)
         if dist.is_main():
@@ -314,10 +353,21 @@ class Trainer:
         parallel.load_optimizer_state_dict(parallel.unwrap(self.model), self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        self.stream.load_state_dict(state["data"])
+        on_resume.apply_lr(self.optimizer, self.lr_scheduler, self.lr)  # the config's lr, not the checkpoint's
+        saved = on_resume.saved_record(state)
+        self.stream.load_state_dict(on_resume.rescale_data_position(state["data"], saved, self.run_record))
+        self._notes.append(("info", f"resumed from {resume_dir} at step {self.step}"))
+        self._notes.append(
+            ("info", f"from the checkpoint: {on_resume.FROM_CHECKPOINT}; from the config: {on_resume.FROM_CONFIG}")
+        )
+        self._notes += [("warning", note) for note in on_resume.changes(saved, self.run_record)]
         if self.ema is not None:  # frozen entries of the shadow are copies of the (loaded) frozen weights
             self.ema.load_state_dict({**self.ema.state_dict(), **ckpt.load_tensors(resume_dir / "ema.safetensors")})
         self.method.load_extra_state(ckpt.load_tensors(resume_dir / "method.safetensors"))
         rng_file = resume_dir / f"rng_rank{self.rank}.pt"
         if rng_file.is_file() and state["world_size"] == self.world:
             ckpt.set_rng_state(ckpt.load_object(rng_file), self.generator)
+        else:
+            self._notes.append(
+                ("warning", f"no RNG state for rank {self.rank} of {self.world}: noise restarts from the seed")
+            )

@@ -104,7 +104,7 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         _train(cfg, tmp_path)
     root = tmp_path / "checkpoints"
     assert find_latest(tmp_path).name == "step_0000003"
-    assert (root / "step_0000006.tmp").is_dir() and not (root / "step_0000006").exists()
+    assert not (root / "step_0000006.tmp").exists() and not (root / "step_0000006").exists()
     assert torch.load(root / "step_0000003" / "training_state.pt", weights_only=True)["step"] == 3
     monkeypatch.setattr(ckpt, "save_tensors", original)
     _train(cfg, tmp_path, resume="auto")
@@ -177,8 +177,9 @@ def test_validation_grids_use_ema_and_keep_training_stream(tmp_path, monkeypatch
     val = dict(every=2, prompts=["a", "b", "c"], seed=7)
     trainer = _train(tiny_config(validation=val, checkpoint=dict(every=100)), tmp_path / "val")
     _train(tiny_config(checkpoint=dict(every=100)), tmp_path / "plain")
-    assert len(built) == 1 and len(built[0].calls) == 3
-    assert built[0].calls[0] == (["a", "b", "c"], 7, {"steps": 2})
+    assert len(built) == 1 and len(built[0].calls) == 4  # the preflight's one-step dry run, then 3 grids
+    assert built[0].calls[0] == (["a", "b", "c"], 7, {"steps": 1})
+    assert built[0].calls[1] == (["a", "b", "c"], 7, {"steps": 2})
     assert sorted(p.name for p in (tmp_path / "val" / "samples").iterdir()) == [
         "step_0000002.png",
         "step_0000004.png",

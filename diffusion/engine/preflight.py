@@ -1,0 +1,103 @@
+"""Checks run by the trainer before step 1, so that a run fails in its first seconds instead of hours later.
+
+A PixArt-α/δ run (§3.3: thousands of steps, resumed many times) otherwise meets its text encoder and codec only at the
+first validation, after that many steps of training and before their checkpoint; a work dir that is not writable or a
+disk that cannot hold one checkpoint are found at the first save. Each check raises an error naming the config key or
+path; the caller logs what the checks report.
+"""
+
+import errno
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from diffusion.engine.config import check_codec, resolve_section
+
+GIB = 2**30
+
+
+def check_sections(cfg) -> tuple[dict | None, dict]:
+    """Key checks of the ``text_encoder`` (when present) and ``codec`` sections; returns both resolved.
+
+    ``codec`` is required (the trainer needs its ``scale_factor``); its keys are checked against the codec class.
+    """
+    if cfg.get("codec") is None:
+        raise KeyError("missing required top-level config key(s) ['codec'] (needed for scale_factor)")
+    text_cfg = resolve_section("text_encoder", cfg.get("text_encoder")) if cfg.get("text_encoder") else None
+    codec_cfg = check_codec(cfg.codec)
+    data_len = cfg.data.get("max_length") if hasattr(cfg.data, "get") else None
+    if text_cfg is not None and data_len is not None and data_len != text_cfg["max_length"]:
+        raise KeyError(
+            f"config key 'text_encoder.max_length' = {text_cfg['max_length']} differs from 'data.max_length' = "
+            f"{data_len}: validation prompts would be encoded to another length than the training captions"
+        )
+    return text_cfg, codec_cfg
+
+
+def check_work_dir(work_dir: str | os.PathLike) -> Path:
+    """Create ``work_dir`` and prove it writable by writing, fsyncing and deleting a probe file."""
+    work_dir = Path(work_dir)
+    probe = work_dir / f".write_probe_{uuid.uuid4().hex}"
+    try:
+        work_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as error:
+        raise OSError(error.errno, f"work dir {work_dir} is not writable: {error.strerror or error}") from error
+    return work_dir
+
+
+def checkpoint_bytes(params: Iterable[torch.Tensor], trainable: Iterable[torch.Tensor], ema: bool) -> int:
+    """Estimated size of one checkpoint: weights (+ EMA copy) in their dtype plus two fp32 Adam moments per trainable
+    element (the optimizer state dominates: 2/3 of a full fine-tune's checkpoint)."""
+    weights = sum(p.numel() * p.element_size() for p in params)
+    return weights * (2 if ema else 1) + 2 * 4 * sum(p.numel() for p in trainable)
+
+
+def check_disk_space(work_dir: str | os.PathLike, needed: int, keep_last: int) -> str | None:
+    """Raise ``OSError(ENOSPC)`` when ``work_dir`` cannot hold even one checkpoint of ``needed`` bytes; return a
+    warning when it cannot hold ``keep_last`` of them plus the one being written, else None."""
+    free = shutil.disk_usage(work_dir).free
+    if free < needed:
+        raise OSError(
+            errno.ENOSPC,
+            f"no space left on device for a checkpoint in {work_dir}: {free / GIB:.3g} GiB free, one checkpoint "
+            f"takes ~{needed / GIB:.3g} GiB",
+        )
+    wanted = needed * (max(keep_last, 1) + 1)
+    if free < wanted:
+        return (
+            f"{work_dir} has {free / GIB:.3g} GiB free; {max(keep_last, 1)} kept checkpoint(s) plus the one being "
+            f"written take ~{wanted / GIB:.3g} GiB: a later save may fail (the previous checkpoint is kept then)"
+        )
+    return None
+
+
+def check_sampling(pipeline, prompts: list[str], sampler: dict, seed: int) -> tuple[int, ...]:
+    """Encode every validation prompt and sample them with one denoising step, exactly as validation will (text
+    encoder, model forward on real captions, codec decode), leaving every RNG stream untouched.
+
+    Returns the shape of the images (N, 3, H, W). Errors are re-raised naming the check.
+    """
+    dry = {**sampler, "steps": 1}
+    if dry.get("timesteps"):
+        dry["timesteps"] = list(dry["timesteps"])[:1]
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            images = pipeline(list(prompts), seed=seed, **dry)
+    except Exception as error:
+        raise RuntimeError(
+            f"preflight: sampling the validation prompts failed before step 1 (check the config's text_encoder, "
+            f"codec, validation.sampler and the model's caption_channels): {type(error).__name__}: {error}"
+        ) from error
+    if images.ndim != 4 or images.shape[0] != len(prompts) or images.shape[1] != 3:
+        raise RuntimeError(f"preflight: validation sampling returned shape {tuple(images.shape)}, not (N, 3, H, W)")
+    return tuple(images.shape)
