@@ -2,7 +2,8 @@
 shapes data, and sample folders from a checkpoint.
 
 On the embedded data FID uses the features of a small attribute classifier trained on rendered images (InceptionV3
-cannot be downloaded here); InceptionV3 from a local weights file is the option for real scale.
+cannot be downloaded here); at real scale the standard FID Inception from a local weights file, and CLIP score from a
+local CLIP folder.
 """
 
 from diffusion.eval.attribute_net import (
@@ -12,7 +13,7 @@ from diffusion.eval.attribute_net import (
     load_attribute_net,
     train_attribute_net,
 )
-from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, InceptionFeatures, build_feature_extractor
+from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, build_feature_extractor
 from diffusion.eval.fid import (
     compute_statistics,
     extract_features,
@@ -24,6 +25,7 @@ from diffusion.eval.fid import (
     statistics_of,
 )
 from diffusion.eval.images import FolderReport, list_images, read_sample_folder, save_samples
+from diffusion.eval.inception import FIDInceptionFeatures, TorchvisionInceptionFeatures
 from diffusion.eval.sampling import read_prompts, sample_to_folder
 
 __all__ = [
@@ -31,7 +33,7 @@ __all__ = [
     "AttributeNet",
     "EmbeddedFeatures",
     "FolderReport",
-    "InceptionFeatures",
+    "FIDInceptionFeatures",
     "attribute_accuracy",
     "build_feature_extractor",
     "compute_statistics",
@@ -49,5 +51,6 @@ __all__ = [
     "save_samples",
     "save_statistics",
     "statistics_of",
+    "TorchvisionInceptionFeatures",
     "train_attribute_net",
 ]
