@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-from transformers.convert_slow_tokenizer import bytes_to_unicode
+from transformers import CLIPModel, CLIPProcessor
 
 from diffusion.eval.clip_score import CLIPScorer
+from tests.eval.helpers import save_tiny_clip
 
 PROMPTS = [
     "a large red circle at the top left on a gray background",
@@ -17,33 +17,6 @@ PROMPTS = [
     "a large purple square at the bottom left on a beige background",
     "a small orange circle in the center on a black background",
 ]
-
-
-def save_tiny_clip(out: Path) -> Path:
-    """A random 2-layer CLIP (32 wide, 16-d projection, 24-px images) with a character-level byte BPE tokenizer and
-    CLIP's image processor, saved as a transformers folder like openai/clip-vit-large-patch14."""
-    chars = list(bytes_to_unicode().values())
-    vocab = {c: i for i, c in enumerate(chars)} | {c + "</w>": len(chars) + i for i, c in enumerate(chars)}
-    vocab |= {"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1}
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
-    small = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
-    config = CLIPConfig(
-        text_config=dict(
-            vocab_size=len(vocab),
-            max_position_embeddings=77,
-            bos_token_id=vocab["<|startoftext|>"],
-            eos_token_id=vocab["<|endoftext|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-            **small,
-        ),
-        vision_config=dict(image_size=24, patch_size=8, **small),
-        projection_dim=16,
-    )
-    torch.manual_seed(3)  # a seed whose scores on the test images have both signs and a positive mean
-    CLIPModel(config).save_pretrained(out)
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 24}, crop_size={"height": 24, "width": 24})
-    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
-    return out
 
 
 class TensorFeatures(torch.nn.Module):
