@@ -95,7 +95,7 @@ def test_mixed_image_sizes_are_resized_inside_the_network(fid_weights, tmp_path)
     extractor = build_feature_extractor("inception", fid_weights)
     features, report = folder_features(extractor, folder, batch_size=8, progress=False)
     assert features.shape == (2, 2048) and report.read == 2
-    one = extractor(torch.from_numpy(np.asarray(Image.open(folder / "00001.png"))).permute(2, 0, 1)[None])
+    one = extractor(torch.from_numpy(np.array(Image.open(folder / "00001.png"))).permute(2, 0, 1)[None])
     np.testing.assert_allclose(features[1], one[0].double().numpy(), rtol=1e-5, atol=1e-6)
 
 
