@@ -1,7 +1,6 @@
 """tools/reproduce_tables.py: each job's table lands in output/tables/<name>.md stamped with machine, commit and
 command; failing and missing tools are reported, not hidden."""
 
-
 import pytest
 
 from tools.reproduce_tables import Job, main
