@@ -31,8 +31,8 @@ def render_folder(out: Path, num: int, seed: int = 0, max_offset: int = 1) -> li
     return prompts
 
 
-def tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
-    """A one-block random PixArt (32 wide) on the tiny teacher's config with a fresh tiny T5 under ``tmp_path``:
+def tiny_checkpoint(tmp_path: Path, depth: int = 1) -> tuple[Path, Path]:
+    """A ``depth``-block random PixArt (32 wide) on the tiny teacher's config with a fresh tiny T5 under ``tmp_path``:
     ``(config.py, model.safetensors)`` for ``load_pipeline`` and the tools."""
     from safetensors.torch import save_file
 
@@ -45,7 +45,7 @@ def tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
     config = tmp_path / "tiny.py"
     config.write_text(
         f"_base_ = [{str(repo / 'configs/pixart/tiny_teacher.py')!r}]\n"
-        "model = dict(hidden_size=32, depth=1, num_heads=2)\n"
+        f"model = dict(hidden_size=32, depth={depth}, num_heads=2)\n"
         f"text_encoder = dict(path={str(text_encoder)!r})\n"
     )
     model = MODELS.build(
@@ -55,7 +55,7 @@ def tiny_checkpoint(tmp_path: Path) -> tuple[Path, Path]:
             patch_size=2,
             in_channels=12,
             hidden_size=32,
-            depth=1,
+            depth=depth,
             num_heads=2,
             caption_channels=64,
             model_max_length=EMBEDDED_MAX_LENGTH,

@@ -120,3 +120,25 @@ def test_control_folder_needs_a_pipeline_that_takes_control(tmp_path):
     else:
         with pytest.raises(ValueError, match="does not take control="):
             main(argv)
+
+
+def test_control_folder_feeds_a_controlnet(tmp_path):
+    """A ControlNet config (the base from ``load_from``, one trainable copy) samples one image per control image."""
+    from tools.eval_fid import main
+
+    config, weights = tiny_checkpoint(tmp_path, depth=2)  # a ControlNet copies at most depth - 1 blocks
+    controlnet_config = tmp_path / "tiny_controlnet.py"
+    controlnet_config.write_text(
+        f"_base_ = [{str(config)!r}]\nload_from = {str(weights)!r}\ncontrolnet = dict(copy_blocks=1)\n"
+    )
+    (tmp_path / "prompts.txt").write_text("\n".join(VALIDATION_PROMPTS[:3]) + "\n")
+    (tmp_path / "control").mkdir()
+    for i in range(3):
+        Image.new("RGB", (40, 40), (80 * i, 0, 0)).save(tmp_path / "control" / f"edge_{i}.png")  # resized to 32
+    argv = ["sample", "--config", str(controlnet_config), "--prompts", str(tmp_path / "prompts.txt"), "--sampler"]
+    argv += ["lcm", "--steps", "1", "--out", str(tmp_path / "out"), "--control", str(tmp_path / "control")]
+    main([*argv, "--device", "cpu", "--batch-size", "2"])
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.png")) == [image_name(i) for i in range(3)]
+    (tmp_path / "control" / "edge_2.png").unlink()
+    with pytest.raises(ValueError, match="has 2 images for 3 prompts"):
+        main([*argv, "--device", "cpu"])
