@@ -13,6 +13,7 @@ from diffusion.eval.attribute_net import (
     load_attribute_net,
     train_attribute_net,
 )
+from diffusion.eval.clip_score import CLIPScorer
 from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, build_feature_extractor
 from diffusion.eval.fid import (
     compute_statistics,
@@ -26,11 +27,12 @@ from diffusion.eval.fid import (
 )
 from diffusion.eval.images import FolderReport, list_images, read_sample_folder, save_samples
 from diffusion.eval.inception import FIDInceptionFeatures, TorchvisionInceptionFeatures
-from diffusion.eval.sampling import read_prompts, sample_to_folder
+from diffusion.eval.sampling import read_prompts, sample_to_folder, shard_batches
 
 __all__ = [
     "FEATURE_EXTRACTORS",
     "AttributeNet",
+    "CLIPScorer",
     "EmbeddedFeatures",
     "FolderReport",
     "FIDInceptionFeatures",
@@ -50,6 +52,7 @@ __all__ = [
     "sample_to_folder",
     "save_samples",
     "save_statistics",
+    "shard_batches",
     "statistics_of",
     "TorchvisionInceptionFeatures",
     "train_attribute_net",
