@@ -1,14 +1,19 @@
-"""FID and prompt-attribute accuracy (PixArt-δ §3.3, §5: LCM at 4 steps vs the teacher at 4 and 14–20 steps).
+"""FID, CLIP score and prompt-attribute accuracy (PixArt-δ §3.3, §5: LCM at 4 steps vs the teacher at 4 and 14–20
+steps; PixArt-α/δ report zero-shot FID-30K on MS-COCO).
 
     python tools/eval_fid.py ref output/embedded_data -o output/eval/ref.npz
     python tools/eval_fid.py sample --config configs/pixart/tiny_teacher.py --checkpoint CKPT \
         --prompts prompts.txt --out output/eval/dpm20 --sampler dpm --steps 20 --cfg-scale 4.5
+    torchrun --nproc_per_node 8 tools/eval_fid.py sample ...      # sharded by global index, resumable
     python tools/eval_fid.py calc output/eval/ref.npz output/eval/dpm20      # last line: the FID
+    python tools/eval_fid.py clip output/eval/dpm20 --clip PATH/clip-vit-large-patch14   # last line: CLIP score
     python tools/eval_fid.py attributes output/eval/dpm20
 
-``--features embedded`` (default) uses a small attribute classifier trained on rendered embedded-data images
-(``output/eval/attribute_net.safetensors``, trained in about a minute if missing): an *embedded FID*, comparable only
-with itself. ``--features inception --weights FILE`` uses InceptionV3 from a local torchvision weights file.
+Feature networks (``--features``): ``embedded`` (default) is a small attribute classifier trained on rendered
+embedded-data images (``output/eval/attribute_net.safetensors``, trained in about a minute if missing): an *embedded
+FID*, comparable only with itself. ``inception --weights pt_inception-2015-12-05-6726825d.pth`` is the standard FID
+(pytorch-fid's network and conventions). ``inception-torchvision`` uses torchvision's ImageNet weights: not the
+standard FID. ``calc`` and ``clip`` log ``eval/fid`` / ``eval/clip_score`` to a wandb run with ``--log-wandb``.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
 
 from diffusion.build import load_pipeline  # noqa: E402
+from diffusion.engine import dist  # noqa: E402
 from diffusion.eval import (  # noqa: E402
     FEATURE_EXTRACTORS,
     attribute_accuracy,
@@ -37,6 +43,8 @@ from diffusion.eval import (  # noqa: E402
     save_statistics,
 )
 from diffusion.eval.attribute_net import DEFAULT_PATH  # noqa: E402
+from diffusion.eval.clip_score import CLIPScorer  # noqa: E402
+from diffusion.eval.images import list_images  # noqa: E402
 from diffusion.pipeline import SAMPLERS  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -44,9 +52,17 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 def _add_features(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--features", default="embedded", choices=sorted(FEATURE_EXTRACTORS))
-    parser.add_argument("--weights", default=None, help=f"feature-net weights (embedded default: {DEFAULT_PATH})")
+    parser.add_argument(
+        "--weights", default=None, help=f"feature-net weights (embedded default: {DEFAULT_PATH}; inception: required)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default=DEVICE)
+
+
+def _add_wandb(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--log-wandb", action="store_true", help="log the metric to a wandb run")
+    parser.add_argument("--wandb-project", default="pixart-delta")
+    parser.add_argument("--wandb-run", default=None, help="id of the (training) run to attach the metric to")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,27 +75,73 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     _add_features(ref)
     sample = sub.add_parser("sample", help="PNG samples + prompts.txt from a prompt file and a checkpoint")
     sample.add_argument("--config", required=True)
-    sample.add_argument("--checkpoint", required=True, help=".safetensors / .pth / diffusers or trainer folder")
-    sample.add_argument("--prompts", required=True, help="text file, one prompt per line")
+    sample.add_argument("--checkpoint", default=None, help=".safetensors / .pth / diffusers or trainer folder")
+    sample.add_argument("--prompts", required=True, help="text file, one prompt per line (e.g. 30K COCO captions)")
     sample.add_argument("--out", required=True)
     sample.add_argument("--sampler", default="dpm", choices=SAMPLERS)
-    sample.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
+    sample.add_argument("--steps", type=int, default=None, help="default: diffusion.pipeline.SAMPLER_DEFAULTS")
     sample.add_argument(
         "--cfg-scale", type=float, default=None, help="default 4.5; lcm: w-embedding students only, w = cfg - 1"
     )
+    sample.add_argument("--control", default=None, help="ControlNet: folder of control images, i-th for prompt i")
+    sample.add_argument("--num", type=int, default=None, help="the first N prompts only")
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--batch-size", type=int, default=16)
+    sample.add_argument("--batch-size", type=int, default=16, help="per rank; the images depend on it")
     sample.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
-    sample.add_argument("--device", default=DEVICE)
+    sample.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     calc = sub.add_parser("calc", help="FID between two image folders / dataset roots / .npz statistics")
     calc.add_argument("a")
     calc.add_argument("b")
     _add_features(calc)
+    _add_wandb(calc)
+    clip = sub.add_parser("clip", help="CLIP score of a sample folder (its images against its prompts.txt)")
+    clip.add_argument("folder")
+    clip.add_argument("--clip", required=True, help="local CLIP folder, e.g. openai/clip-vit-large-patch14")
+    clip.add_argument("--batch-size", type=int, default=64)
+    clip.add_argument("--device", default=DEVICE)
+    _add_wandb(clip)
     attributes = sub.add_parser("attributes", help="prompt-attribute accuracy of a sample folder (its prompts.txt)")
     attributes.add_argument("folder")
     attributes.add_argument("--weights", default=DEFAULT_PATH, help="attribute-net weights (trained if missing)")
     attributes.add_argument("--device", default=DEVICE)
     return parser.parse_args(argv)
+
+
+def log_wandb(args: argparse.Namespace, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` (e.g. ``{"eval/fid": ...}``) to ``--wandb-run`` (resumed) or a new eval run."""
+    import wandb
+
+    config = {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float))}
+    resume = "allow" if args.wandb_run else None
+    run = wandb.init(project=args.wandb_project, id=args.wandb_run, resume=resume, job_type="eval", config=config)
+    run.log(metrics)
+    run.summary.update(metrics)
+    run.finish()
+
+
+def sample(args: argparse.Namespace) -> None:
+    """``sample`` on this rank of a torchrun job (or alone): its share of the prompts, then a check on rank 0."""
+    from mmengine.config import Config
+
+    device = dist.init()  # gloo on CPU, NCCL on CUDA; a no-op without torchrun
+    rank, world = dist.rank(), dist.world_size()
+    try:
+        cfg = Config.fromfile(args.config)
+        pipe = load_pipeline(cfg, args.checkpoint, args.device or device, use_ema=not args.no_ema)
+        prompts = read_prompts(args.prompts)[: args.num]
+        written = sample_to_folder(
+            pipe, prompts, args.out, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
+            rank=rank, world_size=world, control=args.control,
+        )  # fmt: skip
+        print(f"[rank {rank}/{world}] wrote {len(written)} images to {args.out}", flush=True)
+        dist.barrier()
+        if rank == 0:
+            found = len(list_images(args.out))
+            if found != len(prompts):
+                raise RuntimeError(f"{args.out} has {found} images for {len(prompts)} prompts after sampling")
+            print(f"{args.out}: {found} images and prompts.txt")
+    finally:
+        dist.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -92,21 +154,24 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary())
         print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} ({extractor.name} features)")
     elif args.command == "sample":
-        from mmengine.config import Config
-
-        pipe = load_pipeline(Config.fromfile(args.config), args.checkpoint, args.device, use_ema=not args.no_ema)
-        prompts = read_prompts(args.prompts)
-        paths = sample_to_folder(
-            pipe, prompts, args.out, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size
-        )
-        print(f"wrote {len(paths)} images and prompts.txt to {args.out}")
+        sample(args)
     elif args.command == "calc":
         extractor = build_feature_extractor(args.features, args.weights, args.device)
         fid, reports = fid_between(args.a, args.b, extractor, args.batch_size)
         for source, report in zip((args.a, args.b), reports):
             print(f"{source}: {report.summary() if report else 'statistics file'}")
+        if args.log_wandb:
+            log_wandb(args, {"eval/fid": fid})
         print(f"FID ({extractor.name} features):")
         print(f"{fid:.6f}")
+    elif args.command == "clip":
+        scorer = CLIPScorer.from_folder(args.clip, args.device)
+        images, prompts = read_sample_folder(args.folder)
+        result = scorer.score(images, prompts, args.batch_size)
+        if args.log_wandb:
+            log_wandb(args, {"eval/clip_score": result["clip_score"]})
+        print(json.dumps(result))
+        print(f"{result['clip_score']:.4f}")
     else:
         net = ensure_attribute_net(args.weights, args.device)
         images, prompts = read_sample_folder(args.folder)

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--num-images", type=int, default=480, help="images per row (and real images for FID)")
     parser.add_argument("--batch-size", type=int, default=120)
-    parser.add_argument("--features", default="embedded", help="FID feature network: embedded | inception")
+    parser.add_argument("--features", default="embedded", help="embedded | inception (standard FID)")
     parser.add_argument("--weights", default=None, help="feature network weights (default: embedded, trained here)")
     parser.add_argument("--out", default="output/reproduce_lcm")
     args = parser.parse_args(argv)

@@ -158,7 +158,9 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as error:  # shape mismatches
-        raise ValueError(f"checkpoint {source} does not fit the config's model (another architecture?): {error}") from error
+        raise ValueError(
+            f"checkpoint {source} does not fit the config's model (another architecture?): {error}"
+        ) from error
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(k for k in result.missing_keys if k in trainable)
     if missing or result.unexpected_keys:

@@ -78,6 +78,8 @@ class Trainer:
             self.pipeline = self.build_pipeline(unwrapped)
             sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
             preflight.check_sampling(self.pipeline, list(self.val_cfg["prompts"]), dict(sampler), self.val_cfg["seed"])
+            if hasattr(unwrapped, "reshard"):  # FSDP2 keeps the root's weights gathered after a no-grad forward
+                unwrapped.reshard()
         self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
 
         self.params = [p for p in parallel.unwrap(self.model).parameters() if p.requires_grad]

@@ -2,7 +2,8 @@
 shapes data, and sample folders from a checkpoint.
 
 On the embedded data FID uses the features of a small attribute classifier trained on rendered images (InceptionV3
-cannot be downloaded here); InceptionV3 from a local weights file is the option for real scale.
+cannot be downloaded here); at real scale the standard FID Inception from a local weights file, and CLIP score from a
+local CLIP folder.
 """
 
 from diffusion.eval.attribute_net import (
@@ -12,7 +13,8 @@ from diffusion.eval.attribute_net import (
     load_attribute_net,
     train_attribute_net,
 )
-from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, InceptionFeatures, build_feature_extractor
+from diffusion.eval.clip_score import CLIPScorer
+from diffusion.eval.extractors import FEATURE_EXTRACTORS, EmbeddedFeatures, build_feature_extractor
 from diffusion.eval.fid import (
     compute_statistics,
     extract_features,
@@ -24,14 +26,16 @@ from diffusion.eval.fid import (
     statistics_of,
 )
 from diffusion.eval.images import FolderReport, list_images, read_sample_folder, save_samples
-from diffusion.eval.sampling import read_prompts, sample_to_folder
+from diffusion.eval.inception import FIDInceptionFeatures, TorchvisionInceptionFeatures
+from diffusion.eval.sampling import read_prompts, sample_to_folder, shard_batches
 
 __all__ = [
     "FEATURE_EXTRACTORS",
     "AttributeNet",
+    "CLIPScorer",
     "EmbeddedFeatures",
     "FolderReport",
-    "InceptionFeatures",
+    "FIDInceptionFeatures",
     "attribute_accuracy",
     "build_feature_extractor",
     "compute_statistics",
@@ -48,6 +52,8 @@ __all__ = [
     "sample_to_folder",
     "save_samples",
     "save_statistics",
+    "shard_batches",
     "statistics_of",
+    "TorchvisionInceptionFeatures",
     "train_attribute_net",
 ]

@@ -41,30 +41,35 @@ def compute_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray,
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6, atol: float = 1e-3
-) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2) (the pytorch-fid computation).
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """Symmetric square root of a covariance (eigenvalues below 0 from round-off are clipped to 0)."""
+    w, v = linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
-    When ``sigma1 @ sigma2`` is singular its square root is taken of ``(sigma1 + eps I)(sigma2 + eps I)`` instead.
-    Imaginary parts from numerical error are dropped; a diagonal imaginary component above ``atol`` is a ValueError.
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """Fréchet distance ``||mu1 - mu2||² + Tr(S1) + Tr(S2) - 2 Tr((S1 S2)^½)`` between N(mu1, S1) and N(mu2, S2).
+
+    ``Tr((S1 S2)^½)`` is the sum of the square roots of the eigenvalues of ``S1^½ S2 S1^½`` (symmetric PSD, the same
+    eigenvalues as ``S1 S2``). This equals pytorch-fid's ``scipy.linalg.sqrtm`` trace whenever that is well defined,
+    and stays exact for the rank-deficient covariances of fewer images than feature dimensions (2048 for Inception),
+    where pytorch-fid's sqrtm fails with an "imaginary component" error; torchmetrics uses the same eigenvalue form.
+    Non-finite statistics are a ValueError.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise ValueError(
             f"statistics differ in shape: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
         )
+    if not all(np.isfinite(a).all() for a in (mu1, mu2, sigma1, sigma2)):
+        raise ValueError("non-finite values in the FID statistics (NaN/inf features?)")
     diff = mu1 - mu2
-    covmean = linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=atol):
-            raise ValueError(f"imaginary component {np.max(np.abs(covmean.imag))} in sqrtm(sigma1 @ sigma2)")
-        covmean = covmean.real
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    root1 = _psd_sqrt(sigma1)
+    product = root1 @ sigma2 @ root1
+    eigenvalues = linalg.eigvalsh((product + product.T) / 2)
+    trace_covmean = np.sqrt(np.clip(eigenvalues, 0, None)).sum()
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_covmean)
 
 
 @torch.no_grad()

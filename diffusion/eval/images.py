@@ -52,22 +52,31 @@ def read_image(path: Path, size: int | None = None) -> np.ndarray:
 def iter_image_batches(
     paths: Sequence[Path], batch_size: int, size: int | None = None, report: FolderReport | None = None
 ) -> Iterator[torch.Tensor]:
-    """uint8 (B, 3, size, size) batches of the readable images among ``paths``; unreadable files are recorded in
-    ``report.skipped`` and left out. Without ``size`` every image must have the first one's size."""
+    """uint8 (B, 3, size, size) batches of the readable images among ``paths``, in order; unreadable files are
+    recorded in ``report.skipped`` and left out. Without ``size`` images keep their own size (the FID Inception
+    resizes inside the network, as pytorch-fid does) and a batch ends early where the size changes."""
     report = report if report is not None else FolderReport()
     batch = []
+
+    def stacked() -> torch.Tensor:
+        return torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+
     for path in paths:
         try:
-            batch.append(read_image(path, size))
+            image = read_image(path, size)
         except (OSError, ValueError, SyntaxError):  # PIL's errors for truncated, corrupt or non-image files
             report.skipped.append(str(path))
             continue
         report.read += 1
+        if batch and image.shape != batch[0].shape:
+            yield stacked()
+            batch = []
+        batch.append(image)
         if len(batch) == batch_size:
-            yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+            yield stacked()
             batch = []
     if batch:
-        yield torch.from_numpy(np.stack(batch)).permute(0, 3, 1, 2).contiguous()
+        yield stacked()
 
 
 def read_sample_folder(folder: str | Path) -> tuple[torch.Tensor, list[str]]:

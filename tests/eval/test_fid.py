@@ -8,7 +8,6 @@ from torch import nn
 
 from diffusion.data.embedded import make_embedded_data
 from diffusion.eval.fid import (
-    build_feature_extractor,
     compute_statistics,
     folder_features,
     frechet_distance,
@@ -108,19 +107,30 @@ def test_statistics_file_round_trip_and_feature_check(tmp_path):
         statistics_of(tmp_path / "ref.npz", other)
 
 
-def test_inception_with_random_weights_gives_2048_features(tmp_path):
-    from torchvision.models import inception_v3
+def test_frechet_distance_matches_scipy_sqrtm_on_random_features():
+    """pytorch-fid's formula with scipy.linalg.sqrtm, on well-conditioned statistics of random features."""
+    from scipy import linalg
 
-    torch.save(inception_v3(weights=None, aux_logits=True, init_weights=False).state_dict(), tmp_path / "inc.pth")
-    extractor = build_feature_extractor("inception", tmp_path / "inc.pth")
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    features = extractor(images)
-    assert features.shape == (2, 2048) and torch.isfinite(features).all()
-    assert not torch.allclose(features[0], features[1])
+    rng = np.random.default_rng(5)
+    a = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    b = rng.normal(0.3, 1.5, size=(400, 12)) @ rng.normal(size=(12, 12))
+    (mu1, s1), (mu2, s2) = compute_statistics(a), compute_statistics(b)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-8)
 
 
-def test_inception_without_weights_names_the_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
-        build_feature_extractor("inception", tmp_path / "nowhere.pth")
-    with pytest.raises(KeyError, match="unknown feature extractor"):
-        build_feature_extractor("clip")
+def test_fid_grows_with_added_noise():
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(600, 8))
+    ref = compute_statistics(features)
+    fids = [
+        frechet_distance(*ref, *compute_statistics(features + rng.normal(0, s, features.shape)))
+        for s in (0.1, 0.5, 1.5)
+    ]
+    assert fids[0] < fids[1] < fids[2]
+
+
+def test_non_finite_statistics_are_refused():
+    mu, sigma = np.zeros(3), np.eye(3)
+    with pytest.raises(ValueError, match="non-finite"):
+        frechet_distance(mu, sigma, np.array([0, np.nan, 0]), sigma)

@@ -5,13 +5,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.torch import save_file
 
-from diffusion.data import EMBEDDED_MAX_LENGTH
 from diffusion.data.embedded import VALIDATION_PROMPTS, make_embedded_data
-from diffusion.data.text_encoder import ensure_tiny_text_encoder
-from diffusion.registry import MODELS
-from tests.eval.helpers import render_folder, tiny_attribute_net
+from tests.eval.helpers import render_folder, save_tiny_clip, tiny_attribute_net, tiny_checkpoint
 from tools.eval_fid import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,32 +44,11 @@ def test_calc_prints_the_fid_last(tmp_path, weights, capsys):
 
 
 def test_sample_then_attributes_end_to_end(tmp_path, weights, capsys):
-    text_encoder = ensure_tiny_text_encoder(tmp_path / "te")
-    config = tmp_path / "tiny.py"
-    config.write_text(
-        f"_base_ = [{str(REPO / 'configs/pixart/tiny_teacher.py')!r}]\n"
-        "model = dict(hidden_size=32, depth=1, num_heads=2)\n"
-        f"text_encoder = dict(path={str(text_encoder)!r})\n"
-    )
-    model = MODELS.build(
-        dict(
-            type="PixArt_tiny",
-            input_size=16,
-            patch_size=2,
-            in_channels=12,
-            hidden_size=32,
-            depth=1,
-            num_heads=2,
-            caption_channels=64,
-            model_max_length=EMBEDDED_MAX_LENGTH,
-            pe_interpolation=1.0,
-        )
-    )
-    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    config, weights_file = tiny_checkpoint(tmp_path)
     prompts = VALIDATION_PROMPTS[:3]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n\n")
     out = tmp_path / "samples"
-    args = ["sample", "--config", str(config), "--checkpoint", str(tmp_path / "model.safetensors")]
+    args = ["sample", "--config", str(config), "--checkpoint", str(weights_file)]
     main(
         [
             *args,
@@ -98,3 +73,34 @@ def test_sample_then_attributes_end_to_end(tmp_path, weights, capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"shape", "color", "size", "position", "background", "all"}
     assert all(0 <= v <= 1 for v in result.values())
+
+
+class FakeRun:
+    """Stands in for a wandb run: records what the tool logs."""
+
+    def __init__(self, **kwargs):
+        self.init, self.logged, self.summary, self.finished = kwargs, [], {}, False
+
+    def log(self, metrics):
+        self.logged.append(metrics)
+
+    def finish(self):
+        self.finished = True
+
+
+def test_calc_and_clip_log_to_wandb(tmp_path, weights, capsys, monkeypatch):
+    import wandb
+
+    runs = []
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: runs.append(FakeRun(**kwargs)) or runs[-1])
+    prompts = render_folder(tmp_path / "a", 8, seed=0)
+    render_folder(tmp_path / "b", 8, seed=1)
+    (tmp_path / "a" / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    main(["calc", str(tmp_path / "a"), str(tmp_path / "b"), "--weights", weights, "--log-wandb", "--wandb-run", "r1"])
+    fid = _last_number(capsys)
+    assert runs[0].init["id"] == "r1" and runs[0].init["resume"] == "allow" and runs[0].finished
+    assert runs[0].logged == [{"eval/fid": pytest.approx(fid, abs=1e-6)}]
+    clip = save_tiny_clip(tmp_path / "clip")
+    main(["clip", str(tmp_path / "a"), "--clip", str(clip), "--device", "cpu", "--log-wandb"])
+    score = _last_number(capsys)
+    assert 0 <= score <= 100 and runs[1].logged == [{"eval/clip_score": pytest.approx(score, abs=1e-4)}]

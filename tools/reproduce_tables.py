@@ -1,0 +1,175 @@
+"""Rebuild every table of the README on this machine: ``output/tables/<name>.md``, each stamped with the machine, the
+commit and the exact command that produced it, plus ``output/tables/index.md`` listing what ran and what was skipped.
+
+Tables (PixArt-δ: Table 2 / Fig. 7 quality, Fig. 2 guidance, Table 1 / §3.3 memory, §4 ControlNet, Table 2 speed):
+
+- ``lcm``: ``tools/reproduce_lcm.py`` on a distilled student (``--student``, else ``assets/tiny_lcm`` or the latest
+  ``make demo`` checkpoint; skipped with a line saying so when there is none).
+- ``sweep``: ``tools/sweep_lcm.py`` (Fig. 2 at small scale); the slowest job, run only with ``--sweep``.
+- ``controlnet``, ``speed``, ``memory``: ``tools/reproduce_controlnet.py``, ``tools/benchmark_speed.py``,
+  ``tools/benchmark_memory.py`` with their defaults for this machine (each skipped with a clear line if absent).
+
+Contract with the tools: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
+kept); progress goes to stderr. A failing tool is reported in its table file and the index, and the others still run.
+
+    python tools/reproduce_tables.py                    # everything but the sweep
+    python tools/reproduce_tables.py --only lcm speed --student output/demo/lcm/checkpoints/step_0000300
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Job:
+    """One table: ``tool`` (a script path relative to the repo) run with ``args`` writes ``<name>.md``."""
+
+    name: str
+    title: str
+    tool: str
+    args: list[str] = field(default_factory=list)
+    skip: str | None = None  # why it is not run (None: run it)
+
+
+def find_student(explicit: str | None) -> Path | None:
+    """``--student``, else the published tiny LCM student, else the latest ``make demo`` checkpoint."""
+    if explicit:
+        return Path(explicit)
+    if (REPO / "assets/tiny_lcm/model.safetensors").is_file():
+        return REPO / "assets/tiny_lcm/model.safetensors"
+    checkpoints = sorted((REPO / "output/demo/lcm/checkpoints").glob("step_*/model.safetensors"))
+    return checkpoints[-1] if checkpoints else None
+
+
+def default_jobs(args: argparse.Namespace) -> list[Job]:
+    student = find_student(args.student)
+    lcm = Job("lcm", "LCM vs teacher quality (PixArt-δ Table 2 / Fig. 7, small scale)", "tools/reproduce_lcm.py")
+    if student is None:
+        lcm.skip = "no distilled student: run `make demo` first or pass --student"
+    else:
+        lcm.args = ["--student", str(student), "--num-images", str(args.num_images), "--out", "output/tables/_lcm"]
+    sweep = Job("sweep", "Guidance in LCM distillation (PixArt-δ Fig. 2, small scale)", "tools/sweep_lcm.py")
+    sweep.args = ["--out", "output/tables/_sweep"]
+    if not args.sweep:
+        sweep.skip = "the slowest job; pass --sweep to run it"
+    return [
+        lcm,
+        sweep,
+        Job("controlnet", "ControlNet-Transformer ablation (PixArt-δ §4)", "tools/reproduce_controlnet.py"),
+        Job("speed", "Sampling speed (PixArt-δ Table 2)", "tools/benchmark_speed.py"),
+        Job("memory", "Training memory (PixArt-δ Table 1, §3.3)", "tools/benchmark_memory.py"),
+    ]
+
+
+def machine() -> str:
+    """One line: CPU, cores, GPU (if any), torch version, and the load average when the run started."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}, load average at start {load}"
+
+
+def commit() -> str:
+    """``git describe``-like stamp: the HEAD hash, ``+dirty`` when tracked files differ from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
+    except OSError:
+        return "unknown (no git)"
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
+
+
+def extract_tables(stdout: str) -> str:
+    """The part of ``stdout`` from the line before the first markdown table row to the last table row."""
+    lines = stdout.splitlines()
+    rows = [i for i, line in enumerate(lines) if line.lstrip().startswith("|")]
+    if not rows:
+        return ""
+    start = rows[0]
+    if start > 0 and not lines[start - 1].strip():
+        start -= 1  # the blank line between a caption paragraph and its table
+    while start > 0 and lines[start - 1].strip() and not lines[start - 1].lstrip().startswith(("{", "[")):
+        start -= 1  # keep the caption paragraph (not the JSON progress lines some tools print before it)
+    return "\n".join(lines[start : rows[-1] + 1]) + "\n"
+
+
+def run_job(job: Job, out: Path, stamp: str) -> str:
+    """Run one job, write ``out/<name>.md``; returns its index line."""
+    tool = REPO / job.tool
+    if job.skip is None and not tool.is_file():
+        job.skip = f"{job.tool} does not exist in this checkout"
+    if job.skip is not None:
+        print(f"[tables] skip {job.name}: {job.skip}", flush=True)
+        return f"- {job.name}: skipped ({job.skip})"
+    command = [sys.executable, job.tool, *job.args]
+    shown = shlex.join(["python", job.tool, *job.args])
+    print(f"[tables] {job.name}: {shown}", flush=True)
+    start = time.time()
+    result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
+    wall = time.time() - start
+    body = extract_tables(result.stdout)
+    ok = result.returncode == 0 and bool(body)
+    if not ok:
+        tail = "\n".join(result.stdout.splitlines()[-20:])
+        why = f"exit code {result.returncode}" if result.returncode else "no markdown table on stdout"
+        body = f"**FAILED** ({why}); last lines of stdout:\n\n```\n{tail}\n```\n"
+    header = f"## {job.title}\n\n{stamp}\n- command: `{shown}` ({wall:.0f} s wall)\n\n"
+    (out / f"{job.name}.md").write_text(header + body)
+    status = "ok" if ok else "FAILED"
+    print(f"[tables] {job.name}: {status} in {wall:.0f} s -> {out / (job.name + '.md')}", flush=True)
+    return f"- [{job.name}]({job.name}.md): {status}, {wall:.0f} s, `{shown}`"
+
+
+def main(argv: list[str] | None = None, jobs: list[Job] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="output/tables")
+    parser.add_argument("--only", nargs="+", default=None, help="names of the tables to rebuild")
+    parser.add_argument("--student", default=None, help="LCM student weights for the lcm table")
+    parser.add_argument("--num-images", type=int, default=240, help="images per row of the lcm table")
+    parser.add_argument("--sweep", action="store_true", help="also run the Fig. 2 sweep (slow)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if Path(args.out).is_absolute() else REPO / args.out
+    out.mkdir(parents=True, exist_ok=True)
+    jobs = default_jobs(args) if jobs is None else jobs
+    if args.only:
+        unknown = set(args.only) - {j.name for j in jobs}
+        if unknown:
+            raise SystemExit(f"unknown table(s) {sorted(unknown)}; expected some of {[j.name for j in jobs]}")
+        jobs = [j for j in jobs if j.name in args.only]
+    run_by = shlex.join(["python", "tools/reproduce_tables.py", *(argv if argv is not None else sys.argv[1:])])
+    stamp = "\n".join(
+        [
+            f"- machine: {machine()}",
+            f"- commit: {commit()}",
+            f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+            f"- run by: `{run_by}`",
+        ]
+    )
+    lines = [run_job(job, out, stamp) for job in jobs]
+    (out / "index.md").write_text("# Tables\n\n" + stamp + "\n\n" + "\n".join(lines) + "\n")
+    print((out / "index.md").read_text())
+    return 1 if any("FAILED" in line for line in lines) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
