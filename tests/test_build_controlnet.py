@@ -83,3 +83,17 @@ def test_load_model_reads_official_full_and_trainable_checkpoints(base_file, tmp
     save_file(partial, str(tmp_path / "broken.safetensors"))
     with pytest.raises(KeyError, match="broken.safetensors.*controlnet.1.after_proj.weight"):
         load_model(_cfg(path), tmp_path / "broken.safetensors")
+
+
+def test_export_writes_the_official_full_layout(base_file, tmp_path):
+    from tools.convert_controlnet import export
+
+    path, _ = base_file
+    trained = _trained(path)
+    save_file(trained.trainable_state_dict(), str(tmp_path / "trainable.safetensors"))
+    out = export(_cfg(path), tmp_path / "trainable.safetensors", tmp_path / "ControlNet.pth")
+    state = torch.load(out, weights_only=True)["state_dict"]
+    assert state.keys() == trained.state_dict().keys()
+    assert any(k.startswith("base_model.") for k in state) and "controlnet.0.before_proj.weight" in state
+    model = load_model(dict(_cfg(path), load_from=None), out)  # the full file needs no base
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())

@@ -1,0 +1,32 @@
+"""The committed tiny ControlNet is what `make controlnet` produces from configs/controlnet/tiny_controlnet.py, holds
+only the trainable weights, and loads on the committed tiny teacher."""
+
+import json
+from pathlib import Path
+
+import torch
+from mmengine.config import Config
+from safetensors import safe_open
+
+from diffusion.build import load_model
+from tools.make_controlnet import ASSET_DIR, DEFAULT_CONFIG
+from tools.make_teacher import config_hash, file_hash
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_asset_matches_config_and_loads(monkeypatch):
+    monkeypatch.chdir(ROOT)  # the config's load_from is relative to the repository
+    weights, meta = ROOT / ASSET_DIR / "model.safetensors", json.loads((ROOT / ASSET_DIR / "meta.json").read_text())
+    cfg = Config.fromfile(str(ROOT / DEFAULT_CONFIG))
+    assert meta["config_sha256"] == config_hash(cfg), (
+        "config changed since the ControlNet was trained: make controlnet"
+    )
+    assert meta["teacher_sha256"] == file_hash(cfg.load_from), "the teacher changed: run make controlnet"
+    with safe_open(str(weights), "pt") as f:
+        assert f.metadata()["config_sha256"] == config_hash(cfg)
+        assert all(k.startswith("controlnet.") for k in f.keys())
+    assert weights.stat().st_size <= 20e6
+    model = load_model(cfg, weights)  # strict: every trainable key present, the base from load_from
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert meta["steps"] == cfg.train.max_steps and meta["seed"] == cfg.train.seed
