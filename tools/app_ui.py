@@ -1,0 +1,168 @@
+"""The web app's page (gradio Blocks): one tab per use, each a thin form over a function of ``tools/app_core.py``.
+
+Element ids (``t2i-*``, ``cmp-*``) are what the browser tests drive; api names (``/text_to_image``,
+``/teacher_vs_lcm``) are what ``gradio_client`` calls.
+"""
+
+from __future__ import annotations
+
+import functools
+import traceback
+from collections.abc import Callable
+
+import gradio as gr
+
+from diffusion.pipeline import SAMPLER_DEFAULTS
+from tools.app_core import (
+    CFG_LIMITS,
+    MAX_BATCH,
+    MAX_SEED,
+    STEP_LIMITS,
+    InputError,
+    Models,
+    teacher_vs_lcm,
+    text_to_image,
+)
+
+INTRO = """# PixArt-δ: 4-step generation with a consistency-distilled PixArt-α
+The **LCM student** (PixArt-δ §3) samples in 1–8 steps without guidance; the **teacher** is PixArt-α with
+DPM-Solver++ and classifier-free guidance. Loaded: {summary}."""
+
+
+def page_css(models: Models) -> str | None:
+    """Small images (the embedded default's 32 px) are enlarged without blur; large ones are left to the browser."""
+    small = max(max(hw) for hw in models.sizes.values()) < 256
+    return "img { image-rendering: pixelated; }" if small else None
+
+
+def page_errors(fn: Callable) -> Callable:
+    """Refused input -> its message in the page; anything else -> a one-line message there and the traceback in the
+    server log (the page never shows a stack trace)."""
+
+    @functools.wraps(fn)
+    def wrapped(*args):
+        try:
+            return fn(*args)
+        except InputError as err:
+            raise gr.Error(str(err), title="Check the input") from None
+        except Exception as err:  # noqa: BLE001 - reported to the person, traced in the log
+            traceback.print_exc()
+            raise gr.Error(f"Generation failed ({type(err).__name__}: {err}).", title="Error") from None
+
+    return wrapped
+
+
+def text_to_image_tab(models: Models) -> None:
+    first = "lcm" if models.lcm is not None else "dpm"
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="t2i-prompt")
+            sampler = gr.Radio(
+                [(f"LCM student (1–{STEP_LIMITS['lcm'][1]} steps)", "lcm"), ("Teacher: DPM-Solver++ + CFG", "dpm")],
+                value=first,
+                label="Sampler",
+                elem_id="t2i-sampler",
+            )
+            steps = gr.Slider(
+                1, STEP_LIMITS["dpm"][1], SAMPLER_DEFAULTS[first]["steps"], step=1, label="Steps", elem_id="t2i-steps"
+            )
+            cfg = gr.Slider(
+                *CFG_LIMITS,
+                SAMPLER_DEFAULTS["dpm"]["cfg_scale"],
+                step=0.5,
+                label="Guidance scale (CFG)",
+                visible=first == "dpm",
+                elem_id="t2i-cfg",
+            )
+            with gr.Row():
+                seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="t2i-seed")
+                batch = gr.Slider(1, MAX_BATCH, 1, step=1, label="Batch", elem_id="t2i-batch")
+            size = gr.Dropdown(
+                list(models.sizes),
+                value=next(iter(models.sizes)),
+                label="Size (aspect-ratio bucket)",
+                visible=models.multiscale,
+                elem_id="t2i-size",
+            )
+            run = gr.Button("Generate", variant="primary", elem_id="t2i-run")
+        with gr.Column(scale=2):
+            gallery = gr.Gallery(
+                label="Images",
+                format="png",
+                columns=MAX_BATCH,
+                height=420,
+                object_fit="contain",
+                elem_id="t2i-gallery",
+            )
+            info = gr.Markdown(elem_id="t2i-info")
+
+    def on_sampler(name: str):
+        """The chosen sampler's default steps; CFG only for the teacher."""
+        return gr.update(value=SAMPLER_DEFAULTS[name]["steps"]), gr.update(visible=name != "lcm")
+
+    sampler.change(on_sampler, sampler, [steps, cfg], api_name=False)
+
+    @page_errors
+    def generate(prompt, sampler, steps, cfg, seed, batch, size):
+        result = text_to_image(models, prompt, sampler, steps, cfg, seed, batch, size)
+        captions = [(image, f"{i + 1}/{len(result.images)}") for i, image in enumerate(result.images)]
+        return captions, result.summary()
+
+    inputs = [prompt, sampler, steps, cfg, seed, batch, size]
+    run.click(generate, inputs, [gallery, info], api_name="text_to_image")
+    prompt.submit(generate, inputs, [gallery, info], api_name=False)
+
+
+def teacher_vs_lcm_tab(models: Models) -> None:
+    if models.teacher is None or models.lcm is None:
+        gr.Markdown("This tab needs both a teacher and an LCM student: `--checkpoint teacher=PATH lcm=PATH`.")
+        return
+    gr.Markdown("The same prompt and seed (the same starting noise) through both networks.")
+    with gr.Row():
+        prompt = gr.Textbox(label="Prompt", lines=2, scale=3, elem_id="cmp-prompt")
+        seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=1, elem_id="cmp-seed")
+    with gr.Row():
+        steps = gr.Slider(
+            1,
+            STEP_LIMITS["dpm"][1],
+            SAMPLER_DEFAULTS["dpm"]["steps"],
+            step=1,
+            label="Teacher steps",
+            elem_id="cmp-steps",
+        )
+        cfg = gr.Slider(
+            *CFG_LIMITS,
+            SAMPLER_DEFAULTS["dpm"]["cfg_scale"],
+            step=0.5,
+            label="Teacher guidance (CFG)",
+            elem_id="cmp-cfg",
+        )
+    run = gr.Button("Compare", variant="primary", elem_id="cmp-run")
+    lcm_steps = SAMPLER_DEFAULTS["lcm"]["steps"]
+    with gr.Row():
+        with gr.Column():
+            slow_image = gr.Image(label="Teacher: DPM-Solver++ + CFG", format="png", height=360, elem_id="cmp-teacher")
+            slow_info = gr.Markdown(elem_id="cmp-teacher-info")
+        with gr.Column():
+            fast_image = gr.Image(label=f"LCM student, {lcm_steps} steps", format="png", height=360, elem_id="cmp-lcm")
+            fast_info = gr.Markdown(elem_id="cmp-lcm-info")
+
+    @page_errors
+    def compare(prompt, seed, steps, cfg):
+        slow, fast = teacher_vs_lcm(models, prompt, seed, steps, cfg)
+        speedup = f"; {slow.seconds / fast.seconds:.1f}× faster than the teacher" if fast.seconds > 0 else ""
+        return slow.images[0], slow.summary(), fast.images[0], fast.summary() + speedup
+
+    outputs = [slow_image, slow_info, fast_image, fast_info]
+    run.click(compare, [prompt, seed, steps, cfg], outputs, api_name="teacher_vs_lcm")
+
+
+def build_demo(models: Models) -> gr.Blocks:
+    """The page over ``models`` (queue and launch are the caller's)."""
+    with gr.Blocks(title="PixArt-δ", analytics_enabled=False) as demo:
+        gr.Markdown(INTRO.format(summary=models.summary()))
+        with gr.Tab("Text to image", id="t2i"):
+            text_to_image_tab(models)
+        with gr.Tab("Teacher vs LCM", id="cmp"):
+            teacher_vs_lcm_tab(models)
+    return demo
