@@ -1,7 +1,7 @@
-"""The web app in a real browser: tools/app.py as a subprocess on a free loopback port, driven by Playwright in Debian's
-Chromium (headless, nothing allowed off the machine). Each image the page shows is fetched as its PNG and must equal,
-pixel for pixel, what the pipeline produces for the same prompt, seed, sampler and size. Also: bad input gives its
-message in the page, and the API answers gradio_client."""
+"""The web app in a real browser: tools/app.py as a subprocess on a free loopback port, driven by Playwright in
+Debian's Chromium (headless, nothing allowed off the machine). Each image the page shows is fetched as its PNG and
+must equal, pixel for pixel, what the pipeline produces for the same prompt, seed, sampler and size. Also: bad input
+gives its message in the page, and the API answers gradio_client."""
 
 import io
 import os
