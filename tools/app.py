@@ -33,6 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tools.app_core import DEFAULT_CONFIG, Models, load_models  # noqa: E402
 
 KINDS = ("teacher", "lcm")
+DEFAULT_CONTROLNET_CONFIG = "configs/controlnet/tiny_controlnet.py"
+DEFAULT_CONTROLNET = "assets/tiny_controlnet/model.safetensors"
 
 
 def parse_checkpoints(items: Sequence[str] | None) -> dict[str, str]:
@@ -58,7 +60,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="teacher=PATH and/or lcm=PATH: .safetensors / .pth / diffusers or trainer step folder "
         "(teacher default: the config's load_from; lcm default on the embedded config: assets/tiny_lcm)",
     )
-    parser.add_argument("--controlnet", default=None, help="ControlNet checkpoint (adds the ControlNet tab)")
+    parser.add_argument(
+        "--controlnet",
+        default=None,
+        help="ControlNet checkpoint (full official file or trained "
+        f"weights; default on the embedded config: {DEFAULT_CONTROLNET} when present)",
+    )
+    parser.add_argument(
+        "--controlnet-config",
+        default=None,
+        help=f"its config, with a controlnet section (default on the embedded config: {DEFAULT_CONTROLNET_CONFIG})",
+    )
+    parser.add_argument("--hed", default=None, help="HED annotator weights (ControlNetHED.pth) for the ControlNet tab")
     parser.add_argument("--text-encoder", default=None, help="local T5 folder (overrides text_encoder.path)")
     parser.add_argument("--vae", default=None, help="local diffusers AutoencoderKL folder (overrides the codec)")
     parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -84,10 +97,20 @@ def main(argv: list[str] | None = None) -> None:
         parse_checkpoints(args.checkpoint),
         text_encoder=args.text_encoder,
         vae=args.vae,
-        controlnet=args.controlnet,
         device=device,
         dtype=args.dtype,
     )
+    controlnet, cn_config = args.controlnet, args.controlnet_config
+    if args.config is None:  # the embedded default: its committed ControlNet, once there is one
+        cn_config = cn_config or DEFAULT_CONTROLNET_CONFIG
+        if controlnet is None and Path(DEFAULT_CONTROLNET).is_file():
+            controlnet = DEFAULT_CONTROLNET
+    if controlnet is not None:
+        if cn_config is None:
+            raise SystemExit("--controlnet needs --controlnet-config (a config with a controlnet section)")
+        from tools.app_control import load_control
+
+        models.control = load_control(models, cn_config, controlnet, args.hed, device, args.dtype)
     serve(models, args.host, args.port, args.concurrency)
 
 

@@ -64,6 +64,7 @@ class Models:
     lcm: Pipeline | None
     sizes: dict[str, tuple[int, int]]
     name: str = ""
+    control: object | None = None  # tools.app_control.Control: the ControlNet tab's pipelines
 
     @property
     def multiscale(self) -> bool:
@@ -104,14 +105,11 @@ def load_models(
     checkpoints: Mapping[str, str],
     text_encoder: str | None = None,
     vae: str | None = None,
-    controlnet: str | None = None,
     device: str = "cpu",
     dtype: str = "fp32",
 ) -> Models:
     """Build the app's pipelines once. ``config`` None: the embedded default (its tiny T5 is made if missing and the
     committed student ``assets/tiny_lcm`` is the default LCM checkpoint). Missing files: SystemExit naming them."""
-    if controlnet is not None:
-        raise SystemExit("--controlnet: this build of the app has no ControlNet tab yet")
     cfg = Config.fromfile(_require(config or DEFAULT_CONFIG, "config"))
     checkpoints = dict(checkpoints)
     if text_encoder:

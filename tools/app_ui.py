@@ -11,6 +11,7 @@ import traceback
 from collections.abc import Callable
 
 import gradio as gr
+import numpy as np
 
 from diffusion.pipeline import SAMPLER_DEFAULTS
 from tools.app_core import (
@@ -50,6 +51,11 @@ def page_errors(fn: Callable) -> Callable:
             raise gr.Error(f"Generation failed ({type(err).__name__}: {err}).", title="Error") from None
 
     return wrapped
+
+
+def on_sampler(name: str):
+    """The chosen sampler's default steps; CFG only for the teacher."""
+    return gr.update(value=SAMPLER_DEFAULTS[name]["steps"]), gr.update(visible=name != "lcm")
 
 
 def text_to_image_tab(models: Models) -> None:
@@ -95,10 +101,6 @@ def text_to_image_tab(models: Models) -> None:
                 elem_id="t2i-gallery",
             )
             info = gr.Markdown(elem_id="t2i-info")
-
-    def on_sampler(name: str):
-        """The chosen sampler's default steps; CFG only for the teacher."""
-        return gr.update(value=SAMPLER_DEFAULTS[name]["steps"]), gr.update(visible=name != "lcm")
 
     sampler.change(on_sampler, sampler, [steps, cfg], api_name=False)
 
@@ -157,6 +159,98 @@ def teacher_vs_lcm_tab(models: Models) -> None:
     run.click(compare, [prompt, seed, steps, cfg], outputs, api_name="teacher_vs_lcm")
 
 
+def sketch_image(sketch) -> np.ndarray | None:
+    """The Sketchpad's composite (strokes over its black canvas), or None when nothing was drawn on it."""
+    if not sketch or sketch.get("composite") is None:
+        return None
+    return sketch["composite"]
+
+
+def controlnet_tab(models: Models) -> None:
+    control = models.control
+    if control is None:
+        gr.Markdown("This tab needs a ControlNet: start the app with `--controlnet PATH --controlnet-config CONFIG`.")
+        return
+    from tools.app_control import ANNOTATORS, CANNY_LIMITS, controlled
+
+    first = "lcm" if control.lcm is not None else "dpm"
+    with gr.Row():
+        with gr.Column(scale=1):
+            prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cn-prompt")
+            image = gr.Image(
+                label="Upload an image (or a control map)",
+                type="numpy",
+                format="png",
+                sources=["upload", "clipboard"],
+                image_mode="RGB",
+                height=260,
+                elem_id="cn-image",
+            )
+            with gr.Accordion("… or draw a sketch (used when no image is uploaded)", open=False):
+                canvas = np.zeros((256, 256, 3), dtype=np.uint8)
+                sketch = gr.Sketchpad(
+                    value={"background": canvas, "layers": [], "composite": canvas},
+                    type="numpy",
+                    format="png",
+                    canvas_size=(256, 256),
+                    image_mode="RGB",
+                    brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff", color_mode="fixed"),
+                    elem_id="cn-sketch",
+                )
+            annotator = gr.Radio(
+                [(ANNOTATORS[k], k) for k in control.annotators],
+                value="canny",
+                label="Annotator",
+                elem_id="cn-annotator",
+            )
+            with gr.Row():
+                low = gr.Slider(*CANNY_LIMITS, 100, step=1, label="Canny low threshold", elem_id="cn-low")
+                high = gr.Slider(*CANNY_LIMITS, 200, step=1, label="Canny high threshold", elem_id="cn-high")
+            sampler = gr.Radio(
+                [("LCM student", "lcm"), ("Teacher: DPM-Solver++ + CFG", "dpm")],
+                value=first,
+                label="Sampler",
+                elem_id="cn-sampler",
+            )
+            with gr.Row():
+                steps = gr.Slider(
+                    1,
+                    STEP_LIMITS["dpm"][1],
+                    SAMPLER_DEFAULTS[first]["steps"],
+                    step=1,
+                    label="Steps",
+                    elem_id="cn-steps",
+                )
+                cfg = gr.Slider(
+                    *CFG_LIMITS,
+                    SAMPLER_DEFAULTS["dpm"]["cfg_scale"],
+                    step=0.5,
+                    label="Guidance (CFG)",
+                    visible=first == "dpm",
+                    elem_id="cn-cfg",
+                )
+            seed = gr.Number(0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", elem_id="cn-seed")
+            run = gr.Button("Generate", variant="primary", elem_id="cn-run")
+        with gr.Column(scale=2):
+            with gr.Row():
+                cmap = gr.Image(label="Control map", format="png", height=360, interactive=False, elem_id="cn-map")
+                out = gr.Image(label="Controlled image", format="png", height=360, elem_id="cn-out")
+            info = gr.Markdown(elem_id="cn-info")
+
+    sampler.change(on_sampler, sampler, [steps, cfg], api_name=False)
+
+    @page_errors
+    def generate(prompt, image, sketch, annotator, low, high, sampler, steps, cfg, seed):
+        source = image if image is not None else sketch_image(sketch)
+        control_image, result = controlled(
+            models, control, prompt, source, annotator, sampler, steps, cfg, seed, low, high
+        )
+        return control_image, result.images[0], result.summary()
+
+    inputs = [prompt, image, sketch, annotator, low, high, sampler, steps, cfg, seed]
+    run.click(generate, inputs, [cmap, out, info], api_name="controlnet")
+
+
 def build_demo(models: Models) -> gr.Blocks:
     """The page over ``models`` (queue and launch are the caller's)."""
     with gr.Blocks(title="PixArt-δ", analytics_enabled=False) as demo:
@@ -165,4 +259,6 @@ def build_demo(models: Models) -> gr.Blocks:
             text_to_image_tab(models)
         with gr.Tab("Teacher vs LCM", id="cmp"):
             teacher_vs_lcm_tab(models)
+        with gr.Tab("ControlNet", id="cn"):
+            controlnet_tab(models)
     return demo
