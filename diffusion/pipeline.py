@@ -84,23 +84,65 @@ class Pipeline:
         dtype = next(self.model.parameters()).dtype
         return y.to(self.device, dtype), mask.to(self.device)
 
-    def denoise_fn(self, y: torch.Tensor, mask: torch.Tensor, data_info: Mapping, cfg_scale: float | None):
-        """``(xt, t) -> eps`` for the samplers; with guidance the batch is run once as [cond ‖ null caption]."""
+    def encode_control(self, control: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        """Control input -> the model-space control latent ``c`` (batch, C, h, w) for a ControlNet (PixArt-delta §4).
+
+        ``control``: images (1 | batch, 3, height, width), uint8 or float in [-1, 1], encoded with this pipeline's
+        codec (posterior mean, x ``scale_factor``); or a ready latent (1 | batch, C, h, w) already x ``scale_factor``.
+        """
+        if not getattr(self.model, "accepts_control", False):
+            raise ValueError(f"control= needs a ControlNet model; {type(self.model).__name__} takes no control input")
+        down, channels = self.codec.downsample, self.model.in_channels
+        if control.ndim == 3:
+            control = control[None]
+        if control.ndim != 4 or control.shape[0] not in (1, batch):
+            raise ValueError(f"control must be (1 or {batch}, 3 or {channels}, H, W), got {tuple(control.shape)}")
+        if control.shape[1] == channels and control.shape[-2:] == (height // down, width // down):
+            c = control.float()
+        elif control.shape[1] == 3 and control.shape[-2:] == (height, width):
+            images = control.float() / 127.5 - 1 if control.dtype == torch.uint8 else control.float()
+            if images.min() < -1.001 or images.max() > 1.001:
+                raise ValueError("float control images must be in [-1, 1] (pass uint8 for 0..255)")
+            params = list(self.codec.parameters()) if isinstance(self.codec, nn.Module) else []
+            mean, _ = self.codec.encode(images.to(params[0].device if params else self.device))
+            c = mean.float() * self.codec.scale_factor
+        else:
+            raise ValueError(
+                f"control must be images (B, 3, {height}, {width}) or a latent (B, {channels}, {height // down}, "
+                f"{width // down}), got {tuple(control.shape)}"
+            )
+        dtype = next(self.model.parameters()).dtype
+        return c.to(self.device, dtype).expand(batch, -1, -1, -1)
+
+    def denoise_fn(
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        data_info: Mapping,
+        cfg_scale: float | None,
+        c: torch.Tensor | None = None,
+    ):
+        """``(xt, t) -> eps`` for the samplers; with guidance the batch is run once as [cond ‖ null caption].
+
+        ``c``: a ControlNet's control latent (B, C, h, w), shared by both halves of the guidance batch."""
         channels = self.model.in_channels
         if cfg_scale is None:
+            control = {} if c is None else {"c": c}
 
             def eps_fn(xt, t):
                 self.nfe += 1
-                return self.model(xt.to(y.dtype), t, y, mask, data_info)[:, :channels].float()
+                return self.model(xt.to(y.dtype), t, y, mask, data_info, **control)[:, :channels].float()
 
             return eps_fn
         null = self.model.y_embedder.null_caption(y.shape[0]).to(y.dtype)
         y2, mask2 = torch.cat([y, null]), torch.cat([mask, mask])
         info2 = {k: torch.cat([v, v]) for k, v in data_info.items()}
+        control2 = {} if c is None else {"c": torch.cat([c, c])}
 
         def cfg_eps_fn(xt, t):
             self.nfe += 2
-            out = self.model(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), y2, mask2, info2)[:, :channels]
+            out = self.model(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), y2, mask2, info2, **control2)
+            out = out[:, :channels]
             cond, uncond = out.float().chunk(2)
             return uncond + cfg_scale * (cond - uncond)
 
@@ -115,8 +157,11 @@ class Pipeline:
         height: int | None = None,
         width: int | None = None,
         x_T: torch.Tensor | None = None,
+        control: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Denoised latents (B, C, h, w) in model space (codec latents times ``scale_factor``)."""
+        """Denoised latents (B, C, h, w) in model space (codec latents times ``scale_factor``).
+
+        ``control``: a ControlNet's control images or latent (see :meth:`encode_control`); None = no control."""
         height, width = height or self.resolution[0], width or self.resolution[1]
         down = self.codec.downsample
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -128,7 +173,8 @@ class Pipeline:
         hw = torch.tensor([[float(height), float(width)]], device=self.device).expand(len(prompts), 2)
         data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:]}
         guided = sampler.name != "lcm" and sampler.cfg_scale not in (None, 1.0)
-        eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None)
+        c = None if control is None else self.encode_control(control, len(prompts), height, width)
+        eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None, c)
         was_training = self.model.training
         self.model.eval()
         self.nfe = 0
@@ -151,6 +197,7 @@ class Pipeline:
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def __call__(self, prompts: Sequence[str], seed: int = 0, **sampler) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`."""
-        extra = {k: sampler.pop(k) for k in ("height", "width") if k in sampler}
+        """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`, plus
+        ``height``, ``width`` and a ControlNet's ``control`` (see :meth:`sample_latents`)."""
+        extra = {k: sampler.pop(k) for k in ("height", "width", "control") if k in sampler}
         return self.decode(self.sample_latents(prompts, SamplerConfig(**sampler), seed=seed, **extra))

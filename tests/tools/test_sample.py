@@ -89,3 +89,32 @@ def test_make_grid_places_images_row_major():
     grid = make_grid(images, columns=3)  # what tools/sample.py writes: one row per seed, one column per prompt
     assert grid.shape == (3, 4, 6)
     assert grid[0, ::2, ::2].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_control_image_reaches_a_controlnet(setup, tmp_path):
+    """--control with a ControlNet config: the image is resized, saved as control.png, and sampled under."""
+    from diffusion.model.controlnet import PixArtControlNet
+
+    config = tmp_path / "cn.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        "controlnet = dict(copy_blocks=2)\n"
+    )
+    cn = PixArtControlNet(setup["model"], copy_blocks=2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in cn.controlnet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_file(cn.trainable_state_dict(), str(tmp_path / "cn.safetensors"))
+    edges = np.zeros((64, 64, 3), np.uint8)
+    edges[16:48, 30:34] = 255  # a vertical bar, at twice the sampling size
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--checkpoint", str(tmp_path / "cn.safetensors"), "--prompts", *PROMPTS]
+    main([*argv, "--sampler", "lcm", "--steps", "2", "--control", str(tmp_path / "edges.png"), "--out", str(out)])
+    control = read_png(out / "control.png")
+    assert control.shape == (3, 32, 32) and control[:, 20, 16].min() > 128 and control[:, 5, 5].max() == 0
+    expected = load_pipeline(setup["cfg"], model=cn.eval())(PROMPTS, name="lcm", steps=2, control=control[None])
+    assert torch.equal(read_png(out / "s0_001.png"), expected[1])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        main([*argv, "--control", str(tmp_path / "missing.png"), "--out", str(out)])
