@@ -76,10 +76,19 @@ def load_control(
         pipes[kind] = load_pipeline(cfg, model=model, like=base)
     annotator = None
     if hed is not None:
-        from diffusion.data.annotators import HEDAnnotator
-
+        try:
+            from diffusion.data.annotators import HEDAnnotator
+        except ImportError:
+            raise SystemExit("--hed: this checkout has no HED annotator (diffusion/data/annotators.py)") from None
         annotator = HEDAnnotator(hed).to(device)
     return Control(pipes.get("teacher"), pipes.get("lcm"), annotator)
+
+
+def canny(image: np.ndarray, low: int, high: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 Canny edges (255 on an edge), OpenCV's with L2 gradients."""
+    import cv2  # OpenCV comes with mmengine
+
+    return cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low, high, L2gradient=True)
 
 
 def check_image(image) -> np.ndarray:
@@ -104,11 +113,9 @@ def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=No
     (the official app's order), white edges on black like the training edge maps."""
     if annotator not in ANNOTATORS or (annotator == "hed" and hed is None):
         raise InputError(f"Unknown annotator {annotator!r}; choose one of {list(ANNOTATORS)} (HED needs --hed).")
-    resized = np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    resized = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
     if annotator == "canny":
         low, high = check_int("Canny low threshold", low, *CANNY_LIMITS), check_int("Canny high", high, *CANNY_LIMITS)
-        from diffusion.data.annotators import canny
-
         edges = canny(resized, low, high)
     elif annotator == "hed":
         rgb = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255
@@ -116,7 +123,7 @@ def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=No
             edges = (hed(rgb.to(next(hed.parameters()).device))[0, 0].cpu().numpy() * 255).round().astype(np.uint8)
     else:
         edges = resized
-    edges = np.asarray(edges)
+    edges = np.array(edges)
     out = np.repeat(edges[..., None], 3, axis=2) if edges.ndim == 2 else edges
     if not out.any():
         raise InputError("The control map is empty (all black): draw or upload something with edges.")

@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from safetensors.torch import save_file
 
-from diffusion.build import load_pipeline
+from diffusion.build import build_model, load_pipeline
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.registry import MODELS
 from tests.model.helpers import randomize
@@ -50,3 +50,30 @@ def reference(pipes: dict, prompts: list[str], seed: int, **sampler) -> list[tor
     finally:
         torch.set_num_threads(threads)
     return list(images.permute(0, 2, 3, 1))
+
+
+def make_tiny_controlnet(app: dict, root: Path) -> dict:
+    """A ControlNet config over ``app``'s model (1 copy, base = the teacher file) and random trained weights
+    (``controlnet.*`` only, as the trainer saves them; projections random too, so the control matters)."""
+    config = root / "cn.py"
+    config.write_text(
+        f"_base_ = ['{app['config']}']\nload_from = '{app['teacher']}'\n"
+        "controlnet = dict(copy_blocks=1, topology='transformer', load_from=None)\n"
+    )
+    cfg = Config.fromfile(str(config))
+    model = build_model(cfg)
+    randomize(model.controlnet, std=0.05, seed=2)
+    save_file(model.trainable_state_dict(), str(root / "controlnet.safetensors"))
+    argv = ["--controlnet", str(root / "controlnet.safetensors"), "--controlnet-config", str(config)]
+    return dict(cn_config=config, cn_cfg=cfg, controlnet=root / "controlnet.safetensors", cn_argv=argv)
+
+
+def reference_control_pipelines(app: dict, pipes: dict) -> dict:
+    """The ControlNet on the teacher and on the student, each built by ``build_model`` from its own base file plus
+    the trained weights (independent of how the app swaps bases)."""
+    out = {}
+    for name, base in (("dpm", app["teacher"]), ("lcm", app["lcm"])):
+        section = {**app["cn_cfg"].controlnet, "load_from": str(app["controlnet"])}
+        model = build_model({**app["cn_cfg"], "load_from": str(base), "controlnet": section}).eval()
+        out[name] = load_pipeline(app["cn_cfg"], model=model, like=pipes[name])
+    return out

@@ -11,7 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tools.app_fixtures import PROMPT, make_tiny_app, reference, reference_pipelines
+from diffusion.data.embedded import render
+from tests.tools.app_fixtures import (
+    PROMPT,
+    make_tiny_app,
+    make_tiny_controlnet,
+    reference,
+    reference_control_pipelines,
+    reference_pipelines,
+)
 from tools.app_browser import find_chromium, launch_chromium, offline_env, offline_page, serve_app, set_number
 
 CHROMIUM = find_chromium()
@@ -25,12 +33,14 @@ def app(tmp_path_factory):
     """The served tiny app (``url``), its reference pipelines, and an environment kept inside the test's tmp."""
     root = tmp_path_factory.mktemp("app")
     tiny = make_tiny_app(root)
+    tiny.update(make_tiny_controlnet(tiny, root))
     env = offline_env(root / "env")
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():  # the browser and gradio_client run in this process
             mp.setenv(key, value)
-        with serve_app(tiny["argv"], env, root / "app.log") as url:
-            yield dict(tiny, url=url, root=root, pipes=reference_pipelines(tiny))
+        with serve_app([*tiny["argv"], *tiny["cn_argv"]], env, root / "app.log") as url:
+            pipes = reference_pipelines(tiny)
+            yield dict(tiny, url=url, root=root, pipes=pipes, control=reference_control_pipelines(tiny, pipes))
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +134,30 @@ def test_teacher_vs_lcm_side_by_side(app, page, tmp_path):
     page.screenshot(path=tmp_path / "cmp.png", full_page=True)
 
 
+def test_controlnet_tab_with_an_uploaded_edge_image(app, page, tmp_path):
+    from playwright.sync_api import expect
+
+    _, edges = render(dict(shape="circle", color="blue", size="large", position="top left", background="gray"))
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    page.get_by_role("tab", name="ControlNet").click()
+    page.locator("#cn-prompt textarea").fill(PROMPT)
+    page.locator("#cn-image input[type=file]").set_input_files(tmp_path / "edges.png")
+    page.locator("#cn-image img").wait_for()
+    page.get_by_label("Use as is (already a control map)").check()
+    set_number(page, "cn-steps", 2)
+    set_number(page, "cn-seed", 9)
+    page.locator("#cn-run").click()
+    expect(page.locator("#cn-info")).to_contain_text("ControlNet (Use as is", timeout=60_000)
+    expect(page.locator("#cn-info")).to_contain_text("LCM student, 2 steps: 2 model evaluations per image")
+    control = torch.from_numpy(edges)[..., None].expand(32, 32, 3)
+    assert_same(shown_images(page, "#cn-map", 1), [control])
+    cond = control.permute(2, 0, 1)[None]
+    assert_same(
+        shown_images(page, "#cn-out", 1), reference(app["control"], [PROMPT], 9, name="lcm", steps=2, control=cond)
+    )
+    page.screenshot(path=tmp_path / "cn.png", full_page=True)
+
+
 def test_bad_input_shows_its_message(page):
     from playwright.sync_api import expect
 
@@ -135,6 +169,11 @@ def test_bad_input_shows_its_message(page):
     page.locator("#t2i-run").click()
     expect(page.get_by_test_id("toast-text").first).to_contain_text("from 1 to 8, got 20", timeout=30_000)
     assert page.locator("#t2i-gallery img").count() == 0
+    page.get_by_test_id("toast-close").first.click()
+    page.get_by_role("tab", name="ControlNet").click()
+    page.locator("#cn-prompt textarea").fill(PROMPT)
+    page.locator("#cn-run").click()  # no image uploaded, nothing drawn: the black canvas gives an empty control map
+    expect(page.get_by_test_id("toast-text").first).to_contain_text("The control map is empty", timeout=30_000)
     assert "Traceback" not in page.content()
 
 
