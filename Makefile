@@ -34,7 +34,7 @@ demo: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/demo.py
 
 # The embedded default's 4-step LCM student (committed as assets/tiny_lcm/): `make lcm-student` distils the committed
-# teacher again with configs/lcm/tiny_lcm.py and its fixed seed.
+# teacher again with configs/lcm/tiny_lcm_student.py (make demo's distillation cut at 100 steps, same seed).
 lcm-student: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/make_lcm_student.py
 

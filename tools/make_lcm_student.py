@@ -1,12 +1,12 @@
 """Distil the committed tiny teacher into the embedded default's 4-step LCM student, published as
 ``assets/tiny_lcm/`` (``make lcm-student``), so that ``make app`` starts on a fresh clone without training.
 
-This is the PixArt-delta LCM distillation (§3, Algorithm 1) of ``make demo`` with the same config
-(``configs/lcm/tiny_lcm.py``, fixed seed), run to its end and published the way ``make teacher`` publishes the teacher:
-the final checkpoint's student weights in fp16 plus ``meta.json`` recording the config hash and the teacher's file
-hash (a test checks both against the repository), the wall time and the measured throughput.
+This is the PixArt-delta LCM distillation (§3, Algorithm 1) of ``make demo``, cut at 100 steps
+(``configs/lcm/tiny_lcm_student.py``; same seed, constant learning rate), published the way ``make teacher``
+publishes the teacher: the final checkpoint's student weights in fp16 plus ``meta.json`` recording the config hash
+and the teacher's file hash (a test checks both against the repository), the wall time and the measured throughput.
 
-    python tools/make_lcm_student.py [--config configs/lcm/tiny_lcm.py] [--work-dir output/tiny_lcm_run]
+    python tools/make_lcm_student.py [--config configs/lcm/tiny_lcm_student.py] [--work-dir output/tiny_lcm_run]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from tools.make_teacher import config_hash, file_hash, publish  # noqa: E402
 
-DEFAULT_CONFIG = "configs/lcm/tiny_lcm.py"
+DEFAULT_CONFIG = "configs/lcm/tiny_lcm_student.py"
 ASSET_DIR = Path("assets/tiny_lcm")
 
 
