@@ -124,6 +124,28 @@ def set_number(page, elem_id: str, value) -> None:
     box.press("Enter")
 
 
+def controlnet_screenshot(page, out: Path, prompt: str) -> Path:
+    """An embedded-default picture through Canny and the 4-step LCM ControlNet."""
+    from PIL import Image
+
+    from diffusion.data.embedded import render
+
+    image, _ = render(dict(shape="triangle", color="blue", size="large", position="center", background="white"), 256)
+    source = out / ".app_control_source.png"
+    Image.fromarray(image).save(source)
+    try:
+        page.locator("#cn-prompt textarea").fill("a large green triangle in the center on a black background")
+        page.locator("#cn-image input[type=file]").set_input_files(source)
+        page.locator("#cn-image img").wait_for()
+        page.locator("#cn-run").click()
+        page.locator("#cn-out img").wait_for()
+    finally:
+        source.unlink()
+    path = out / "app_cn.png"
+    page.screenshot(path=path, full_page=True)
+    return path
+
+
 def screenshots(url: str, out: Path, executable: str, prompt: str = PROMPT) -> list[Path]:
     """One generation per tab, then a screenshot of it: ``out/app_<tab id>.png``."""
     from playwright.sync_api import sync_playwright
@@ -147,6 +169,9 @@ def screenshots(url: str, out: Path, executable: str, prompt: str = PROMPT) -> l
         page.locator("#cmp-lcm img").wait_for()
         written.append(out / "app_cmp.png")
         page.screenshot(path=written[-1], full_page=True)
+        page.get_by_role("tab", name="ControlNet").click()
+        if page.locator("#cn-run").count():  # the app was given a ControlNet
+            written.append(controlnet_screenshot(page, out, prompt))
         browser.close()
     if blocked:
         raise RuntimeError(f"the page asked for off-machine resources: {blocked}")

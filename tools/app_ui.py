@@ -33,7 +33,8 @@ DPM-Solver++ and classifier-free guidance. Loaded: {summary}."""
 def page_css(models: Models) -> str | None:
     """Small images (the embedded default's 32 px) are enlarged without blur; large ones are left to the browser."""
     small = max(max(hw) for hw in models.sizes.values()) < 256
-    return "img { image-rendering: pixelated; }" if small else None
+    fill = ".app-fill img { width: 100% !important; height: 100% !important; object-fit: contain; }"
+    return f"img {{ image-rendering: pixelated; }} {fill}" if small else None
 
 
 def page_errors(fn: Callable) -> Callable:
@@ -143,10 +144,22 @@ def teacher_vs_lcm_tab(models: Models) -> None:
     lcm_steps = SAMPLER_DEFAULTS["lcm"]["steps"]
     with gr.Row():
         with gr.Column():
-            slow_image = gr.Image(label="Teacher: DPM-Solver++ + CFG", format="png", height=360, elem_id="cmp-teacher")
+            slow_image = gr.Image(
+                label="Teacher: DPM-Solver++ + CFG",
+                format="png",
+                height=360,
+                elem_id="cmp-teacher",
+                elem_classes="app-fill",
+            )
             slow_info = gr.Markdown(elem_id="cmp-teacher-info")
         with gr.Column():
-            fast_image = gr.Image(label=f"LCM student, {lcm_steps} steps", format="png", height=360, elem_id="cmp-lcm")
+            fast_image = gr.Image(
+                label=f"LCM student, {lcm_steps} steps",
+                format="png",
+                height=360,
+                elem_id="cmp-lcm",
+                elem_classes="app-fill",
+            )
             fast_info = gr.Markdown(elem_id="cmp-lcm-info")
 
     @page_errors
@@ -233,8 +246,17 @@ def controlnet_tab(models: Models) -> None:
             run = gr.Button("Generate", variant="primary", elem_id="cn-run")
         with gr.Column(scale=2):
             with gr.Row():
-                cmap = gr.Image(label="Control map", format="png", height=360, interactive=False, elem_id="cn-map")
-                out = gr.Image(label="Controlled image", format="png", height=360, elem_id="cn-out")
+                cmap = gr.Image(
+                    label="Control map",
+                    format="png",
+                    height=360,
+                    interactive=False,
+                    elem_id="cn-map",
+                    elem_classes="app-fill",
+                )
+                out = gr.Image(
+                    label="Controlled image", format="png", height=360, elem_id="cn-out", elem_classes="app-fill"
+                )
             info = gr.Markdown(elem_id="cn-info")
 
     sampler.change(on_sampler, sampler, [steps, cfg], api_name=False)
