@@ -113,7 +113,13 @@ def build_text_encoder(
 ) -> TextEncoder:
     """The T5 encoder of ``cfg.text_encoder`` (a local folder) on ``device``."""
     section = cfg["text_encoder"]
-    return TextEncoder.from_pretrained(section["path"], max_length=section["max_length"], dtype=dtype, device=device)
+    return TextEncoder.from_pretrained(
+        section["path"],
+        max_length=section["max_length"],
+        dtype=dtype,
+        device=device,
+        clean_caption=section.get("clean_caption", True),  # the official T5-embedder caption cleaning
+    )
 
 
 def build_codec(cfg: Mapping, device: str | torch.device = "cpu") -> nn.Module:
