@@ -104,7 +104,7 @@ def test_text_to_image_teacher_with_cfg_and_aspect_bucket(app, page):
     from playwright.sync_api import expect
 
     page.locator("#t2i-prompt textarea").fill(PROMPT)
-    page.get_by_label("Teacher: DPM-Solver++ + CFG").check()
+    page.locator("#t2i-sampler").get_by_label("Teacher: DPM-Solver++ + CFG").check()
     steps = page.locator("#t2i-steps input[type=number]")
     expect(steps).to_have_value("20")  # the teacher's default from SAMPLER_DEFAULTS, set by the page
     set_number(page, "t2i-steps", 3)
@@ -143,7 +143,7 @@ def test_controlnet_tab_with_an_uploaded_edge_image(app, page, tmp_path):
     page.locator("#cn-prompt textarea").fill(PROMPT)
     page.locator("#cn-image input[type=file]").set_input_files(tmp_path / "edges.png")
     page.locator("#cn-image img").wait_for()
-    page.get_by_label("Use as is (already a control map)").check()
+    page.locator("#cn-annotator").get_by_label("Use as is (already a control map)").check()
     set_number(page, "cn-steps", 2)
     set_number(page, "cn-seed", 9)
     page.locator("#cn-run").click()
@@ -156,6 +156,31 @@ def test_controlnet_tab_with_an_uploaded_edge_image(app, page, tmp_path):
         shown_images(page, "#cn-out", 1), reference(app["control"], [PROMPT], 9, name="lcm", steps=2, control=cond)
     )
     page.screenshot(path=tmp_path / "cn.png", full_page=True)
+
+
+def test_controlnet_tab_with_a_drawn_sketch(app, page):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="ControlNet").click()
+    page.locator("#cn-prompt textarea").fill(PROMPT)
+    page.get_by_text("… or draw a sketch").click()
+    canvas = page.locator("#cn-sketch canvas").first
+    canvas.wait_for()
+    box = canvas.bounding_box()
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.3)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.6, steps=10)
+    page.mouse.up()
+    page.locator("#cn-sampler").get_by_label("Teacher: DPM-Solver++ + CFG").check()
+    expect(page.locator("#cn-steps input[type=number]")).to_have_value("20")
+    set_number(page, "cn-steps", 2)
+    page.locator("#cn-run").click()
+    expect(page.locator("#cn-info")).to_contain_text("ControlNet (Canny edges), teacher", timeout=60_000)
+    control = shown_images(page, "#cn-map", 1)[0]
+    assert control.shape == (32, 32, 3) and 0 < (control > 0).float().mean() < 0.5  # the stroke's outline
+    cond = control.permute(2, 0, 1)[None]
+    expected = reference(app["control"], [PROMPT], 0, name="dpm", steps=2, cfg_scale=4.5, control=cond)
+    assert_same(shown_images(page, "#cn-out", 1), expected)
 
 
 def test_bad_input_shows_its_message(page):
