@@ -203,7 +203,7 @@ def test_bad_input_shows_its_message(page):
 
 
 def test_gradio_client_api(app, tmp_path):
-    from gradio_client import Client
+    from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     client = Client(app["url"], download_files=str(tmp_path), verbose=False, analytics_enabled=False)
@@ -219,3 +219,12 @@ def test_gradio_client_api(app, tmp_path):
         client.predict("  ", "lcm", 2, 4.5, 7, 1, size, api_name="/text_to_image")
     with pytest.raises(AppError, match="greater than maximum value 4"):  # gradio's own check of the slider range
         client.predict(PROMPT, "lcm", 2, 4.5, 7, 9, size, api_name="/text_to_image")
+    _, edges = render(dict(shape="cross", color="red", size="large", position="center", background="black"))
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    control, image, info = client.predict(
+        PROMPT, handle_file(tmp_path / "edges.png"), None, "none", 100, 200, "lcm", 1, 4.5, 2, api_name="/controlnet"
+    )
+    assert "ControlNet (Use as is" in info
+    cond = torch.from_numpy(edges)[None, None].expand(1, 3, 32, 32)
+    shown = torch.from_numpy(np.array(Image.open(image).convert("RGB")))
+    assert_same([shown], reference(app["control"], [PROMPT], 2, name="lcm", steps=1, control=cond))
