@@ -5,11 +5,14 @@
         --checkpoint teacher=output/pretrained_models/PixArt-XL-2-1024-MS.pth \
                      lcm=output/lcm1024/checkpoints/step_0005000 \
         --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --vae output/pretrained_models/sd-vae-ft-ema \
+        --controlnet output/pretrained_models/PixArt-XL-2-1024-ControlNet.pth \
+        --controlnet-config configs/controlnet/pixartms_xl2_img1024_controlnet.py \
         --device cuda --dtype fp16 --host 0.0.0.0 --port 7860
 
 Tabs: *Text to image* (LCM student 1-8 steps, or the teacher's DPM-Solver++ with steps and CFG; seed, batch 1-4,
-aspect-ratio bucket for PixArtMS; the measured time per image) and *Teacher vs LCM* (one prompt and seed through the
-teacher at N steps and the student at 4, side by side with their times).
+aspect-ratio bucket for PixArtMS; the measured time per image), *Teacher vs LCM* (one prompt and seed through the
+teacher at N steps and the student at 4, side by side with their times) and *ControlNet* (§4: an uploaded image or a
+drawn sketch -> Canny / HED / as-is control map -> the ControlNet on the teacher or on the LCM student).
 
 Every network is built once at start through ``diffusion.build.load_pipeline``; requests are queued and run one at a
 time (``--concurrency``). Bad input (an empty prompt, too many steps, ...) is reported in the page, never as a stack
