@@ -71,8 +71,10 @@ def load_control(
     for kind, base in (("teacher", models.teacher), ("lcm", models.lcm)):
         if base is None:
             continue
-        model = load_model(cfg, checkpoint, device, DTYPES[dtype])
-        model.base_model.load_state_dict(base.model.state_dict())  # this app's teacher / student as the base
+        # trained ControlNet weights alone sit on the config's load_from: here, the file this base came from
+        base_cfg = Config({**cfg.to_dict(), "load_from": (models.paths or {}).get(kind, cfg.get("load_from"))})
+        model = load_model(base_cfg, checkpoint, device, DTYPES[dtype])
+        model.base_model.load_state_dict(base.model.state_dict())  # a full official file brings its own base
         pipes[kind] = load_pipeline(cfg, model=model, like=base)
     annotator = None
     if hed is not None:

@@ -19,6 +19,7 @@ from mmengine.config import Config
 from diffusion.build import DTYPES, load_pipeline
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.data.buckets import aspect_ratio_table
+from diffusion.model.io import resolve_checkpoint
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
 
 DEFAULT_CONFIG = "configs/lcm/tiny_lcm.py"  # the embedded default: committed teacher (load_from) and student
@@ -65,6 +66,7 @@ class Models:
     sizes: dict[str, tuple[int, int]]
     name: str = ""
     control: object | None = None  # tools.app_control.Control: the ControlNet tab's pipelines
+    paths: dict[str, str] | None = None  # "teacher" / "lcm" -> the weights file each was loaded from
 
     @property
     def multiscale(self) -> bool:
@@ -137,7 +139,10 @@ def load_models(
     teacher = load_pipeline(cfg, teacher_path, **kw) if teacher_path else None
     lcm = load_pipeline(cfg, checkpoints["lcm"], like=teacher, **kw) if "lcm" in checkpoints else None
     pipe = teacher or lcm
-    return Models(teacher, lcm, size_choices(pipe, cfg.data.resolution), name=Path(config or DEFAULT_CONFIG).stem)
+    paths = {"teacher": teacher_path, "lcm": checkpoints.get("lcm")}
+    paths = {k: str(resolve_checkpoint(v)) for k, v in paths.items() if v}
+    sizes = size_choices(pipe, cfg.data.resolution)
+    return Models(teacher, lcm, sizes, name=Path(config or DEFAULT_CONFIG).stem, paths=paths)
 
 
 def check_prompt(prompt: str | None) -> str:

@@ -89,3 +89,15 @@ def test_aspect_of_the_upload_picks_the_bucket(tiny):
     wide = np.concatenate([edges, edges], axis=1)  # 64 x 128: h/w 0.5 -> the closest bucket the grid divides
     cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, wide, "none", "lcm", 1, None, 0)
     assert cmap.shape[:2] == result.images[0].shape[:2] == (20, 48)
+
+
+def test_trained_weights_sit_on_the_apps_bases_not_the_configs_load_from(tiny, tmp_path):
+    config = tmp_path / "cn_elsewhere.py"
+    config.write_text(f"_base_ = ['{tiny['cn_config']}']\nload_from = '{tmp_path / 'not_here.safetensors'}'\n")
+    control = load_control(tiny["models"], str(config), str(tiny["controlnet"]))
+    _, edges = render(SHAPE)
+    for sampler in ("lcm", "dpm"):
+        args = (PROMPT, edges, "none", sampler, 1, 2.0, 5)
+        _, got = controlled(tiny["models"], control, *args)
+        _, want = controlled(tiny["models"], tiny["control"], *args)
+        assert np.array_equal(got.images[0], want.images[0])
