@@ -16,12 +16,14 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-background-networking",
@@ -131,16 +133,14 @@ def controlnet_screenshot(page, out: Path, prompt: str) -> Path:
     from diffusion.data.embedded import render
 
     image, _ = render(dict(shape="triangle", color="blue", size="large", position="center", background="white"), 256)
-    source = out / ".app_control_source.png"
-    Image.fromarray(image).save(source)
-    try:
+    with tempfile.TemporaryDirectory() as tmp:  # gradio refuses dotfiles: an ordinary name in a temp dir
+        source = Path(tmp) / "triangle.png"
+        Image.fromarray(image).save(source)
         page.locator("#cn-prompt textarea").fill("a large green triangle in the center on a black background")
         page.locator("#cn-image input[type=file]").set_input_files(source)
         page.locator("#cn-image img").wait_for()
         page.locator("#cn-run").click()
         page.locator("#cn-out img").wait_for()
-    finally:
-        source.unlink()
     path = out / "app_cn.png"
     page.screenshot(path=path, full_page=True)
     return path
