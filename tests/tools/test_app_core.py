@@ -92,3 +92,14 @@ def test_checkpoint_flags_and_missing_files(tiny, tmp_path):
     # no teacher given and no load_from in the config: the student is served alone
     models = load_models(str(tiny["config"]), {"lcm": str(tiny["lcm"])})
     assert models.teacher is None and models.lcm is not None
+
+
+def test_controlnet_flags_need_their_config(tiny, monkeypatch):
+    import tools.app as app
+
+    monkeypatch.setattr(app, "serve", lambda *a, **k: pytest.fail("must not serve"))
+    argv = ["--config", str(tiny["config"]), "--checkpoint", f"lcm={tiny['lcm']}", "--controlnet", str(tiny["lcm"])]
+    with pytest.raises(SystemExit, match="--controlnet needs --controlnet-config"):
+        app.main([*argv, "--device", "cpu"])
+    with pytest.raises(SystemExit, match="--concurrency must be >= 1"):
+        app.main([*argv, "--concurrency", "0"])
