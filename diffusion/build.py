@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
-from diffusion.model.io import load_model_weights, load_state, resolve_checkpoint
+from diffusion.model import students
+from diffusion.model.io import load_model_weights, load_state, load_state_into, resolve_checkpoint
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, MODELS
 
@@ -104,8 +105,23 @@ def load_model(
         load_controlnet_weights(model, path, partial and bool(cfg.get("load_from")), state)
     else:
         model = build_model(cfg, load_from=False)
-        load_model_weights(model, resolve_checkpoint(checkpoint, use_ema))
+        path = resolve_checkpoint(checkpoint, use_ema)
+        load_state_into(model, _merged_lora(cfg, load_state(path), path), path)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _merged_lora(cfg: Mapping, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """An LCM-LoRA checkpoint (peft names) merged into plain weights at the config's ``method.lora`` scale; the
+    base of an adapters-only checkpoint is ``cfg.load_from``. Other checkpoints pass through."""
+    if not students.has_lora(state):
+        return state
+    rank, scale = students.lora_scale((cfg.get("method") or {}).get("lora"), str(path))
+    base = None
+    if students.is_partial_lora(state):
+        if not cfg.get("load_from"):
+            raise KeyError(f"{path} holds only LoRA adapters; their base weights come from load_from, which is unset")
+        base = load_state(cfg["load_from"])
+    return students.merge_lora(state, rank, scale, base, str(path))
 
 
 def build_text_encoder(

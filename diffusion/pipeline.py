@@ -32,7 +32,9 @@ class SamplerConfig:
 
     ``steps`` / ``cfg_scale`` left as None take the sampler's :data:`SAMPLER_DEFAULTS`. ``cfg_scale`` is in the
     teacher samplers' convention ``uncond + cfg (cond - uncond)``: 1.0 means no guidance (and no null-caption pass).
-    The LCM sampler runs without a CFG batch.
+    The LCM sampler runs without a CFG batch; for a student with a w-embedding (LCM's variant) ``cfg_scale`` is the
+    guidance it embeds, in diffusers' convention ``w = cfg_scale - 1`` (LCM's ``cond + w (cond - uncond)``: the
+    paper's w = 4.5 is cfg_scale 5.5). A student without one distilled a fixed w and takes no ``cfg_scale``.
     """
 
     name: str = "dpm"
@@ -171,7 +173,7 @@ class Pipeline:
         x_T = x_T.to(self.device, torch.float32)
         y, mask = self.encode(prompts)
         hw = torch.tensor([[float(height), float(width)]], device=self.device).expand(len(prompts), 2)
-        data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:]}
+        data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:], **self.guidance_info(sampler, len(prompts))}
         guided = sampler.name != "lcm" and sampler.cfg_scale not in (None, 1.0)
         c = None if control is None else self.encode_control(control, len(prompts), height, width)
         eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None, c)
@@ -190,6 +192,27 @@ class Pipeline:
         finally:
             self.model.train(was_training)
         return z
+
+    def guidance_info(self, sampler: SamplerConfig, batch_size: int) -> dict[str, torch.Tensor]:
+        """``{'guidance': w (B,)}`` for a w-embedding student under the LCM sampler (w = cfg_scale - 1), else {}."""
+        embeds_w = getattr(self.model, "w_embedder", None) is not None
+        if sampler.name != "lcm":
+            if embeds_w:
+                raise ValueError("a student with a w-embedding samples with the 'lcm' sampler")
+            return {}
+        if not embeds_w:
+            if sampler.cfg_scale not in (None, 1.0):
+                raise ValueError(
+                    f"cfg_scale {sampler.cfg_scale} has no effect: this LCM student has no w-embedding (its guidance "
+                    "was fixed in distillation); leave it unset"
+                )
+            return {}
+        if sampler.cfg_scale is None:
+            raise ValueError(
+                "this LCM student embeds its guidance: pass cfg_scale (diffusers' convention, w = cfg_scale - 1; the "
+                "paper's w = 4.5 is cfg_scale 5.5)"
+            )
+        return {"guidance": torch.full((batch_size,), sampler.cfg_scale - 1.0, device=self.device)}
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> uint8 images (B, 3, H, W)."""

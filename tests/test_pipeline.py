@@ -25,8 +25,9 @@ def pipe(tmp_path_factory):
 
 @pytest.mark.parametrize("sampler, steps, nfe", [("lcm", 4, 4), ("lcm", 1, 1), ("dpm", 5, 10), ("ddim", 3, 6)])
 def test_model_evaluations_per_image(pipe, sampler, steps, nfe):
-    pipe.sample_latents(PROMPTS, SamplerConfig(name=sampler, steps=steps, cfg_scale=4.5))
-    assert pipe.nfe == nfe  # guidance costs two evaluations per step; LCM ignores cfg_scale
+    cfg_scale = None if sampler == "lcm" else 4.5  # an LCM student without a w-embedding takes no cfg_scale
+    pipe.sample_latents(PROMPTS, SamplerConfig(name=sampler, steps=steps, cfg_scale=cfg_scale))
+    assert pipe.nfe == nfe  # guidance costs two evaluations per step
 
 
 def test_cfg_scale_one_equals_unguided_conditional(pipe):
@@ -99,6 +100,27 @@ def test_images_are_uint8_nchw(pipe):
     assert torch.equal(pipe.decode(latents), expected)
 
 
+def test_w_embedding_student_gets_cfg_scale_minus_one(pipe):
+    """diffusers' convention: cfg_scale 5.5 embeds w = 4.5, i.e. samples like the student with w = 4.5 folded in."""
+    from diffusion.model.students import fold_guidance_embedding
+
+    kw = dict(in_channels=12, input_size=8, pe_interpolation=1.0, model_max_length=MAX_LENGTH)
+    student = tiny(False, guidance_embedding=True, **kw)
+    folded = tiny(False, random=False, **kw)
+    folded.load_state_dict(fold_guidance_embedding(student, 4.5))
+    w_pipe, plain_pipe = pipe.with_model(student), pipe.with_model(folded)
+    z = w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=5.5), seed=1)
+    folded_z = plain_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2), seed=1)
+    torch.testing.assert_close(z, folded_z, rtol=1e-4, atol=1e-3)  # fp32 reassociation of the folded bias
+    assert w_pipe.nfe == 2  # the embedded guidance costs no CFG batch
+    other = w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=3.0), seed=1)
+    assert (other - z).abs().max() > 1e-1
+    with pytest.raises(ValueError, match="embeds its guidance"):
+        w_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2), seed=1)
+    with pytest.raises(ValueError, match="no w-embedding"):
+        plain_pipe.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=5.5), seed=1)
+
+
 # ---------------------------------------------------------------------------------------------- ControlNet (§4)
 def _controlnet(pipe, randomize: bool):
     from diffusion.model.controlnet import PixArtControlNet
@@ -119,7 +141,7 @@ def _control_images(seed: int = 0, batch: int = 2) -> torch.Tensor:
 @pytest.mark.parametrize("sampler, steps, nfe", [("dpm", 3, 6), ("ddim", 2, 4), ("lcm", 2, 2)])
 def test_fresh_controlnet_samples_exactly_the_base(pipe, sampler, steps, nfe):
     controlled = _controlnet(pipe, randomize=False)
-    run = SamplerConfig(name=sampler, steps=steps, cfg_scale=4.5)
+    run = SamplerConfig(name=sampler, steps=steps, cfg_scale=None if sampler == "lcm" else 4.5)
     z_base = pipe.sample_latents(PROMPTS, run, seed=4)
     z = controlled.sample_latents(PROMPTS, run, seed=4, control=_control_images())
     assert controlled.nfe == nfe  # the control adds no model evaluation
@@ -129,7 +151,7 @@ def test_fresh_controlnet_samples_exactly_the_base(pipe, sampler, steps, nfe):
 @pytest.mark.parametrize("sampler", ["dpm", "lcm"])
 def test_control_reaches_the_model_under_cfg_and_lcm(pipe, sampler):
     controlled = _controlnet(pipe, randomize=True)
-    run = SamplerConfig(name=sampler, steps=2, cfg_scale=4.5)
+    run = SamplerConfig(name=sampler, steps=2, cfg_scale=None if sampler == "lcm" else 4.5)
     seen = []
     real = controlled.model.forward
     controlled.model.forward = lambda *a, c=None, **k: seen.append(c) or real(*a, c=c, **k)

@@ -13,7 +13,9 @@ column per prompt). With ``--control IMAGE`` (a ControlNet config: one with a ``
 resized to the sampling size, turned into a control map by ``--annotator`` (``none``: used as it is, e.g. an edge,
 depth or scribble map) and written as ``<out>/control.png``; every prompt is sampled under it.
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
-``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``).
+``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
+an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
+base from ``load_from``). A w-embedding student samples with ``--sampler lcm --cfg-scale 5.5`` (w = 4.5).
 """
 
 from __future__ import annotations
@@ -93,7 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--prompt-file", help="one prompt per line (blank lines skipped)")
     parser.add_argument("--sampler", default="dpm", choices=SAMPLERS)
     parser.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default 4.5; lcm: none)")
+    parser.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="dpm/ddim: uncond + cfg (cond - uncond), default 4.5. lcm: only for a w-embedding student, diffusers' "
+        "convention w = cfg - 1 (the paper's w 4.5 = cfg 5.5); a fixed-w student takes none",
+    )
     parser.add_argument("--lcm-schedule", default="pixart", choices=("pixart", "diffusers"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", required=True)

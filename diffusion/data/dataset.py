@@ -122,7 +122,7 @@ class FeatureDataset(Dataset):
         self.load_control = load_control
         self.latent_dir = latent_dir(root, resolution, multi_scale)
         self.control_dir = latent_dir(root, resolution, multi_scale, control=True)
-        meta = read_meta(self.latent_dir)
+        self.latent_meta = meta = read_meta(self.latent_dir)  # the cache's producer (scale_factor, VAE, ...)
         self.latent_channels = latent_channels or meta.get("latent_channels")
         self.downsample = downsample or meta.get("downsample")
         self._check_caption_meta(caption_channels)

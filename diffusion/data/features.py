@@ -34,6 +34,9 @@ __all__ = ["REQUIRED_FIELDS", "ExtractionReport", "caption_dir", "extract_featur
 __all__ += ["load_data_info", "load_image", "target_size"]
 
 
+RATIO_TOLERANCE = 0.02  # relative h/w difference between data_info.json and the image; rounding of a resized copy
+
+
 def caption_dir(root: str | Path) -> Path:
     return Path(root) / "caption_features"
 
@@ -52,9 +55,13 @@ def target_size(entry: dict, resolution: int, multi_scale: bool) -> tuple[int, i
 
 def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
     """Read an image as displayed (EXIF-oriented RGB, see images.py), resize it (bicubic) to cover ``size`` = (h, w)
-    and centre-crop: (3, h, w) in [-1, 1]. ``declared`` (h, w) from data_info.json must equal the oriented size."""
+    and centre-crop: (3, h, w) in [-1, 1].
+
+    ``declared`` (h, w) from data_info.json must have the oriented image's aspect ratio (within
+    ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original sizes, which
+    stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is refused."""
     img = open_rgb(path)
-    if declared is not None and (img.height, img.width) != tuple(declared):
+    if declared is not None and abs(declared[0] / declared[1] * img.width / img.height - 1) > RATIO_TOLERANCE:
         raise ValueError(
             f"data_info.json declares height {declared[0]}, width {declared[1]}, but the image is "
             f"{img.height}x{img.width} (h x w) after EXIF orientation; fix the entry (tools/make_data_info.py "
@@ -175,7 +182,7 @@ def extract_features(
 
     Files that already exist are skipped, so an interrupted run resumes, unless the directory's ``meta.json``
     records another producer: that is a ValueError (``redo=True`` re-extracts this rank's share instead). Rank 0
-    writes the ``meta.json`` files. Unreadable images, and images whose oriented size differs from the declared
+    writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the declared
     ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset then skips
     the item). Colliding feature names are a ValueError before anything is written.
 

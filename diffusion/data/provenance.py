@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 _MIB = 1 << 20
+_PATH_KEYS = {"text_encoder": "fingerprint", "vae": "vae_fingerprint"}  # path -> the fingerprint of its files
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version")
 
 
@@ -84,8 +85,11 @@ def read_meta(directory: str | Path) -> dict:
 def meta_mismatch(recorded: dict, current: dict) -> dict[str, tuple]:
     """{key: (recorded, current)} for every recorded key where the two producer records differ (a cache written
     before a key was recorded says nothing about it, so it stays valid)."""
-    keys = sorted(recorded)
-    return {k: (recorded.get(k), current.get(k)) for k in keys if recorded.get(k) != current.get(k)}
+    diff = {k: (recorded.get(k), current.get(k)) for k in sorted(recorded) if recorded.get(k) != current.get(k)}
+    for path_key, print_key in _PATH_KEYS.items():  # the same files seen from another cwd or mount are the same
+        if path_key in diff and print_key in recorded and print_key not in diff:
+            del diff[path_key]
+    return diff
 
 
 def check_meta(directory: str | Path, current: dict, redo: bool) -> bool:

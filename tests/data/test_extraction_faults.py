@@ -146,3 +146,13 @@ def test_cli_strict_and_skipped_list(tmp_path, tiny_text_encoder_dir, capsys):
     assert parse_args(args + ["--no-clean-caption"]).clean_caption is False
     main(args + ["--scale-factor", "0.25", "--redo"])
     assert json.loads((tmp_path / "vae_features_32" / "meta.json").read_text())["scale_factor"] == 0.25
+
+
+def test_the_same_model_under_another_path_is_not_stale(tmp_path, encoder, tiny_text_encoder_dir):
+    import shutil
+
+    _folder(tmp_path / "data", ["a.png"])
+    extract_features(tmp_path / "data", encoder, PixelCodec(), 32, progress=False)
+    copy = shutil.copytree(tiny_text_encoder_dir, tmp_path / "elsewhere" / "t5")
+    moved = TextEncoder.from_pretrained(copy, max_length=MAX_LENGTH)
+    assert extract_features(tmp_path / "data", moved, PixelCodec(), 32, progress=False).existing == 2

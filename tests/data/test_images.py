@@ -90,5 +90,8 @@ def test_truncated_file_raises(tmp_path):
 def test_declared_size_must_match_the_oriented_image(tmp_path):
     Image.new("RGB", (40, 20)).save(tmp_path / "wide.png")  # h 20, w 40
     assert load_image(tmp_path / "wide.png", (8, 8), declared=(20, 40)).shape == (3, 8, 8)
+    assert load_image(tmp_path / "wide.png", (8, 8), declared=(1000, 2010)).shape == (3, 8, 8)  # resized copy
+    with pytest.raises(ValueError, match="declares height 1000, width 1500"):
+        load_image(tmp_path / "wide.png", (8, 8), declared=(1000, 1500))  # another aspect ratio
     with pytest.raises(ValueError, match="declares height 40, width 20.*20x40"):
         load_image(tmp_path / "wide.png", (8, 8), declared=(40, 20))  # a swap would bucket it as portrait
