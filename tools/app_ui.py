@@ -1,7 +1,7 @@
 """The web app's page (gradio Blocks): one tab per use, each a thin form over a function of ``tools/app_core.py``.
 
-Element ids (``t2i-*``, ``cmp-*``) are what the browser tests drive; api names (``/text_to_image``,
-``/teacher_vs_lcm``) are what ``gradio_client`` calls.
+Element ids (``t2i-*``, ``cmp-*``, ``cn-*``) are what the browser tests drive; api names (``/text_to_image``,
+``/teacher_vs_lcm``, ``/controlnet``) are what ``gradio_client`` calls.
 """
 
 from __future__ import annotations
