@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-slow lint demo teacher controlnet drill clean-venv
+.PHONY: venv test test-slow lint demo teacher controlnet drill lcm-student app app-screenshots clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -41,6 +41,19 @@ drill: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/demo.py
+
+# The embedded default's 4-step LCM student (committed as assets/tiny_lcm/): `make lcm-student` distils the committed
+# teacher again with configs/lcm/tiny_lcm_student.py (make demo's distillation cut at 100 steps, same seed).
+lcm-student: $(STAMP)
+	WANDB_MODE=offline $(PYTHON) tools/make_lcm_student.py
+
+# The web app on the embedded default at http://127.0.0.1:7860 (real checkpoints: make app ARGS="--config ... ").
+app: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(PYTHON) tools/app.py $(ARGS)
+
+# Screenshots of the app's tabs (docs/images/app_*.png), taken in headless Chromium.
+app-screenshots: $(STAMP)
+	GRADIO_ANALYTICS_ENABLED=False $(PYTHON) tools/app_browser.py --out docs/images $(ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -48,13 +48,14 @@ def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict) -> Path:
-    """Trained weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json``."""
+def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict, config_path: str = DEFAULT_CONFIG) -> Path:
+    """Trained weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json`` (names
+    ``config_path``, the file ``cfg`` was read from)."""
     source = checkpoint / "model.safetensors"
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"config_sha256": config_hash(cfg)})
-    meta = dict(config=DEFAULT_CONFIG, config_sha256=config_hash(cfg), source=str(source), **extra)
+    meta = dict(config=config_path, config_sha256=config_hash(cfg), source=str(source), **extra)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir / "model.safetensors"
 
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
         text_encoder_sha256=file_hash(Path(cfg.text_encoder.path) / "model.safetensors"),
         torch=torch.__version__,
     )
-    out = publish(find_latest(args.work_dir), cfg, Path(args.out), extra)
+    out = publish(find_latest(args.work_dir), cfg, Path(args.out), extra, args.config)
     print(f"published {out} ({out.stat().st_size / 1e6:.1f} MB) after {wall / 60:.1f} min; {json.dumps(extra)}")
 
 

@@ -1,0 +1,103 @@
+"""The app's ControlNet requests without the page: the control map each annotator makes, the controlled images of
+the teacher and of the LCM student (the teacher's ControlNet on the student's base), and every refusal."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion.data.embedded import edge_map, render
+from tests.tools.app_fixtures import (
+    PROMPT,
+    make_tiny_app,
+    make_tiny_controlnet,
+    reference,
+    reference_control_pipelines,
+    reference_pipelines,
+)
+from tools.app_control import check_image, control_map, controlled, load_control
+from tools.app_core import InputError, load_models
+
+SHAPE = dict(shape="triangle", color="red", size="large", position="top left", background="white")
+
+
+def dilate(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by 1 px (8-neighbourhood)."""
+    out = mask.copy()
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            out |= np.roll(mask, (dy, dx), axis=(0, 1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("app_control")
+    app = make_tiny_app(root)
+    app.update(make_tiny_controlnet(app, root))
+    models = load_models(str(app["config"]), {"teacher": str(app["teacher"]), "lcm": str(app["lcm"])})
+    control = load_control(models, str(app["cn_config"]), str(app["controlnet"]))
+    pipes = reference_pipelines(app)
+    return dict(app, models=models, control=control, pipes=reference_control_pipelines(app, pipes))
+
+
+@pytest.mark.parametrize("sampler, steps, cfg", [("lcm", 2, None), ("dpm", 2, 3.0)])
+def test_controlled_image_is_the_controlnets_image(tiny, sampler, steps, cfg):
+    _, edges = render(SHAPE)
+    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, edges, "none", sampler, steps, cfg, 4)
+    assert cmap.shape == (32, 32, 3) and np.array_equal(cmap[..., 0], edges)
+    cond = torch.from_numpy(cmap).permute(2, 0, 1)[None]
+    kw = dict(name=sampler, steps=steps, cfg_scale=cfg, control=cond)
+    expected = reference(tiny["pipes"], [PROMPT], 4, **kw)[0]
+    assert torch.equal(torch.from_numpy(result.images[0]), expected)
+    assert result.label.startswith("ControlNet (Use as is")
+    # the control reaches the image: another map gives another image
+    _, other = controlled(tiny["models"], tiny["control"], PROMPT, edges[::-1].copy(), "none", sampler, steps, cfg, 4)
+    assert not np.array_equal(other.images[0], result.images[0])
+
+
+def test_canny_finds_the_shapes_outline():
+    image, _ = render(SHAPE, size=64)
+    edges = control_map(image, "canny", (64, 64))
+    assert edges.shape == (64, 64, 3) and set(np.unique(edges)) == {0, 255}
+    outline = edge_map((image != image[0, 0]).any(axis=2))
+    found = edges[..., 0] > 0
+    assert (dilate(found) & outline).sum() > 0.8 * outline.sum()  # the outline is found, within 1 px
+    assert not (found & ~dilate(outline)).any()  # and nothing else
+
+
+def test_images_of_the_wrong_kind_are_refused(tiny):
+    with pytest.raises(InputError, match="Upload an image or draw a sketch first"):
+        check_image(None)
+    with pytest.raises(InputError, match="8-bit image, got an array float32"):
+        check_image(np.zeros((32, 32, 3), np.float32))
+    with pytest.raises(InputError, match="at least 8 px"):
+        check_image(np.zeros((4, 32, 3), np.uint8))
+    sketch = np.zeros((16, 16, 4), np.uint8)
+    sketch[4:8, 4:8] = (255, 255, 255, 255)
+    assert check_image(sketch).shape == (16, 16, 3) and check_image(sketch)[5, 5].tolist() == [255] * 3
+    assert check_image(np.full((9, 9), 7, np.uint8)).shape == (9, 9, 3)
+    black = np.zeros((32, 32, 3), np.uint8)
+    for annotator in ("none", "canny"):
+        with pytest.raises(InputError, match="The control map is empty"):
+            controlled(tiny["models"], tiny["control"], PROMPT, black, annotator, "lcm", 4, None, 0)
+    with pytest.raises(InputError, match="HED needs --hed"):
+        control_map(black + 255, "hed", (32, 32))
+
+
+def test_aspect_of_the_upload_picks_the_bucket(tiny):
+    _, edges = render(SHAPE, size=64)
+    wide = np.concatenate([edges, edges], axis=1)  # 64 x 128: h/w 0.5 -> the closest bucket the grid divides
+    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, wide, "none", "lcm", 1, None, 0)
+    assert cmap.shape[:2] == result.images[0].shape[:2] == (20, 48)
+
+
+def test_trained_weights_sit_on_the_apps_bases_not_the_configs_load_from(tiny, tmp_path):
+    config = tmp_path / "cn_elsewhere.py"
+    config.write_text(f"_base_ = ['{tiny['cn_config']}']\nload_from = '{tmp_path / 'not_here.safetensors'}'\n")
+    control = load_control(tiny["models"], str(config), str(tiny["controlnet"]))
+    _, edges = render(SHAPE)
+    for sampler in ("lcm", "dpm"):
+        args = (PROMPT, edges, "none", sampler, 1, 2.0, 5)
+        _, got = controlled(tiny["models"], control, *args)
+        _, want = controlled(tiny["models"], tiny["control"], *args)
+        assert np.array_equal(got.images[0], want.images[0])

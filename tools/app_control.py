@@ -1,0 +1,149 @@
+"""The app's ControlNet tab without the page (PixArt-delta §4): an uploaded image or a drawn sketch -> an annotator
+(Canny by default, HED when its weights file is given, or the image used as the control map as it is) -> the control
+map -> an image from the ControlNet-Transformer on the teacher, or the same ControlNet on the 4-step LCM student.
+
+The ControlNet is loaded through ``diffusion.build.load_model`` once per base: on the teacher, and (the paper's
+ControlNet + LCM route: the teacher's ControlNet applied as is) on the student; each wrapper's frozen base is given
+the weights of the pipeline it stands beside, so the controlled images come from exactly the app's teacher / student.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+from PIL import Image
+
+from diffusion.build import DTYPES, load_model, load_pipeline
+from diffusion.data.buckets import closest_bucket
+from diffusion.pipeline import Pipeline
+from tools.app_core import (
+    MAX_SEED,
+    InputError,
+    Models,
+    Result,
+    check_int,
+    check_prompt,
+    check_sampler,
+    run,
+    sampler_label,
+)
+
+ANNOTATORS = {"canny": "Canny edges", "hed": "HED edges", "none": "Use as is (already a control map)"}
+CANNY_LIMITS = (1, 500)
+MIN_SIDE = 8
+
+
+@dataclass
+class Control:
+    """ControlNet pipelines (None where that base is not loaded) and the HED annotator (None without its file)."""
+
+    teacher: Pipeline | None
+    lcm: Pipeline | None
+    hed: object | None = None
+
+    def pipeline(self, sampler: str) -> Pipeline:
+        pipe = self.lcm if sampler == "lcm" else self.teacher
+        if pipe is None:
+            raise InputError(f"No ControlNet on the {'LCM student' if sampler == 'lcm' else 'teacher'} is loaded.")
+        return pipe
+
+    @property
+    def annotators(self) -> list[str]:
+        return [name for name in ANNOTATORS if name != "hed" or self.hed is not None]
+
+
+def load_control(
+    models: Models, config: str, checkpoint: str, hed: str | None = None, device: str = "cpu", dtype: str = "fp32"
+) -> Control:
+    """The ControlNet of ``config`` (a config with a ``controlnet`` section) from ``checkpoint`` on each of the app's
+    bases. Missing files: SystemExit naming them."""
+    for path, what in ((config, "--controlnet-config"), (checkpoint, "--controlnet"), (hed, "--hed")):
+        if path is not None and not Path(path).exists():
+            raise SystemExit(f"{what} not found: {path}")
+    cfg = Config.fromfile(config)
+    if cfg.get("controlnet") is None:
+        raise SystemExit(f"--controlnet-config {config} has no controlnet section")
+    pipes = {}
+    for kind, base in (("teacher", models.teacher), ("lcm", models.lcm)):
+        if base is None:
+            continue
+        # trained ControlNet weights alone sit on the config's load_from: here, the file this base came from
+        base_cfg = Config({**cfg.to_dict(), "load_from": (models.paths or {}).get(kind, cfg.get("load_from"))})
+        model = load_model(base_cfg, checkpoint, device, DTYPES[dtype])
+        model.base_model.load_state_dict(base.model.state_dict())  # a full official file brings its own base
+        pipes[kind] = load_pipeline(cfg, model=model, like=base)
+    annotator = None
+    if hed is not None:
+        try:
+            from diffusion.data.annotators import HEDAnnotator
+        except ImportError:
+            raise SystemExit("--hed: this checkout has no HED annotator (diffusion/data/annotators.py)") from None
+        annotator = HEDAnnotator(hed).to(device)
+    return Control(pipes.get("teacher"), pipes.get("lcm"), annotator)
+
+
+def canny(image: np.ndarray, low: int, high: int) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint8 Canny edges (255 on an edge), OpenCV's with L2 gradients."""
+    import cv2  # OpenCV comes with mmengine
+
+    return cv2.Canny(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY), low, high, L2gradient=True)
+
+
+def check_image(image) -> np.ndarray:
+    """An uploaded / drawn image as (H, W, 3) uint8 (grey expanded, alpha composited on black)."""
+    if image is None:
+        raise InputError("Upload an image or draw a sketch first.")
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        raise InputError(f"Expected an RGB or grey 8-bit image, got an array {image.dtype} {image.shape}.")
+    if min(image.shape[:2]) < MIN_SIDE:
+        raise InputError(f"The image is {image.shape[1]}×{image.shape[0]}; it needs at least {MIN_SIDE} px a side.")
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.shape[2] == 4:  # a sketch layer: strokes over transparency, composited onto black
+        alpha = image[..., 3:].astype(np.float32) / 255
+        image = (image[..., :3].astype(np.float32) * alpha).round().astype(np.uint8)
+    return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
+
+
+def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=None, low=100, high=200) -> np.ndarray:
+    """(H, W, 3) uint8 image -> (h, w, 3) uint8 control map at ``size`` = (h, w): resized first, then annotated
+    (the official app's order), white edges on black like the training edge maps."""
+    if annotator not in ANNOTATORS or (annotator == "hed" and hed is None):
+        raise InputError(f"Unknown annotator {annotator!r}; choose one of {list(ANNOTATORS)} (HED needs --hed).")
+    resized = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    if annotator == "canny":
+        low, high = check_int("Canny low threshold", low, *CANNY_LIMITS), check_int("Canny high", high, *CANNY_LIMITS)
+        edges = canny(resized, low, high)
+    elif annotator == "hed":
+        rgb = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255
+        with torch.no_grad():
+            edges = (hed(rgb.to(next(hed.parameters()).device))[0, 0].cpu().numpy() * 255).round().astype(np.uint8)
+    else:
+        edges = resized
+    edges = np.array(edges)
+    out = np.repeat(edges[..., None], 3, axis=2) if edges.ndim == 2 else edges
+    if not out.any():
+        raise InputError("The control map is empty (all black): draw or upload something with edges.")
+    return out
+
+
+def controlled(
+    models: Models, control: Control, prompt, image, annotator, sampler, steps, cfg_scale, seed, low=100, high=200
+) -> tuple[np.ndarray, Result]:
+    """The control map and the image generated under it, at the size bucket closest to the image's aspect."""
+    prompt = check_prompt(prompt)
+    steps, cfg_scale = check_sampler(sampler, steps, cfg_scale)
+    seed = check_int("Seed", seed, 0, MAX_SEED)
+    image = check_image(image)
+    pipe = control.pipeline(sampler)
+    _, size = closest_bucket(image.shape[0], image.shape[1], {str(h / w): (h, w) for h, w in models.sizes.values()})
+    cmap = control_map(image, annotator, size, control.hed, low, high)
+    cond = torch.from_numpy(cmap).permute(2, 0, 1)[None]  # (1, 3, h, w) uint8
+    label = f"ControlNet ({ANNOTATORS[annotator]}), {sampler_label(sampler, steps, cfg_scale)}"
+    result = run(pipe, [prompt], seed, size, label, name=sampler, steps=steps, cfg_scale=cfg_scale, control=cond)
+    return cmap, result
