@@ -1,8 +1,9 @@
 """The measured ControlNet ablation PixArt-delta §4.2-4.4 shows only as pictures, on the embedded default.
 
 Each ``--run NAME=WORK_DIR`` is a ControlNet training run (its dumped ``config.py`` gives the topology and N; its
-latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``, the weights). Controls are exact edge maps of freshly rendered shapes (not training images); every
-row samples the same prompts, seeds and controls with the teacher's sampler (DPM-Solver++ 20 steps, CFG 4.5):
+latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``, the weights). Controls are exact edge maps of
+freshly rendered shapes (not training images); every row samples the same prompts, seeds and controls with the
+teacher's sampler (DPM-Solver++ 20 steps, CFG 4.5):
 
 - edge F1 (tolerance 1 px) between the control edges and Canny on the generated image, with the control's own
   caption (matched) and with another shape's caption (conflicting: the control must win over the prompt);
