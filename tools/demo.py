@@ -4,7 +4,10 @@
 2. load the committed tiny teacher (``assets/tiny_teacher``; trained by ``make teacher`` if absent);
 3. PixArt-delta LCM distillation of that teacher with the shared trainer (``configs/lcm/tiny_lcm.py``);
 4. a comparison grid (teacher DPM-Solver++ 20 and 4 steps with CFG 4.5 next to LCM 1, 2, 4 steps, no CFG) and the
-   small-scale reproduction table (``tools/reproduce_lcm.py``), all under ``output/demo/``.
+   small-scale reproduction table (``tools/reproduce_lcm.py``);
+5. controllable generation (§4): the committed tiny ControlNet-Transformer (``assets/tiny_controlnet``, trained on the
+   teacher by ``make controlnet``) on the teacher (DPM-Solver++ 20, CFG 4.5) and, as it is, on the freshly distilled
+   4-step LCM student, from edge maps of shapes drawn off the prompts' usual positions; all under ``output/demo/``.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -21,14 +25,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import Config  # noqa: E402
 
 from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
+from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default, parse_prompt, render  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
+from diffusion.pipeline import Pipeline  # noqa: E402
 from tools.make_teacher import file_hash  # noqa: E402
 
 TEACHER = Path("assets/tiny_teacher/model.safetensors")
 LCM_CONFIG = "configs/lcm/tiny_lcm.py"
+CONTROLNET = Path("assets/tiny_controlnet/model.safetensors")
+CONTROLNET_CONFIG = "configs/controlnet/tiny_controlnet.py"
+CONTROL_OFFSET = (3, -3)  # (row, col) px: the edges sit off the prompt's usual spot, so following them shows
 COLUMNS = [  # (label, sampler settings)
     ("teacher DPM-Solver++ 20 steps, CFG 4.5", dict(name="dpm", steps=20, cfg_scale=4.5)),
     ("teacher DPM-Solver++ 4 steps, CFG 4.5", dict(name="dpm", steps=4, cfg_scale=4.5)),
@@ -51,6 +59,34 @@ def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Pat
     path = save_grid(images, out, columns=len(COLUMNS))
     legend = out.with_suffix(".txt")
     legend.write_text("columns: " + " | ".join(c for c, _ in COLUMNS) + "\nrows:\n" + "\n".join(VALIDATION_PROMPTS))
+    return path
+
+
+def control_edges(prompts: list[str], size: int) -> torch.Tensor:
+    """Exact edge maps (as RGB uint8 (N, 3, size, size)) of the shapes the prompts describe, shifted by
+    ``CONTROL_OFFSET``: what the ControlNet is asked to follow."""
+    edges = [render(parse_prompt(p), size, CONTROL_OFFSET)[1] for p in prompts]
+    return torch.from_numpy(np.stack(edges))[:, None].expand(-1, 3, -1, -1).contiguous()
+
+
+def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
+    """Rows: validation prompts; columns: the edge map, the teacher with the ControlNet (DPM-Solver++ 20, CFG 4.5) and
+    the 4-step LCM student with the same ControlNet applied as it is (route (a) of issue 8: no re-training)."""
+    cfg = Config.fromfile(CONTROLNET_CONFIG)
+    teacher = load_pipeline(cfg, CONTROLNET, like=teacher_pipe)
+    lcm_cfg = Config({**cfg.to_dict(), "load_from": str(student)})  # the same ControlNet weights on the student base
+    lcm = load_pipeline(lcm_cfg, CONTROLNET, like=teacher_pipe)
+    control = control_edges(VALIDATION_PROMPTS, teacher_pipe.resolution[0])
+    columns = [
+        control,
+        teacher(VALIDATION_PROMPTS, seed=0, control=control, name="dpm", steps=20, cfg_scale=4.5),
+        lcm(VALIDATION_PROMPTS, seed=0, control=control, name="lcm", steps=4),
+    ]
+    path = save_grid(torch.stack(columns, dim=1).flatten(0, 1), out, columns=len(columns))
+    out.with_suffix(".txt").write_text(
+        "columns: control edges | teacher + ControlNet, DPM-Solver++ 20 steps, CFG 4.5 | LCM student + the same "
+        "ControlNet, 4 steps\nrows:\n" + "\n".join(VALIDATION_PROMPTS)
+    )
     return path
 
 
@@ -95,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
             str(out / "reproduce_lcm"),
         ]
     )
+    if CONTROLNET.is_file():
+        teacher_pipe = load_pipeline(cfg, TEACHER)
+        grid = controlnet_grid(teacher_pipe, student, out / "controlnet.png")
+        print(f"[demo] ControlNet grid: {grid} ({time.time() - start:.0f} s)")
+    else:
+        print(f"[demo] {CONTROLNET} missing (make controlnet trains it): no ControlNet grid")
     print(f"[demo] finished in {(time.time() - start) / 60:.1f} min; see {out}/")
 
 
