@@ -8,7 +8,7 @@ whose feature files would collide (``a.jpg`` and ``a.png``) are refused, naming 
 
     python tools/make_data_info.py my_photos                        # sidecar .txt captions
     python tools/make_data_info.py my_photos --captions captions.csv --strict
-Then: tools/extract_features.py --data-root my_photos ...  (see docs/readme/data.md, "Train on your own images").
+Then: tools/extract_features.py --data-root my_photos ...  (see docs/data.md, "Train on your own images").
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""Bring your own images, end to end as docs/readme/data.md tells a new user: make_data_info -> extract_features ->
+"""Bring your own images, end to end as docs/data.md tells a new user: make_data_info -> extract_features ->
 train -> sample, on a folder of awkward "photos" (EXIF-rotated, 16-bit, RGBA, CMYK, palette, grayscale, very wide
 and very tall, nested folders, spaces in names, one truncated, one without caption), with a tiny random local
 AutoencoderKL and the tiny T5."""
