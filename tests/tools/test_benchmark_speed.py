@@ -13,3 +13,10 @@ def test_benchmark_speed_tiny(tmp_path, capsys):
     out = capsys.readouterr().out
     assert PAPER["lcm4"] in out and "diffusers / ours" in out and "tiny:" in out
     assert (tmp_path / "r.json").is_file()
+
+
+def test_benchmark_caption_reuse_tiny():
+    from tools.benchmark_caption_reuse import main as reuse_main
+
+    result = reuse_main(["--size", "tiny", "--runs", "1", "--precisions", "fp32"])
+    assert result["fp32"]["diff"] < 1e-5  # the cached path computes the same output
