@@ -16,7 +16,8 @@ $(STAMP): requirements.txt
 
 venv: $(STAMP)
 
-test: $(STAMP)
+# lint first, so a formatting slip fails CI like a failing test
+test: $(STAMP) lint
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q -m "not slow" tests
 
 # Tests marked slow (more than ~30 s each on 2 cores): run on demand, not in CI.

@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
-from diffusion.model.io import load_model_weights, resolve_checkpoint
+from diffusion.model import students
+from diffusion.model.io import load_model_weights, load_state, load_state_into, resolve_checkpoint
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, MODELS
 
@@ -30,12 +31,48 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
     """``cfg.model`` as built for training, holding ``cfg.load_from``'s weights when ``load_from`` and the key is set.
 
-    This is what the trainer starts from (the teacher weights of an LCM or ControlNet run).
+    This is what the trainer starts from (the teacher weights of an LCM or ControlNet run). With a ``controlnet``
+    section the base is wrapped in the ControlNet of that section (PixArt-delta §4), whose copies start from the loaded
+    base blocks, and ``controlnet.load_from`` (when ``load_from``) is then loaded into it.
     """
     model = MODELS.build(dict(cfg["model"]))
     if load_from and cfg.get("load_from"):
         load_model_weights(model, cfg["load_from"])
+    if cfg.get("controlnet") is not None:
+        from diffusion.engine.config import resolve_section  # lazy: diffusion.engine imports this module
+        from diffusion.model.controlnet import wrap_controlnet
+
+        section = resolve_section("controlnet", cfg["controlnet"])
+        model = wrap_controlnet(model, section["topology"], section["copy_blocks"])
+        if load_from and section["load_from"]:
+            load_controlnet_weights(model, section["load_from"], has_base=bool(cfg.get("load_from")))
     return model
+
+
+def load_controlnet_weights(
+    model: nn.Module, path: str | Path, has_base: bool = True, state: Mapping[str, torch.Tensor] | None = None
+) -> None:
+    """Load ControlNet weights from ``path`` (or its already-read ``state``) into a ControlNet ``model``.
+
+    Accepted: the official full layout (``base_model.*`` + ``controlnet.*``), a training checkpoint of the trainable
+    weights only (``controlnet.*``; the base must already hold ``cfg.load_from``: ``has_base``) or a plain
+    PixArt-alpha file (base filled, copies re-initialised from it). Every key must match; a mismatch raises
+    ``KeyError`` naming the file.
+    """
+    state = load_state(path) if state is None else state
+    if (
+        not has_base
+        and not any(k.startswith("base_model.") for k in state)
+        and any(k.startswith("controlnet.") for k in state)
+    ):
+        raise ValueError(
+            f"{path} holds only the ControlNet's trainable weights; its frozen base comes from the config's "
+            "load_from, which is not set"
+        )
+    try:
+        model.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as err:
+        raise KeyError(f"{path}: {err}") from err
 
 
 def load_model(
@@ -51,17 +88,40 @@ def load_model(
         cfg: the run's config (``model``, ``load_from``).
         checkpoint: a weights file (``.safetensors`` / official ``.pth``), a diffusers transformer folder or a trainer
             step folder (its ``ema.safetensors`` when ``use_ema`` and present, else ``model.safetensors``). None:
-            ``cfg.load_from`` (for an LCM config, that is its teacher).
+            ``cfg.load_from`` (for an LCM config, that is its teacher). With a ``controlnet`` section: the official
+            full ControlNet file, or a training checkpoint of the trainable weights on top of ``cfg.load_from``.
         use_ema: for a trainer step folder, prefer the EMA weights.
     """
     if checkpoint is None:
-        if not cfg.get("load_from"):
+        if not cfg.get("load_from") and not (cfg.get("controlnet") or {}).get("load_from"):
             raise ValueError("no checkpoint given and the config has no load_from")
         model = build_model(cfg)
+    elif cfg.get("controlnet") is not None:
+        # a training checkpoint holds the trainable weights only: its base is cfg.load_from
+        path = resolve_checkpoint(checkpoint, use_ema)
+        state = load_state(path)
+        partial = not any(k.startswith("base_model.") for k in state)
+        model = build_model({**cfg, "controlnet": {**cfg["controlnet"], "load_from": None}}, load_from=partial)
+        load_controlnet_weights(model, path, partial and bool(cfg.get("load_from")), state)
     else:
         model = build_model(cfg, load_from=False)
-        load_model_weights(model, resolve_checkpoint(checkpoint, use_ema))
+        path = resolve_checkpoint(checkpoint, use_ema)
+        load_state_into(model, _merged_lora(cfg, load_state(path), path), path)
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+
+
+def _merged_lora(cfg: Mapping, state: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """An LCM-LoRA checkpoint (peft names) merged into plain weights at the config's ``method.lora`` scale; the
+    base of an adapters-only checkpoint is ``cfg.load_from``. Other checkpoints pass through."""
+    if not students.has_lora(state):
+        return state
+    rank, scale = students.lora_scale((cfg.get("method") or {}).get("lora"), str(path))
+    base = None
+    if students.is_partial_lora(state):
+        if not cfg.get("load_from"):
+            raise KeyError(f"{path} holds only LoRA adapters; their base weights come from load_from, which is unset")
+        base = load_state(cfg["load_from"])
+    return students.merge_lora(state, rank, scale, base, str(path))
 
 
 def build_text_encoder(
@@ -69,7 +129,13 @@ def build_text_encoder(
 ) -> TextEncoder:
     """The T5 encoder of ``cfg.text_encoder`` (a local folder) on ``device``; ``int8``: weights stored in 8 bits."""
     section = cfg["text_encoder"]
-    te = TextEncoder.from_pretrained(section["path"], max_length=section["max_length"], dtype=dtype, device=device)
+    te = TextEncoder.from_pretrained(
+        section["path"],
+        max_length=section["max_length"],
+        dtype=dtype,
+        device=device,
+        clean_caption=section.get("clean_caption", True),  # the official T5-embedder caption cleaning
+    )
     return te.quantize_8bit() if int8 else te
 
 

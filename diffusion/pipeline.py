@@ -32,7 +32,9 @@ class SamplerConfig:
 
     ``steps`` / ``cfg_scale`` left as None take the sampler's :data:`SAMPLER_DEFAULTS`. ``cfg_scale`` is in the
     teacher samplers' convention ``uncond + cfg (cond - uncond)``: 1.0 means no guidance (and no null-caption pass).
-    The LCM sampler runs without a CFG batch.
+    The LCM sampler runs without a CFG batch; for a student with a w-embedding (LCM's variant) ``cfg_scale`` is the
+    guidance it embeds, in diffusers' convention ``w = cfg_scale - 1`` (LCM's ``cond + w (cond - uncond)``: the
+    paper's w = 4.5 is cfg_scale 5.5). A student without one distilled a fixed w and takes no ``cfg_scale``.
     """
 
     name: str = "dpm"
@@ -101,8 +103,47 @@ class Pipeline:
         dtype = next(self.model.parameters()).dtype
         return y.to(self.device, dtype), mask.to(self.device)
 
-    def denoise_fn(self, y: torch.Tensor, mask: torch.Tensor, data_info: Mapping, cfg_scale: float | None):
-        """``(xt, t) -> eps`` for the samplers; with guidance the batch is run once as [cond ‖ null caption]."""
+    def encode_control(self, control: torch.Tensor, batch: int, height: int, width: int) -> torch.Tensor:
+        """Control input -> the model-space control latent ``c`` (batch, C, h, w) for a ControlNet (PixArt-delta §4).
+
+        ``control``: images (1 | batch, 3, height, width), uint8 or float in [-1, 1], encoded with this pipeline's
+        codec (posterior mean, x ``scale_factor``); or a ready latent (1 | batch, C, h, w) already x ``scale_factor``.
+        """
+        if not getattr(self.model, "accepts_control", False):
+            raise ValueError(f"control= needs a ControlNet model; {type(self.model).__name__} takes no control input")
+        down, channels = self.codec.downsample, self.model.in_channels
+        if control.ndim == 3:
+            control = control[None]
+        if control.ndim != 4 or control.shape[0] not in (1, batch):
+            raise ValueError(f"control must be (1 or {batch}, 3 or {channels}, H, W), got {tuple(control.shape)}")
+        if control.shape[1] == channels and control.shape[-2:] == (height // down, width // down):
+            c = control.float()
+        elif control.shape[1] == 3 and control.shape[-2:] == (height, width):
+            images = control.float() / 127.5 - 1 if control.dtype == torch.uint8 else control.float()
+            if images.min() < -1.001 or images.max() > 1.001:
+                raise ValueError("float control images must be in [-1, 1] (pass uint8 for 0..255)")
+            params = list(self.codec.parameters()) if isinstance(self.codec, nn.Module) else []
+            mean, _ = self.codec.encode(images.to(params[0].device if params else self.device))
+            c = mean.float() * self.codec.scale_factor
+        else:
+            raise ValueError(
+                f"control must be images (B, 3, {height}, {width}) or a latent (B, {channels}, {height // down}, "
+                f"{width // down}), got {tuple(control.shape)}"
+            )
+        dtype = next(self.model.parameters()).dtype
+        return c.to(self.device, dtype).expand(batch, -1, -1, -1)
+
+    def denoise_fn(
+        self,
+        y: torch.Tensor,
+        mask: torch.Tensor,
+        data_info: Mapping,
+        cfg_scale: float | None,
+        c: torch.Tensor | None = None,
+    ):
+        """``(xt, t) -> eps`` for the samplers; with guidance the batch is run once as [cond ‖ null caption].
+
+        ``c``: a ControlNet's control latent (B, C, h, w), shared by both halves of the guidance batch."""
         channels = self.model.in_channels
         if cfg_scale is not None:
             null = self.model.y_embedder.null_caption(y.shape[0]).to(y.dtype)
@@ -110,16 +151,18 @@ class Pipeline:
             data_info = {k: torch.cat([v, v]) for k, v in data_info.items()}
         model_fn = self._caption_fn(y, mask, data_info)
         if cfg_scale is None:
+            control = {} if c is None else {"c": c}
 
             def eps_fn(xt, t):
                 self.nfe += 1
-                return model_fn(xt.to(y.dtype), t)[:, :channels].float()
+                return model_fn(xt.to(y.dtype), t, **control)[:, :channels].float()
 
             return eps_fn
+        control2 = {} if c is None else {"c": torch.cat([c, c])}
 
         def cfg_eps_fn(xt, t):
             self.nfe += 2
-            out = model_fn(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]))[:, :channels]
+            out = model_fn(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), **control2)[:, :channels]
             cond, uncond = out.float().chunk(2)
             return uncond + cfg_scale * (cond - uncond)
 
@@ -131,8 +174,8 @@ class Pipeline:
         at every step: the same numbers (tests/test_pipeline_speed.py), ~(1 + depth) fewer matmuls per step."""
         if self.reuse_caption and hasattr(self.model, "encode_caption"):
             caption = self.model.encode_caption(y, mask)
-            return lambda x, t: self.model(x, t, None, None, data_info, caption=caption)
-        return lambda x, t: self.model(x, t, y, mask, data_info)
+            return lambda x, t, **kw: self.model(x, t, None, None, data_info, caption=caption, **kw)
+        return lambda x, t, **kw: self.model(x, t, y, mask, data_info, **kw)
 
     @torch.no_grad()
     def sample_latents(
@@ -144,11 +187,12 @@ class Pipeline:
         width: int | None = None,
         x_T: torch.Tensor | None = None,
         caption: tuple[torch.Tensor, torch.Tensor] | None = None,
+        control: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoised latents (B, C, h, w) in model space (codec latents times ``scale_factor``).
 
         ``caption``: ``encode(prompts)`` computed beforehand (y (B,1,L,C), y_mask (B,L)); T5 is then not run.
-        """
+        ``control``: a ControlNet's control images or latent (see :meth:`encode_control`); None = no control."""
         height, width = height or self.resolution[0], width or self.resolution[1]
         down = self.codec.downsample
         generator = torch.Generator("cpu").manual_seed(seed)
@@ -158,9 +202,10 @@ class Pipeline:
         x_T = x_T.to(self.device, torch.float32)
         y, mask = self.encode(prompts) if caption is None else caption
         hw = torch.tensor([[float(height), float(width)]], device=self.device).expand(len(prompts), 2)
-        data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:]}
+        data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:], **self.guidance_info(sampler, len(prompts))}
         guided = sampler.name != "lcm" and sampler.cfg_scale not in (None, 1.0)
-        eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None)
+        c = None if control is None else self.encode_control(control, len(prompts), height, width)
+        eps_fn = self.denoise_fn(y, mask, data_info, sampler.cfg_scale if guided else None, c)
         was_training = self.model.training
         self.model.eval()
         self.nfe = 0
@@ -177,12 +222,34 @@ class Pipeline:
             self.model.train(was_training)
         return z
 
+    def guidance_info(self, sampler: SamplerConfig, batch_size: int) -> dict[str, torch.Tensor]:
+        """``{'guidance': w (B,)}`` for a w-embedding student under the LCM sampler (w = cfg_scale - 1), else {}."""
+        embeds_w = getattr(self.model, "w_embedder", None) is not None
+        if sampler.name != "lcm":
+            if embeds_w:
+                raise ValueError("a student with a w-embedding samples with the 'lcm' sampler")
+            return {}
+        if not embeds_w:
+            if sampler.cfg_scale not in (None, 1.0):
+                raise ValueError(
+                    f"cfg_scale {sampler.cfg_scale} has no effect: this LCM student has no w-embedding (its guidance "
+                    "was fixed in distillation); leave it unset"
+                )
+            return {}
+        if sampler.cfg_scale is None:
+            raise ValueError(
+                "this LCM student embeds its guidance: pass cfg_scale (diffusers' convention, w = cfg_scale - 1; the "
+                "paper's w = 4.5 is cfg_scale 5.5)"
+            )
+        return {"guidance": torch.full((batch_size,), sampler.cfg_scale - 1.0, device=self.device)}
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> uint8 images (B, 3, H, W)."""
         images = self.codec.decode(z.float() / self.codec.scale_factor)
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def __call__(self, prompts: Sequence[str], seed: int = 0, **sampler) -> torch.Tensor:
-        """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`."""
-        extra = {k: sampler.pop(k) for k in ("height", "width") if k in sampler}
+        """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`, plus
+        ``height``, ``width`` and a ControlNet's ``control`` (see :meth:`sample_latents`)."""
+        extra = {k: sampler.pop(k) for k in ("height", "width", "control") if k in sampler}
         return self.decode(self.sample_latents(prompts, SamplerConfig(**sampler), seed=seed, **extra))

@@ -5,9 +5,13 @@
         --cfg pe_interpolation=2.0 input_size=128
     # diffusers folder -> official-format safetensors (lossless when the y_embedding side file is present)
     python tools/convert_diffusers.py to-official out/transformer PixArt-XL-2-1024-MS.safetensors
-    # a trained model -> complete PixArtAlphaPipeline folder (transformer, scheduler, T5, tokenizer, VAE)
+    # a trained model -> complete PixArtAlphaPipeline folder (transformer, scheduler, T5, tokenizer, VAE); an LCM-LoRA
+    # checkpoint is merged into its base, a w-embedding student is exported at one guidance (--cfg-scale, w = cfg - 1)
     python tools/convert_diffusers.py export-pipeline student.safetensors out/pixart-lcm --config CFG \
         --text-encoder T5_DIR --vae VAE_DIR --scheduler lcm
+    # an LCM-LoRA checkpoint -> a peft LoRA of diffusers' transformer (PeftModel.from_pretrained(transformer, DIR))
+    python tools/convert_diffusers.py export-lora output/lcm_lora/checkpoints/step_0005000 out/pixart-lcm-lora \
+        --config configs/lcm/pixartms_xl2_img1024_lcm_lora.py
 """
 
 from __future__ import annotations
@@ -22,9 +26,11 @@ from safetensors.torch import save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusion.build import load_model  # noqa: E402
 from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline  # noqa: E402
 from diffusion.model.diffusers_format import load_diffusers, save_diffusers  # noqa: E402
-from diffusion.model.io import load_model_weights, load_state  # noqa: E402
+from diffusion.model.io import load_state, resolve_checkpoint  # noqa: E402
+from diffusion.model.students import export_peft_lora, fold_guidance_embedding, lora_scale  # noqa: E402
 from diffusion.registry import MODELS  # noqa: E402
 
 
@@ -64,13 +70,18 @@ def to_official(src: str, dst: str) -> Path:
 
 
 def export_from_config(args: argparse.Namespace) -> Path:
-    """Build ``cfg.model``, load ``args.src`` into it and export a diffusers pipeline folder; the T5 and VAE
-    directories default to the config's ``text_encoder.path`` and ``codec.path``."""
+    """Load ``args.src`` through the one way in (``diffusion.build.load_model``: LoRA merged) and export a diffusers
+    pipeline folder; the T5 and VAE directories default to the config's ``text_encoder.path`` and ``codec.path``."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
-    model = MODELS.build(dict(cfg.model))
-    load_model_weights(model, args.src, args.key)
+    model = load_model(cfg, args.src, use_ema=not args.no_ema)
+    if getattr(model, "w_embedder", None) is not None:  # diffusers has no w-embedding: fold one w into the weights
+        w = (args.cfg_scale if args.cfg_scale is not None else cfg.method.get("w", 4.5) + 1.0) - 1.0
+        plain = MODELS.build(dict(cfg.model, guidance_embedding=False))
+        plain.load_state_dict(fold_guidance_embedding(model, w))
+        model = plain.eval()
+        print(f"folded the w-embedding at w = {w:g} (cfg_scale {w + 1:g}); sample the export with guidance_scale 1")
     text_encoder = args.text_encoder or cfg.get("text_encoder", {}).get("path")
     codec = dict(cfg.get("codec") or {})
     vae = args.vae or codec.get("path")
@@ -86,6 +97,16 @@ def export_from_config(args: argparse.Namespace) -> Path:
         max_length=cfg.get("text_encoder", {}).get("max_length"),
         scaling_factor=codec.get("scale_factor") if codec.get("type") == "AutoencoderKLCodec" else None,
     )
+
+
+def export_lora(args: argparse.Namespace) -> Path:
+    """An LCM-LoRA checkpoint (full or adapters-only) -> a peft LoRA folder of diffusers' transformer."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile(args.config)
+    path = resolve_checkpoint(args.src, use_ema=not args.no_ema)
+    rank, scale = lora_scale((cfg.get("method") or {}).get("lora"), str(path))
+    return export_peft_lora(load_state(path), rank, rank * scale, args.dst)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,12 +129,20 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--vae", default=None, help="local AutoencoderKL directory (default: config codec.path)")
     c.add_argument("--scheduler", default="lcm", choices=SCHEDULER_CHOICES)
     c.add_argument("--lcm-schedule", default="pixart", choices=LCM_SCHEDULES, help="timesteps listed for users")
-    c.add_argument("--key", default=None, help="state-dict key inside a .pth (e.g. state_dict_ema)")
+    c.add_argument("--no-ema", action="store_true", help="trainer folder: model.safetensors, not the EMA")
+    c.add_argument("--cfg-scale", type=float, default=None, help="w-embedding student: fold w = cfg - 1 (method.w)")
+    d = sub.add_parser("export-lora", help="LCM-LoRA checkpoint + config -> peft LoRA of the diffusers transformer")
+    d.add_argument("src", help="trainer step folder or weights file with peft LoRA keys")
+    d.add_argument("dst")
+    d.add_argument("--config", required=True, help="config whose method.lora gives rank and alpha")
+    d.add_argument("--no-ema", action="store_true", help="trainer folder: model.safetensors, not the EMA")
     args = parser.parse_args(argv)
     if args.direction == "to-diffusers":
         out = to_diffusers(args.src, args.dst, args.model, _parse_kv(args.cfg), args.key)
     elif args.direction == "export-pipeline":
         out = export_from_config(args)
+    elif args.direction == "export-lora":
+        out = export_lora(args)
     else:
         out = to_official(args.src, args.dst)
     print(f"wrote {out}")

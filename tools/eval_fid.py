@@ -64,7 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sample.add_argument("--out", required=True)
     sample.add_argument("--sampler", default="dpm", choices=SAMPLERS)
     sample.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
-    sample.add_argument("--cfg-scale", type=float, default=None, help="default: 4.5 (ignored by lcm)")
+    sample.add_argument(
+        "--cfg-scale", type=float, default=None, help="default 4.5; lcm: w-embedding students only, w = cfg - 1"
+    )
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=16)
     sample.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")

@@ -1,13 +1,17 @@
 """Cache T5 caption features and codec posteriors for a data folder (PixArt-α/δ train on these, facts §6).
 
 Example (embedded default):
-    python tools/extract_features.py --data-root output/embedded_data --text-encoder output/tiny_text_encoder \
-        --codec pixel --resolution 32 --max-length 66 --control
-Real scale (one process per GPU, each takes items rank::world_size):
-    torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \
-        --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \
+    python tools/extract_features.py --data-root output/embedded_data --text-encoder output/tiny_text_encoder \\
+        --codec pixel --resolution 32 --max-length 13 --control
+Your own images (after tools/make_data_info.py), a local diffusers AutoencoderKL:
+    python tools/extract_features.py --data-root my_photos --codec vae --vae output/pretrained_models/sd-vae-ft-ema \\
+        --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --resolution 512 --multi-scale --strict
+Real scale (one process per GPU, each takes items rank::world_size; rank 0 writes the meta.json files):
+    torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \\
+        --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --resolution 1024 --multi-scale
-Existing files are skipped, so rerunning resumes; unreadable images are listed at the end.
+Existing files are skipped, so rerunning resumes; a cache made with another T5, --max-length, VAE, scale factor or
+resolution is refused (--redo re-extracts it). Skipped images are always listed; --strict makes them exit 1.
 """
 
 import argparse
@@ -33,20 +37,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--text-encoder", required=True, help="local T5 encoder directory")
     parser.add_argument("--codec", choices=["pixel", "vae"], required=True)
     parser.add_argument("--vae", help="local AutoencoderKL directory (with --codec vae)")
-    parser.add_argument("--scale-factor", type=float, default=None, help="codec scale factor (recorded only)")
+    parser.add_argument(
+        "--scale-factor",
+        type=float,
+        default=None,
+        help="latent scale factor, recorded in the cache's meta.json (default: the VAE's config.scaling_factor; 1.0 "
+        "for --codec pixel); the trainer's codec.scale_factor must agree",
+    )
     parser.add_argument("--downsample", type=int, default=2, help="PixelCodec downsample")
     parser.add_argument("--resolution", type=int, required=True)
     parser.add_argument("--multi-scale", action="store_true", help="resize each image to its aspect-ratio bucket")
     parser.add_argument("--control", action="store_true", help="also cache each item's control_path image")
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--t5-batch-size", type=int, default=64, help="captions per T5 call")
+    parser.add_argument("--vae-batch-size", type=int, default=4, help="images per VAE call")
+    parser.add_argument("--workers", type=int, default=4, help="threads decoding images")
     parser.add_argument("--max-length", type=int, default=120, help="T5 tokens per caption")
-    parser.add_argument("--text-dtype", choices=sorted(DTYPES), default="fp32", help="T5 weights dtype")
+    parser.add_argument(
+        "--text-dtype", choices=sorted(DTYPES), default=None, help="T5 weights dtype (default: bf16 on GPU, else fp32)"
+    )
+    parser.add_argument(
+        "--no-clean-caption",
+        dest="clean_caption",
+        action="store_false",
+        help="tokenize captions as written (default: the official T5-embedder cleaning the PixArt weights saw)",
+    )
+    parser.add_argument("--redo", action="store_true", help="re-extract this rank's share, overwriting the caches")
+    parser.add_argument("--no-size-check", dest="check_sizes", action="store_false", help="trust declared sizes")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when any image was skipped")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
     parser.add_argument("--world-size", type=int, default=int(os.environ.get("WORLD_SIZE", 1)))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(argv)
     if args.codec == "vae" and not args.vae:
         parser.error("--codec vae needs --vae PATH")
+    if args.text_dtype is None:
+        args.text_dtype = "bf16" if str(args.device).startswith("cuda") else "fp32"
     return args
 
 
@@ -56,12 +81,16 @@ def main(argv: list[str] | None = None) -> int:
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     if args.codec == "vae":
-        codec = AutoencoderKLCodec(args.vae, **({"scale_factor": args.scale_factor} if args.scale_factor else {}))
+        codec = AutoencoderKLCodec(args.vae, scale_factor=args.scale_factor)
     else:
         codec = PixelCodec(args.downsample, **({"scale_factor": args.scale_factor} if args.scale_factor else {}))
     codec.to(device)
     text_encoder = TextEncoder.from_pretrained(
-        args.text_encoder, max_length=args.max_length, dtype=DTYPES[args.text_dtype], device=device
+        args.text_encoder,
+        max_length=args.max_length,
+        dtype=DTYPES[args.text_dtype],
+        device=device,
+        clean_caption=args.clean_caption,
     )
     report = extract_features(
         args.data_root,
@@ -70,13 +99,24 @@ def main(argv: list[str] | None = None) -> int:
         args.resolution,
         multi_scale=args.multi_scale,
         control=args.control,
-        batch_size=args.batch_size,
+        text_batch_size=args.t5_batch_size,
+        vae_batch_size=args.vae_batch_size,
         rank=args.rank,
         world_size=args.world_size,
         json_name=args.json,
         device=device,
+        redo=args.redo,
+        check_sizes=args.check_sizes,
+        workers=args.workers,
     )
     print(f"[rank {args.rank}/{args.world_size}] {report.summary()}")
+    if report.bad:
+        print(
+            f"[rank {args.rank}/{args.world_size}] {len(report.bad)} image(s) skipped: the dataset will leave them "
+            "out" + (" (--strict: exit 1)" if args.strict else " (pass --strict to fail on this)"),
+            file=sys.stderr,
+        )
+        return 1 if args.strict else 0
     return 0
 
 

@@ -70,7 +70,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/lcm/tiny_lcm.py", help="gives model, text encoder, codec, data")
     parser.add_argument("--teacher", default="assets/tiny_teacher/model.safetensors")
-    parser.add_argument("--student", required=True, help="distilled LCM weights")
+    parser.add_argument("--student", required=True, help="distilled LCM weights (LoRA checkpoints are merged)")
+    parser.add_argument(
+        "--student-cfg-scale", type=float, default=None, help="w-embedding student: cfg = w + 1 (default method.w + 1)"
+    )
     parser.add_argument("--num-images", type=int, default=480, help="images per row (and real images for FID)")
     parser.add_argument("--batch-size", type=int, default=120)
     parser.add_argument("--features", default="embedded", help="FID feature network: embedded | inception")
@@ -86,10 +89,15 @@ def main(argv: list[str] | None = None) -> dict:
     ref_mu, ref_sigma, _ = statistics_of(cfg.data.root, extractor, num=args.num_images, progress=False)
     teacher = load_pipeline(cfg, args.teacher)
     pipes = {"teacher": teacher, "student": load_pipeline(cfg, args.student, like=teacher)}
+    student_cfg = args.student_cfg_scale  # a w-embedding student: the method's w unless given (cfg = w + 1)
+    if student_cfg is None and getattr(pipes["student"].model, "w_embedder", None) is not None:
+        student_cfg = cfg.method.get("w", 4.5) + 1.0
 
     prompts = eval_prompts(args.num_images)
     results, grid_rows = [], []
     for label, which, sampler in ROWS:
+        if which == "student" and student_cfg is not None:
+            sampler, label = dict(sampler, cfg_scale=student_cfg), f"{label}, embedded w {student_cfg - 1:g}"
         images, sec, nfe = generate(pipes[which], prompts, sampler, args.batch_size)
         mu, sigma = compute_statistics(extract_features(extractor, images.split(args.batch_size), progress=False))
         row = dict(setting=label, fid=frechet_distance(mu, sigma, ref_mu, ref_sigma), sec_per_image=sec, nfe=nfe)

@@ -5,10 +5,17 @@
         --prompts "a large red circle at the top left on a gray background" --sampler dpm --steps 20 --cfg-scale 4.5 \
         --seeds 0 1 --out output/samples
     python tools/sample.py --config CFG --checkpoint output/run/checkpoints/step_0002000 --sampler lcm --steps 4 ...
+    python tools/sample.py --config configs/controlnet/tiny_controlnet.py --checkpoint CONTROLNET \
+        --control edges.png --annotator none --prompts "..." --out output/controlled      # ControlNet (§4)
 
 Writes ``<out>/s{seed}_{index}.png`` per image (index = prompt number) and ``<out>/grid.png`` (one row per seed, one
-column per prompt). ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
-``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``).
+column per prompt). With ``--control IMAGE`` (a ControlNet config: one with a ``controlnet`` section), the image is
+resized to the sampling size, turned into a control map by ``--annotator`` (``none``: used as it is, e.g. an edge,
+depth or scribble map) and written as ``<out>/control.png``; every prompt is sampled under it.
+``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
+``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
+an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
+base from ``load_from``). A w-embedding student samples with ``--sampler lcm --cfg-scale 5.5`` (w = 4.5).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -27,10 +35,23 @@ from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval.sampling import read_prompts  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
 
+ANNOTATORS = ("none",)
+
 
 def save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) uint8 -> PNG."""
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
+
+
+def load_control(path: str | Path, height: int, width: int, annotator: str = "none") -> torch.Tensor:
+    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"control image not found: {path}")
+    if annotator != "none":
+        raise ValueError(f"unknown annotator {annotator!r}; expected one of {ANNOTATORS}")
+    image = Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
 
 
 def sample(
@@ -40,12 +61,18 @@ def sample(
     out: str | Path,
     height: int | None = None,
     width: int | None = None,
+    control: torch.Tensor | None = None,
     **sampler,
 ) -> list[Path]:
-    """Sample every prompt with every seed (one batch per seed); returns the PNG paths written (grid last)."""
+    """Sample every prompt with every seed (one batch per seed); returns the PNG paths written (grid last).
+
+    ``control``: a ControlNet's control map (1, 3, H, W) uint8, shared by every prompt (saved as ``control.png``)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, batches = [], []
+    if control is not None:
+        save_png(control[0], out / "control.png")
+        sampler["control"] = control
     for seed in seeds:
         images = pipe(prompts, seed=seed, height=height, width=width, **sampler)  # (B, 3, H, W) uint8
         batches.append(images)
@@ -68,7 +95,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     src.add_argument("--prompt-file", help="one prompt per line (blank lines skipped)")
     parser.add_argument("--sampler", default="dpm", choices=SAMPLERS)
     parser.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
-    parser.add_argument("--cfg-scale", type=float, default=None, help="guidance scale (default 4.5; lcm: none)")
+    parser.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="dpm/ddim: uncond + cfg (cond - uncond), default 4.5. lcm: only for a w-embedding student, diffusers' "
+        "convention w = cfg - 1 (the paper's w 4.5 = cfg 5.5); a fixed-w student takes none",
+    )
     parser.add_argument("--lcm-schedule", default="pixart", choices=("pixart", "diffusers"))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", required=True)
@@ -79,6 +112,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
     parser.add_argument("--text-encoder-8bit", action="store_true", help="T5 weights in int8 (torchao)")
     parser.add_argument("--lean", action="store_true", help="T5 on the CPU between calls; VAE in slices/tiles")
+    parser.add_argument("--control", default=None, help="control image for a ControlNet config (PixArt-delta §4)")
+    parser.add_argument("--annotator", default="none", choices=ANNOTATORS, help="control image -> control map")
     return parser.parse_args(argv)
 
 
@@ -99,6 +134,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         text_encoder_8bit=args.text_encoder_8bit,
         lean=args.lean,
     )
+    control = None
+    if args.control:
+        height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
+        control = load_control(args.control, height, width, args.annotator)
     written = sample(
         pipe,
         prompts,
@@ -106,6 +145,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         args.out,
         args.height,
         args.width,
+        control,
         name=args.sampler,
         steps=args.steps,
         cfg_scale=args.cfg_scale,

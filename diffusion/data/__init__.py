@@ -11,11 +11,13 @@ from diffusion.data.buckets import (
     aspect_ratio_table,
     closest_bucket,
 )
-from diffusion.data.codec import AutoencoderKLCodec, PixelCodec
+from diffusion.data.captions import clean_caption
+from diffusion.data.codec import AutoencoderKLCodec, PixelCodec, make_tiny_vae
 from diffusion.data.dataset import FeatureDataset, collate, prepare_batch
 from diffusion.data.default import EMBEDDED_MAX_LENGTH, ensure_embedded_default
 from diffusion.data.embedded import VALIDATION_PROMPTS, attribute_vocab, caption, parse_prompt, render
 from diffusion.data.features import extract_features, feature_name
+from diffusion.data.images import open_rgb, oriented_size
 from diffusion.data.text_encoder import TextEncoder, ensure_tiny_text_encoder, make_tiny_text_encoder
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "aspect_ratio_table",
     "attribute_vocab",
     "caption",
+    "clean_caption",
     "closest_bucket",
     "collate",
     "ensure_embedded_default",
@@ -39,6 +42,9 @@ __all__ = [
     "extract_features",
     "feature_name",
     "make_tiny_text_encoder",
+    "make_tiny_vae",
+    "open_rgb",
+    "oriented_size",
     "parse_prompt",
     "prepare_batch",
     "render",

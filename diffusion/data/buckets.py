@@ -5,6 +5,7 @@ multiples of 64 with about 1024² pixels; the 512 and 256 tables are the same ta
 goes to the bucket whose ratio key is closest to its h/w, and every batch holds one bucket (facts §6).
 """
 
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -71,6 +72,8 @@ class AspectRatioBatchSampler:
     the batch order, and deals batch ``j`` to rank ``j % world_size``. Every rank gets the same number of batches, so
     DDP ranks stay in step: with ``drop_last`` incomplete batches and the uneven tail are dropped; without it, the
     last batch of a bucket may be short and the list is padded by repeating its first batches.
+    ``dropped_per_epoch`` says how many items an epoch never serves (the same number every epoch); a warning names
+    it when it is not zero, since on a small set it can be most of the data.
 
     Args:
         dataset_ratios: h/w of every dataset item (``FeatureDataset.aspect_ratios``).
@@ -99,6 +102,32 @@ class AspectRatioBatchSampler:
         self.batch_size, self.drop_last, self.shuffle = batch_size, drop_last, shuffle
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch = 0
+        self.num_items = len(dataset_ratios)
+        if self.dropped_per_epoch:
+            warnings.warn(self.describe())
+
+    @property
+    def dropped_per_epoch(self) -> int:
+        """Items of the dataset no rank sees in an epoch: the partial batch of every bucket and, so that all ranks
+        get the same number of batches, the last ``total % world_size`` full batches (drop_last only)."""
+        if not self.drop_last:
+            return 0
+        sizes = [len(v) for v in self.buckets.values()]
+        full = sum(n // self.batch_size for n in sizes)
+        return sum(n % self.batch_size for n in sizes) + (full % self.world_size) * self.batch_size
+
+    def describe(self) -> str:
+        """One line: batches per rank and what drop_last drops."""
+        text = (
+            f"AspectRatioBatchSampler: {self.num_items} items in {len(self.buckets)} bucket(s), "
+            f"{len(self)} batches of {self.batch_size} per rank x {self.world_size} rank(s) per epoch"
+        )
+        if self.dropped_per_epoch:
+            text += (
+                f"; drop_last leaves out {self.dropped_per_epoch} of {self.num_items} items every epoch "
+                "(partial batches per bucket and the uneven tail; a smaller batch size or drop_last=False keeps them)"
+            )
+        return text
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

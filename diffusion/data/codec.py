@@ -44,10 +44,14 @@ class PixelCodec(nn.Module):
 @CODECS.register_module()
 class AutoencoderKLCodec(nn.Module):
     """A diffusers ``AutoencoderKL`` loaded from a local directory (e.g. output/pretrained_models/sd-vae-ft-ema), or
-    one already built (``path`` an ``AutoencoderKL``: the benchmarks share one VAE between two pipelines)."""
+    one already built (``path`` an ``AutoencoderKL``: the benchmarks share one VAE between two pipelines).
+
+    ``scale_factor`` defaults to the VAE's own ``config.scaling_factor`` (0.18215 for the SD VAE PixArt uses,
+    0.13025 for SDXL's); pass it only to override that.
+    """
 
     def __init__(
-        self, path: str | Path | AutoencoderKL, scale_factor: float = 0.18215, dtype: torch.dtype = torch.float32
+        self, path: str | Path | AutoencoderKL, scale_factor: float | None = None, dtype: torch.dtype = torch.float32
     ) -> None:
         super().__init__()
         if isinstance(path, AutoencoderKL):
@@ -58,7 +62,8 @@ class AutoencoderKLCodec(nn.Module):
                 raise FileNotFoundError(f"no AutoencoderKL at {path} (expected {path / 'config.json'})")
             self.vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
         self.vae.eval().requires_grad_(False)
-        self.scale_factor = scale_factor
+        self.path = path
+        self.scale_factor = float(self.vae.config.scaling_factor if scale_factor is None else scale_factor)
         self.latent_channels = self.vae.config.latent_channels
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
@@ -78,3 +83,21 @@ class AutoencoderKLCodec(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, C, h, w) unscaled latent → (B, 3, h·d, w·d) in [-1, 1] (float32)."""
         return self.vae.decode(z.to(self.vae.dtype)).sample.float().clamp(-1, 1)
+
+
+def make_tiny_vae(path: str | Path, seed: int = 0, scaling_factor: float = 0.18215) -> Path:
+    """Save a small randomly initialised diffusers ``AutoencoderKL`` (4 latent channels, downsample 2) to ``path``,
+    in the real format, so the VAE-latent path (``AutoencoderKLCodec``) can be run end to end without downloads."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        vae = AutoencoderKL(
+            block_out_channels=(16, 32),
+            down_block_types=("DownEncoderBlock2D",) * 2,
+            up_block_types=("UpDecoderBlock2D",) * 2,
+            latent_channels=4,
+            norm_num_groups=8,
+            layers_per_block=1,
+            scaling_factor=scaling_factor,
+        )
+    vae.save_pretrained(str(path))
+    return Path(path)

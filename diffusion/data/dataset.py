@@ -8,28 +8,40 @@ with ``load_control``, ``control_feat`` (2C, h, w).
 
 Bad input: items whose cache files are missing are dropped when the dataset is built; a file that exists but cannot
 be read is replaced, at load time, by the next readable item with the same latent size (so bucketed batches stay
-uniform). Both are counted in ``skipped`` / ``report()``. Malformed input is an error: a missing data_info field or a
-cache array of the wrong shape raises ValueError naming the file and the field or shape.
+uniform), with a warning naming the file. Both are counted in ``skipped`` / ``replaced`` / ``report()``; a file
+found bad in a DataLoader worker travels back in the item's ``skipped`` field and :meth:`FeatureDataset.note_skipped`
+(called by the batch stream) records it in the main process. Malformed input is an error: a missing data_info field,
+two items sharing a feature name, a cache made with another ``max_length``, or a cache array of the wrong shape or
+caption width raises ValueError naming the file and the field, shape or config key.
 """
 
-import json
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, get_worker_info
 
 from diffusion.data.buckets import closest_bucket
 from diffusion.data.features import caption_dir, feature_name, latent_dir, load_data_info, target_size
+from diffusion.data.info import check_unique_names
+from diffusion.data.provenance import read_meta
 from diffusion.registry import DATASETS
 
 
 def collate(items: list[dict]) -> dict:
-    """Stack tensors along a new batch dim, turn ints into a LongTensor and list strings."""
+    """Stack tensors along a new batch dim, turn ints into a LongTensor and list strings (and other values).
+
+    Tensors of different shapes are a ValueError naming the key, the shapes and the items' ``index``.
+    """
     batch = {}
     for key, value in items[0].items():
         values = [item[key] for item in items]
         if isinstance(value, torch.Tensor):
+            shapes = {tuple(v.shape) for v in values}
+            if len(shapes) > 1:
+                where = [(item.get("index"), tuple(item[key].shape)) for item in items]
+                raise ValueError(f"cannot batch {key!r}: items (index, shape) differ: {where}")
             batch[key] = torch.stack(values)
         elif isinstance(value, int):
             batch[key] = torch.tensor(values, dtype=torch.long)
@@ -79,10 +91,15 @@ class FeatureDataset(Dataset):
     Args:
         root: data folder holding data_info.json and the cache directories.
         resolution: training resolution R (selects ``vae_features_<R>[_ms]``).
-        max_length: L, the token count every caption file must have.
+        max_length: L, the token count every caption file must have (``data.max_length``).
         multi_scale: read the bucketed ``_ms`` caches; ``aspect_ratio`` is then the bucket key.
         latent_channels, downsample: codec geometry for shape checks; default: the cache's meta.json.
-        caption_channels: C_text for shape checks; default: not checked.
+        caption_channels: C_text for shape checks (``data.caption_channels``); default: caption_features/meta.json,
+            else the first caption file read.
+
+    Attributes:
+        skipped_items: (file, reason) of every distinct item skipped so far (missing at build, unreadable at load).
+        replaced: how many times an unreadable item was served by another one.
     """
 
     collate = staticmethod(collate)
@@ -102,22 +119,55 @@ class FeatureDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         self.resolution, self.max_length, self.multi_scale = resolution, max_length, multi_scale
-        self.load_control, self.caption_channels = load_control, caption_channels
+        self.load_control = load_control
         self.latent_dir = latent_dir(root, resolution, multi_scale)
         self.control_dir = latent_dir(root, resolution, multi_scale, control=True)
-        meta = _read_meta(self.latent_dir)
+        self.latent_meta = meta = read_meta(self.latent_dir)  # the cache's producer (scale_factor, VAE, ...)
         self.latent_channels = latent_channels or meta.get("latent_channels")
         self.downsample = downsample or meta.get("downsample")
+        self._check_caption_meta(caption_channels)
         self.skipped_items: list[tuple[str, str]] = []  # (file, reason)
+        self._skipped_paths: set[str] = set()
+        self.replaced = 0
+        entries = load_data_info(self.root / json)
+        check_unique_names(entries, self.root / json)
         self.entries, self.aspect_ratios, self._sizes = [], [], []
-        for entry in load_data_info(self.root / json):
+        for entry in entries:
             missing = [p for p in self._files(entry).values() if not p.is_file()]
             if missing:
-                self.skipped_items.append((str(missing[0]), "missing feature file"))
+                self._skip(str(missing[0]), "missing feature file")
                 continue
             self.entries.append(entry)
             self.aspect_ratios.append(float(entry["height"]) / float(entry["width"]))
             self._sizes.append(target_size(entry, resolution, multi_scale))
+        if not self.entries:
+            raise ValueError(f"no usable items: {self.report()}\nrun tools/extract_features.py on {self.root}")
+        # fallback candidates: the other items of the same latent size, in dataset order (O(1) per __getitem__)
+        groups: dict[tuple[int, int], list[int]] = {}
+        for index, size in enumerate(self._sizes):
+            groups.setdefault(size, []).append(index)
+        self._group = [groups[size] for size in self._sizes]
+        self._position = [0] * len(self._sizes)
+        for members in groups.values():
+            for position, index in enumerate(members):
+                self._position[index] = position
+
+    def _check_caption_meta(self, caption_channels: int | None) -> None:
+        meta_file = caption_dir(self.root) / "meta.json"
+        meta = read_meta(caption_dir(self.root))
+        if meta.get("max_length") not in (None, self.max_length):
+            raise ValueError(
+                f"{meta_file}: the captions were extracted with max_length {meta['max_length']}, but "
+                f"data.max_length is {self.max_length}; set data.max_length (and model.model_max_length) to "
+                f"{meta['max_length']} or re-extract with --max-length {self.max_length} --redo"
+            )
+        recorded = meta.get("caption_channels")
+        if caption_channels and recorded and caption_channels != recorded:
+            raise ValueError(
+                f"{meta_file}: the captions have {recorded} channels, but data.caption_channels is {caption_channels}"
+            )
+        self.caption_channels = caption_channels or recorded
+        self._channels_source = "data.caption_channels" if caption_channels else str(meta_file)
 
     def _files(self, entry: dict) -> dict[str, Path]:
         name = feature_name(entry["path"])
@@ -126,48 +176,90 @@ class FeatureDataset(Dataset):
             files["control"] = self.control_dir / f"{name}.npy"
         return files
 
+    def _skip(self, path: str, reason: str) -> bool:
+        """Record a skipped file once; True when it is new."""
+        if path in self._skipped_paths:
+            return False
+        self._skipped_paths.add(path)
+        self.skipped_items.append((path, reason))
+        return True
+
+    def note_skipped(self, items) -> None:
+        """Record skips reported by DataLoader workers: the ``skipped`` field of collated items (a list per item of
+        (file, reason) pairs). Workers own copies of the dataset, so their counts reach the epoch report only so."""
+        for pairs in items:
+            for path, reason in pairs:
+                self._skip(path, reason)
+                self.replaced += 1
+
     @property
     def skipped(self) -> int:
         return len(self.skipped_items)
 
     def report(self) -> str:
         """One line of counts plus up to five example reasons."""
-        text = f"FeatureDataset({self.root}, res {self.resolution}): {len(self)} items, {self.skipped} skipped"
+        text = (
+            f"FeatureDataset({self.root}, res {self.resolution}): {len(self)} items, {self.skipped} skipped, "
+            f"{self.replaced} replaced by another item"
+        )
         return text + "".join(f"\n  skipped {path}: {reason}" for path, reason in self.skipped_items[:5])
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def __getitem__(self, index: int) -> dict:
-        for candidate in self._fallback_order(index):
+        group, position = self._group[index], self._position[index]
+        in_worker = get_worker_info() is not None
+        bad = []
+        for k in range(len(group)):  # this item first, then the next ones of the same latent size
+            candidate = group[(position + k) % len(group)]
             files = self._files(self.entries[candidate])
             try:
                 arrays = self._read(files)
-            except Exception as error:  # unreadable cache file: count it and use the next item of the same size
-                self.skipped_items.append((self.entries[candidate]["path"], f"{type(error).__name__}: {error}"))
+            except Exception as error:  # unreadable cache file: report it and use the next item of the same size
+                bad.append((self.entries[candidate]["path"], str(error)))
+                warnings.warn(f"FeatureDataset: skipping {self.entries[candidate]['path']}, unreadable cache {error}")
                 continue
             self._check_shapes(candidate, files, arrays)
-            return self._make_item(candidate, arrays)
+            item = self._make_item(candidate, arrays)
+            if in_worker:
+                item["skipped"] = tuple(bad)  # the main process records it (note_skipped)
+            else:
+                self.note_skipped([bad])
+            return item
         raise RuntimeError(f"no readable item with latent size {self._sizes[index]}; {self.report()}")
 
-    def _fallback_order(self, index: int) -> list[int]:
-        order = [(index + k) % len(self) for k in range(len(self))]
-        return [i for i in order if self._sizes[i] == self._sizes[index]]
-
     def _read(self, files: dict[str, Path]) -> dict[str, np.ndarray]:
-        with np.load(files["caption"]) as caption:
-            arrays = {"y": caption["caption_feature"], "y_mask": caption["attention_mask"]}
-        arrays["vae_feat"] = np.load(files["latent"])
-        if self.load_control:
-            arrays["control_feat"] = np.load(files["control"])
+        """Load the item's cache files; any failure is an OSError naming the file."""
+        arrays = {}
+        for kind, path in files.items():
+            try:
+                if kind == "caption":
+                    with np.load(path) as caption:
+                        arrays["y"], arrays["y_mask"] = caption["caption_feature"], caption["attention_mask"]
+                else:
+                    arrays["vae_feat" if kind == "latent" else "control_feat"] = np.load(path)
+            except Exception as error:
+                raise OSError(f"{path}: {type(error).__name__}: {error}") from error
         return arrays
 
     def _check_shapes(self, index: int, files: dict[str, Path], arrays: dict[str, np.ndarray]) -> None:
         y, y_mask = arrays["y"], arrays["y_mask"]
-        channels = self.caption_channels or (y.shape[-1] if y.ndim == 3 else -1)
-        if y.shape != (1, self.max_length, channels):
+        if y.ndim != 3 or y.shape[:2] != (1, self.max_length):
             raise ValueError(
-                f"{files['caption']}: caption_feature has shape {y.shape}, expected (1, L={self.max_length}, C)"
+                f"{files['caption']}: caption_feature has shape {y.shape}, expected (1, L={self.max_length}, C) "
+                "(data.max_length)"
+            )
+        if self.caption_channels is None:  # no meta.json: the first file read sets the width
+            self.caption_channels, self._channels_source = (
+                y.shape[-1],
+                f"the first caption file read ({files['caption']})",
+            )
+        if y.shape[-1] != self.caption_channels:
+            raise ValueError(
+                f"{files['caption']}: caption_feature has {y.shape[-1]} channels, but {self._channels_source} says "
+                f"{self.caption_channels}; the caches mix text encoders (re-extract with --redo), and "
+                "model.caption_channels must equal the cache's width"
             )
         if y_mask.shape != (1, self.max_length):
             raise ValueError(
@@ -204,8 +296,3 @@ class FeatureDataset(Dataset):
         if self.load_control:
             item["control_feat"] = torch.from_numpy(arrays["control_feat"]).float()
         return item
-
-
-def _read_meta(directory: Path) -> dict:
-    path = directory / "meta.json"
-    return json.loads(path.read_text()) if path.is_file() else {}

@@ -49,7 +49,14 @@ def ensure_embedded_default(
         return root
     text_encoder = TextEncoder.from_pretrained(ensure_tiny_text_encoder(text_encoder_path), max_length=max_length)
     report = extract_features(
-        root, text_encoder, PixelCodec(downsample=downsample), size, control=control, batch_size=256, progress=progress
+        root,
+        text_encoder,
+        PixelCodec(downsample=downsample),
+        size,
+        control=control,
+        text_batch_size=256,
+        vae_batch_size=256,
+        progress=progress,
     )
     if report.bad:
         raise RuntimeError(f"embedded default has unreadable images: {report.summary()}")

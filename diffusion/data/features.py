@@ -4,17 +4,19 @@ PixArt-α/δ train on precomputed features (facts §3.4, §6): per image a capti
 ``caption_feature`` float32 [1, L, C] and ``attention_mask`` [1, L], and a latent file ``<name>.npy`` float32
 [2C, h, w] = [posterior mean ‖ posterior std]. Our layout under the data root:
 
-    caption_features/<name>.npz
-    vae_features_<res>[_ms]/<name>.npy        (_ms: multi-scale, each image in its aspect-ratio bucket)
+    caption_features/<name>.npz               + meta.json (the text encoder that made them, see provenance.py)
+    vae_features_<res>[_ms]/<name>.npy        + meta.json (_ms: multi-scale, each image in its aspect-ratio bucket)
     control_features_<res>[_ms]/<name>.npy    (the codec posterior of the item's ``control_path`` image)
 
 ``<name>`` is the item's ``path`` with every '/' replaced by '_' and the extension dropped (``images/00001.png`` →
-``images_00001``); the official code replaces only the last '/', which agrees for one-level paths like these.
+``images_00001``); the official code replaces only the last '/', which agrees for one-level paths like these. Two
+items whose names collide (``a.jpg``/``a.png``, ``a/b_c.png``/``a_b/c.png``) are refused up front, naming both.
 """
 
-import json
 import os
 from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,13 +26,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from diffusion.data.buckets import closest_bucket
+from diffusion.data.images import open_rgb
+from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_name, load_data_info
+from diffusion.data.provenance import caption_meta, check_meta, codec_meta, read_meta, write_meta
 
-REQUIRED_FIELDS = ("path", "prompt", "height", "width")
+__all__ = ["REQUIRED_FIELDS", "ExtractionReport", "caption_dir", "extract_features", "feature_name", "latent_dir"]
+__all__ += ["load_data_info", "load_image", "target_size"]
 
 
-def feature_name(path: str) -> str:
-    """``'images/00001.png'`` → ``'images_00001'`` (see module docstring)."""
-    return os.path.splitext(path.replace("/", "_"))[0]
+RATIO_TOLERANCE = 0.02  # relative h/w difference between data_info.json and the image; rounding of a resized copy
 
 
 def caption_dir(root: str | Path) -> Path:
@@ -42,24 +46,6 @@ def latent_dir(root: str | Path, resolution: int, multi_scale: bool = False, con
     return Path(root) / f"{kind}_{resolution}{'_ms' if multi_scale else ''}"
 
 
-def load_data_info(json_path: str | Path, required: tuple[str, ...] = REQUIRED_FIELDS) -> list[dict]:
-    """Read a data_info.json list; a missing field is a ValueError naming the file, the item and the field."""
-    json_path = Path(json_path)
-    if not json_path.is_file():
-        raise FileNotFoundError(
-            f"no {json_path}; make the embedded default with diffusion.data.ensure_embedded_default() or write the "
-            "data_info.json of your images and run tools/extract_features.py"
-        )
-    entries = json.loads(json_path.read_text())
-    if not isinstance(entries, list):
-        raise ValueError(f"{json_path}: expected a JSON list of items, got {type(entries).__name__}")
-    for i, entry in enumerate(entries):
-        missing = [key for key in required if key not in entry]
-        if missing:
-            raise ValueError(f"{json_path}: item {i} is missing field(s) {missing}")
-    return entries
-
-
 def target_size(entry: dict, resolution: int, multi_scale: bool) -> tuple[int, int]:
     """Training (h, w) in pixels: its aspect-ratio bucket with ``multi_scale``, else (resolution, resolution)."""
     if multi_scale:
@@ -67,40 +53,32 @@ def target_size(entry: dict, resolution: int, multi_scale: bool) -> tuple[int, i
     return resolution, resolution
 
 
-def load_image(path: str | Path, size: tuple[int, int]) -> torch.Tensor:
-    """Read an image as RGB, resize it (bicubic) to cover ``size`` = (h, w) and centre-crop: (3, h, w) in [-1, 1]."""
-    with Image.open(path) as img:
-        img = img.convert("RGB")
-        h, w = size
-        if (img.height, img.width) != (h, w):
-            scale = max(h / img.height, w / img.width)
-            new_w, new_h = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-            img = img.resize((new_w, new_h), Image.BICUBIC)
-            left, top = (new_w - w) // 2, (new_h - h) // 2
-            img = img.crop((left, top, left + w, top + h))
-        array = np.asarray(img, dtype=np.float32)
+def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image as displayed (EXIF-oriented RGB, see images.py), resize it (bicubic) to cover ``size`` = (h, w)
+    and centre-crop: (3, h, w) in [-1, 1].
+
+    ``declared`` (h, w) from data_info.json must have the oriented image's aspect ratio (within
+    ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original sizes, which
+    stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is refused."""
+    img = open_rgb(path)
+    if declared is not None and abs(declared[0] / declared[1] * img.width / img.height - 1) > RATIO_TOLERANCE:
+        raise ValueError(
+            f"data_info.json declares height {declared[0]}, width {declared[1]}, but the image is "
+            f"{img.height}x{img.width} (h x w) after EXIF orientation; fix the entry (tools/make_data_info.py "
+            "reads real sizes)"
+        )
+    h, w = size
+    if (img.height, img.width) != (h, w):
+        scale = max(h / img.height, w / img.width)
+        new_w, new_h = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+        left, top = (new_w - w) // 2, (new_h - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    array = np.asarray(img, dtype=np.float32)
     return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
-def codec_meta(codec, resolution: int, multi_scale: bool) -> dict:
-    """What a latent directory's ``meta.json`` records, so the dataset can check feature shapes."""
-    return {
-        "codec": type(codec).__name__,
-        "latent_channels": int(codec.latent_channels),
-        "downsample": int(codec.downsample),
-        "resolution": int(resolution),
-        "multi_scale": bool(multi_scale),
-    }
-
-
-def _write_meta(directory: Path, meta: dict) -> None:
-    path = directory / "meta.json"
-    if path.exists() and json.loads(path.read_text()) != meta:
-        raise ValueError(f"{path} records {json.loads(path.read_text())}, but this run would write {meta}")
-    path.write_text(json.dumps(meta, indent=1))
-
-
-def _atomic_save(path: Path, write) -> None:
+def _atomic_save(path: Path, write: Callable) -> None:
     """Write through a temporary file and rename, so an interrupted run never leaves a truncated cache file."""
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
@@ -126,21 +104,60 @@ class ExtractionReport:
         return text + "".join(f"\n  bad: {path}: {reason}" for path, reason in self.bad)
 
 
-def _encode_images(codec, jobs: list[tuple[Path, Path, tuple[int, int]]], device, report: ExtractionReport) -> int:
-    """Encode (image path, output .npy, (h, w)) jobs, one codec call per target size; returns files written."""
-    by_size = defaultdict(list)
-    for image_path, out_path, size in jobs:
-        try:
-            by_size[size].append((load_image(image_path, size), out_path))
-        except Exception as error:  # any unreadable/corrupt image is skipped and reported, never fatal
-            report.bad.append((str(image_path), f"{type(error).__name__}: {error}"))
-    for items in by_size.values():
-        images = torch.stack([image for image, _ in items]).to(device)
-        mean, std = codec.encode(images)
-        features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
-        for feature, (_, out_path) in zip(features, items):
-            _atomic_save(out_path, lambda f, a=feature: np.save(f, a))
-    return sum(len(items) for items in by_size.values())
+@dataclass
+class _Job:
+    image: Path
+    out: Path
+    size: tuple[int, int]
+    declared: tuple[int, int] | None
+
+
+def _load(job: _Job) -> tuple[_Job, torch.Tensor | None, str | None]:
+    try:
+        return job, load_image(job.image, job.size, job.declared), None
+    except Exception as error:  # any unreadable/corrupt/mis-declared image is skipped and reported, never fatal
+        return job, None, f"{type(error).__name__}: {error}"
+
+
+def _encode_images(
+    codec, jobs: list[_Job], batch_size: int, device, report: ExtractionReport, workers: int, desc: str, progress: bool
+) -> int:
+    """Encode jobs, at most ``batch_size`` images of one target size per codec call; returns files written."""
+    by_size: dict[tuple[int, int], list[_Job]] = defaultdict(list)
+    for job in jobs:
+        by_size[job.size].append(job)
+    batches = [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
+    written = 0
+    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
+        for batch in batches:
+            loaded = []
+            for job, image, error in pool.map(_load, batch):  # decoding and resizing release the GIL
+                if error is None:
+                    loaded.append((job, image))
+                else:
+                    report.bad.append((str(job.image), error))
+                    job.out.unlink(missing_ok=True)  # never leave a stale latent for an image that is now bad
+            bar.update(len(batch))
+            if not loaded:  # every image of this batch was unreadable
+                continue
+            mean, std = codec.encode(torch.stack([image for _, image in loaded]).to(device))
+            features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
+            for feature, (job, _) in zip(features, loaded):
+                _atomic_save(job.out, lambda f, a=feature: np.save(f, a))
+            written += len(loaded)
+    return written
+
+
+def _encode_captions(text_encoder, todo: list[tuple[dict, str]], out: Path, batch_size: int, progress: bool) -> int:
+    chunks = range(0, len(todo), batch_size)
+    for start in tqdm(chunks, desc="captions", disable=not progress):
+        chunk = todo[start : start + batch_size]
+        y, y_mask = text_encoder.encode([entry["prompt"] for entry, _ in chunk])
+        y, y_mask = y.float().cpu().numpy(), y_mask.cpu().numpy()
+        for i, (_, name) in enumerate(chunk):
+            arrays = {"caption_feature": y[i], "attention_mask": y_mask[i : i + 1]}  # [1,L,C], [1,L]
+            _atomic_save(out / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
+    return len(todo)
 
 
 def extract_features(
@@ -150,56 +167,67 @@ def extract_features(
     resolution: int,
     multi_scale: bool = False,
     control: bool = False,
-    batch_size: int = 64,
+    text_batch_size: int = 64,
+    vae_batch_size: int = 4,
     rank: int = 0,
     world_size: int = 1,
     json_name: str = "data_info.json",
     device: str | torch.device = "cpu",
     progress: bool = True,
+    redo: bool = False,
+    check_sizes: bool = True,
+    workers: int = 4,
 ) -> ExtractionReport:
     """Cache caption and codec features for this rank's share (items ``rank::world_size``) of ``data_root``.
 
-    Files that already exist are skipped, so an interrupted run resumes. Unreadable images are counted in the
-    report and get no latent file (the dataset then skips the item).
+    Files that already exist are skipped, so an interrupted run resumes, unless the directory's ``meta.json``
+    records another producer: that is a ValueError (``redo=True`` re-extracts this rank's share instead). Rank 0
+    writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the declared
+    ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset then skips
+    the item). Colliding feature names are a ValueError before anything is written.
 
     Args:
         text_encoder: a :class:`~diffusion.data.text_encoder.TextEncoder` (``encode(prompts) -> (y, y_mask)``).
         codec: a codec (``encode(images (B,3,H,W) in [-1,1]) -> (mean, std)``).
         control: also cache ``control_path`` images into ``control_features_<res>``.
+        text_batch_size, vae_batch_size: captions per T5 call, images per codec call.
+        workers: threads decoding images.
     """
     root = Path(data_root)
     required = REQUIRED_FIELDS + (("control_path",) if control else ())
-    entries = load_data_info(root / json_name, required)[rank::world_size]
-    out_dirs = {"caption": caption_dir(root), "latent": latent_dir(root, resolution, multi_scale)}
+    all_entries = load_data_info(root / json_name, required)
+    check_unique_names(all_entries, root / json_name)
+    entries = all_entries[rank::world_size]
+    metas = {caption_dir(root): caption_meta(text_encoder)}
+    metas[latent_dir(root, resolution, multi_scale)] = codec_meta(codec, resolution, multi_scale)
     if control:
-        out_dirs["control"] = latent_dir(root, resolution, multi_scale, control=True)
-    for kind, directory in out_dirs.items():
+        metas[latent_dir(root, resolution, multi_scale, control=True)] = codec_meta(codec, resolution, multi_scale)
+    for directory, meta in metas.items():
+        check_meta(directory, meta, redo)  # raises on a stale cache unless redo
+        recorded = read_meta(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if kind != "caption":
-            _write_meta(directory, codec_meta(codec, resolution, multi_scale))
+        if rank == 0 and (redo or not recorded):  # an older, shorter record is kept: it describes the old files
+            write_meta(directory, meta)
     report = ExtractionReport()
-    chunks = range(0, len(entries), batch_size)
-    for start in tqdm(chunks, desc=f"features rank {rank}", disable=not progress):
-        chunk = entries[start : start + batch_size]
-        names = [feature_name(entry["path"]) for entry in chunk]
-        todo = [(e, n) for e, n in zip(chunk, names) if not (out_dirs["caption"] / f"{n}.npz").exists()]
-        if todo:
-            y, y_mask = text_encoder.encode([e["prompt"] for e, _ in todo])
-            y, y_mask = y.float().cpu().numpy(), y_mask.cpu().numpy()
-            for i, (_, name) in enumerate(todo):
-                arrays = {"caption_feature": y[i], "attention_mask": y_mask[i : i + 1]}  # [1,L,C], [1,L]
-                _atomic_save(out_dirs["caption"] / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
-            report.captions += len(todo)
-        report.existing += len(chunk) - len(todo)
-        for kind, key in (("latent", "path"), ("control", "control_path")):
-            if kind not in out_dirs:
-                continue
-            jobs = [
-                (root / e[key], out_dirs[kind] / f"{n}.npy", target_size(e, resolution, multi_scale))
-                for e, n in zip(chunk, names)
-            ]
-            todo_jobs = [job for job in jobs if not job[1].exists()]
-            report.existing += len(jobs) - len(todo_jobs)
-            written = _encode_images(codec, todo_jobs, device, report)
-            setattr(report, kind + "s", getattr(report, kind + "s") + written)
+    names = [feature_name(entry["path"]) for entry in entries]
+
+    out = caption_dir(root)
+    todo = [(e, n) for e, n in zip(entries, names) if redo or not (out / f"{n}.npz").exists()]
+    report.existing += len(entries) - len(todo)
+    report.captions += _encode_captions(text_encoder, todo, out, text_batch_size, progress)
+
+    for kind, key in (("latent", "path"), ("control", "control_path")):
+        if kind == "control" and not control:
+            continue
+        out = latent_dir(root, resolution, multi_scale, control=kind == "control")
+        jobs = []
+        for entry, name in zip(entries, names):
+            # the declared size describes the image; a control map may be stored at another size
+            declared = (int(entry["height"]), int(entry["width"])) if check_sizes and kind == "latent" else None
+            job = _Job(root / entry[key], out / f"{name}.npy", target_size(entry, resolution, multi_scale), declared)
+            if redo or not job.out.exists():
+                jobs.append(job)
+        report.existing += len(entries) - len(jobs)
+        written = _encode_images(codec, jobs, vae_batch_size, device, report, workers, kind + "s", progress)
+        setattr(report, kind + "s", getattr(report, kind + "s") + written)
     return report

@@ -14,6 +14,7 @@ import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
+from diffusion.data.captions import clean_caption as clean
 from diffusion.data.embedded import caption_words
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's pad / eos / unk, ids 0, 1, 2
@@ -25,12 +26,24 @@ class TextEncoder:
     Attributes:
         max_length: L, the number of tokens every caption is padded/truncated to.
         caption_channels: C, the width of the encoder output (4096 for T5-XXL).
+        clean_caption: apply the official T5-embedder caption cleaning (captions.py) before tokenizing; the
+            released PixArt weights were trained on cleaned captions.
+        path: the local directory it was loaded from (recorded in the feature caches), None if built in memory.
     """
 
-    def __init__(self, tokenizer, model: T5EncoderModel, max_length: int = 120) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        model: T5EncoderModel,
+        max_length: int = 120,
+        clean_caption: bool = True,
+        path: str | Path | None = None,
+    ) -> None:
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
         self.max_length = max_length
+        self.clean_caption = clean_caption
+        self.path = Path(path) if path is not None else None
 
     @classmethod
     def from_pretrained(
@@ -39,6 +52,7 @@ class TextEncoder:
         max_length: int = 120,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        clean_caption: bool = True,
     ) -> "TextEncoder":
         """Load the tokenizer and ``T5EncoderModel`` saved in the local directory ``path`` (never the hub)."""
         path = Path(path)
@@ -46,7 +60,7 @@ class TextEncoder:
             raise FileNotFoundError(f"no T5 encoder at {path} (expected {path / 'config.json'})")
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = T5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
-        return cls(tokenizer, model, max_length)
+        return cls(tokenizer, model, max_length, clean_caption=clean_caption, path=path)
 
     @property
     def caption_channels(self) -> int:
@@ -82,8 +96,9 @@ class TextEncoder:
         Returns:
             y (B, 1, L, C) float features and y_mask (B, L) long, 1 on real tokens (including EOS), 0 on padding.
         """
+        prompts = [clean(p) for p in prompts] if self.clean_caption else list(prompts)
         tokens = self.tokenizer(
-            list(prompts),
+            prompts,
             padding="longest",
             max_length=self.max_length,
             truncation=True,

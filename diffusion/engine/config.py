@@ -22,6 +22,7 @@ TOP_LEVEL_KEYS = (
     "checkpoint",
     "log",
     "validation",
+    "controlnet",
 )
 REQUIRED_TOP_LEVEL = ("model", "method", "data", "optimizer", "train")
 
@@ -43,6 +44,9 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "checkpoint": dict(every=1000, keep_last=2),
     "log": dict(every=10, wandb_project="pixart-delta", wandb_name=None),
     "validation": dict(every=500, prompts=REQUIRED, seed=0, sampler=None),
+    # PixArt-delta §4: wrap cfg.model (holding cfg.load_from) in a ControlNet; load_from = ControlNet weights (the
+    # official full file or a training checkpoint of the trainable weights). copy_blocks None: depth // 2 for "unet".
+    "controlnet": dict(copy_blocks=13, topology="transformer", load_from=None),
 }
 
 ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
@@ -50,6 +54,7 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
     ("train", "parallel"): ("ddp", "fsdp"),
     ("train", "auto_lr"): (None, "sqrt", "linear"),
     ("lr_schedule", "type"): ("constant", "cosine"),
+    ("controlnet", "topology"): ("transformer", "unet"),
 }
 
 

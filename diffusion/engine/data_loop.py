@@ -24,7 +24,8 @@ def to_device(batch, device: torch.device):
 class EpochBatchSampler:
     """``BatchSampler`` over a ``DistributedSampler`` (shuffled, drop_last) with ``set_epoch``.
 
-    Every rank yields the same number of equal-size batches, as DDP requires.
+    Every rank yields the same number of equal-size batches, as DDP requires; ``dropped_per_epoch`` items of the
+    dataset are left out of every epoch for it (the uneven tail across ranks and each rank's partial batch).
     """
 
     def __init__(self, dataset: Dataset, batch_size: int, num_replicas: int, rank: int, seed: int) -> None:
@@ -32,6 +33,7 @@ class EpochBatchSampler:
             dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed, drop_last=True
         )
         self.batches = BatchSampler(self.sampler, batch_size, drop_last=True)
+        self.dropped_per_epoch = len(dataset) - len(self.batches) * batch_size * num_replicas
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
@@ -80,7 +82,27 @@ class BatchStream:
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
 
+    def _check_not_empty(self) -> None:
+        size = len(self.dataset) if hasattr(self.dataset, "__len__") else None
+        report = self.dataset.report() if hasattr(self.dataset, "report") else ""
+        if size == 0:
+            raise RuntimeError(f"the dataset is empty: {report or type(self.dataset).__name__}")
+        if hasattr(self.batch_sampler, "__len__") and len(self.batch_sampler) == 0:
+            raise RuntimeError(
+                f"the data sampler yields no batches: {size} item(s) do not fill one batch on every rank "
+                f"({getattr(self.batch_sampler, 'describe', lambda: type(self.batch_sampler).__name__)()}); "
+                "lower train.batch_size or add data"
+            )
+
+    def _note_skipped(self, batch) -> None:
+        """Items loaded in DataLoader workers carry their skipped files; record them in the main-process dataset."""
+        if isinstance(batch, dict) and "skipped" in batch:
+            skipped = batch.pop("skipped")
+            if hasattr(self.dataset, "note_skipped"):
+                self.dataset.note_skipped(skipped)
+
     def __iter__(self) -> Iterator:
+        self._check_not_empty()
         empty_epochs = 0
         while True:
             if hasattr(self.batch_sampler, "set_epoch"):
@@ -96,9 +118,10 @@ class BatchStream:
             produced = False
             for batch in loader:
                 produced = True
+                self._note_skipped(batch)
                 self.batch_in_epoch += 1
                 yield batch
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs > 1:
-                raise RuntimeError("the data sampler yields no batches: dataset smaller than one global batch?")
+                raise RuntimeError(f"the data sampler yielded no batches in two epochs over {len(self.dataset)} items")
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0

@@ -18,13 +18,23 @@ def scaled_lr(lr: float, global_batch: int, rule: str | None, base_batch: int = 
     return lr * (ratio if rule == "linear" else math.sqrt(ratio))
 
 
+FUSED_CAPABLE = ("Adam", "AdamW")
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: dict, lr: float) -> torch.optim.Optimizer:
-    """``torch.optim.<cfg['type']>(params, lr=lr, **rest_of_cfg)``; the class rejects unknown keys by name."""
+    """``torch.optim.<cfg['type']>(params, lr=lr, **rest_of_cfg)``; the class rejects unknown keys by name.
+
+    Adam/AdamW on CUDA default to the fused kernel (one launch for all parameters, no fp32 temporaries per tensor);
+    ``optimizer.fused=False`` in the config turns it off.
+    """
+    params = list(params)
     kwargs = {k: v for k, v in cfg.items() if k not in ("type", "lr")}
     optimizer_cls = getattr(torch.optim, cfg["type"], None)
     if optimizer_cls is None:
         raise KeyError(f"optimizer.type '{cfg['type']}' is not a torch.optim optimizer")
-    return optimizer_cls(list(params), lr=lr, **kwargs)
+    if cfg["type"] in FUSED_CAPABLE and "fused" not in kwargs and params and all(p.is_cuda for p in params):
+        kwargs["fused"] = True
+    return optimizer_cls(params, lr=lr, **kwargs)
 
 
 def lr_factor(step: int, kind: str, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:

@@ -3,6 +3,7 @@
 FSDP shards each transformer block the model lists in ``fsdp_wrap_modules`` (else its ``blocks``), then the root.
 """
 
+from collections.abc import Sequence
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -12,22 +13,39 @@ from torch.nn.parallel import DistributedDataParallel
 from diffusion.engine import dist
 
 
-def wrap(model: nn.Module, parallel: str, device: torch.device) -> nn.Module:
-    """Return the module the training step calls: ``model`` itself in one process, else DDP / FSDP2 around it."""
+def wrap(model: nn.Module, parallel: str, device: torch.device, frozen: Sequence[nn.Module] = ()) -> nn.Module:
+    """Return the module the training step calls: ``model`` itself in one process, else DDP / FSDP2 around it.
+
+    ``frozen``: networks the method runs without gradients (the LCM teacher and target). Under FSDP they are sharded
+    on the same mesh, block by block like the model, so no rank holds a full copy of any of the three networks; under
+    DDP each rank keeps its own full copy (nothing to synchronise).
+    """
     if dist.world_size() == 1:
         return model
     if parallel == "ddp":
         device_ids = [device.index] if device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=False)
+    from torch.distributed.device_mesh import init_device_mesh
+
+    mesh = init_device_mesh(device.type, (dist.world_size(),))
+    _shard(model, mesh)
+    for net in frozen:
+        # A root is by default left unsharded after forward (a backward would follow); nothing follows for a frozen
+        # network, so it would stay gathered, and its shards would no longer line up with the student's.
+        _shard(net, mesh, reshard_root=True)
+    return model
+
+
+def _shard(model: nn.Module, mesh, reshard_root: bool | None = None) -> None:
+    """FSDP2 ``fully_shard`` each transformer block, then the root (its embedders and final layer)."""
     from torch.distributed.fsdp import fully_shard
 
     blocks = getattr(model, "fsdp_wrap_modules", None) or getattr(model, "blocks", None)
     if blocks is None:
         raise AttributeError("parallel='fsdp' needs the model to expose `fsdp_wrap_modules` or `blocks`")
     for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
-    return model
+        fully_shard(block, mesh=mesh)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_root)
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -54,6 +72,11 @@ def no_sync(model: nn.Module, skip: bool):
             yield
 
 
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor, gathering a sharded (FSDP2 DTensor) one (collective); plain tensors pass through."""
+    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+
+
 def is_sharded(model: nn.Module) -> bool:
     """True when the parameters are FSDP2 DTensors."""
     return any(hasattr(p, "full_tensor") for p in model.parameters())
@@ -66,6 +89,17 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
         return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load a complete (gathered) state dict into ``model``, keeping only this rank's shards when it is sharded;
+    every key must match. Inverse of :func:`full_state_dict`, so checkpoints do not depend on the world size."""
+    if is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+    else:
+        model.load_state_dict(state, strict=True)
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

@@ -3,12 +3,12 @@ ControlNet-Transformer (§4): they differ only in the config's ``method``, which
 ``loss, logs = method(model, batch)``. The loop never branches on the method.
 
 One optimizer step = ``grad_accum`` micro-steps (gradient all-reduce only on the last), mixed precision, gradient
-clipping, lr schedule, then ``method.after_optimizer_step`` and the EMA update. A non-finite loss skips the step.
+clipping, lr schedule, then ``method.after_optimizer_step`` and the EMA update. A non-finite loss or gradient norm
+skips the step: nothing advances (weights, lr schedule, EMA, method state, step counter); it is counted and logged.
 Checkpoints restore everything (weights, EMA, method state, optimizer, scaler, lr schedule, data position, RNG), so a
 killed and resumed run reproduces the uninterrupted one exactly on CPU.
 """
 
-import copy
 import math
 import time
 from contextlib import nullcontext
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import build_model, load_pipeline
+from diffusion.build import build_codec, build_model
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel
 from diffusion.engine.config import check_top_level, resolve_section
@@ -25,7 +25,8 @@ from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, to_device
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
-from diffusion.engine.validation import save_grid
+from diffusion.engine.validation import EncodedPrompts, save_grid, swapped_in
+from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,6 +55,9 @@ class Trainer:
         self.device = dist.init()
         self.rank, self.world = dist.rank(), dist.world_size()
         resume_dir = self._resolve_resume(resume)
+        method_cls = METHODS.get(cfg.method["type"])
+        if getattr(method_cls, "requires_load_from", False) and not cfg.get("load_from"):
+            raise KeyError(f"method {cfg.method['type']} distils a pretrained teacher: set the config key 'load_from'")
 
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
         model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
@@ -62,10 +66,9 @@ class Trainer:
             model.load_state_dict(ckpt.load_tensors(resume_dir / "model.safetensors"))
         model.to(self.device)
         self.method.to(self.device)
-        keep_val_copy = self.val_cfg is not None and dist.is_main()
-        self.val_model = copy.deepcopy(model).eval().requires_grad_(False) if keep_val_copy else None
-        self.pipeline = None
-        self.model = parallel.wrap(model, tc["parallel"], self.device)
+        self.pipeline = None  # validation samples with the trained network itself (EMA swapped in): no second copy
+        frozen = getattr(self.method, "frozen_networks", list)()  # teacher / target: sharded with the model (FSDP)
+        self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
         self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
 
         self.params = [p for p in parallel.unwrap(self.model).parameters() if p.requires_grad]
@@ -139,7 +142,8 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def train_step(self, batches) -> dict[str, float] | None:
-        """One optimizer step over ``grad_accum`` micro-batches; None when a non-finite loss skipped it."""
+        """One optimizer step over ``grad_accum`` micro-batches; None when it was skipped (non-finite loss or gradient
+        norm): then nothing moved (weights, lr schedule, EMA, method state such as the LCM target)."""
         accum = self.train_cfg["grad_accum"]
         self.model.train()
         loss_sum, log_sums = torch.zeros((), device=self.device), {}
@@ -155,29 +159,44 @@ class Trainer:
         loss_mean = dist.all_reduce_mean(loss_sum)
         if not torch.isfinite(loss_mean):
             self.optimizer.zero_grad(set_to_none=True)
-            self.nan_total, self.nan_streak = self.nan_total + 1, self.nan_streak + 1
-            self.logger.warning(f"step {self.step + 1}: non-finite loss {loss_mean.item()}, optimizer step skipped")
-            if self.nan_streak >= self.train_cfg["max_nan_steps"]:
-                raise FloatingPointError(f"loss was non-finite for {self.nan_streak} consecutive steps; aborting")
-            return None
-        self.nan_streak = 0
+            return self._skip_step(f"non-finite loss {loss_mean.item()}")
         lr = self.optimizer.param_groups[0]["lr"]
         self.scaler.unscale_(self.optimizer)
         max_norm = self.train_cfg["grad_clip"] or math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        grad_norm = parallel.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
+        # Same value on every rank (gradients are all-reduced first), so every rank takes the same branch. A finite
+        # loss can still have non-finite gradients (a bf16 overflow, an fp16 step the GradScaler skips).
+        finite = bool(torch.isfinite(grad_norm))
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the update itself when unscale_ found inf/NaN gradients
+            self.scaler.update()  # ... and lowers the loss scale
+        elif finite:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if not finite:
+            return self._skip_step(f"non-finite gradient norm {grad_norm.item()}")
+        self.nan_streak = 0
         self.lr_scheduler.step()
         unwrapped = parallel.unwrap(self.model)
         self.method.after_optimizer_step(unwrapped)
         if self.ema is not None:  # the scheduler has counted this step: updates before it = last_epoch - 1
             self.ema.update(unwrapped, num_updates=self.lr_scheduler.last_epoch - 1)
-        grad_norm = grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm
         names = sorted(log_sums)
         values = torch.tensor([log_sums[k] for k in names], device=self.device, dtype=torch.float64)
         logs = dict(zip(names, dist.all_reduce_mean(values).tolist()))
         return {"loss": loss_mean.item(), "lr": lr, "grad_norm": grad_norm.item(), **logs}
+
+    def _skip_step(self, reason: str) -> None:
+        """Count a skipped step and stop the run after ``train.max_nan_steps`` of them in a row."""
+        self.nan_total, self.nan_streak = self.nan_total + 1, self.nan_streak + 1
+        self.logger.warning(f"step {self.step + 1}: {reason}, optimizer step skipped ({self.nan_streak} in a row)")
+        if self.nan_streak >= self.train_cfg["max_nan_steps"]:
+            last = ckpt.find_latest(self.work_dir)
+            raise FloatingPointError(
+                f"{self.nan_streak} consecutive steps skipped (last: {reason}); stopping at step {self.step}. "
+                f"Last good checkpoint: {last or 'none written yet'} (lower the lr or change precision, then resume)"
+            )
+        return None
 
     def train(self) -> None:
         """Run from the current step to ``train.max_steps``, logging, sampling and checkpointing on the way."""
@@ -188,12 +207,13 @@ class Trainer:
         try:
             while self.step < max_steps:
                 out = self.train_step(batches)
-                self.step += 1
                 self._window_steps += 1
-                if out is not None:
-                    self._window_ok += 1
-                    for k, v in out.items():
-                        self._window[k] = self._window.get(k, 0.0) + v
+                if out is None:  # skipped: not a step (counters, schedule, EMA and checkpoints wait for a real one)
+                    continue
+                self.step += 1
+                self._window_ok += 1
+                for k, v in out.items():
+                    self._window[k] = self._window.get(k, 0.0) + v
                 self.logger.advance(self.step)
                 if self.step % self.log_cfg["every"] == 0 or self.step == max_steps:
                     self._log_window()
@@ -223,24 +243,30 @@ class Trainer:
         self._reset_window()
 
     def build_pipeline(self, model: torch.nn.Module):
-        """The sampling pipeline used for validation grids (override or monkeypatch in tests)."""
-        return load_pipeline(self.cfg, model=model, device=self.device)
+        """The sampling pipeline used for validation grids (override or monkeypatch in tests): the validation prompts
+        are encoded once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
+        prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
+        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
 
     @torch.no_grad()
     def validate(self, step: int) -> Path | None:
-        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``."""
+        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``.
+
+        The EMA weights are swapped into the trained network for the duration (its own weights wait on the CPU).
+        Under FSDP every rank samples (the forward is collective) and rank 0 saves; under DDP only rank 0 samples.
+        """
         unwrapped = parallel.unwrap(self.model)
-        state = self.ema.state_dict() if self.ema is not None else parallel.full_state_dict(unwrapped)
         path = None
-        if dist.is_main():
+        if dist.is_main() or parallel.is_sharded(unwrapped):
             rng = ckpt.rng_state(self.generator)  # sampling must not shift the training noise stream
-            self.val_model.load_state_dict(state, strict=False)
             if self.pipeline is None:
-                self.pipeline = self.build_pipeline(self.val_model)
+                self.pipeline = self.build_pipeline(unwrapped)
             sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
-            images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
-            path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
-            self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
+            with swapped_in(unwrapped, self.ema.shadow if self.ema is not None else None):
+                images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
+            if dist.is_main():
+                path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
+                self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
             ckpt.set_rng_state(rng, self.generator)
         dist.barrier()
         return path

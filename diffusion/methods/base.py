@@ -8,7 +8,13 @@ from torch import Tensor, nn
 
 
 class Method(nn.Module):
-    """Base class: a loss object plus the hooks the trainer calls. Subclasses implement ``forward``."""
+    """Base class: a loss object plus the hooks the trainer calls. Subclasses implement ``forward``.
+
+    ``requires_load_from``: the trainer refuses a config without ``load_from`` (a method that distils the loaded
+    weights must never start from a random network).
+    """
+
+    requires_load_from: bool = False
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor | float]]:
         """Return the scalar loss for one prepared batch and a dict of values to log."""
@@ -16,6 +22,11 @@ class Method(nn.Module):
 
     def after_optimizer_step(self, model: nn.Module) -> None:
         """Called after each real optimizer step (e.g. the LCM target EMA). No-op by default."""
+
+    def frozen_networks(self) -> list[nn.Module]:
+        """Networks the method runs without gradients (a teacher, an EMA target): the trainer shards them like the
+        model under FSDP. None by default."""
+        return []
 
     def extra_state(self) -> dict[str, Tensor]:
         """Tensors owned by the method that a checkpoint must hold; none by default."""

@@ -15,6 +15,7 @@ default), and LCM-LoRA (a ``peft`` LoRA on the student; the target is the studen
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -34,6 +35,18 @@ def consistency_fn(schedule: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor, 
     shape = (-1,) + (1,) * (xt.ndim - 1)
     x0 = schedule.x0_from_eps(xt, t, eps)
     return c_skip.to(xt.dtype).view(shape) * xt + c_out.to(xt.dtype).view(shape) * x0
+
+
+def _frozen_copy(model: nn.Module, dtype: str | None) -> nn.Module:
+    if dtype not in (None, "bf16"):
+        raise ValueError(f"frozen network dtype must be None or 'bf16', got {dtype!r}")
+    net = copy.deepcopy(model).eval().requires_grad_(False)
+    return net.to(torch.bfloat16) if dtype == "bf16" else net
+
+
+def _local(tensor: Tensor) -> Tensor:
+    """This rank's shard of an FSDP2 DTensor (a view: in-place updates reach the parameter); else the tensor."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None, targets: tuple[str, ...]) -> None:
@@ -65,7 +78,12 @@ class LCMDistillation(Method):
             ``y_mask`` (1,L) of T5("") (diffusers' convention).
         lora: None, or dict(rank=32, alpha=None, targets=LORA_TARGETS): LCM-LoRA; the target is the student itself.
         sampler: the sampler for the trainer's sample grids.
+        teacher_dtype, target_dtype: 'bf16' keeps that frozen network in bfloat16 (half the memory; it runs under
+            bf16 autocast); None keeps the student's dtype. A bf16 target loses EMA updates smaller than its
+            precision (mu = 0.95 moves it by 5% of the gap per step), so that one is a trade-off, off by default.
     """
+
+    requires_load_from = True  # a random teacher is never distilled
 
     def __init__(
         self,
@@ -85,6 +103,8 @@ class LCMDistillation(Method):
         null_caption: str = "learned",
         lora: dict | None = None,
         sampler: dict | None = None,
+        teacher_dtype: str | None = None,
+        target_dtype: str | None = None,
     ) -> None:
         super().__init__()
         if loss_type not in ("huber", "l2"):
@@ -99,12 +119,14 @@ class LCMDistillation(Method):
         self.sampler = dict(sampler or dict(name="lcm", steps=4))
         self.null = None if null_caption == "learned" else load_file(null_caption)
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
-        self._teacher = [copy.deepcopy(model).eval().requires_grad_(False)]
+        self._teacher = [_frozen_copy(model, teacher_dtype)]
+        # The learned null caption, kept whole: under FSDP the teacher's own y_embedding is a shard between forwards.
+        self.register_buffer("null_y", self.teacher.y_embedder.y_embedding.detach().clone(), persistent=False)
         if lora is not None:
             add_lora(model, lora.get("rank", 32), lora.get("alpha"), tuple(lora.get("targets", LORA_TARGETS)))
             self._target = None  # LCM-LoRA: the student is its own target
         else:
-            self._target = [copy.deepcopy(model).eval().requires_grad_(False)]
+            self._target = [_frozen_copy(model, target_dtype)]
         self._student = [model]
 
     @property
@@ -121,14 +143,20 @@ class LCMDistillation(Method):
             self._target[0]._apply(fn)
         return super()._apply(fn, recurse)
 
+    def frozen_networks(self) -> list[nn.Module]:
+        return [self.teacher] + ([] if self._target is None else [self._target[0]])
+
     def _uncond(self, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         b = y.shape[0]
         if self.null is None:  # the learned null caption with the caption's own mask (official PixArt-delta)
-            return self.teacher.y_embedder.null_caption(b).to(y.dtype), mask
+            return self.null_y[None, None].expand(b, 1, -1, -1).to(y.dtype), mask
         return self.null["y"].to(y).expand(b, -1, -1, -1), self.null["y_mask"].to(mask).expand(b, -1)
 
     def _eps(self, net: nn.Module, xt: Tensor, t: Tensor, y: Tensor, mask: Tensor, info: dict) -> Tensor:
-        return net(xt, t, y, mask, info)[:, : xt.shape[1]].float()
+        dtype = next(net.parameters()).dtype
+        low = dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(xt.device.type)
+        with torch.autocast(xt.device.type, dtype=dtype) if low else contextlib.nullcontext():
+            return net(xt, t, y, mask, info)[:, : xt.shape[1]].float()
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], dict(batch["data_info"])
@@ -180,20 +208,29 @@ class LCMDistillation(Method):
         """theta^- <- mu theta^- + (1 - mu) theta, after each real optimizer step (not after accumulation steps)."""
         if self._target is None:
             return
-        target = [p for p in self._target[0].parameters()]
-        student = [p.detach() for p in model.parameters()]
-        torch._foreach_lerp_(target, student, 1.0 - self.ema_decay)
+        student = dict(model.named_parameters())
+        target, source = [], []
+        for name, p in self._target[0].named_parameters():
+            # FSDP: both are DTensors sharded alike on one mesh, so the EMA is a shard-local update.
+            target.append(_local(p))
+            source.append(_local(student[name].detach()).to(p.dtype))
+        torch._foreach_lerp_(target, source, 1.0 - self.ema_decay)
 
     def extra_state(self) -> dict[str, Tensor]:
+        """The target network, whole (gathered under FSDP: collective), so a checkpoint fits any world size."""
         if self._target is None:
             return {}
-        return {f"target.{k}": v for k, v in self._target[0].state_dict().items()}
+        from diffusion.engine.parallel import full_state_dict
+
+        return {f"target.{k}": v for k, v in full_state_dict(self._target[0]).items()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         if self._target is None:
             super().load_extra_state(state)
             return
-        self._target[0].load_state_dict({k[len("target.") :]: v for k, v in state.items()}, strict=True)
+        from diffusion.engine.parallel import load_full_state_dict
+
+        load_full_state_dict(self._target[0], {k[len("target.") :]: v for k, v in state.items()})
 
     def train(self, mode: bool = True):
         """The teacher and target always stay in eval mode (no caption dropout)."""
@@ -204,4 +241,8 @@ class LCMDistillation(Method):
         return self
 
     def sampler_defaults(self) -> dict:
-        return dict(self.sampler)
+        """The configured sampler; a w-embedding student is sampled at the method's w (cfg_scale = w + 1)."""
+        sampler = dict(self.sampler)
+        if self.guidance_embedding:
+            sampler.setdefault("cfg_scale", self.w + 1.0)
+        return sampler

@@ -61,7 +61,18 @@ def load_model_weights(
     Keys ending in ``drop_suffixes`` (the sin-cos ``pos_embed``, recomputed by the model for its grid) are ignored.
     Raises ``KeyError`` naming every missing or unexpected key.
     """
-    state = {k: v for k, v in load_state(path, key).items() if not k.endswith(drop_suffixes)}
+    load_state_into(model, load_state(path, key), path, drop_suffixes)
+
+
+def load_state_into(
+    model: torch.nn.Module,
+    state: dict[str, torch.Tensor],
+    source: str | Path,
+    drop_suffixes: tuple[str, ...] = ("pos_embed",),
+) -> None:
+    """:func:`load_model_weights` for a state dict already read from ``source`` (named in errors)."""
+    path = source
+    state = {k: v for k, v in state.items() if not k.endswith(drop_suffixes)}
     if "y_embedder.y_embedding" not in state and hasattr(model, "y_embedder"):
         raise KeyError(
             f"{path} has no 'y_embedder.y_embedding' (the learned null caption); a diffusers folder needs the "

@@ -88,3 +88,29 @@ def test_epochs_reshuffle_deterministically():
     assert list(AspectRatioBatchSampler(ratios, batch_size=8, seed=2)) != epoch0
     ordered = list(AspectRatioBatchSampler(ratios, batch_size=8, shuffle=False))
     assert all(b == sorted(b) for b in ordered)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_dropped_items_are_counted_and_warned(world_size):
+    """17 items, two buckets, batch 4: drop_last serves only whole batches; the count equals what no rank sees."""
+    ratios = [1.0] * 9 + [0.5] * 8
+    kwargs = dict(dataset_ratios=ratios, batch_size=4, table=1024, world_size=world_size)
+    with pytest.warns(UserWarning, match=r"drop_last leaves out \d+ of 17 items every epoch"):
+        samplers = [AspectRatioBatchSampler(**kwargs, rank=r) for r in range(world_size)]
+    for epoch in range(3):
+        seen = set()
+        for sampler in samplers:
+            sampler.set_epoch(epoch)
+            seen |= {i for batch in sampler for i in batch}
+        assert samplers[0].dropped_per_epoch == 17 - len(seen)
+    assert samplers[0].dropped_per_epoch == {1: 1, 2: 1, 3: 5}[world_size]
+    assert "17 items in 2 bucket(s)" in samplers[0].describe()
+
+
+def test_epoch_batch_sampler_counts_dropped_items():
+    from diffusion.engine.data_loop import EpochBatchSampler
+
+    dataset = list(range(17))
+    samplers = [EpochBatchSampler(dataset, 3, num_replicas=2, rank=r, seed=0) for r in range(2)]
+    seen = {i for s in samplers for batch in s for i in batch}
+    assert samplers[0].dropped_per_epoch == 17 - len(seen) == 5  # 8 per rank -> 2 batches of 3 -> 12 served

@@ -13,7 +13,7 @@ TRAINER_KEYS = {"data", "data_sampler", "codec", "text_encoder"}
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "_base_" / "datasets"
 
 
-@pytest.mark.parametrize("name", ["embedded_32", "internal_512", "internal_1024_ms"])
+@pytest.mark.parametrize("name", ["embedded_32", "internal_512", "internal_1024_ms", "own_images"])
 def test_config_keys(name):
     cfg = Config.fromfile(CONFIG_DIR / f"{name}.py")
     assert set(cfg.keys()) <= TRAINER_KEYS and {"data", "codec", "text_encoder"} <= set(cfg.keys())

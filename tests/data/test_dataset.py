@@ -93,10 +93,12 @@ def test_unreadable_file_is_replaced_by_the_next_item_and_counted(root, max_leng
     _latent_file(root, 3).write_bytes(b"garbage")
     dataset = FeatureDataset(root, 32, max_length)
     assert dataset.skipped == 0
-    item = dataset[3]
-    assert item["index"] == 4 and dataset.skipped == 1
-    assert dataset[3]["index"] == 4 and dataset.skipped == 2  # deterministic, counted each time it is hit
-    assert "garbage" not in dataset.report() and "skipped" in dataset.report()
+    with pytest.warns(UserWarning, match=r"skipping images/00003\.png, unreadable cache .*images_00003\.npy"):
+        item = dataset[3]
+    assert item["index"] == 4 and dataset.skipped == 1 and dataset.replaced == 1
+    assert dataset[3]["index"] == 4 and dataset.skipped == 1 and dataset.replaced == 2  # deterministic
+    report = dataset.report()
+    assert "1 skipped, 2 replaced" in report and "images/00003.png" in report and "images_00003.npy" in report
 
 
 def test_missing_json_field_names_file_and_field(root, max_length):
@@ -114,8 +116,11 @@ def test_wrong_latent_shape_names_file_and_shape(root, max_length):
         dataset[1]
 
 
-def test_wrong_caption_length_names_file_and_shape(embedded_root, max_length):
-    dataset = FeatureDataset(embedded_root, 32, max_length + 1)
+def test_wrong_caption_length_names_file_and_shape(root, max_length):
+    with pytest.raises(ValueError, match=rf"caption_features/meta\.json.*max_length {max_length}.*data\.max_length"):
+        FeatureDataset(root, 32, max_length + 1)  # the cache records its max_length: refused up front
+    (root / "caption_features" / "meta.json").unlink()  # an older cache without a record: checked per file
+    dataset = FeatureDataset(root, 32, max_length + 1)
     with pytest.raises(ValueError, match=rf"images_00000\.npz.*caption_feature.*\(1, {max_length}, 64\)"):
         dataset[0]
 
@@ -127,7 +132,7 @@ def test_multi_scale_items_and_buckets(root, max_length, tiny_text_encoder_dir):
         entry["height"], entry["width"] = (32, 32) if i % 2 else (16, 64)
     (root / "data_info.json").write_text(json.dumps(entries))
     t5 = TextEncoder.from_pretrained(tiny_text_encoder_dir, max_length=max_length)
-    extract_features(root, t5, PixelCodec(), 32, multi_scale=True, progress=False)
+    extract_features(root, t5, PixelCodec(), 32, multi_scale=True, progress=False, check_sizes=False)  # fake sizes
     dataset = FeatureDataset(root, 32, max_length, multi_scale=True)
     wide, square = dataset[0], dataset[1]
     assert wide["vae_feat"].shape == (24, 8, 32) and square["vae_feat"].shape == (24, 16, 16)
@@ -135,3 +140,64 @@ def test_multi_scale_items_and_buckets(root, max_length, tiny_text_encoder_dir):
     assert torch.equal(wide["img_hw"], torch.tensor([16.0, 64.0]))
     (root / "vae_features_32_ms" / f"{feature_name(entries[2]['path'])}.npy").write_bytes(b"x")
     assert dataset[2]["index"] == 4  # next readable item of the same (wide) bucket
+
+
+def test_file_deleted_after_build_is_replaced_warned_and_reported(root, max_length):
+    dataset = FeatureDataset(root, 32, max_length)
+    _latent_file(root, 6).unlink()  # e.g. a cleanup job or a full disk while training
+    with pytest.warns(UserWarning, match=r"images/00006\.png"):
+        assert dataset[6]["index"] == 7
+    assert dataset.skipped == 1 and dataset.replaced == 1
+    assert "images/00006.png" in dataset.report() and "FileNotFoundError" in dataset.report()
+
+
+def test_skips_in_dataloader_workers_reach_the_main_process(root, max_length):
+    """Workers hold copies of the dataset; what they skip must still show in the epoch report."""
+    from diffusion.engine.data_loop import BatchStream
+
+    _latent_file(root, 2).write_bytes(b"truncated")
+    _latent_file(root, 9).write_bytes(b"")
+    dataset = FeatureDataset(root, 32, max_length)
+    sampler = torch.utils.data.BatchSampler(range(len(dataset)), batch_size=6, drop_last=False)
+    stream = BatchStream(dataset, sampler, collate, num_workers=2, seed=0)
+    batches = [batch for _, batch in zip(range(4), stream)]  # exactly one epoch
+    assert all("skipped" not in batch for batch in batches)  # consumed by the stream
+    assert dataset.skipped == 2 and dataset.replaced == 2
+    assert {path for path, _ in dataset.skipped_items} == {"images/00002.png", "images/00009.png"}
+
+
+def test_mixed_caption_widths_name_the_file_and_config_key(root, max_length):
+    name = feature_name(json.loads((root / "data_info.json").read_text())[4]["path"])
+    np.savez(
+        root / "caption_features" / f"{name}.npz",
+        caption_feature=np.zeros((1, max_length, 32), np.float32),
+        attention_mask=np.ones((1, max_length), np.int64),
+    )  # one file from another text encoder
+    dataset = FeatureDataset(root, 32, max_length)
+    assert dataset.caption_channels == 64  # from caption_features/meta.json
+    with pytest.raises(ValueError, match=rf"{name}\.npz: caption_feature has 32 channels.*meta\.json says 64"):
+        dataset[4]
+    with pytest.raises(ValueError, match=r"captions have 64 channels, but data\.caption_channels is 4096"):
+        FeatureDataset(root, 32, max_length, caption_channels=4096)
+    with pytest.raises(ValueError, match=r"cannot batch 'y': items \(index, shape\) differ"):
+        collate([{"y": torch.zeros(1, 4, 8), "index": 0}, {"y": torch.zeros(1, 4, 16), "index": 1}])
+
+
+def test_empty_dataset_is_an_error_that_says_so(root, max_length):
+    shutil.rmtree(root / "vae_features_32")
+    with pytest.raises(ValueError, match=rf"(?s)no usable items.*0 items, {NUM_IMAGES} skipped.*missing feature file"):
+        FeatureDataset(root, 32, max_length)
+    from diffusion.engine.data_loop import BatchStream
+
+    with pytest.raises(RuntimeError, match="the dataset is empty"):
+        next(iter(BatchStream([], [], collate, num_workers=0, seed=0)))
+    with pytest.raises(RuntimeError, match=r"3 item\(s\) do not fill one batch"):
+        next(iter(BatchStream([0, 1, 2], torch.utils.data.BatchSampler(range(3), 4, True), collate, 0, 0)))
+
+
+def test_colliding_names_are_refused(root, max_length):
+    entries = json.loads((root / "data_info.json").read_text())
+    entries.append(dict(entries[0], path=entries[0]["path"].replace(".png", ".jpg")))
+    (root / "data_info.json").write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"images/00000\.png' and item 24 'images/00000\.jpg'"):
+        FeatureDataset(root, 32, max_length)

@@ -33,7 +33,9 @@ def test_feature_name():
 
 def test_files_have_official_layout_and_resume(folder, encoder):
     codec = PixelCodec(downsample=2)
-    report = extract_features(folder, encoder, codec, 32, control=True, batch_size=4, progress=False)
+    report = extract_features(
+        folder, encoder, codec, 32, control=True, text_batch_size=4, vae_batch_size=4, progress=False
+    )
     assert (report.captions, report.latents, report.controls, report.existing, report.bad) == (10, 10, 10, 0, [])
     entries = json.loads((folder / "data_info.json").read_text())
     for entry in entries:
@@ -51,12 +53,20 @@ def test_files_have_official_layout_and_resume(folder, encoder):
         np.testing.assert_array_equal(codec.decode(torch.from_numpy(mean)[None]), image)
         assert np.load(folder / "control_features_32" / f"{name}.npy").shape == (24, 16, 16)
     meta = json.loads((latent_dir(folder, 32) / "meta.json").read_text())
-    assert meta == dict(codec="PixelCodec", latent_channels=12, downsample=2, resolution=32, multi_scale=False)
+    assert meta == dict(
+        codec="PixelCodec", latent_channels=12, downsample=2, scale_factor=1.0, resolution=32, multi_scale=False
+    )
+    caption_meta = json.loads((folder / "caption_features" / "meta.json").read_text())
+    assert caption_meta["text_encoder"] == str(encoder.path) and len(caption_meta["fingerprint"]) == 16
+    assert (caption_meta["max_length"], caption_meta["caption_channels"]) == (MAX_LENGTH, 64)
+    assert caption_meta["clean_caption"] is True and caption_meta["dtype"] == "float32"
 
     victim = folder / "vae_features_32" / f"{feature_name(entries[3]['path'])}.npy"
     victim.unlink()
     mtime = (folder / "caption_features" / f"{feature_name(entries[0]['path'])}.npz").stat().st_mtime_ns
-    again = extract_features(folder, encoder, codec, 32, control=True, batch_size=4, progress=False)
+    again = extract_features(
+        folder, encoder, codec, 32, control=True, text_batch_size=4, vae_batch_size=4, progress=False
+    )
     assert (again.captions, again.latents, again.controls, again.existing) == (0, 1, 0, 29)
     assert victim.is_file()
     assert (folder / "caption_features" / f"{feature_name(entries[0]['path'])}.npz").stat().st_mtime_ns == mtime
@@ -66,7 +76,7 @@ def test_files_have_official_layout_and_resume(folder, encoder):
 def test_bad_images_are_counted_and_skipped(folder, encoder):
     (folder / "images" / "00002.png").write_bytes(b"not a png")
     (folder / "images" / "00005.png").unlink()
-    report = extract_features(folder, encoder, PixelCodec(), 32, batch_size=4, progress=False)
+    report = extract_features(folder, encoder, PixelCodec(), 32, text_batch_size=4, vae_batch_size=4, progress=False)
     assert report.latents == 8 and report.captions == 10
     assert sorted(path.rsplit("/", 1)[-1] for path, _ in report.bad) == ["00002.png", "00005.png"]
     assert "2 bad image(s)" in report.summary()

@@ -31,14 +31,33 @@ class TinyNet(nn.Module):
         return self.blocks[1](torch.tanh(h))
 
 
+class _InfGrad(torch.autograd.Function):
+    """Identity forward, infinite gradient backward: a finite loss whose gradients overflow (as bf16 can)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
 @METHODS.register_module(name="EngineMSELoss", force=True)
 class MSELoss(nn.Module):
     """eps-prediction MSE; ``noise=False`` makes it deterministic (predict -x0 at t=0); ``nan_calls`` lists the
-    0-based forward calls that return a NaN loss. Counts optimizer steps in its checkpointed extra state."""
+    0-based forward calls that return a NaN loss, ``inf_grad_calls`` those whose (finite) loss has infinite
+    gradients. Counts optimizer steps in its checkpointed extra state."""
 
-    def __init__(self, model: nn.Module, noise: bool = True, nan_calls: tuple[int, ...] = ()) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        noise: bool = True,
+        nan_calls: tuple[int, ...] = (),
+        inf_grad_calls: tuple[int, ...] = (),
+    ) -> None:
         super().__init__()
-        self.noise, self.nan_calls, self.calls = noise, set(nan_calls), 0
+        self.noise, self.nan_calls, self.inf_grad_calls, self.calls = noise, set(nan_calls), set(inf_grad_calls), 0
         self.register_buffer("steps", torch.zeros((), dtype=torch.long))
 
     def forward(self, model, batch):
@@ -54,6 +73,8 @@ class MSELoss(nn.Module):
         loss = F.mse_loss(pred, target)
         if self.calls in self.nan_calls:
             loss = loss * float("nan")
+        if self.calls in self.inf_grad_calls:
+            loss = _InfGrad.apply(loss)
         self.calls += 1
         return loss, {"mse": loss.detach(), "x0_std": x0.std()}
 

@@ -47,3 +47,14 @@ def test_auto_lr_rules():
 def test_optimizer_rejects_unknown_key_by_name():
     with pytest.raises(TypeError, match="betas2"):
         build_optimizer([torch.nn.Parameter(torch.zeros(1))], dict(type="AdamW", lr=1.0, betas2=0.9), lr=1.0)
+
+
+def test_fused_adamw_only_on_cuda_and_switchable():
+    params = [torch.nn.Parameter(torch.randn(3))]
+    cpu = build_optimizer(params, dict(type="AdamW", lr=1e-3), 1e-3)
+    assert not cpu.defaults.get("fused")  # the fused kernel needs CUDA tensors
+    off = build_optimizer(params, dict(type="AdamW", lr=1e-3, fused=False), 1e-3)
+    assert off.defaults["fused"] is False
+    if torch.cuda.is_available():
+        cuda = [torch.nn.Parameter(torch.randn(3, device="cuda"))]
+        assert build_optimizer(cuda, dict(type="AdamW", lr=1e-3), 1e-3).defaults["fused"] is True

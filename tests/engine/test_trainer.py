@@ -114,11 +114,29 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 def test_nan_loss_skips_step(tmp_path):
     trainer = _train(tiny_config(method=dict(nan_calls=(1,))), tmp_path)
     metrics = _metrics(tmp_path)
-    assert math.isnan(metrics[1]["loss"]) and metrics[1]["nan_skipped"] == 1
-    assert all(math.isfinite(m["loss"]) for i, m in enumerate(metrics) if i != 1)
-    assert trainer.method.steps.item() == 5  # after_optimizer_step only after real steps
-    assert trainer.lr_scheduler.last_epoch == 5
+    # the skipped step is not a step: 6 real optimizer steps are still done, each logged once
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert [m["nan_skipped"] for m in metrics] == [0, 1, 1, 1, 1, 1]
+    assert trainer.method.steps.item() == 6  # after_optimizer_step only after real steps
+    assert trainer.lr_scheduler.last_epoch == 6
     assert "non-finite loss" in (tmp_path / "train.log").read_text()
+
+
+@pytest.mark.parametrize("precision", ["no", "fp16"])
+def test_non_finite_gradients_skip_everything(tmp_path, precision):
+    """A finite loss with infinite gradients (bf16 overflow; fp16: the GradScaler skips): the optimizer, lr
+    schedule, EMA, method state and step counter do not move; the run still does its 4 real steps."""
+    cfg = tiny_config(method=dict(inf_grad_calls=(0, 2)), train=dict(max_steps=4, mixed_precision=precision))
+    trainer = _train(cfg, tmp_path / "skip")
+    _train(tiny_config(train=dict(max_steps=4, mixed_precision=precision)), tmp_path / "clean")
+    assert trainer.step == 4 and trainer.nan_total == 2
+    assert trainer.method.steps.item() == 4 and trainer.lr_scheduler.last_epoch == 4
+    assert trainer.optimizer.state[trainer.params[0]]["step"].item() == 4
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert all(torch.isfinite(v).all() for v in trainer.ema.shadow.values())
+    assert [m["lr"] for m in _metrics(tmp_path / "skip")] == [m["lr"] for m in _metrics(tmp_path / "clean")]
+    assert "non-finite gradient norm" in (tmp_path / "skip" / "train.log").read_text()
 
 
 def test_consecutive_nan_losses_abort(tmp_path):
@@ -127,12 +145,22 @@ def test_consecutive_nan_losses_abort(tmp_path):
         _train(cfg, tmp_path)
 
 
+def test_consecutive_non_finite_gradients_abort_with_last_checkpoint_intact(tmp_path):
+    cfg = tiny_config(method=dict(inf_grad_calls=tuple(range(4, 100))), train=dict(max_nan_steps=3))
+    with pytest.raises(FloatingPointError, match="3 consecutive.*step_0000003"):
+        _train(cfg, tmp_path)
+    assert find_latest(tmp_path).name == "step_0000003"
+    resumed = Trainer(cfg, tmp_path, resume="auto")
+    assert resumed.step == 3 and all(torch.isfinite(p).all() for p in resumed.model.parameters())
+
+
 class _FakePipeline:
     def __init__(self, model):
         self.model, self.calls = model, []
 
     def __call__(self, prompts, seed, **sampler):
         self.calls.append((list(prompts), seed, sampler))
+        self.seen = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         torch.randn(3)  # consumes global RNG: the trainer must restore it
         value = int(self.model.blocks[0].weight.abs().sum() * 10) % 256
         return torch.full((len(prompts), 3, 8, 8), value, dtype=torch.uint8)
@@ -157,9 +185,10 @@ def test_validation_grids_use_ema_and_keep_training_stream(tmp_path, monkeypatch
         "step_0000006.png",
     ]
     assert Image.open(tmp_path / "val" / "samples" / "step_0000006.png").size == (16, 16)
-    for name, value in trainer.val_model.state_dict().items():
-        if name in trainer.ema.shadow:
-            assert torch.equal(value, trainer.ema.shadow[name]), name
+    assert built[0].model is trainer.model  # no second copy: the EMA weights are swapped into the trained network
+    for name, value in built[0].seen.items():  # the last grid (after the last step) saw exactly the EMA weights
+        assert torch.equal(value, trainer.ema.shadow[name]), name
+    assert not torch.equal(trainer.model.blocks[0].weight, trainer.ema.shadow["blocks.0.weight"])  # put back
     assert [m["loss"] for m in _metrics(tmp_path / "val")] == [m["loss"] for m in _metrics(tmp_path / "plain")]
 
 

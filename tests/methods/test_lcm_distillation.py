@@ -123,3 +123,85 @@ def test_guidance_embedding_student_starts_equal_to_teacher():
     assert 3.0 <= logs["w"] <= 15.0
     with pytest.raises(ValueError, match="guidance_embedding"):
         LCMDistillation(_model(), guidance_embedding=True)
+
+
+def _algorithm1_loss(method, model, batch, index, noise, w):
+    """PixArt-delta Algorithm 1 / LCM's train_lcm_distill, written from the paper: linear betas, DDIM skip k = 20,
+    guided teacher step cond + w (cond - uncond) on x0 and eps from the learned null caption, boundary scalings
+    with sigma_data 0.5 and timestep scaling 10, Huber c = 0.001. Uses only the three networks of ``method``."""
+    x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], batch["data_info"]
+    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
+    start = (index + 1) * 20 - 1  # t_{n+k} on the 50-step grid [19, 39, ..., 999]
+    prev = (start - 20).clamp(min=0)  # t_n
+
+    def col(v):
+        return v.float().view(-1, 1, 1, 1)
+
+    def x0_of(xt, t, eps):
+        return (xt - col((1 - ac[t]).sqrt()) * eps) / col(ac[t].sqrt())
+
+    def f(xt, t, eps):  # c_skip(t) x_t + c_out(t) x0
+        s = 10.0 * t.double()
+        return col(0.25 / (s**2 + 0.25)) * xt + col(s / (s**2 + 0.25).sqrt()) * x0_of(xt, t, eps)
+
+    def eps_of(net, xt, t, yy):
+        return net(xt, t, yy, mask, info)[:, : xt.shape[1]]
+
+    xt = col(ac[start].sqrt()) * x0 + col((1 - ac[start]).sqrt()) * noise
+    pred = f(xt, start, eps_of(model, xt, start, y))
+    with torch.no_grad():
+        null = method.teacher.y_embedder.y_embedding[None, None].expand(len(x0), 1, -1, -1)
+        e_c, e_u = eps_of(method.teacher, xt, start, y), eps_of(method.teacher, xt, start, null)
+        x0_c, x0_u = x0_of(xt, start, e_c), x0_of(xt, start, e_u)
+        x0_g, e_g = x0_c + w * (x0_c - x0_u), e_c + w * (e_c - e_u)
+        x_prev = col(ac[prev].sqrt()) * x0_g + col((1 - ac[prev]).sqrt()) * e_g
+        target = f(x_prev, prev, eps_of(method.target, x_prev, prev, y))
+    return (torch.sqrt((pred - target) ** 2 + 0.001**2) - 0.001).mean()
+
+
+def test_one_lcd_step_matches_algorithm_1(monkeypatch):
+    """Fixed draws (n, noise, w = 4.5) and three different networks (teacher, drifted target, trained student)."""
+    from tests.model.helpers import randomize
+
+    model = _model()
+    method = LCMDistillation(model, w=4.5)
+    randomize(model, std=0.05, seed=11)  # the student has moved away from the teacher ...
+    randomize(method.target, std=0.05, seed=12)  # ... and the target is neither
+    batch = _batch(3)
+    index = torch.tensor([0, 23, 49])
+    noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: index.clone())
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: noise.clone())
+    loss, logs = method(model, batch)
+    want = _algorithm1_loss(method, model, batch, index, noise, 4.5)
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-7)
+    for wrong in (-4.5, 5.5):  # the test can tell a flipped guidance sign or the CFG convention apart
+        assert abs(_algorithm1_loss(method, model, batch, index, noise, wrong).item() - loss.item()) > 1e-4
+    loss.backward()
+    want_grad = torch.autograd.grad(_algorithm1_loss(method, model, batch, index, noise, 4.5), model.t_block[1].weight)
+    torch.testing.assert_close(model.t_block[1].weight.grad, want_grad[0], rtol=1e-4, atol=1e-7)
+
+
+def test_lcm_config_without_load_from_is_an_error(tmp_path):
+    from diffusion.engine import Trainer
+    from tests.engine.standins import tiny_config
+
+    cfg = tiny_config(model=dict(type="PixArt_tiny"), method=dict(type="LCMDistillation"), load_from=None)
+    with pytest.raises(KeyError, match="load_from"):
+        Trainer(cfg, tmp_path)
+
+
+def test_bf16_teacher_option_halves_its_memory_and_keeps_the_loss():
+    model = _model()
+    fp32 = LCMDistillation(model)
+    bf16 = LCMDistillation(model, teacher_dtype="bf16")
+    assert all(p.dtype == torch.bfloat16 for p in bf16.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in bf16.target.parameters())
+    batch = _batch()
+    torch.manual_seed(2)
+    want, _ = fp32(model, batch)
+    torch.manual_seed(2)
+    got, _ = bf16(model, batch)  # the same draws: only the teacher's precision differs
+    assert torch.isfinite(got) and abs(got.item() - want.item()) <= 0.05 * want.item()
+    with pytest.raises(ValueError, match="bf16"):
+        LCMDistillation(model, teacher_dtype="fp8")

@@ -144,3 +144,30 @@ def test_cli_export_pipeline(parts, tmp_path):
     pipe = PixArtAlphaPipeline.from_pretrained(str(tmp_path / "out"))
     theirs = diffusers_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(4))
     assert_same_latents(theirs, parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=4), seed=4))
+
+
+def test_cli_export_w_embedding_student_folds_its_guidance(parts, tmp_path):
+    """diffusers has no w-embedding: the export at --cfg-scale 5.5 samples like our pipeline with cfg_scale 5.5."""
+    root = parts["root"]
+    student = tiny(False, guidance_embedding=True, **MODEL_KW)
+    save_file(student.state_dict(), str(tmp_path / "student.safetensors"))
+    model_cfg = dict(type="PixArt_tiny", hidden_size=48, num_heads=3, caption_channels=32, **MODEL_KW)
+    model_cfg["guidance_embedding"] = True
+    (tmp_path / "cfg.py").write_text(
+        f"model = {model_cfg!r}\n"
+        "method = dict(type='LCMDistillation', w=4.5, guidance_embedding=True)\n"
+        f"text_encoder = dict(path={str(parts['te_dir'])!r}, max_length={MAX_LENGTH})\n"
+        f"codec = dict(type='AutoencoderKLCodec', path={str(root / 'vae')!r}, scale_factor=0.18215)\n"
+    )
+    convert_main(
+        ["export-pipeline", str(tmp_path / "student.safetensors"), str(tmp_path / "out")]
+        + ["--config", str(tmp_path / "cfg.py"), "--cfg-scale", "5.5"]
+    )
+    pipe = PixArtAlphaPipeline.from_pretrained(str(tmp_path / "out"))
+    theirs = diffusers_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(2))
+    ours = (
+        parts["ours"]
+        .with_model(student)
+        .sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=2, cfg_scale=5.5), seed=4)
+    )
+    assert_same_latents(theirs, ours)

@@ -47,12 +47,13 @@ def test_sample_writes_pngs_equal_to_pipeline(setup, tmp_path, sampler, steps):
     out = tmp_path / "out"
     argv = ["--config", str(setup["config"]), "--checkpoint", str(setup["root"] / "model.safetensors")]
     argv += ["--prompts", *PROMPTS, "--sampler", sampler, "--steps", str(steps), "--seeds", "0", "7"]
-    written = main([*argv, "--cfg-scale", "3.0", "--out", str(out)])
+    cfg_scale = 3.0 if sampler == "dpm" else None  # a fixed-w LCM student takes no guidance scale
+    written = main([*argv, *(["--cfg-scale", "3.0"] if cfg_scale else []), "--out", str(out)])
     names = sorted(p.name for p in out.iterdir())
     assert names == ["grid.png", "s0_000.png", "s0_001.png", "s7_000.png", "s7_001.png"]
     assert written[-1] == out / "grid.png"
     pipe = load_pipeline(setup["cfg"], model=setup["model"])
-    expected = pipe(PROMPTS, seed=7, name=sampler, steps=steps, cfg_scale=3.0)
+    expected = pipe(PROMPTS, seed=7, name=sampler, steps=steps, cfg_scale=cfg_scale)
     assert expected.shape == (2, 3, 32, 32)
     assert torch.equal(read_png(out / "s7_001.png"), expected[1])
     grid = read_png(out / "grid.png")
@@ -89,3 +90,52 @@ def test_make_grid_places_images_row_major():
     grid = make_grid(images, columns=3)  # what tools/sample.py writes: one row per seed, one column per prompt
     assert grid.shape == (3, 4, 6)
     assert grid[0, ::2, ::2].tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_sample_lcm_lora_trainer_checkpoint(setup, tmp_path):
+    """A trainer step folder of an LCM-LoRA run (peft keys) samples like the live peft student."""
+    from diffusion.methods.lcm_distillation import add_lora
+
+    student = randomize(MODELS.build(dict(setup["cfg"].model)), std=0.05)
+    add_lora(student, 4, 8.0, ("qkv", "fc1", "fc2"))
+    randomize(student, std=0.05, seed=3)  # adapters too (B starts at zero)
+    step = tmp_path / "run" / "checkpoints" / "step_0000002"
+    step.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(step / "model.safetensors"))
+    config = tmp_path / "lora.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nmethod = dict(type='LCMDistillation', lora=dict(rank=4, alpha=8))\n"
+    )
+    argv = ["--config", str(config), "--checkpoint", str(step), "--prompts", *PROMPTS, "--sampler", "lcm"]
+    main([*argv, "--steps", "2", "--out", str(tmp_path / "out")])
+    expected = load_pipeline(setup["cfg"], model=student.eval())(PROMPTS, seed=0, name="lcm", steps=2)
+    assert torch.equal(read_png(tmp_path / "out" / "s0_001.png"), expected[1])
+
+
+def test_control_image_reaches_a_controlnet(setup, tmp_path):
+    """--control with a ControlNet config: the image is resized, saved as control.png, and sampled under."""
+    from diffusion.model.controlnet import PixArtControlNet
+
+    config = tmp_path / "cn.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        "controlnet = dict(copy_blocks=2)\n"
+    )
+    cn = PixArtControlNet(setup["model"], copy_blocks=2)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in cn.controlnet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    save_file(cn.trainable_state_dict(), str(tmp_path / "cn.safetensors"))
+    edges = np.zeros((64, 64, 3), np.uint8)
+    edges[16:48, 30:34] = 255  # a vertical bar, at twice the sampling size
+    Image.fromarray(edges).save(tmp_path / "edges.png")
+    out = tmp_path / "out"
+    argv = ["--config", str(config), "--checkpoint", str(tmp_path / "cn.safetensors"), "--prompts", *PROMPTS]
+    main([*argv, "--sampler", "lcm", "--steps", "2", "--control", str(tmp_path / "edges.png"), "--out", str(out)])
+    control = read_png(out / "control.png")
+    assert control.shape == (3, 32, 32) and control[:, 20, 16].min() > 128 and control[:, 5, 5].max() == 0
+    expected = load_pipeline(setup["cfg"], model=cn.eval())(PROMPTS, name="lcm", steps=2, control=control[None])
+    assert torch.equal(read_png(out / "s0_001.png"), expected[1])
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        main([*argv, "--control", str(tmp_path / "missing.png"), "--out", str(out)])

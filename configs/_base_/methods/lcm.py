@@ -15,4 +15,6 @@ method = dict(
     null_caption="learned",
     lora=None,
     sampler=dict(name="lcm", steps=4),
+    teacher_dtype=None,  # "bf16": the frozen teacher in bfloat16 (half its memory; it only runs forward)
+    target_dtype=None,  # "bf16" also for the EMA target (loses EMA updates below bf16 precision; off by default)
 )

@@ -1,0 +1,16 @@
+# PixArt-delta §4 ControlNet-Transformer at 1024 px (official PixArt_xl2_img1024_controlHed.py): N = 13 trainable
+# copies on a frozen PixArt-XL-2-1024-MS, trained single-scale at 1024 x 1024 as the official run ("only trained on
+# single-scale 1024"), AdamW 2e-5 / wd 3e-2, batch 4 per GPU, grad accumulation 4, grad clip 0.01, gradient
+# checkpointing, no EMA. The released PixArt-XL-2-1024-ControlNet.pth loads as controlnet.load_from.
+#   torchrun --nproc_per_node 8 train_scripts/train_controlnet.py configs/controlnet/pixartms_xl2_img1024_controlnet.py
+_base_ = [
+    "../_base_/models/pixartms_xl2_1024.py",
+    "../_base_/datasets/internal_512.py",
+    "../_base_/methods/diffusion.py",
+    "../_base_/schedules/adamw_controlnet.py",
+    "../_base_/runtime/default.py",
+]
+load_from = "output/pretrained_models/PixArt-XL-2-1024-MS.pth"
+controlnet = dict(copy_blocks=13, topology="transformer", load_from=None)
+data = dict(resolution=1024, load_control=True)  # control_features_1024/ from tools/extract_features.py --control hed
+train = dict(batch_size=4, ema_rate=None)

@@ -1,0 +1,19 @@
+# The embedded default's ControlNet-Transformer (PixArt-delta §4): the committed tiny teacher (assets/tiny_teacher,
+# 6 blocks) frozen, N = 3 = depth / 2 trainable copies (13 of 28 in the paper), trained on the embedded default's exact
+# edge maps (control_features_32/) with the teacher's loss; the official optimizer settings except a CPU-sized lr,
+# batch and schedule.
+_base_ = [
+    "../_base_/models/tiny.py",
+    "../_base_/datasets/embedded_32.py",
+    "../_base_/methods/diffusion.py",
+    "../_base_/schedules/tiny_cpu.py",
+    "../_base_/runtime/embedded.py",
+]
+load_from = "assets/tiny_teacher/model.safetensors"
+controlnet = dict(copy_blocks=3, topology="transformer", load_from=None)
+data = dict(load_control=True)
+optimizer = dict(lr=5e-4, weight_decay=3e-2)
+lr_schedule = dict(type="constant", warmup_steps=20, min_lr_ratio=0.0)
+train = dict(max_steps=300, batch_size=32, grad_accum=1, mixed_precision="bf16", ema_rate=None, seed=43)
+checkpoint = dict(every=100, keep_last=1)
+validation = dict(every=300)

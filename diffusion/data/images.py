@@ -1,0 +1,56 @@
+"""Reading user images the way a person looking at them expects (PixArt-α §2.4 data path, before feature caching).
+
+Photographs from phones and the web come in many shapes: EXIF-rotated JPEGs, 16-bit PNGs, RGBA/LA/palette images
+with transparency, CMYK scans, grayscale. ``open_rgb`` turns each into the 8-bit RGB picture an image viewer shows:
+
+- EXIF orientation applied (``ImageOps.exif_transpose``), so a portrait phone photo stays portrait;
+- 16-bit (``I;16*``/``I``) grayscale rescaled 65535 → 255 (Pillow's own ``convert("RGB")`` clips it to white);
+- transparency (RGBA, LA, PA, or a palette/L/RGB ``transparency`` entry) composited over a white background
+  (dropping alpha would show whatever colour the transparent pixels happen to store, often black);
+- every other mode (CMYK, P, L, 1, YCbCr, ...) through Pillow's conversion.
+
+``oriented_size`` reads only the header and gives the (h, w) after orientation, for checking data_info.json.
+"""
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+BACKGROUND = (255, 255, 255)
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (transpose, rotate 270, ...)
+_EXIF_ORIENTATION = 0x0112
+
+
+def oriented_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the image at ``path`` as displayed, i.e. after its EXIF orientation."""
+    with Image.open(path) as img:
+        width, height = img.size
+        if img.getexif().get(_EXIF_ORIENTATION) in _SWAPPING_ORIENTATIONS:
+            width, height = height, width
+    return height, width
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """An already oriented image of any mode → 8-bit RGB (see the module docstring for the rules)."""
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # 16-bit grayscale: Pillow keeps 0..65535 in these modes; scale to 0..255 before dropping to 8 bits.
+        array = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray(np.clip(np.round(array / 257.0), 0, 255).astype(np.uint8), mode="L")
+    if _has_transparency(img):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, background + (255,))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Decode the image at ``path`` fully (a truncated file raises here) as oriented 8-bit RGB."""
+    with Image.open(path) as img:
+        img.load()
+        oriented = ImageOps.exif_transpose(img)
+        return to_rgb(oriented, background)

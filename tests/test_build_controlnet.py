@@ -1,0 +1,85 @@
+"""diffusion/build.py for ControlNet configs: the ``controlnet`` section wraps the base holding ``load_from``;
+``load_model`` reads the official full layout and a trainable-weights checkpoint on top of ``load_from``."""
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion.build import build_model, load_model
+from diffusion.engine.config import resolve_section
+from diffusion.model.controlnet import PixArtControlNet, PixArtControlNetUNet
+from diffusion.registry import MODELS
+from tests.model.helpers import inputs, randomize
+
+MODEL = dict(
+    type="PixArtMS_tiny", input_size=8, hidden_size=48, depth=4, num_heads=3, caption_channels=32, model_max_length=16
+)
+
+
+@pytest.fixture(scope="module")
+def base_file(tmp_path_factory):
+    base = randomize(MODELS.build(dict(MODEL)), seed=2)
+    path = tmp_path_factory.mktemp("base") / "base.safetensors"
+    save_file(base.state_dict(), str(path))
+    return path, base
+
+
+def _cfg(base_path, **controlnet):
+    return dict(model=MODEL, load_from=str(base_path), controlnet={"copy_blocks": 2, **controlnet})
+
+
+def test_build_wraps_the_loaded_base_and_copies_its_blocks(base_file):
+    path, base = base_file
+    model = build_model(_cfg(path))
+    assert isinstance(model, PixArtControlNet) and model.copy_blocks == 2
+    for k, v in base.state_dict().items():
+        assert torch.equal(model.base_model.state_dict()[k], v), k
+    for i, control in enumerate(model.controlnet):
+        for k, v in base.blocks[i].state_dict().items():
+            assert torch.equal(control.copied_block.state_dict()[k], v), (i, k)
+    unet = build_model(_cfg(path, topology="unet", copy_blocks=None))
+    assert isinstance(unet, PixArtControlNetUNet) and unet.copy_blocks == 2
+    x, t, y, mask, info = inputs()
+    with torch.no_grad():
+        assert torch.equal(model.eval()(x, t, y, mask, info, c=torch.randn_like(x)), base.eval()(x, t, y, mask, info))
+
+
+def test_controlnet_section_keys_are_checked():
+    with pytest.raises(KeyError, match="copy_block"):
+        resolve_section("controlnet", dict(copy_block=3))
+    with pytest.raises(KeyError, match="topology"):
+        resolve_section("controlnet", dict(topology="resnet"))
+    assert resolve_section("controlnet", {}) == dict(copy_blocks=13, topology="transformer", load_from=None)
+
+
+def _trained(path):
+    model = build_model(_cfg(path))
+    g = torch.Generator().manual_seed(4)
+    with torch.no_grad():
+        for p in model.controlnet.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.1)
+    return model
+
+
+def test_load_model_reads_official_full_and_trainable_checkpoints(base_file, tmp_path):
+    path, _ = base_file
+    trained = _trained(path)
+    full = {**trained.state_dict(), "base_model.pos_embed": torch.zeros(1, 16, 48)}
+    torch.save({"state_dict": full}, tmp_path / "PixArt-ControlNet.pth")
+    save_file(trained.trainable_state_dict(), str(tmp_path / "model.safetensors"))  # a trainer step folder
+    expected = trained.state_dict()
+    no_base = dict(_cfg(path), load_from=None)
+    for cfg, checkpoint in [(no_base, tmp_path / "PixArt-ControlNet.pth"), (_cfg(path), tmp_path)]:
+        model = load_model(cfg, checkpoint)
+        assert not model.training and not any(p.requires_grad for p in model.parameters())
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    # controlnet.load_from: the same weights, from the config alone
+    model = load_model(_cfg(path, load_from=str(tmp_path / "model.safetensors")))
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
+    with pytest.raises(ValueError, match="trainable weights.*load_from"):
+        load_model(no_base, tmp_path)
+    partial = trained.trainable_state_dict()
+    partial.pop("controlnet.1.after_proj.weight")
+    save_file(partial, str(tmp_path / "broken.safetensors"))
+    with pytest.raises(KeyError, match="broken.safetensors.*controlnet.1.after_proj.weight"):
+        load_model(_cfg(path), tmp_path / "broken.safetensors")

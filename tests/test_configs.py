@@ -1,0 +1,43 @@
+"""Every leaf config under configs/ (not ``_base_``) resolves with the trainer's schema and its model and method
+build on the meta device (no memory, so the XL configs are checked too). New configs are found by walking the
+folder."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from diffusion.engine.config import SECTION_DEFAULTS, check_top_level, resolve_section
+from diffusion.registry import DATASETS, METHODS, MODELS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+LEAVES = sorted(p for p in CONFIGS.rglob("*.py") if "_base_" not in p.relative_to(CONFIGS).parts)
+
+
+def test_there_are_leaf_configs():
+    assert len(LEAVES) >= 8
+
+
+@pytest.mark.parametrize("path", LEAVES, ids=[str(p.relative_to(CONFIGS)) for p in LEAVES])
+def test_leaf_config_resolves_and_builds_on_meta(path):
+    import diffusion.data  # noqa: F401  (registers the datasets)
+    import diffusion.methods  # noqa: F401  (registers the methods)
+
+    cfg = Config.fromfile(str(path))
+    check_top_level(cfg)
+    for section in SECTION_DEFAULTS:
+        if cfg.get(section) is not None or section in ("train",):
+            resolve_section(section, cfg.get(section))
+    method_cls = METHODS.get(cfg.method["type"])
+    assert method_cls is not None, cfg.method["type"]
+    assert DATASETS.get(cfg.data["type"]) is not None, cfg.data["type"]
+    if getattr(method_cls, "requires_load_from", False):
+        assert cfg.get("load_from"), f"{path.name}: {cfg.method['type']} needs load_from"
+    with torch.device("meta"):
+        model = MODELS.build(dict(cfg.model))
+    method = METHODS.build(dict(cfg.method, model=model))  # LoRA injection and frozen copies of a meta model
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
+    assert method.sampler_defaults() is not None
+    if cfg.method.get("guidance_embedding"):
+        assert model.w_embedder is not None
