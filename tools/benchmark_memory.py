@@ -6,7 +6,7 @@ Rows, each measured in a fresh subprocess so that one row's allocations never co
               (as the official code and our trainer do), or in bf16 / fp16 (the lean setting); fp16 runs with a
               GradScaler as on the paper's V100s;
   teacher-*   one PixArt-alpha diffusion-loss step of the same network (what the teacher costs to fine-tune);
-  controlnet  ControlNet training (N = 13), when diffusion/model/controlnet.py exists on this branch;
+  controlnet  ControlNet-Transformer training (N = 13 trainable copies, frozen base in bf16) at the same size;
   infer-*     LCM 4-step inference of one 1024² image with T5-XXL in bf16 or int8 (``--text-encoder-8bit``), the
               transformer in bf16 and the SD VAE; ``lean``: T5 offloaded after encoding, VAE decoded in tiles.
 Each row is split into weights / gradients / optimizer state (bytes of the tensors) and the rest of the peak
@@ -132,22 +132,30 @@ def train_row(args, kind: str, amp: str, frozen: str | None) -> dict:
 
     device, size = args.device, get_size(args.size)
     base = Peak(device).now()
-    if kind == "controlnet":
-        raise SystemExit("controlnet: diffusion/model/controlnet.py is not on this branch yet")
     model = random_pixart(size, grad_checkpointing=True).to(device).train()
-    if kind == "lcm":
+    frozen_modules = []
+    if kind == "controlnet":  # N = 13 trainable copies (at most depth - 1 in a reduced model), frozen base
+        from diffusion.model.controlnet import wrap_controlnet
+
+        model = wrap_controlnet(model, "transformer", min(13, len(model.blocks) - 1)).to(device).train()
+        if frozen != "fp32":
+            model.base_model.to(HALF[frozen])  # the frozen base in half precision, the copies in fp32
+        method = DiffusionLoss(model)
+    elif kind == "lcm":
         method = LCMDistillation(model, w=4.5).to(device)
         if frozen != "fp32":
             method.teacher.to(HALF[frozen])
             method.target.to(HALF[frozen])
         frozen_modules = [method.teacher, method.target]
     else:
-        method, frozen_modules = DiffusionLoss(model), []
+        method = DiffusionLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
     fused = device.startswith("cuda")  # one kernel for all parameters, no per-parameter temporaries
     optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, eps=1e-10, fused=fused or None)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
     batch = fake_batch(size, BATCH[args.size], device)
+    if kind == "controlnet":
+        batch["c"] = torch.randn_like(batch["x0"])  # the control latent (HED map through the VAE)
     weights = module_bytes(model, *frozen_modules)
     with Peak(device) as peak:
         for _ in range(2):
@@ -216,7 +224,12 @@ def run_rows(args) -> dict:
     results = {}
     for row in args.rows:
         cmd = [sys.executable, __file__, "--child", row, "--size", args.size, "--device", args.device]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.row_timeout)
+        except subprocess.TimeoutExpired:
+            results[row] = {"error": f"ran past {args.row_timeout:g} s"}
+            print(f"{row}: {results[row]}", file=sys.stderr, flush=True)
+            continue
         lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
         if proc.returncode == 0 and lines:
             results[row] = json.loads(lines[-1])
