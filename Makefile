@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-slow lint demo teacher controlnet drill lcm-student app app-screenshots clean-venv
+.PHONY: venv test test-slow lint demo teacher controlnet drill lcm-student app app-screenshots gpu-wheels gpu-report clean-venv
 
 $(STAMP): requirements.txt
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
@@ -34,6 +34,7 @@ teacher: $(STAMP)
 # The tiny ControlNet on that teacher (committed as assets/tiny_controlnet/, PixArt-delta §4), with its fixed seed.
 controlnet: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/make_controlnet.py
+
 # Fault drill (issue 10): SIGKILL, SIGTERM, a killed torchrun rank, a full disk, NaNs, bad features, bad configs and
 # checkpoints injected into tiny training runs; ends with "faults injected: N, survived: N, data lost: 0".
 drill: $(STAMP)
@@ -54,6 +55,18 @@ app: $(STAMP)
 # Screenshots of the app's tabs (docs/images/app_*.png), taken in headless Chromium.
 app-screenshots: $(STAMP)
 	GRADIO_ANALYTICS_ENABLED=False $(PYTHON) tools/app_browser.py --out docs/images $(ARGS)
+
+# What a bare GPU machine (CPython 3.12, x86_64, torch preinstalled) lacks for tools/gpu_report.py, as wheels in .whl/.
+GPU_WHEELS := mmengine==0.10.7 addict==2.4.0 termcolor==3.3.0 yapf==0.43.0 platformdirs==4.14.9 \
+	diffusers==0.42.1 importlib_metadata==10.2.0 torchao==0.18.0
+gpu-wheels: $(STAMP)
+	$(PYTHON) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+		-d .whl $(GPU_WHEELS)
+
+# Every GPU measurement in one run (< 8 min), written to output/gpu_report/report.md.
+gpu-report:
+	python3 tools/gpu_report.py --out output/gpu_report --wheels .whl
 
 clean-venv:
 	rm -rf $(VENV)

@@ -125,17 +125,18 @@ def _merged_lora(cfg: Mapping, state: dict[str, torch.Tensor], path: Path) -> di
 
 
 def build_text_encoder(
-    cfg: Mapping, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+    cfg: Mapping, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, int8: bool = False
 ) -> TextEncoder:
-    """The T5 encoder of ``cfg.text_encoder`` (a local folder) on ``device``."""
+    """The T5 encoder of ``cfg.text_encoder`` (a local folder) on ``device``; ``int8``: weights stored in 8 bits."""
     section = cfg["text_encoder"]
-    return TextEncoder.from_pretrained(
+    te = TextEncoder.from_pretrained(
         section["path"],
         max_length=section["max_length"],
         dtype=dtype,
         device=device,
         clean_caption=section.get("clean_caption", True),  # the official T5-embedder caption cleaning
     )
+    return te.quantize_8bit() if int8 else te
 
 
 def build_codec(cfg: Mapping, device: str | torch.device = "cpu") -> nn.Module:
@@ -152,14 +153,23 @@ def load_pipeline(
     use_ema: bool = True,
     model: nn.Module | None = None,
     like: Pipeline | None = None,
+    text_encoder_8bit: bool = False,
+    lean: bool = False,
 ) -> Pipeline:
     """A :class:`Pipeline` over the network of :func:`load_model` (or ``model`` as it is, e.g. the trainer's
     validation copy), the config's text encoder and codec, at ``cfg.data.resolution``.
 
     ``like``: reuse that pipeline's text encoder and codec (two models of one config, e.g. teacher and student).
+    ``text_encoder_8bit``: T5 weights in int8 (PixArt-delta's 8 GB inference). ``lean``: T5 waits on the CPU
+    between calls and the VAE decodes one image at a time, in tiles above its native size.
     """
     if model is None:
         model = load_model(cfg, checkpoint, device, dtype, use_ema)
     if like is not None:
         return like.with_model(model)
-    return Pipeline(model, build_text_encoder(cfg, device), build_codec(cfg, device), cfg["data"]["resolution"])
+    text_device = "cpu" if lean else device
+    text_encoder = build_text_encoder(cfg, text_device, int8=text_encoder_8bit)
+    codec = build_codec(cfg, device)
+    if lean and hasattr(codec, "set_lean_decode"):
+        codec.set_lean_decode(True)
+    return Pipeline(model, text_encoder, codec, cfg["data"]["resolution"], offload_text_encoder=lean)

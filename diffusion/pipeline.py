@@ -64,17 +64,28 @@ class Pipeline:
     Built from a config and a checkpoint by ``diffusion.build.load_pipeline``.
         codec: object with ``decode(z) -> images in [-1, 1]``, ``scale_factor``, ``latent_channels``, ``downsample``.
         resolution: default image size in pixels (square), or (height, width).
+        offload_text_encoder: keep T5 on the CPU between calls and bring it to the model's device only to encode
+            (PixArt-delta's lean inference: T5-XXL is 9.5 GB in bf16, the transformer 1.2 GB).
     """
 
-    def __init__(self, model: nn.Module, text_encoder: TextEncoder, codec, resolution: int | tuple[int, int]):
+    def __init__(
+        self,
+        model: nn.Module,
+        text_encoder: TextEncoder,
+        codec,
+        resolution: int | tuple[int, int],
+        offload_text_encoder: bool = False,
+    ):
         self.model, self.text_encoder, self.codec = model, text_encoder, codec
         self.resolution = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        self.offload_text_encoder = offload_text_encoder
+        self.reuse_caption = True  # caption projection + cross-attention K/V once per call, not once per step
         self.schedule = NoiseSchedule()
         self.nfe = 0  # model evaluations per image of the last call (CFG counts two)
 
     def with_model(self, model: nn.Module) -> Pipeline:
         """A pipeline over ``model`` that shares this one's text encoder, codec and resolution."""
-        return Pipeline(model, self.text_encoder, self.codec, self.resolution)
+        return Pipeline(model, self.text_encoder, self.codec, self.resolution, self.offload_text_encoder)
 
     @property
     def device(self) -> torch.device:
@@ -82,7 +93,13 @@ class Pipeline:
 
     def encode(self, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """(y (B,1,L,C), y_mask (B,L)) on the model's device and dtype."""
+        if self.offload_text_encoder:
+            self.text_encoder.to(self.device)
         y, mask = self.text_encoder.encode(list(prompts))
+        if self.offload_text_encoder:
+            self.text_encoder.to("cpu")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()  # hand T5's memory to the transformer and the VAE
         dtype = next(self.model.parameters()).dtype
         return y.to(self.device, dtype), mask.to(self.device)
 
@@ -128,27 +145,37 @@ class Pipeline:
 
         ``c``: a ControlNet's control latent (B, C, h, w), shared by both halves of the guidance batch."""
         channels = self.model.in_channels
+        if cfg_scale is not None:
+            null = self.model.y_embedder.null_caption(y.shape[0]).to(y.dtype)
+            y, mask = torch.cat([y, null]), torch.cat([mask, mask])
+            data_info = {k: torch.cat([v, v]) for k, v in data_info.items()}
+        model_fn = self._caption_fn(y, mask, data_info)
         if cfg_scale is None:
             control = {} if c is None else {"c": c}
 
             def eps_fn(xt, t):
                 self.nfe += 1
-                return self.model(xt.to(y.dtype), t, y, mask, data_info, **control)[:, :channels].float()
+                return model_fn(xt.to(y.dtype), t, **control)[:, :channels].float()
 
             return eps_fn
-        null = self.model.y_embedder.null_caption(y.shape[0]).to(y.dtype)
-        y2, mask2 = torch.cat([y, null]), torch.cat([mask, mask])
-        info2 = {k: torch.cat([v, v]) for k, v in data_info.items()}
         control2 = {} if c is None else {"c": torch.cat([c, c])}
 
         def cfg_eps_fn(xt, t):
             self.nfe += 2
-            out = self.model(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), y2, mask2, info2, **control2)
-            out = out[:, :channels]
+            out = model_fn(torch.cat([xt, xt]).to(y.dtype), torch.cat([t, t]), **control2)[:, :channels]
             cond, uncond = out.float().chunk(2)
             return uncond + cfg_scale * (cond - uncond)
 
         return cfg_eps_fn
+
+    def _caption_fn(self, y: torch.Tensor, mask: torch.Tensor, data_info: Mapping):
+        """``(x, t) -> model output`` for one prompt batch. With ``reuse_caption`` (and a model that offers
+        ``encode_caption``), the caption projection and every block's cross-attention K/V run once here instead of
+        at every step: the same numbers (tests/test_pipeline_speed.py), ~(1 + depth) fewer matmuls per step."""
+        if self.reuse_caption and hasattr(self.model, "encode_caption"):
+            caption = self.model.encode_caption(y, mask)
+            return lambda x, t, **kw: self.model(x, t, None, None, data_info, caption=caption, **kw)
+        return lambda x, t, **kw: self.model(x, t, y, mask, data_info, **kw)
 
     @torch.no_grad()
     def sample_latents(
@@ -159,10 +186,12 @@ class Pipeline:
         height: int | None = None,
         width: int | None = None,
         x_T: torch.Tensor | None = None,
+        caption: tuple[torch.Tensor, torch.Tensor] | None = None,
         control: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoised latents (B, C, h, w) in model space (codec latents times ``scale_factor``).
 
+        ``caption``: ``encode(prompts)`` computed beforehand (y (B,1,L,C), y_mask (B,L)); T5 is then not run.
         ``control``: a ControlNet's control images or latent (see :meth:`encode_control`); None = no control."""
         height, width = height or self.resolution[0], width or self.resolution[1]
         down = self.codec.downsample
@@ -171,7 +200,7 @@ class Pipeline:
             shape = (len(prompts), self.model.in_channels, height // down, width // down)
             x_T = torch.randn(shape, generator=generator)
         x_T = x_T.to(self.device, torch.float32)
-        y, mask = self.encode(prompts)
+        y, mask = self.encode(prompts) if caption is None else caption
         hw = torch.tensor([[float(height), float(width)]], device=self.device).expand(len(prompts), 2)
         data_info = {"img_hw": hw, "aspect_ratio": hw[:, :1] / hw[:, 1:], **self.guidance_info(sampler, len(prompts))}
         guided = sampler.name != "lcm" and sampler.cfg_scale not in (None, 1.0)

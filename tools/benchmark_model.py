@@ -14,30 +14,25 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusion.bench import diffusers_twin, timed  # noqa: E402
 from diffusion.model import PixArt, PixArtMS  # noqa: E402
-from diffusion.model.diffusers_format import diffusers_config, diffusers_forward, official_to_diffusers  # noqa: E402
+from diffusion.model.diffusers_format import diffusers_forward  # noqa: E402
 
 
 def build_pair(args):
-    from diffusers import PixArtTransformer2DModel
-
     torch.manual_seed(0)
     cls = PixArtMS if args.ms else PixArt
     ours = cls(input_size=args.resolution // 8, depth=args.depth, pe_interpolation=args.resolution / 512)
     with torch.no_grad():  # no layer at its zero init, so every path computes something
         for p in ours.parameters():
             p.normal_(std=0.02)
-    config = {k: v for k, v in diffusers_config(ours).items() if not k.startswith("_")}
-    theirs = PixArtTransformer2DModel(**config)
-    theirs.load_state_dict(official_to_diffusers(ours.state_dict())[0], strict=True)
-    return ours.to(args.device), theirs.to(args.device)
+    return ours.to(args.device), diffusers_twin(ours).to(args.device).train().requires_grad_(True)
 
 
 def make_inputs(args):
@@ -56,16 +51,6 @@ def make_inputs(args):
 
 def call(model, inputs, ours: bool):
     return model(*inputs) if ours else diffusers_forward(model, *inputs)
-
-
-def timed(fn, device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def bench(args, precision: str) -> dict:
@@ -91,12 +76,16 @@ def bench(args, precision: str) -> dict:
             out = call(model, inputs, is_ours)
         out.float().square().mean().backward()
 
-    diff = (forward("ours").float() - forward("diffusers").float()).abs().max().item()
+    outputs = []  # the first forward of each model also compiles it (with --compile): counted in ``first``
+    first = timed(lambda: outputs.extend([forward("ours").float(), forward("diffusers").float()]), args.device)
+    diff = (outputs[0] - outputs[1]).abs().max().item()
     times = {f"{n}_{k}": [] for n in runners for k in ("fwd", "train")}
+    # ``first`` adds the first round: with --compile, compiling both models (forward and backward) is in it
     for rep in range(args.warmup + args.repeats):
         for name in runners:  # interleaved so drifts in machine load hit both models alike
             f = timed(lambda n=name: forward(n), args.device)
             s = timed(lambda n=name: train_step(n), args.device)
+            first += (f + s) if rep == 0 else 0.0
             if rep >= args.warmup:
                 times[f"{name}_fwd"].append(f)
                 times[f"{name}_train"].append(s)
@@ -104,6 +93,7 @@ def bench(args, precision: str) -> dict:
     return dict(
         precision=precision,
         diff=diff,
+        first=first,
         **med,
         fwd_ratio=med["diffusers_fwd"] / med["ours_fwd"],
         train_ratio=med["diffusers_train"] / med["ours_train"],
@@ -133,15 +123,15 @@ def main(argv=None) -> None:
     )
     print(
         "| precision | ours fwd (ms) | diffusers fwd (ms) | fwd ratio | ours fwd+bwd (ms) | diffusers fwd+bwd (ms) "
-        "| train ratio | max abs diff |"
+        "| train ratio | max abs diff | first round, both models (s) |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for precision in args.precisions:
         r = bench(args, precision)
         print(
             f"| {precision} | {r['ours_fwd'] * 1e3:.1f} | {r['diffusers_fwd'] * 1e3:.1f} | {r['fwd_ratio']:.2f}x "
             f"| {r['ours_train'] * 1e3:.1f} | {r['diffusers_train'] * 1e3:.1f} | {r['train_ratio']:.2f}x "
-            f"| {r['diff']:.1e} |",
+            f"| {r['diff']:.1e} | {r['first']:.1f} |",
             flush=True,
         )
 

@@ -16,19 +16,17 @@ and VAE from the same temporary folders.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from diffusion.bench import SMALL_VAE, Size, measure, random_pixart, random_t5, random_vae  # noqa: E402
 from diffusion.data import AutoencoderKLCodec, TextEncoder  # noqa: E402
 from diffusion.export import export_pipeline, lcm_timesteps  # noqa: E402
-from diffusion.model import PixArt, PixArtMS  # noqa: E402
 from diffusion.pipeline import Pipeline, SamplerConfig  # noqa: E402
 
 # ByT5 tokenizes bytes: 20 and 17 tokens (of 120), like typical prompts under T5's sentencepiece and like
@@ -39,29 +37,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def build_components(root: Path, args) -> tuple[torch.nn.Module, Path, Path]:
     """Random XL-width PixArt (PixArtMS at 1024 px, as the exported pipeline needs), T5 and VAE folders."""
-    from diffusers import AutoencoderKL
-    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
-
-    torch.manual_seed(0)
-    latent = args.resolution // 8
-    cls = PixArtMS if latent == 128 else PixArt
-    model = cls(input_size=latent, depth=args.depth, pe_interpolation=max(args.resolution / 512, 1.0))
-    with torch.no_grad():  # no layer left at its zero init, so every path computes something
-        for p in model.parameters():
-            p.normal_(std=0.02)
-    t5 = T5Config(vocab_size=384, d_model=4096, d_kv=16, num_heads=4, d_ff=256, num_layers=1)
-    t5.update(dict(feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False, use_cache=False))
-    T5EncoderModel(t5).save_pretrained(str(root / "t5"))
-    ByT5Tokenizer().save_pretrained(str(root / "t5"))
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 32, 32),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        norm_num_groups=8,
-        latent_channels=4,
-        sample_size=args.resolution,
+    size = Size(
+        "sampling",
+        args.resolution,
+        dict(depth=args.depth),
+        dict(vocab_size=384, d_model=4096, d_kv=16, num_heads=4, d_ff=256, num_layers=1),
+        dict(SMALL_VAE),
     )
-    vae.save_pretrained(str(root / "vae"))
+    model = random_pixart(size)
+    text_encoder = random_t5(size)
+    text_encoder.model.save_pretrained(str(root / "t5"))
+    text_encoder.tokenizer.save_pretrained(str(root / "t5"))
+    random_vae(size).save_pretrained(str(root / "vae"))
     return model, root / "t5", root / "vae"
 
 
@@ -78,16 +65,6 @@ class LongestPromptTextEncoder(TextEncoder):
         pad = self.max_length - y.shape[1]
         y = torch.nn.functional.pad(y, (0, 0, 0, pad))
         return y[:, None], torch.nn.functional.pad(tokens.attention_mask.long(), (0, pad))
-
-
-def timed(fn, device: str) -> float:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
@@ -157,22 +134,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "transformer forward, batch 2B (CFG)": lambda: model(*(torch.cat([v, v]) for v in (z.to(dtype), t, y, mask))),
         "VAE decode": lambda: codec.decode(z),
     }
-    median = measure({**cases, **components}, args.runs, device)
+    fns = {name: fn[0] if isinstance(fn, tuple) else fn for name, fn in {**cases, **components}.items()}
+    median = measure(fns, args.runs, device)
     report(args, cases, components, median, diff, t5_diff)
     return median
-
-
-def measure(fns: dict, runs: int, device: str) -> dict[str, float]:
-    """Median seconds of each function over ``runs`` interleaved rounds (after one warm-up round)."""
-    times = {name: [] for name in fns}
-    with torch.no_grad():
-        for run in range(runs + 1):
-            for name, fn in fns.items():
-                fn = fn[0] if isinstance(fn, tuple) else fn
-                elapsed = timed(fn, device)
-                if run:
-                    times[name].append(elapsed)
-    return {name: statistics.median(v) for name, v in times.items()}
 
 
 def report(args, cases: dict, components: dict, median: dict[str, float], diff: float, t5_diff: float) -> None:

@@ -110,6 +110,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
+    parser.add_argument("--text-encoder-8bit", action="store_true", help="T5 weights in int8 (torchao)")
+    parser.add_argument("--lean", action="store_true", help="T5 on the CPU between calls; VAE in slices/tiles")
     parser.add_argument("--control", default=None, help="control image for a ControlNet config (PixArt-delta §4)")
     parser.add_argument("--annotator", default="none", choices=ANNOTATORS, help="control image -> control map")
     return parser.parse_args(argv)
@@ -123,7 +125,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.prompt_file:
         prompts = read_prompts(args.prompt_file)
     cfg = Config.fromfile(args.config)
-    pipe = load_pipeline(cfg, args.checkpoint, args.device, DTYPES[args.dtype], use_ema=not args.no_ema)
+    pipe = load_pipeline(
+        cfg,
+        args.checkpoint,
+        args.device,
+        DTYPES[args.dtype],
+        use_ema=not args.no_ema,
+        text_encoder_8bit=args.text_encoder_8bit,
+        lean=args.lean,
+    )
     control = None
     if args.control:
         height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]

@@ -43,20 +43,24 @@ class PixelCodec(nn.Module):
 
 @CODECS.register_module()
 class AutoencoderKLCodec(nn.Module):
-    """A diffusers ``AutoencoderKL`` loaded from a local directory (e.g. output/pretrained_models/sd-vae-ft-ema).
+    """A diffusers ``AutoencoderKL`` loaded from a local directory (e.g. output/pretrained_models/sd-vae-ft-ema), or
+    one already built (``path`` an ``AutoencoderKL``: the benchmarks share one VAE between two pipelines).
 
     ``scale_factor`` defaults to the VAE's own ``config.scaling_factor`` (0.18215 for the SD VAE PixArt uses,
     0.13025 for SDXL's); pass it only to override that.
     """
 
     def __init__(
-        self, path: str | Path, scale_factor: float | None = None, dtype: torch.dtype = torch.float32
+        self, path: str | Path | AutoencoderKL, scale_factor: float | None = None, dtype: torch.dtype = torch.float32
     ) -> None:
         super().__init__()
-        path = Path(path)
-        if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"no AutoencoderKL at {path} (expected {path / 'config.json'})")
-        self.vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
+        if isinstance(path, AutoencoderKL):
+            self.vae = path if path.dtype == dtype else path.to(dtype)
+        else:
+            path = Path(path)
+            if not (path / "config.json").is_file():
+                raise FileNotFoundError(f"no AutoencoderKL at {path} (expected {path / 'config.json'})")
+            self.vae = AutoencoderKL.from_pretrained(str(path), torch_dtype=dtype, local_files_only=True)
         self.vae.eval().requires_grad_(False)
         self.path = path
         self.scale_factor = float(self.vae.config.scaling_factor if scale_factor is None else scale_factor)
@@ -68,6 +72,12 @@ class AutoencoderKLCodec(nn.Module):
         """(B, 3, H, W) in [-1, 1] → posterior mean, std each (B, C, H/d, W/d), in float32."""
         posterior = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         return posterior.mean.float(), posterior.std.float()
+
+    def set_lean_decode(self, enabled: bool = True) -> None:
+        """Decode one image at a time and, above the VAE's native size, in overlapping tiles (diffusers' slicing and
+        tiling): peak memory no longer grows with the batch and the image area, at the cost of blended tile seams."""
+        for what in ("slicing", "tiling"):
+            getattr(self.vae, f"{'enable' if enabled else 'disable'}_{what}")()
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

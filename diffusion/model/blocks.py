@@ -45,11 +45,19 @@ class CrossAttention(nn.Module):
         self.kv_linear = nn.Linear(hidden_size, 2 * hidden_size)
         self.proj = nn.Linear(hidden_size, hidden_size)
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def key_value(self, y: torch.Tensor) -> torch.Tensor:
+        """Caption tokens (B, L, D) -> keys and values (2, B, h, L, dh); they depend on neither x nor t."""
+        b, length, d = y.shape
+        return self.kv_linear(y).reshape(b, length, 2, self.num_heads, d // self.num_heads).permute(2, 0, 3, 1, 4)
+
+    def forward(
+        self, x: torch.Tensor, y: torch.Tensor | None, attn_mask: torch.Tensor | None, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``kv``: :meth:`key_value` of the caption computed beforehand (then ``y`` is not used)."""
         b, n, d = x.shape
         h, dh = self.num_heads, d // self.num_heads
         q = self.q_linear(x).reshape(b, n, h, dh).transpose(1, 2)  # (B, h, N, dh)
-        kv = self.kv_linear(y).reshape(b, y.shape[1], 2, h, dh).permute(2, 0, 3, 1, 4)  # (2, B, h, L, dh)
+        kv = self.key_value(y) if kv is None else kv
         out = F.scaled_dot_product_attention(q, kv[0], kv[1], attn_mask=attn_mask)  # (B, h, N, dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
 
@@ -69,7 +77,8 @@ class DropPath(nn.Module):
 
 
 class PixArtBlock(nn.Module):
-    """One PixArt block. forward(x (B,N,D), y (B,L,D), t0 (B,6D), y_attn_mask (B,1,1,L) | None) -> (B,N,D)."""
+    """One PixArt block. forward(x (B,N,D), y (B,L,D), t0 (B,6D), y_attn_mask (B,1,1,L) | None) -> (B,N,D);
+    ``kv`` (2,B,h,L,dh): the cross-attention keys/values of ``y`` computed once for all sampling steps."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
         super().__init__()
@@ -82,13 +91,18 @@ class PixArtBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(6, hidden_size) / hidden_size**0.5)
 
     def forward(
-        self, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, y_attn_mask: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor | None,
+        t0: torch.Tensor,
+        y_attn_mask: torch.Tensor | None,
+        kv: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, _, d = x.shape
         mod = self.scale_shift_table[None] + t0.reshape(b, 6, d)  # (B, 6, D)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # (B, 1, D) each
         x = x + self.drop_path(gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa)))
-        x = x + self.cross_attn(x, y, y_attn_mask)
+        x = x + self.cross_attn(x, y, y_attn_mask, kv)
         x = x + self.drop_path(gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
         return x
 

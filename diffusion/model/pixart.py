@@ -6,12 +6,15 @@ output. Parameter names and shapes equal the official checkpoints (``PixArt-XL-2
 
 One speed-up over a literal port: caption tokens that are padding for *every* sample of the batch are sliced away
 before the caption projection, so cross-attention costs the batch's longest caption instead of ``model_max_length``
-(the output is unchanged: padded tokens are masked out of attention anyway).
+(the output is unchanged: padded tokens are masked out of attention anyway). Sampling goes one step further:
+:meth:`PixArt.encode_caption` runs the caption projection and every block's cross-attention K/V projection once per
+prompt batch, and ``forward(..., caption=...)`` reuses them at every step (they depend on neither x nor t).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -22,6 +25,16 @@ from diffusion.model.embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder
 from diffusion.registry import MODELS
 
 Embedded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+@dataclass
+class EncodedCaption:
+    """What a prompt batch contributes to every step: projected tokens (B, L', D), attention mask (B,1,1,L') | None,
+    and each block's cross-attention keys/values (2, B, h, L', dh)."""
+
+    tokens: torch.Tensor
+    attn_mask: torch.Tensor | None
+    kv: list[torch.Tensor]
 
 
 def trim_caption_padding(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -145,31 +158,48 @@ class PixArt(nn.Module):
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        y: torch.Tensor,
+        y: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         data_info: Mapping | None = None,
     ) -> Embedded:
         """Everything before the blocks: tokens (B,N,D), t (B,D), t0 (B,6D), caption tokens (B,L',D), mask."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must be (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if y.ndim != 4 or y.shape[0] != x.shape[0] or y.shape[-1] != self.caption_channels:
+        if y is not None and (y.ndim != 4 or y.shape[0] != x.shape[0] or y.shape[-1] != self.caption_channels):
             raise ValueError(f"y must be (B, 1, L, {self.caption_channels}) with B={x.shape[0]}, got {tuple(y.shape)}")
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         tokens = self.x_embedder(x)
         tokens = tokens + self.pos_embed(h, w, tokens)  # (B, N, D)
         t = self.embed_conditions(timestep.to(x.device), x.shape[0], data_info)  # (B, D)
         t0 = self.t_block(t)  # (B, 6D)
+        if y is None:  # the caption comes pre-encoded (``forward(..., caption=...)``)
+            return tokens, t, t0, None, None
         if self.training and self.y_embedder.uncond_prob > 0:
             y = self.y_embedder.drop(y)  # before trimming: the null caption spans all L positions
         y, attn_mask = trim_caption_padding(y, mask)
         y_tokens = self.y_embedder.y_proj(y.squeeze(1).to(tokens.dtype))  # (B, L', D)
         return tokens, t, t0, y_tokens, attn_mask
 
-    def run_block(self, index: int, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, mask) -> torch.Tensor:
+    @torch.no_grad()
+    def encode_caption(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> EncodedCaption:
+        """The caption's share of every step, computed once: y (B,1,L,C_text), mask (B,L) -> :class:`EncodedCaption`.
+
+        For sampling (no caption dropout, no gradient): pass the result as ``forward(..., caption=...)``.
+        """
+        if y.ndim != 4 or y.shape[-1] != self.caption_channels:
+            raise ValueError(f"y must be (B, 1, L, {self.caption_channels}), got {tuple(y.shape)}")
+        y, attn_mask = trim_caption_padding(y, mask)
+        dtype = self.y_embedder.y_proj.fc1.weight.dtype
+        tokens = self.y_embedder.y_proj(y.squeeze(1).to(dtype))  # (B, L', D)
+        return EncodedCaption(tokens, attn_mask, [block.cross_attn.key_value(tokens) for block in self.blocks])
+
+    def run_block(
+        self, index: int, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, mask, kv: torch.Tensor | None = None
+    ) -> torch.Tensor:
         block = self.blocks[index]
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, y, t0, mask, use_reentrant=False)
-        return block(x, y, t0, mask)
+            return checkpoint(block, x, y, t0, mask, kv, use_reentrant=False)
+        return block(x, y, t0, mask, kv)
 
     def head(self, tokens: torch.Tensor, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Final layer + unpatchify: (B, N, D) -> (B, C_out, H, W)."""
@@ -186,7 +216,17 @@ class PixArt(nn.Module):
         y: torch.Tensor,
         mask: torch.Tensor | None = None,
         data_info: Mapping | None = None,
+        caption: EncodedCaption | None = None,
     ) -> torch.Tensor:
+        """``caption``: :meth:`encode_caption` of (y, mask) computed once per prompt batch; y and mask are then
+        ignored (pass None) and no caption projection runs in this call."""
+        if caption is not None:
+            if caption.tokens.shape[0] != x.shape[0]:
+                raise ValueError(f"caption batch {caption.tokens.shape[0]} != x batch {x.shape[0]}")
+            tokens, t, t0, _, _ = self.embed(x, timestep, None, None, data_info)
+            for i in range(len(self.blocks)):
+                tokens = self.run_block(i, tokens, None, t0, caption.attn_mask, caption.kv[i])
+            return self.head(tokens, t, x.shape[-2], x.shape[-1])
         tokens, t, t0, y_tokens, attn_mask = self.embed(x, timestep, y, mask, data_info)
         for i in range(len(self.blocks)):
             tokens = self.run_block(i, tokens, y_tokens, t0, attn_mask)

@@ -1,0 +1,22 @@
+"""tools/benchmark_speed.py at tiny size: every row and stage is timed for ours and diffusers, the latents of the two
+pipelines agree, and the markdown carries the paper's numbers (a smoke test: no timing asserts)."""
+
+from tools.benchmark_speed import PAPER, main
+
+
+def test_benchmark_speed_tiny(tmp_path, capsys):
+    result = main(["--size", "tiny", "--runs", "1", "--rows", "lcm4", "dpm14", "--json", str(tmp_path / "r.json")])
+    assert set(result["times"]) == {"lcm4", "dpm14"}
+    for impls in result["times"].values():
+        assert all(t > 0 for impl in impls.values() for t in impl.values())
+    assert all(d < 1e-4 for d in result["latent_diff"].values())  # same weights, same sampler -> same latents
+    out = capsys.readouterr().out
+    assert PAPER["lcm4"] in out and "diffusers / ours" in out and "tiny:" in out
+    assert (tmp_path / "r.json").is_file()
+
+
+def test_benchmark_caption_reuse_tiny():
+    from tools.benchmark_caption_reuse import main as reuse_main
+
+    result = reuse_main(["--size", "tiny", "--runs", "1", "--precisions", "fp32"])
+    assert result["fp32"]["diff"] < 1e-5  # the cached path computes the same output

@@ -1,0 +1,220 @@
+"""PixArt-delta Table 2: seconds per 1024² image, batch 1, ours next to diffusers' ``PixArtAlphaPipeline``.
+
+Rows: PixArt-delta LCM 4 steps (no CFG); PixArt-alpha DPM-Solver++ 14 and 20 steps with CFG 4.5. Each row is split
+into text encoding, the transformer steps and the VAE decode, plus the end-to-end call. Both pipelines run the *same
+modules* (one T5, one VAE, our transformer and diffusers' ``PixArtTransformer2DModel`` holding the same weights),
+interleaved round by round, medians of ``--runs`` after a warm-up; the LCM latents of the two are checked equal and
+the DPM latents compared with diffusers given our learned null caption as its negative prompt.
+
+Architectures are built from configs with random weights (``diffusion.bench``): ``--size full`` is PixArtMS-XL/2,
+T5-v1.1-XXL and the SD VAE at 1024² (a GPU); ``--size cpu`` is the reduced size a CPU can time (it says so in the
+output); ``--size tiny`` is for the smoke test.
+
+    python tools/benchmark_speed.py                                    # CPU: reduced size, fp32
+    python tools/benchmark_speed.py --dtype bf16
+    python tools/benchmark_speed.py --device cuda --size full --dtype bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from diffusion.bench import PROMPTS, diffusers_twin, get_size, machine, measure, random_pixart, random_t5, random_vae  # noqa: E402,E501
+from diffusion.build import DTYPES  # noqa: E402
+from diffusion.data import AutoencoderKLCodec  # noqa: E402
+from diffusion.export import dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps  # noqa: E402
+from diffusion.pipeline import Pipeline, SamplerConfig  # noqa: E402
+
+# name -> (sampler, steps, cfg); paper Table 2 (1024², batch 1) seconds on A100 / V100 / T4.
+ROWS = {
+    "lcm4": ("lcm", 4, None),
+    "dpm14": ("dpm", 14, 4.5),
+    "dpm20": ("dpm", 20, 4.5),
+}
+PAPER = {"lcm4": "0.5 / 0.8 / 3.3", "dpm14": "2.2 / 5.5 / 16.0", "dpm20": "—"}
+LABELS = {
+    "lcm4": "PixArt-δ LCM 4 steps",
+    "dpm14": "PixArt-α DPM-Solver 14 steps, CFG 4.5",
+    "dpm20": "PixArt-α DPM-Solver 20 steps, CFG 4.5",
+}
+STAGES = ("encode", "steps", "decode", "total")
+
+
+class Bench:
+    """Both pipelines over shared components, and the stage functions timed for each row."""
+
+    def __init__(self, args):
+        from diffusers import DPMSolverMultistepScheduler, LCMScheduler, PixArtAlphaPipeline
+
+        self.size = get_size(args.size, args.depth, args.resolution)
+        self.device, self.dtype, self.res = args.device, DTYPES[args.dtype], self.size.resolution
+        self.prompts = list(args.prompts[: args.batch])
+        model = random_pixart(self.size).to(self.device, self.dtype).eval().requires_grad_(False)
+        text_encoder = random_t5(self.size, self.device, self.dtype)
+        vae = random_vae(self.size, self.device, self.dtype)
+        self.ours = Pipeline(model, text_encoder, AutoencoderKLCodec(vae, dtype=self.dtype), self.res)
+        parts = dict(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, vae=vae)
+        parts["transformer"] = diffusers_twin(model)
+        self.theirs = {
+            "lcm": PixArtAlphaPipeline(**parts, scheduler=LCMScheduler.from_config(lcm_scheduler_config())),
+            "dpm": PixArtAlphaPipeline(
+                **parts, scheduler=DPMSolverMultistepScheduler.from_config(dpm_scheduler_config())
+            ),
+        }
+        for pipe in self.theirs.values():
+            pipe.set_progress_bar_config(disable=True)
+
+    def _sampler(self, row: str) -> tuple[SamplerConfig, dict]:
+        name, steps, cfg = ROWS[row]
+        if name == "lcm":
+            timesteps = lcm_timesteps(steps)
+            return SamplerConfig("lcm", steps, timesteps=timesteps), dict(guidance_scale=0.0, timesteps=timesteps)
+        return SamplerConfig(name, steps, cfg), dict(guidance_scale=cfg, num_inference_steps=steps)
+
+    def _common(self) -> dict:
+        return dict(height=self.res, width=self.res, use_resolution_binning=False, clean_caption=False)
+
+    def theirs_call(self, row: str, output_type: str = "pt", **embeds):
+        _, kwargs = self._sampler(row)
+        pipe = self.theirs[ROWS[row][0]]
+        prompt = None if embeds else self.prompts
+        if "negative_prompt_embeds" in embeds:
+            embeds = dict(embeds, negative_prompt=None)
+        generator = torch.Generator("cpu").manual_seed(0)
+        return pipe(prompt, **kwargs, **self._common(), **embeds, output_type=output_type, generator=generator).images
+
+    def theirs_encode(self, row: str):
+        guided = ROWS[row][2] is not None
+        pe, pm, ne, nm = self.theirs[ROWS[row][0]].encode_prompt(
+            self.prompts, do_classifier_free_guidance=guided, device=self.device, clean_caption=False
+        )
+        embeds = dict(prompt_embeds=pe, prompt_attention_mask=pm)
+        if guided:
+            embeds.update(negative_prompt_embeds=ne, negative_prompt_attention_mask=nm)
+        return embeds
+
+    def theirs_decode(self, z: torch.Tensor) -> torch.Tensor:
+        pipe = self.theirs["lcm"]
+        image = pipe.vae.decode(z.to(self.dtype) / pipe.vae.config.scaling_factor).sample
+        return pipe.image_processor.postprocess(image, output_type="pt")
+
+    def stage_fns(self, row: str) -> dict:
+        """``{(impl, stage): fn}``; the steps and decode stages reuse captions / latents computed once here."""
+        sampler, _ = self._sampler(row)
+        caption = self.ours.encode(self.prompts)
+        with torch.no_grad():
+            z = self.ours.sample_latents(self.prompts, sampler, caption=caption)
+        embeds = self.theirs_encode(row)
+        return {
+            ("ours", "encode"): lambda: self.ours.encode(self.prompts),
+            ("ours", "steps"): lambda: self.ours.sample_latents(self.prompts, sampler, caption=caption),
+            ("ours", "decode"): lambda: self.ours.decode(z),
+            ("ours", "total"): lambda: self.ours(self.prompts, seed=0, **_sampler_kwargs(sampler)),
+            ("diffusers", "encode"): lambda: self.theirs_encode(row),
+            ("diffusers", "steps"): lambda: self.theirs_call(row, "latent", **embeds),
+            ("diffusers", "decode"): lambda: self.theirs_decode(z),
+            ("diffusers", "total"): lambda: self.theirs_call(row),
+        }
+
+    @torch.no_grad()
+    def latent_diff(self, row: str) -> float:
+        """max |ours - diffusers| / max |ours| of the final latents; diffusers gets our caption features and, with
+        CFG, our learned null caption (diffusers' own negative prompt is T5(""), a different unconditional input)."""
+        sampler, _ = self._sampler(row)
+        y, mask = self.ours.encode(self.prompts)
+        ref = self.ours.sample_latents(self.prompts, sampler, caption=(y, mask)).float()
+        embeds = dict(prompt_embeds=y[:, 0], prompt_attention_mask=mask)
+        if ROWS[row][2] is not None:
+            null = self.ours.model.y_embedder.null_caption(len(self.prompts))[:, 0].to(y.dtype)
+            embeds.update(negative_prompt_embeds=null, negative_prompt_attention_mask=mask)
+        theirs = self.theirs_call(row, "latent", **embeds).float()
+        return ((theirs - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
+
+
+def _sampler_kwargs(sampler: SamplerConfig) -> dict:
+    return dict(name=sampler.name, steps=sampler.steps, cfg_scale=sampler.cfg_scale, timesteps=sampler.timesteps)
+
+
+def run(args) -> dict:
+    """Medians ``{row: {impl: {stage: s}}}``, the latent checks and the setup, as a JSON-able dict."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = Bench(args)
+    fns, diffs = {}, {}
+    for row in args.rows:
+        diffs[row] = bench.latent_diff(row)
+        fns.update({(row, *key): fn for key, fn in bench.stage_fns(row).items()})
+    median = measure(fns, args.runs, args.device)
+    times = {
+        row: {impl: {s: median[(row, impl, s)] for s in STAGES} for impl in ("ours", "diffusers")} for row in args.rows
+    }
+    return dict(
+        machine=machine(),
+        size=bench.size.describe(),
+        dtype=args.dtype,
+        batch=len(bench.prompts),
+        runs=args.runs,
+        times=times,
+        latent_diff=diffs,
+    )
+
+
+def markdown(result: dict) -> str:
+    lines = [
+        f"Machine: {result['machine']}; {result['size']}; {result['dtype']}; batch {result['batch']}; "
+        f"median of {result['runs']} interleaved runs.",
+        "",
+        "| row | pipeline | text encode (s) | transformer steps (s) | VAE decode (s) | end to end (s) "
+        "| diffusers / ours | paper A100 / V100 / T4 (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row, impls in result["times"].items():
+        ratio = impls["diffusers"]["total"] / impls["ours"]["total"]
+        for impl, t in impls.items():
+            cells = " | ".join(f"{t[s]:.3f}" for s in STAGES)
+            extra = f"{ratio:.2f}x | {PAPER[row]}" if impl == "ours" else "| "
+            lines.append(f"| {LABELS[row]} | {impl} | {cells} | {extra} |")
+    diffs = ", ".join(f"{LABELS[r]}: {d:.1e}" for r, d in result["latent_diff"].items())
+    lines += ["", f"Final latents, max |ours - diffusers| / max |latent|: {diffs}."]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None):
+    cuda = torch.cuda.is_available()
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if cuda else "cpu")
+    parser.add_argument("--size", default=None, choices=("full", "cpu", "tiny"), help="default: full on GPU, else cpu")
+    parser.add_argument("--depth", type=int, default=None, help="override the size's transformer depth")
+    parser.add_argument("--resolution", type=int, default=None, help="override the size's image side (px)")
+    parser.add_argument("--dtype", default=None, choices=sorted(DTYPES), help="default: bf16 on GPU, else fp32")
+    parser.add_argument("--batch", type=int, default=1, choices=(1, 2))
+    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--prompts", nargs="+", default=list(PROMPTS))
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args(argv)
+    on_gpu = args.device.startswith("cuda")
+    args.size = args.size or ("full" if on_gpu else "cpu")
+    args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    result = run(args)
+    print(markdown(result))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()
