@@ -49,6 +49,7 @@ from diffusion.eval.edges import generated_edge_f1  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
 
 SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
+LCM = dict(name="lcm", steps=4)  # route (a): the teacher's ControlNet on the distilled student, 4 steps
 GRID = 8
 
 
@@ -71,18 +72,22 @@ def eval_set(num: int, seed: int = 1) -> dict:
     )
 
 
-def generate(pipe: Pipeline, prompts: list[str], control: torch.Tensor | None, batch: int) -> torch.Tensor:
+def generate(
+    pipe: Pipeline, prompts: list[str], control: torch.Tensor | None, batch: int, sampler: dict = SAMPLER
+) -> torch.Tensor:
     out = []
     for b, i in enumerate(range(0, len(prompts), batch)):
         extra = {} if control is None else {"control": control[i : i + batch]}
-        out.append(pipe(prompts[i : i + batch], seed=b, **SAMPLER, **extra))
+        out.append(pipe(prompts[i : i + batch], seed=b, **sampler, **extra))
     return torch.cat(out)
 
 
-def evaluate(pipe, data, controlled: bool, batch: int, extractor, classifier, ref) -> tuple[dict, dict]:
+def evaluate(
+    pipe, data, controlled: bool, batch: int, extractor, classifier, ref, sampler: dict = SAMPLER
+) -> tuple[dict, dict]:
     control = to_control_image(data["edges"]) if controlled else None
-    matched = generate(pipe, data["prompts"], control, batch)
-    conflict = generate(pipe, data["conflict"], control, batch)
+    matched = generate(pipe, data["prompts"], control, batch, sampler)
+    conflict = generate(pipe, data["conflict"], control, batch, sampler)
     mu, sigma = compute_statistics(extract_features(extractor, matched.split(batch), progress=False))
     acc = attribute_accuracy(classifier, matched, data["prompts"])
     row = dict(
@@ -108,6 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--num-images", type=int, default=128)
     parser.add_argument("--curve-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument(
+        "--lcm-student",
+        default=None,
+        help="4-step LCM student weights: adds the student without control and, route (a), the last --run's "
+        "ControlNet applied to it as it is (no re-training), both with the LCM sampler at 4 steps",
+    )
     parser.add_argument("--out", default="output/reproduce_controlnet")
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -137,6 +148,17 @@ def main(argv: list[str] | None = None) -> dict:
         results.append(dict(setting=label, step=int(checkpoint.name.split("_")[-1]), **row))
         grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
         print(json.dumps(results[-1]), flush=True)
+    if args.lcm_student:
+        cfg = run_config(work_dir)  # the last --run: its ControlNet weights sit on the student's base instead
+        on_student = Config({**cfg.to_dict(), "load_from": args.lcm_student})
+        for setting, pipe, controlled in (
+            ("LCM student 4 steps, no control", load_pipeline({**on_student, "controlnet": None}, like=teacher), 0),
+            (f"LCM student 4 steps + {label} (route a)", load_pipeline(on_student, checkpoint, like=teacher), 1),
+        ):
+            row, g = evaluate(pipe, data, bool(controlled), args.batch_size, extractor, extractor.net, ref, LCM)
+            results.append(dict(setting=setting, **row))
+            grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
+            print(json.dumps(results[-1]), flush=True)
     curve = []
     if args.curve:
         small = {k: v[: args.curve_images] for k, v in data.items()}
@@ -183,8 +205,9 @@ def plot_curve(curve: list[dict], base_f1: float, base_conflict: float, path: Pa
 
 def format_table(results: list[dict], curve: list[dict], args: argparse.Namespace) -> str:
     lines = [
-        f"{args.num_images} rendered edge maps (not training images), DPM-Solver++ 20 steps CFG 4.5, the same seeds "
-        "in every row. Edge F1 (1 px) of Canny on the sample against the control; FID (embedded features, rows "
+        f"{args.num_images} rendered edge maps (not training images), DPM-Solver++ 20 steps CFG 4.5 (LCM rows: 4 LCM "
+        "steps, no CFG), the same seeds in every row. Edge F1 (1 px) of Canny on the sample against the control; "
+        "FID (embedded features, rows "
         "comparable only) and all-attributes-right accuracy with the matched caption.",
         "",
         "| setting | step | edge F1 matched ↑ | edge F1 conflicting prompt ↑ | FID ↓ | attributes all-correct ↑ |",
