@@ -16,6 +16,7 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -48,16 +49,64 @@ def file_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def publish(checkpoint: Path, cfg: Config, out_dir: Path, extra: dict, config_path: str = DEFAULT_CONFIG) -> Path:
+def publish(
+    checkpoint: Path,
+    cfg: Config,
+    out_dir: Path,
+    extra: dict,
+    config_path: str = DEFAULT_CONFIG,
+    only_prefix: str | None = None,
+) -> Path:
     """Trained weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json`` (names
-    ``config_path``, the file ``cfg`` was read from)."""
+    ``config_path``, the file ``cfg`` was read from). ``only_prefix``: every key must start with it (a ControlNet's
+    trainable-only checkpoint holds ``controlnet.*``)."""
     source = checkpoint / "model.safetensors"
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
+    if only_prefix is not None and (not state or not all(k.startswith(only_prefix) for k in state)):
+        raise ValueError(f"{source} is not the expected checkpoint (only {only_prefix}* keys)")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"config_sha256": config_hash(cfg)})
     meta = dict(config=config_path, config_sha256=config_hash(cfg), source=str(source), **extra)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir / "model.safetensors"
+
+
+def train_and_publish(
+    cfg: Config,
+    config_path: str,
+    work_dir: str | Path,
+    out_dir: str | Path,
+    digest: str,
+    inputs: Callable[[], dict],
+    only_prefix: str | None = None,
+) -> Path:
+    """The recipe every committed tiny asset follows (teacher, LCM student, ControlNet): make the embedded data, train
+    ``cfg`` in ``work_dir`` (claimed for ``digest``; an interrupted run of the same inputs resumes), publish the final
+    checkpoint to ``out_dir`` with the run's measurements and ``inputs()`` (hashes of what it was trained from, read
+    once the embedded data and its text encoder exist)."""
+    start = time.time()
+    ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
+    data_s = time.time() - start
+    claim_run_dir(work_dir, digest, on_other="error")
+    Trainer(cfg, work_dir, resume="auto").train()
+    dist.cleanup()
+    wall = time.time() - start
+    metrics = [json.loads(line) for line in (Path(work_dir) / "metrics.jsonl").read_text().splitlines()]
+    img_s = sorted(m["img_per_s"] for m in metrics)[len(metrics) // 2]
+    extra = dict(
+        **inputs(),
+        steps=cfg.train.max_steps,
+        batch_size=cfg.train.batch_size,
+        seed=cfg.train.seed,
+        wall_time_s=round(wall, 1),
+        data_setup_s=round(data_s, 1),
+        median_img_per_s=round(img_s, 1),
+        final_loss=metrics[-1]["loss"],
+        torch=torch.__version__,
+    )
+    out = publish(find_latest(work_dir), cfg, Path(out_dir), extra, config_path, only_prefix)
+    print(f"published {out} ({out.stat().st_size / 1e6:.1f} MB) after {wall / 60:.1f} min; {json.dumps(extra)}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,28 +116,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=str(ASSET_DIR))
     args = parser.parse_args(argv)
     cfg = Config.fromfile(args.config)
-    start = time.time()
-    ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
-    data_s = time.time() - start
-    claim_run_dir(args.work_dir, config_hash(cfg), on_other="error")
-    Trainer(cfg, args.work_dir, resume="auto").train()  # resumes an interrupted run of the same config
-    dist.cleanup()
-    wall = time.time() - start
-    metrics = [json.loads(line) for line in (Path(args.work_dir) / "metrics.jsonl").read_text().splitlines()]
-    img_s = sorted(m["img_per_s"] for m in metrics)[len(metrics) // 2]
-    extra = dict(
-        steps=cfg.train.max_steps,
-        batch_size=cfg.train.batch_size,
-        seed=cfg.train.seed,
-        wall_time_s=round(wall, 1),
-        data_setup_s=round(data_s, 1),
-        median_img_per_s=round(img_s, 1),
-        final_loss=metrics[-1]["loss"],
-        text_encoder_sha256=file_hash(Path(cfg.text_encoder.path) / "model.safetensors"),
-        torch=torch.__version__,
-    )
-    out = publish(find_latest(args.work_dir), cfg, Path(args.out), extra, args.config)
-    print(f"published {out} ({out.stat().st_size / 1e6:.1f} MB) after {wall / 60:.1f} min; {json.dumps(extra)}")
+    inputs = lambda: dict(text_encoder_sha256=file_hash(Path(cfg.text_encoder.path) / "model.safetensors"))  # noqa: E731
+    train_and_publish(cfg, args.config, args.work_dir, args.out, config_hash(cfg), inputs)
 
 
 if __name__ == "__main__":
