@@ -4,7 +4,8 @@
 
 ``SPEC_JSON`` keys: ``kill_at_step`` (send ``signal``, default SIGKILL, as that optimizer step starts; with ``rank``
 on that rank only; on the first torchrun attempt only), ``kill_in_save`` (SIGKILL after the first file of that step's
-checkpoint is written), ``nan_steps`` (optimizer steps whose loss becomes NaN), ``sleep`` (seconds per step, so that
+checkpoint is written), ``nan_steps`` (step attempts of this process, from 1, made NaN),
+``sleep`` (seconds per step, so that
 an outside signal or limit lands mid-run) and ``ignore_sigxfsz`` (a file-size limit then fails the write with EFBIG
 instead of killing the process).
 """
@@ -36,6 +37,7 @@ def run_child(spec: dict, argv: list[str]) -> None:
     train_step, init, save_tensors = Trainer.train_step, Trainer.__init__, ckpt.save_tensors
 
     def step_with_faults(self, batches):
+        self.drill_attempts = getattr(self, "drill_attempts", 0) + 1  # optimizer-step attempts, skipped ones included
         if spec.get("kill_at_step") == self.step + 1 and on_this_rank and first_attempt:
             os.kill(os.getpid(), signal.Signals[spec.get("signal", "SIGKILL")])
         time.sleep(spec.get("sleep", 0.0))
@@ -47,7 +49,9 @@ def run_child(spec: dict, argv: list[str]) -> None:
 
         def nan_forward(model, batch):
             loss, logs = forward(model, batch)
-            return (loss * float("nan") if self.step + 1 in spec.get("nan_steps", ()) else loss), logs
+            # a skipped step does not advance self.step, so NaNs are keyed on the attempt, not on the step number
+            nan = getattr(self, "drill_attempts", 0) in spec.get("nan_steps", ())
+            return (loss * float("nan") if nan else loss), logs
 
         self.method.forward = nan_forward
 
@@ -81,6 +85,17 @@ def losses(work: Path) -> list[float]:
         except (ValueError, KeyError):  # the line a running process is writing
             continue
     return losses
+
+
+def last_metric(work: Path, key: str):
+    """``key`` of the last complete line of ``metrics.jsonl`` (None when absent)."""
+    path = Path(work) / "metrics.jsonl"
+    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
+        try:
+            return json.loads(line)[key]
+        except (ValueError, KeyError):
+            continue
+    return None
 
 
 def feature_file(root: Path, image_path: str, pattern: str) -> Path:
