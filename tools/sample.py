@@ -10,8 +10,9 @@
 
 Writes ``<out>/s{seed}_{index}.png`` per image (index = prompt number) and ``<out>/grid.png`` (one row per seed, one
 column per prompt). With ``--control IMAGE`` (a ControlNet config: one with a ``controlnet`` section), the image is
-resized to the sampling size, turned into a control map by ``--annotator`` (``none``: used as it is, e.g. an edge,
-depth or scribble map) and written as ``<out>/control.png``; every prompt is sampled under it.
+resized to the sampling size, turned into a control map by ``--annotator`` (``canny``; ``hed`` with ``--hed
+ControlNetHED.pth``; ``none``: used as it is, e.g. an edge, depth or scribble map) and written as
+``<out>/control.png``; every prompt is sampled under it.
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
 ``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
 an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
@@ -31,11 +32,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.build import DTYPES, load_pipeline  # noqa: E402
+from diffusion.data.annotators import build_annotator, to_control_image  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval.sampling import read_prompts  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
 
-ANNOTATORS = ("none",)
+ANNOTATORS = ("none", "canny", "hed")  # none: the image is the control map already (edges, depth, scribbles)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -43,15 +45,22 @@ def save_png(image: torch.Tensor, path: Path) -> None:
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
 
 
-def load_control(path: str | Path, height: int, width: int, annotator: str = "none") -> torch.Tensor:
-    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``."""
+def load_control(
+    path: str | Path, height: int, width: int, annotator: str = "none", hed: str | Path | None = None
+) -> torch.Tensor:
+    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``: resized to the
+    sampling size, then run through ``annotator`` (diffusion.data.annotators: Canny, or HED from the ``hed`` file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"control image not found: {path}")
-    if annotator != "none":
+    if annotator not in ANNOTATORS:
         raise ValueError(f"unknown annotator {annotator!r}; expected one of {ANNOTATORS}")
     image = Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR)
-    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
+    control = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
+    if annotator == "none":
+        return control
+    net = build_annotator(annotator, hed)
+    return to_control_image(net(control.float() / 255.0))
 
 
 def sample(
@@ -114,6 +123,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lean", action="store_true", help="T5 on the CPU between calls; VAE in slices/tiles")
     parser.add_argument("--control", default=None, help="control image for a ControlNet config (PixArt-delta §4)")
     parser.add_argument("--annotator", default="none", choices=ANNOTATORS, help="control image -> control map")
+    parser.add_argument("--hed", default=None, help="ControlNetHED.pth for --annotator hed")
     return parser.parse_args(argv)
 
 
@@ -137,7 +147,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     control = None
     if args.control:
         height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
-        control = load_control(args.control, height, width, args.annotator)
+        control = load_control(args.control, height, width, args.annotator, args.hed)
     written = sample(
         pipe,
         prompts,

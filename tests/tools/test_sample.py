@@ -139,3 +139,35 @@ def test_control_image_reaches_a_controlnet(setup, tmp_path):
     assert torch.equal(read_png(out / "s0_001.png"), expected[1])
     with pytest.raises(FileNotFoundError, match="missing.png"):
         main([*argv, "--control", str(tmp_path / "missing.png"), "--out", str(out)])
+
+
+def test_annotator_canny_equals_its_map_used_as_is(setup, tmp_path):
+    """--annotator canny gives the pixels of running the Canny annotator first and passing its map with none."""
+    from diffusion.data.annotators import CannyAnnotator, to_control_image
+    from diffusion.model.controlnet import PixArtControlNet
+
+    config = tmp_path / "cn.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        "controlnet = dict(copy_blocks=1)\n"
+    )
+    cn = PixArtControlNet(setup["model"], copy_blocks=1)
+    with torch.no_grad():
+        for p in cn.controlnet.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    save_file(cn.trainable_state_dict(), str(tmp_path / "cn.safetensors"))
+    photo = np.zeros((32, 32, 3), np.uint8)
+    photo[8:24, 10:22] = (200, 40, 40)  # a filled rectangle: Canny finds its outline
+    Image.fromarray(photo).save(tmp_path / "photo.png")
+    edge_map = to_control_image(CannyAnnotator()(torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255))
+    assert edge_map.float().mean() > 0  # the outline was found
+    Image.fromarray(edge_map[0].permute(1, 2, 0).numpy()).save(tmp_path / "edges.png")
+    argv = ["--config", str(config), "--checkpoint", str(tmp_path / "cn.safetensors"), "--prompts", *PROMPTS]
+    argv += ["--sampler", "lcm", "--steps", "1"]
+    main([*argv, "--control", str(tmp_path / "photo.png"), "--annotator", "canny", "--out", str(tmp_path / "a")])
+    main([*argv, "--control", str(tmp_path / "edges.png"), "--annotator", "none", "--out", str(tmp_path / "b")])
+    assert torch.equal(read_png(tmp_path / "a" / "control.png"), edge_map[0])
+    assert torch.equal(read_png(tmp_path / "a" / "s0_000.png"), read_png(tmp_path / "b" / "s0_000.png"))
+    with pytest.raises(FileNotFoundError):
+        hed = ["--annotator", "hed", "--hed", "nowhere.pth", "--out", str(tmp_path)]
+        main([*argv, "--control", str(tmp_path / "photo.png"), *hed])
