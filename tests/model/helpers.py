@@ -13,20 +13,22 @@ def randomize(model: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.
     return model
 
 
+TINY_ARCH = dict(  # the tests' tiny PixArt(MS): 48 wide (divisible by 3 for PixArtMS), 2 blocks, 8x8 latents
+    input_size=8,
+    patch_size=2,
+    in_channels=4,
+    hidden_size=48,
+    depth=2,
+    num_heads=3,
+    caption_channels=32,
+    model_max_length=16,
+    pe_interpolation=2.0,
+)
+
+
 def tiny(ms: bool, random: bool = True, std: float = 0.1, **kw) -> PixArt:
     cls = PixArtMS if ms else PixArt
-    args = dict(
-        input_size=8,
-        patch_size=2,
-        in_channels=4,
-        hidden_size=48,
-        depth=2,
-        num_heads=3,
-        caption_channels=32,
-        model_max_length=16,
-        pe_interpolation=2.0,
-    )
-    args.update(kw)
+    args = {**TINY_ARCH, **kw}
     model = cls(**args)
     return (randomize(model, std=std) if random else model).eval()
 

@@ -11,19 +11,9 @@ from diffusion.build import load_model
 from diffusion.methods.lcm_distillation import add_lora
 from diffusion.model import students
 from diffusion.model.diffusers_format import diffusers_forward, save_diffusers
-from tests.model.helpers import inputs, tiny
+from tests.model.helpers import TINY_ARCH, inputs, tiny
 
-ARCH = dict(
-    input_size=8,
-    patch_size=2,
-    in_channels=4,
-    hidden_size=48,
-    depth=2,
-    num_heads=3,
-    caption_channels=32,
-    model_max_length=16,
-    pe_interpolation=2.0,
-)
+ARCH = TINY_ARCH
 RANK, ALPHA = 4, 8.0
 
 
