@@ -105,13 +105,13 @@ class HEDAnnotator(nn.Module):
 
 class CannyAnnotator(nn.Module):
     """OpenCV Canny edges: RGB (B, 3, H, W) in [0, 1] -> (B, 1, H, W) in {0, 1}; thresholds on the 0..255 grey image
-    (ControlNet's defaults 100 / 200)."""
+    (ControlNet's defaults 100 / 200); ``l2_gradient``: OpenCV's exact gradient magnitude instead of the L1 one."""
 
-    def __init__(self, low: int = 100, high: int = 200):
+    def __init__(self, low: int = 100, high: int = 200, l2_gradient: bool = False):
         super().__init__()
         if not 0 <= low <= high:
             raise ValueError(f"Canny needs 0 <= low <= high, got {low}, {high}")
-        self.low, self.high = low, high
+        self.low, self.high, self.l2_gradient = low, high, l2_gradient
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,13 @@ class CannyAnnotator(nn.Module):
             raise ValueError(f"Canny expects RGB images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         rgb = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         edges = [
-            cv2.Canny(cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY), self.low, self.high) for im in rgb
+            cv2.Canny(
+                cv2.cvtColor(np.ascontiguousarray(im), cv2.COLOR_RGB2GRAY),
+                self.low,
+                self.high,
+                L2gradient=self.l2_gradient,
+            )
+            for im in rgb
         ]
         return torch.from_numpy(np.stack(edges))[:, None].to(images.device).float() / 255.0
 
