@@ -5,11 +5,10 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from diffusers import AutoencoderKL
 from PIL import Image
 
 from diffusion.data import AutoencoderKLCodec, PixelCodec, TextEncoder, extract_features
+from diffusion.data.codec import make_tiny_vae
 
 MAX_LENGTH = 8
 
@@ -74,20 +73,10 @@ def test_stale_caches_are_refused_and_redone(tmp_path, encoder, tiny_text_encode
 
 def test_another_vae_is_a_stale_cache(tmp_path, encoder):
     _folder(tmp_path / "data", ["a.png"], size=(16, 16))
-    vaes = []
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        vae = AutoencoderKL(
-            block_out_channels=(8, 16),
-            down_block_types=("DownEncoderBlock2D",) * 2,
-            up_block_types=("UpDecoderBlock2D",) * 2,
-            latent_channels=4,
-            norm_num_groups=4,
-            layers_per_block=1,
-            scaling_factor=0.13025,
-        )
-        vae.save_pretrained(tmp_path / f"vae{seed}")
-        vaes.append(AutoencoderKLCodec(tmp_path / f"vae{seed}"))
+    vaes = [
+        AutoencoderKLCodec(make_tiny_vae(tmp_path / f"vae{seed}", seed=seed, scaling_factor=0.13025))
+        for seed in (0, 1)
+    ]
     assert vaes[0].scale_factor == 0.13025  # the VAE's own config.scaling_factor, not SD's 0.18215
     assert AutoencoderKLCodec(tmp_path / "vae0", scale_factor=0.5).scale_factor == 0.5
     extract_features(tmp_path / "data", encoder, vaes[0], 16, progress=False)
