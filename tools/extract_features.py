@@ -1,8 +1,8 @@
 """Cache T5 caption features and codec posteriors for a data folder (PixArt-α/δ train on these, facts §6).
 
-Example (embedded default):
+Example (embedded default; --control: its items' control_path edge maps as they are):
     python tools/extract_features.py --data-root output/embedded_data --text-encoder output/tiny_text_encoder \\
-        --codec pixel --resolution 32 --max-length 13 --control
+        --codec pixel --resolution 32 --max-length 13 --control image
 Your own images (after tools/make_data_info.py), a local diffusers AutoencoderKL:
     python tools/extract_features.py --data-root my_photos --codec vae --vae output/pretrained_models/sd-vae-ft-ema \\
         --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --resolution 512 --multi-scale --strict
@@ -10,8 +10,15 @@ Real scale (one process per GPU, each takes items rank::world_size; rank 0 write
     torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \\
         --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --resolution 1024 --multi-scale
-Existing files are skipped, so rerunning resumes; a cache made with another T5, --max-length, VAE, scale factor or
-resolution is refused (--redo re-extracts it). Skipped images are always listed; --strict makes them exit 1.
+ControlNet control latents (PixArt-δ §4): --control hed runs the HED annotator on each item's own image at its
+training size, as the official extraction does (--control canny: OpenCV Canny), and encodes the map with the same
+codec; --control image encodes each item's control_path image as it is (a bare --control means image):
+    torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \\
+        --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
+        --resolution 1024 --control hed --hed output/pretrained_models/ControlNetHED.pth
+Existing files are skipped, so rerunning resumes; a cache made with another T5, --max-length, VAE, scale factor,
+resolution or control annotator (HED weights, Canny thresholds) is refused (--redo re-extracts it). Skipped images are
+always listed; --strict makes them exit 1.
 """
 
 import argparse
@@ -23,11 +30,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
 
+from diffusion.data.annotators import HED_HINT, build_annotator  # noqa: E402
 from diffusion.data.codec import AutoencoderKLCodec, PixelCodec  # noqa: E402
 from diffusion.data.features import extract_features  # noqa: E402
 from diffusion.data.text_encoder import TextEncoder  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONTROLS = ("hed", "canny", "image")
+CANNY_DEFAULTS = {"canny_low": 100, "canny_high": 200}  # ControlNet's Canny thresholds
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,7 +57,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--downsample", type=int, default=2, help="PixelCodec downsample")
     parser.add_argument("--resolution", type=int, required=True)
     parser.add_argument("--multi-scale", action="store_true", help="resize each image to its aspect-ratio bucket")
-    parser.add_argument("--control", action="store_true", help="also cache each item's control_path image")
+    parser.add_argument(
+        "--control",
+        nargs="?",
+        const="image",
+        choices=CONTROLS,
+        help="also cache ControlNet control latents: hed / canny maps of each item's image, or each item's "
+        "control_path image as it is (image, the default of a bare --control)",
+    )
+    parser.add_argument("--hed", metavar="PATH", help=f"ControlNetHED.pth for --control hed (default: {HED_HINT})")
+    parser.add_argument(
+        "--canny-low", type=int, metavar="LOW", help="--control canny low threshold, 0..255 grey (default 100)"
+    )
+    parser.add_argument("--canny-high", type=int, metavar="HIGH", help="--control canny high threshold (default 200)")
+    parser.add_argument(
+        "--canny-l2-gradient", action="store_true", help="--control canny: exact L2 gradient magnitude (OpenCV)"
+    )
     parser.add_argument("--t5-batch-size", type=int, default=64, help="captions per T5 call")
     parser.add_argument("--vae-batch-size", type=int, default=4, help="images per VAE call")
     parser.add_argument("--workers", type=int, default=4, help="threads decoding images")
@@ -72,7 +97,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--codec vae needs --vae PATH")
     if args.text_dtype is None:
         args.text_dtype = "bf16" if str(args.device).startswith("cuda") else "fp32"
+    _check_control_args(parser, args)
     return args
+
+
+def _check_control_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Annotator options only with their --control mode (else they would silently do nothing); the HED file must
+    exist (checked before T5 loads)."""
+    given = {"--hed": args.hed is not None, "--canny-l2-gradient": args.canny_l2_gradient}
+    given |= {f"--{key.replace('_', '-')}": getattr(args, key) is not None for key in CANNY_DEFAULTS}
+    for flag, present in given.items():
+        mode = flag[2:].split("-")[0]
+        if present and args.control != mode:
+            parser.error(f"{flag} applies to --control {mode} only")
+    if args.control == "canny":
+        for key, default in CANNY_DEFAULTS.items():
+            setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
+        if not 0 <= args.canny_low <= args.canny_high:
+            parser.error(
+                f"--control canny needs 0 <= --canny-low <= --canny-high, got {args.canny_low}, {args.canny_high}"
+            )
+    if args.control == "hed":
+        args.hed = args.hed or HED_HINT
+        if not Path(args.hed).is_file():
+            parser.error(
+                f"--control hed: no HED weights file at {args.hed}; put the released ControlNetHED.pth there "
+                "(lllyasviel/Annotators or PixArt-alpha/PixArt-alpha on the Hugging Face hub) or pass --hed PATH"
+            )
+
+
+def build_control_annotator(args: argparse.Namespace, device: str) -> torch.nn.Module | None:
+    """The annotator of --control hed / canny on ``device``; None for --control image (control_path as it is)."""
+    if args.control not in ("hed", "canny"):
+        return None
+    if args.control == "hed":
+        return build_annotator("hed", args.hed).to(device)
+    return build_annotator(
+        "canny", canny_low=args.canny_low, canny_high=args.canny_high, l2_gradient=args.canny_l2_gradient
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+    annotator = build_control_annotator(args, device)  # before T5 loads: a corrupt HED file fails at once
     if args.codec == "vae":
         codec = AutoencoderKLCodec(args.vae, scale_factor=args.scale_factor)
     else:
@@ -98,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         codec,
         args.resolution,
         multi_scale=args.multi_scale,
-        control=args.control,
+        control=args.control is not None,
+        annotator=annotator,
         text_batch_size=args.t5_batch_size,
         vae_batch_size=args.vae_batch_size,
         rank=args.rank,

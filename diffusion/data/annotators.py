@@ -85,6 +85,7 @@ class HEDAnnotator(nn.Module):
             raise ValueError(f"cannot read HED weights {path}: {err}") from err
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
+        self.path = path  # recorded by feature caches (diffusion/data/provenance.py)
         self.net = ControlNetHED()
         try:  # fp16 files load into the fp32 network (load_state_dict copies with a cast)
             self.net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
@@ -142,12 +143,19 @@ class ImageAnnotator(nn.Module):
         return images.float().mean(1, keepdim=True).clamp(0, 1)
 
 
-def build_annotator(name: str, hed_path: str | Path | None = None) -> nn.Module:
-    """``'hed'`` (needs ``hed_path``), ``'canny'`` or ``'image'``."""
+def build_annotator(
+    name: str,
+    hed_path: str | Path | None = None,
+    canny_low: int = 100,
+    canny_high: int = 200,
+    l2_gradient: bool = False,
+) -> nn.Module:
+    """``'hed'`` (weights from ``hed_path``, default ``HED_HINT``), ``'canny'`` (with these thresholds) or
+    ``'image'``."""
     if name == "hed":
         return HEDAnnotator(hed_path or HED_HINT)
     if name == "canny":
-        return CannyAnnotator()
+        return CannyAnnotator(canny_low, canny_high, l2_gradient)
     if name == "image":
         return ImageAnnotator()
     raise ValueError(f"unknown annotator {name!r}; expected one of {ANNOTATORS}")

@@ -6,7 +6,12 @@ PixArt-α/δ train on precomputed features (facts §3.4, §6): per image a capti
 
     caption_features/<name>.npz               + meta.json (the text encoder that made them, see provenance.py)
     vae_features_<res>[_ms]/<name>.npy        + meta.json (_ms: multi-scale, each image in its aspect-ratio bucket)
-    control_features_<res>[_ms]/<name>.npy    (the codec posterior of the item's ``control_path`` image)
+    control_features_<res>[_ms]/<name>.npy    + meta.json (the codec posterior of the item's control image, below)
+
+The control image (PixArt-δ §4, facts §4.3) is either the item's ``control_path`` image as it is (a ready edge,
+depth or scribble map), or an annotator's map (HED, Canny: diffusion/data/annotators.py) of the item's own image
+``path`` at its training size, as the official HED extraction does, made the 3-channel picture ``to_control_image``
+gives (the one ``Pipeline`` encodes at sampling time). Either way the same codec as the images encodes it.
 
 ``<name>`` is the item's ``path`` with every '/' replaced by '_' and the extension dropped (``images/00001.png`` →
 ``images_00001``); the official code replaces only the last '/', which agrees for one-level paths like these. Two
@@ -23,12 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 from tqdm import tqdm
 
+from diffusion.data.annotators import to_control_image
 from diffusion.data.buckets import closest_bucket
 from diffusion.data.images import open_rgb
 from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_name, load_data_info
-from diffusion.data.provenance import caption_meta, check_meta, codec_meta, read_meta, write_meta
+from diffusion.data.provenance import annotator_meta, caption_meta, check_meta, codec_meta, read_meta, write_meta
 
 __all__ = ["REQUIRED_FIELDS", "ExtractionReport", "caption_dir", "extract_features", "feature_name", "latent_dir"]
 __all__ += ["load_data_info", "load_image", "target_size"]
@@ -94,7 +101,13 @@ class ExtractionReport:
     latents: int = 0
     controls: int = 0
     existing: int = 0
-    bad: list[tuple[str, str]] = field(default_factory=list)  # (image path, reason)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (image path, reason), each image once
+    _listed: set[str] = field(default_factory=set, repr=False, compare=False)
+
+    def add_bad(self, path: str, reason: str) -> None:
+        if path not in self._listed:  # an image an annotator maps fails for its latent and its control
+            self._listed.add(path)
+            self.bad.append((path, reason))
 
     def summary(self) -> str:
         text = (
@@ -119,10 +132,25 @@ def _load(job: _Job) -> tuple[_Job, torch.Tensor | None, str | None]:
         return job, None, f"{type(error).__name__}: {error}"
 
 
+def _control_images(annotator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> the annotator's control images (B, 3, H, W) in [-1, 1], via ``to_control_image``."""
+    control = to_control_image(annotator((images + 1) / 2))
+    return control.to(images.device).float() / 127.5 - 1
+
+
 def _encode_images(
-    codec, jobs: list[_Job], batch_size: int, device, report: ExtractionReport, workers: int, desc: str, progress: bool
+    codec,
+    jobs: list[_Job],
+    batch_size: int,
+    device,
+    report: ExtractionReport,
+    workers: int,
+    desc: str,
+    progress: bool,
+    annotator: nn.Module | None = None,
 ) -> int:
-    """Encode jobs, at most ``batch_size`` images of one target size per codec call; returns files written."""
+    """Encode jobs (their images, or ``annotator``'s control images of them), at most ``batch_size`` images of one
+    target size per codec call; returns files written."""
     by_size: dict[tuple[int, int], list[_Job]] = defaultdict(list)
     for job in jobs:
         by_size[job.size].append(job)
@@ -135,12 +163,13 @@ def _encode_images(
                 if error is None:
                     loaded.append((job, image))
                 else:
-                    report.bad.append((str(job.image), error))
+                    report.add_bad(str(job.image), error)
                     job.out.unlink(missing_ok=True)  # never leave a stale latent for an image that is now bad
             bar.update(len(batch))
             if not loaded:  # every image of this batch was unreadable
                 continue
-            mean, std = codec.encode(torch.stack([image for _, image in loaded]).to(device))
+            images = torch.stack([image for _, image in loaded]).to(device)
+            mean, std = codec.encode(images if annotator is None else _control_images(annotator, images))
             features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
             for feature, (job, _) in zip(features, loaded):
                 _atomic_save(job.out, lambda f, a=feature: np.save(f, a))
@@ -167,6 +196,7 @@ def extract_features(
     resolution: int,
     multi_scale: bool = False,
     control: bool = False,
+    annotator: nn.Module | None = None,
     text_batch_size: int = 64,
     vae_batch_size: int = 4,
     rank: int = 0,
@@ -189,19 +219,26 @@ def extract_features(
     Args:
         text_encoder: a :class:`~diffusion.data.text_encoder.TextEncoder` (``encode(prompts) -> (y, y_mask)``).
         codec: a codec (``encode(images (B,3,H,W) in [-1,1]) -> (mean, std)``).
-        control: also cache ``control_path`` images into ``control_features_<res>``.
+        control: also cache control latents into ``control_features_<res>[_ms]``: of each item's ``control_path``
+            image as it is when ``annotator`` is None, else of ``annotator``'s map of the item's own image.
+        annotator: a control annotator (``HEDAnnotator``, ``CannyAnnotator``: images (B, 3, H, W) in [0, 1] ->
+            maps (B, 1, H, W) in [0, 1]), run on ``device`` batches; recorded in the control ``meta.json``, so a
+            cache made with another annotator or other parameters is refused like another codec.
         text_batch_size, vae_batch_size: captions per T5 call, images per codec call.
         workers: threads decoding images.
     """
+    if annotator is not None and not control:
+        raise ValueError("an annotator makes control latents: pass control=True with it")
     root = Path(data_root)
-    required = REQUIRED_FIELDS + (("control_path",) if control else ())
+    required = REQUIRED_FIELDS + (("control_path",) if control and annotator is None else ())
     all_entries = load_data_info(root / json_name, required)
     check_unique_names(all_entries, root / json_name)
     entries = all_entries[rank::world_size]
     metas = {caption_dir(root): caption_meta(text_encoder)}
     metas[latent_dir(root, resolution, multi_scale)] = codec_meta(codec, resolution, multi_scale)
     if control:
-        metas[latent_dir(root, resolution, multi_scale, control=True)] = codec_meta(codec, resolution, multi_scale)
+        control_meta = codec_meta(codec, resolution, multi_scale) | annotator_meta(annotator)
+        metas[latent_dir(root, resolution, multi_scale, control=True)] = control_meta
     for directory, meta in metas.items():
         check_meta(directory, meta, redo)  # raises on a stale cache unless redo
         recorded = read_meta(directory)
@@ -216,18 +253,19 @@ def extract_features(
     report.existing += len(entries) - len(todo)
     report.captions += _encode_captions(text_encoder, todo, out, text_batch_size, progress)
 
-    for kind, key in (("latent", "path"), ("control", "control_path")):
-        if kind == "control" and not control:
-            continue
+    kinds = [("latent", "path", None)]
+    if control:  # an annotator maps the item's own image; without one, control_path is the control image
+        kinds.append(("control", "control_path" if annotator is None else "path", annotator))
+    for kind, key, net in kinds:
         out = latent_dir(root, resolution, multi_scale, control=kind == "control")
         jobs = []
         for entry, name in zip(entries, names):
-            # the declared size describes the image; a control map may be stored at another size
-            declared = (int(entry["height"]), int(entry["width"])) if check_sizes and kind == "latent" else None
+            # the declared size describes the image; a control_path map may be stored at another size
+            declared = (int(entry["height"]), int(entry["width"])) if check_sizes and key == "path" else None
             job = _Job(root / entry[key], out / f"{name}.npy", target_size(entry, resolution, multi_scale), declared)
             if redo or not job.out.exists():
                 jobs.append(job)
         report.existing += len(entries) - len(jobs)
-        written = _encode_images(codec, jobs, vae_batch_size, device, report, workers, kind + "s", progress)
+        written = _encode_images(codec, jobs, vae_batch_size, device, report, workers, kind + "s", progress, net)
         setattr(report, kind + "s", getattr(report, kind + "s") + written)
     return report

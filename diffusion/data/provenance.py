@@ -6,7 +6,9 @@ factor is silently wrong for training. Each cache directory therefore records it
 - ``caption_features/meta.json``: text encoder path + fingerprint, max length, caption channels, weights dtype,
   caption cleaning on/off;
 - ``vae_features_<res>[_ms]/meta.json`` (and the control one): codec type, its latent geometry and scale factor,
-  the VAE path + fingerprint + its config, resolution and multi-scale.
+  the VAE path + fingerprint + its config, resolution and multi-scale;
+- ``control_features_<res>[_ms]/meta.json`` also: the annotator that made the control maps (``image``: the items'
+  ``control_path`` as they are; ``hed`` + the weights file and its fingerprint; ``canny`` + its thresholds).
 
 Extraction compares the recorded producer with the current one and refuses a mismatch (or, with ``redo``, re-extracts
 its share); the dataset checks the geometry it needs. The fingerprint hashes each model file's name, size and its
@@ -18,18 +20,25 @@ import json
 import os
 from pathlib import Path
 
+from diffusion.data.annotators import CannyAnnotator, HEDAnnotator
+
 _MIB = 1 << 20
-_PATH_KEYS = {"text_encoder": "fingerprint", "vae": "vae_fingerprint"}  # path -> the fingerprint of its files
+_PATH_KEYS = {"text_encoder": "fingerprint", "vae": "vae_fingerprint", "hed": "hed_fingerprint"}  # path -> its hash
+# keys recorded only since a later version, with the one value a cache written before then can have: control caches
+# were all made from the items' control_path images as they are
+_IMPLIED = {"annotator": "image"}
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version")
 
 
-def fingerprint(directory: str | Path) -> str:
-    """Short hash of the model files in ``directory`` (names, sizes, first and last MiB of each)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in Path(directory).rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(directory)}:{size}".encode())
-        with open(path, "rb") as f:
+def fingerprint(path: str | Path) -> str:
+    """Short hash of the model files in the directory ``path`` (names, sizes, first and last MiB of each), or of the
+    one model file ``path`` (its size, first and last MiB: the same weights under another name are the same)."""
+    digest, path = hashlib.sha256(), Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        size = file.stat().st_size
+        digest.update(f"{'' if file == path else file.relative_to(path)}:{size}".encode())
+        with open(file, "rb") as f:
             digest.update(f.read(_MIB))
             if size > 2 * _MIB:
                 f.seek(size - _MIB)
@@ -71,6 +80,24 @@ def codec_meta(codec, resolution: int, multi_scale: bool) -> dict:
     return meta
 
 
+def annotator_meta(annotator) -> dict:
+    """The control-map producer recorded beside :func:`codec_meta` in a control cache: ``annotator`` None (the items'
+    ``control_path`` images as they are), a :class:`HEDAnnotator` (its weights file) or a :class:`CannyAnnotator`
+    (its thresholds); any other module by its class name."""
+    if annotator is None:
+        return {"annotator": "image"}
+    if isinstance(annotator, HEDAnnotator):
+        return {"annotator": "hed", "hed": str(annotator.path), "hed_fingerprint": fingerprint(annotator.path)}
+    if isinstance(annotator, CannyAnnotator):
+        return {
+            "annotator": "canny",
+            "canny_low": int(annotator.low),
+            "canny_high": int(annotator.high),
+            "canny_l2_gradient": bool(annotator.l2_gradient),
+        }
+    return {"annotator": type(annotator).__name__}
+
+
 def read_meta(directory: str | Path) -> dict:
     """The directory's ``meta.json`` ({} when there is none); a corrupt one is a ValueError naming it."""
     path = Path(directory) / "meta.json"
@@ -84,7 +111,9 @@ def read_meta(directory: str | Path) -> dict:
 
 def meta_mismatch(recorded: dict, current: dict) -> dict[str, tuple]:
     """{key: (recorded, current)} for every recorded key where the two producer records differ (a cache written
-    before a key was recorded says nothing about it, so it stays valid)."""
+    before a key was recorded says nothing about it, so it stays valid, except a key of ``_IMPLIED``, whose value
+    such a cache is known to have)."""
+    recorded = {k: v for k, v in _IMPLIED.items() if k in current} | recorded
     diff = {k: (recorded.get(k), current.get(k)) for k in sorted(recorded) if recorded.get(k) != current.get(k)}
     for path_key, print_key in _PATH_KEYS.items():  # the same files seen from another cwd or mount are the same
         if path_key in diff and print_key in recorded and print_key not in diff:

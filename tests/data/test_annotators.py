@@ -14,24 +14,13 @@ from diffusion.data.annotators import (
     build_annotator,
     to_control_image,
 )
-
-OFFICIAL_HED = {"norm": (1, 3, 1, 1)}
-for k, (cin, cout, n) in enumerate([(3, 64, 2), (64, 128, 2), (128, 256, 3), (256, 512, 3), (512, 512, 3)], 1):
-    for i in range(n):
-        OFFICIAL_HED[f"block{k}.convs.{i}.weight"] = (cout, cin if i == 0 else cout, 3, 3)
-        OFFICIAL_HED[f"block{k}.convs.{i}.bias"] = (cout,)
-    OFFICIAL_HED[f"block{k}.projection.weight"] = (1, cout, 1, 1)
-    OFFICIAL_HED[f"block{k}.projection.bias"] = (1,)
+from tests.data.helpers import OFFICIAL_HED, write_random_hed
 
 
 @pytest.fixture(scope="module")
 def hed_file(tmp_path_factory):
-    g = torch.Generator().manual_seed(0)
-    state = {k: (torch.randn(s, generator=g) * 0.05).half() for k, s in OFFICIAL_HED.items()}  # fp16, as released
-    state["norm"] = torch.tensor([123.0, 117.0, 104.0]).view(1, 3, 1, 1).half()
     path = tmp_path_factory.mktemp("hed") / "ControlNetHED.pth"
-    torch.save(state, path)
-    return path, state
+    return path, write_random_hed(path)
 
 
 def test_hed_parameter_names_are_official():
@@ -80,5 +69,7 @@ def test_image_annotator_and_control_image():
     rgb = to_control_image(maps)
     assert rgb.shape == (2, 3, 8, 8) and rgb.dtype == torch.uint8 and torch.equal(rgb[:, 0], rgb[:, 2])
     assert isinstance(build_annotator("canny"), CannyAnnotator)
+    canny = build_annotator("canny", canny_low=20, canny_high=90, l2_gradient=True)
+    assert (canny.low, canny.high, canny.l2_gradient) == (20, 90, True)
     with pytest.raises(ValueError, match="unknown annotator"):
         build_annotator("depth")

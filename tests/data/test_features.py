@@ -51,11 +51,17 @@ def test_files_have_official_layout_and_resume(folder, encoder):
         assert (std == 0).all()
         image = load_image(folder / entry["path"], (32, 32))[None]
         np.testing.assert_array_equal(codec.decode(torch.from_numpy(mean)[None]), image)
-        assert np.load(folder / "control_features_32" / f"{name}.npy").shape == (24, 16, 16)
+        control = np.load(folder / "control_features_32" / f"{name}.npy")  # the control_path image as it is
+        assert control.shape == (24, 16, 16)
+        edges = load_image(folder / entry["control_path"], (32, 32))[None]
+        np.testing.assert_array_equal(codec.decode(torch.from_numpy(control[:12])[None]), edges)
     meta = json.loads((latent_dir(folder, 32) / "meta.json").read_text())
     assert meta == dict(
         codec="PixelCodec", latent_channels=12, downsample=2, scale_factor=1.0, resolution=32, multi_scale=False
     )
+    assert json.loads((latent_dir(folder, 32, control=True) / "meta.json").read_text()) == meta | {
+        "annotator": "image"
+    }
     caption_meta = json.loads((folder / "caption_features" / "meta.json").read_text())
     assert caption_meta["text_encoder"] == str(encoder.path) and len(caption_meta["fingerprint"]) == 16
     assert (caption_meta["max_length"], caption_meta["caption_channels"]) == (MAX_LENGTH, 64)
