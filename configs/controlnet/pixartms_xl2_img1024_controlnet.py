@@ -3,6 +3,10 @@
 # single-scale 1024"), AdamW 2e-5 / wd 3e-2, batch 4 per GPU, grad accumulation 4, grad clip 0.01, gradient
 # checkpointing, no EMA. The released PixArt-XL-2-1024-ControlNet.pth loads as controlnet.load_from.
 #   torchrun --nproc_per_node 8 train_scripts/train_controlnet.py configs/controlnet/pixartms_xl2_img1024_controlnet.py
+# Its features (captions, latents and the HED control latents of each image; docs/controlnet.md):
+#   torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --resolution 1024 \
+#       --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --codec vae \
+#       --vae output/pretrained_models/sd-vae-ft-ema --control hed --hed output/pretrained_models/ControlNetHED.pth
 _base_ = [
     "../_base_/models/pixartms_xl2_1024.py",
     "../_base_/datasets/internal_512.py",
@@ -12,5 +16,5 @@ _base_ = [
 ]
 load_from = "output/pretrained_models/PixArt-XL-2-1024-MS.pth"
 controlnet = dict(copy_blocks=13, topology="transformer", load_from=None)
-data = dict(resolution=1024, load_control=True)  # control_features_1024/ from tools/extract_features.py --control hed
+data = dict(resolution=1024, load_control=True)  # control_features_1024/ (--control hed, above)
 train = dict(batch_size=4, ema_rate=None)
