@@ -13,6 +13,7 @@ defaults live in one table, ``diffusion.pipeline.SAMPLER_DEFAULTS``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -55,24 +56,61 @@ def load_controlnet_weights(
     """Load ControlNet weights from ``path`` (or its already-read ``state``) into a ControlNet ``model``.
 
     Accepted: the official full layout (``base_model.*`` + ``controlnet.*``), a training checkpoint of the trainable
-    weights only (``controlnet.*``; the base must already hold ``cfg.load_from``: ``has_base``) or a plain
-    PixArt-alpha file (base filled, copies re-initialised from it). Every key must match; a mismatch raises
-    ``KeyError`` naming the file.
+    weights only (``controlnet.*``) or a plain PixArt-alpha file (base filled, copies re-initialised from it). When
+    the base already holds the config's ``load_from`` (``has_base``), that stays the base: a full file gives only its
+    copies (the controllable LCM puts a ControlNet trained on PixArt-alpha on the LCM student's base), with a warning
+    when its own base differs. Without ``has_base`` a copies-only file is an error. Every key must match; a mismatch
+    raises ``KeyError`` naming the file.
     """
     state = load_state(path) if state is None else state
-    if (
-        not has_base
-        and not any(k.startswith("base_model.") for k in state)
-        and any(k.startswith("controlnet.") for k in state)
-    ):
+    full = any(k.startswith("base_model.") for k in state)
+    if not has_base and not full and any(k.startswith("controlnet.") for k in state):
         raise ValueError(
             f"{path} holds only the ControlNet's trainable weights; its frozen base comes from the config's "
             "load_from, which is not set"
         )
+    if full and has_base:
+        _warn_if_base_differs(model, state, path)
+        state = {k: v for k, v in state.items() if not k.startswith("base_model.")}
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as err:
         raise KeyError(f"{path}: {err}") from err
+
+
+def _warn_if_base_differs(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    base = model.base_model.state_dict()
+    prefix = "base_model."
+    differs = [
+        k
+        for k, v in state.items()
+        if k.startswith(prefix)
+        and not k.endswith("pos_embed")
+        and (k[len(prefix) :] not in base or not torch.equal(v.to(base[k[len(prefix) :]]), base[k[len(prefix) :]]))
+    ]
+    if differs:
+        warnings.warn(
+            f"{path} carries its own base ({len(differs)} tensors differ from the config's load_from, e.g. "
+            f"{differs[0]}); the base stays load_from's and only the file's ControlNet copies are loaded",
+            stacklevel=3,
+        )
+
+
+def load_teacher_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a distillation teacher's weights from ``path`` into ``model`` (a frozen copy of the student).
+
+    For a ControlNet ``model``: a plain PixArt-alpha file fills its base and keeps its copies (the ControlNet trained
+    on that teacher, route (b) of the controllable LCM), an official full ControlNet file (``base_model.*``) fills
+    both.
+    For a plain PixArt: the whole network, any format of :func:`diffusion.model.io.load_state`.
+    """
+    state = load_state(path)
+    if not getattr(model, "accepts_control", False):
+        load_state_into(model, state, path)
+    elif any(k.startswith("base_model.") for k in state):
+        load_controlnet_weights(model, path, state=state)
+    else:
+        load_state_into(model.base_model, state, path)
 
 
 def load_model(
@@ -89,7 +127,8 @@ def load_model(
         checkpoint: a weights file (``.safetensors`` / official ``.pth``), a diffusers transformer folder or a trainer
             step folder (its ``ema.safetensors`` when ``use_ema`` and present, else ``model.safetensors``). None:
             ``cfg.load_from`` (for an LCM config, that is its teacher). With a ``controlnet`` section: the official
-            full ControlNet file, or a training checkpoint of the trainable weights on top of ``cfg.load_from``.
+            full ControlNet file, or a training checkpoint of the trainable weights; the base is ``cfg.load_from``
+            when set (e.g. an LCM student under a ControlNet trained on its teacher), else the full file's own.
         use_ema: for a trainer step folder, prefer the EMA weights.
     """
     if checkpoint is None:
@@ -97,12 +136,12 @@ def load_model(
             raise ValueError("no checkpoint given and the config has no load_from")
         model = build_model(cfg)
     elif cfg.get("controlnet") is not None:
-        # a training checkpoint holds the trainable weights only: its base is cfg.load_from
+        # the base is cfg.load_from when set (a training checkpoint holds the trainable weights only), else the
+        # official full file's own
         path = resolve_checkpoint(checkpoint, use_ema)
-        state = load_state(path)
-        partial = not any(k.startswith("base_model.") for k in state)
-        model = build_model({**cfg, "controlnet": {**cfg["controlnet"], "load_from": None}}, load_from=partial)
-        load_controlnet_weights(model, path, partial and bool(cfg.get("load_from")), state)
+        has_base = bool(cfg.get("load_from"))
+        model = build_model({**cfg, "controlnet": {**cfg["controlnet"], "load_from": None}}, load_from=has_base)
+        load_controlnet_weights(model, path, has_base, load_state(path))
     else:
         model = build_model(cfg, load_from=False)
         path = resolve_checkpoint(checkpoint, use_ema)

@@ -97,3 +97,29 @@ def test_export_writes_the_official_full_layout(base_file, tmp_path):
     assert any(k.startswith("base_model.") for k in state) and "controlnet.0.before_proj.weight" in state
     model = load_model(dict(_cfg(path), load_from=None), out)  # the full file needs no base
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
+
+
+def test_a_full_controlnet_file_on_another_base_keeps_load_from_as_the_base(base_file, tmp_path):
+    """The controllable LCM: a ControlNet trained (and released in full) on PixArt-alpha, put on an LCM student's
+    base given as load_from. The base stays load_from's, the copies come from the file, and the swap is announced."""
+    path, _ = base_file
+    trained = _trained(path)  # copies trained on the base of base_file
+    torch.save({"state_dict": trained.state_dict()}, tmp_path / "PixArt-ControlNet.pth")
+    student = randomize(MODELS.build(dict(MODEL)), seed=9)
+    save_file(student.state_dict(), str(tmp_path / "student.safetensors"))
+    cfg = dict(_cfg(path), load_from=str(tmp_path / "student.safetensors"))
+    with pytest.warns(UserWarning, match="carries its own base.*only the file's ControlNet copies"):
+        model = load_model(cfg, tmp_path / "PixArt-ControlNet.pth")
+    assert all(torch.equal(model.base_model.state_dict()[k], v) for k, v in student.state_dict().items())
+    copies = trained.trainable_state_dict()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in copies.items())
+    with pytest.warns(UserWarning, match="carries its own base"):
+        built = build_model(
+            {**cfg, "controlnet": {**cfg["controlnet"], "load_from": str(tmp_path / "PixArt-ControlNet.pth")}}
+        )
+    assert all(torch.equal(built.state_dict()[k], v) for k, v in model.state_dict().items())
+    import warnings
+
+    with warnings.catch_warnings():  # the file's own base under its own base: nothing to announce
+        warnings.simplefilter("error")
+        load_model(_cfg(path), tmp_path / "PixArt-ControlNet.pth")

@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -25,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import Config  # noqa: E402
 
 from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default, parse_prompt, render  # noqa: E402
+from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
+from diffusion.data.embedded import prompt_edges  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
@@ -62,13 +62,6 @@ def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Pat
     return path
 
 
-def control_edges(prompts: list[str], size: int) -> torch.Tensor:
-    """Exact edge maps (as RGB uint8 (N, 3, size, size)) of the shapes the prompts describe, shifted by
-    ``CONTROL_OFFSET``: what the ControlNet is asked to follow."""
-    edges = [render(parse_prompt(p), size, CONTROL_OFFSET)[1] for p in prompts]
-    return torch.from_numpy(np.stack(edges))[:, None].expand(-1, 3, -1, -1).contiguous()
-
-
 def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
     """Rows: validation prompts; columns: the edge map, the teacher with the ControlNet (DPM-Solver++ 20, CFG 4.5) and
     the 4-step LCM student with the same ControlNet applied as it is (route (a) of issue 8: no re-training)."""
@@ -76,7 +69,8 @@ def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
     teacher = load_pipeline(cfg, CONTROLNET, like=teacher_pipe)
     lcm_cfg = Config({**cfg.to_dict(), "load_from": str(student)})  # the same ControlNet weights on the student base
     lcm = load_pipeline(lcm_cfg, CONTROLNET, like=teacher_pipe)
-    control = control_edges(VALIDATION_PROMPTS, teacher_pipe.resolution[0])
+    size = teacher_pipe.resolution[0]
+    control = torch.from_numpy(prompt_edges(VALIDATION_PROMPTS, size, CONTROL_OFFSET)).permute(0, 3, 1, 2)
     columns = [
         control,
         teacher(VALIDATION_PROMPTS, seed=0, control=control, name="dpm", steps=20, cfg_scale=4.5),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import inspect
 import json
 import sys
 import time
@@ -30,19 +31,50 @@ from diffusion.data import ensure_embedded_default  # noqa: E402
 from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.config import SECTION_DEFAULTS, resolve_section  # noqa: E402
+from diffusion.registry import METHODS, MODELS  # noqa: E402
 
 DEFAULT_CONFIG = "configs/pixart/tiny_teacher.py"
 ASSET_DIR = Path("assets/tiny_teacher")
 
 
+UNHASHED_SECTIONS = ("validation", "log")  # what a run shows (sample grids, logs), not what it trains
+
+
 def config_hash(cfg: Config) -> str:
-    """sha256 of the config as the trainer resolves it (inherited values and trainer defaults filled in), so moving
-    a value between files or spelling out a default does not change it."""
+    """sha256 of what decides the trained weights: the config as the trainer resolves it, without the sections that
+    only change what a run shows (``UNHASHED_SECTIONS``) and without any key left at its default (the trainer's
+    section defaults, the model's and method's constructor defaults). Moving a value between files, spelling out a
+    default or the code gaining a new defaulted option does not change it; changing a value that trains does."""
     resolved = cfg.to_dict()
+    for section in UNHASHED_SECTIONS:
+        resolved.pop(section, None)
     for section in SECTION_DEFAULTS:
         if resolved.get(section) is not None:
-            resolved[section] = resolve_section(section, resolved[section])
+            resolved[section] = _non_default(resolve_section(section, resolved[section]), SECTION_DEFAULTS[section])
+    for section, registry in (("model", MODELS), ("method", METHODS)):
+        cls = registry.get(resolved[section].get("type")) if isinstance(resolved.get(section), dict) else None
+        if cls is not None:
+            resolved[section] = _non_default(resolved[section], _init_defaults(cls))
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _init_defaults(cls: type) -> dict:
+    return {
+        name: p.default
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if p.default is not inspect.Parameter.empty
+    }
+
+
+def _non_default(values: dict, defaults: dict) -> dict:
+    """``values`` without the keys equal to their default (lists and tuples compare alike)."""
+
+    def same(a, b) -> bool:
+        if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+            return list(a) == list(b)
+        return type(a) is type(b) and a == b
+
+    return {k: v for k, v in values.items() if not (k in defaults and same(v, defaults[k]))}
 
 
 def file_hash(path: str | Path) -> str:

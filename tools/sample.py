@@ -25,14 +25,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.build import DTYPES, load_pipeline  # noqa: E402
-from diffusion.data.annotators import build_annotator, to_control_image  # noqa: E402
+from diffusion.data.annotators import load_control  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval.sampling import read_prompts  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
@@ -43,24 +42,6 @@ ANNOTATORS = ("none", "canny", "hed")  # none: the image is the control map alre
 def save_png(image: torch.Tensor, path: Path) -> None:
     """(3, H, W) uint8 -> PNG."""
     Image.fromarray(image.permute(1, 2, 0).numpy()).save(path)
-
-
-def load_control(
-    path: str | Path, height: int, width: int, annotator: str = "none", hed: str | Path | None = None
-) -> torch.Tensor:
-    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``: resized to the
-    sampling size, then run through ``annotator`` (diffusion.data.annotators: Canny, or HED from the ``hed`` file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"control image not found: {path}")
-    if annotator not in ANNOTATORS:
-        raise ValueError(f"unknown annotator {annotator!r}; expected one of {ANNOTATORS}")
-    image = Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR)
-    control = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
-    if annotator == "none":
-        return control
-    net = build_annotator(annotator, hed)
-    return to_control_image(net(control.float() / 255.0))
 
 
 def sample(
@@ -147,7 +128,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     control = None
     if args.control:
         height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
-        control = load_control(args.control, height, width, args.annotator, args.hed)
+        annotator = "image" if args.annotator == "none" else args.annotator
+        control = load_control(args.control, height, width, annotator, args.hed)
     written = sample(
         pipe,
         prompts,

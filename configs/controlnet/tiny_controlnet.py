@@ -17,4 +17,4 @@ optimizer = dict(lr=1e-3, weight_decay=3e-2)
 lr_schedule = dict(type="constant", warmup_steps=10, min_lr_ratio=0.0)
 train = dict(max_steps=200, batch_size=16, grad_accum=1, mixed_precision="bf16", ema_rate=None, seed=43)
 checkpoint = dict(every=25, keep_last=8)
-validation = dict(every=1000)
+validation = dict(every=1000, control="embedded")  # grids: each sample beside the edge map it follows

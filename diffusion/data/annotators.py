@@ -165,3 +165,25 @@ def to_control_image(control_map: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) map in [0, 1] -> (B, 3, H, W) uint8, the RGB control image the codec encodes (as the official
     feature extraction: the map repeated to three channels)."""
     return (control_map.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def load_control(
+    path: str | Path, height: int, width: int, annotator: str = "image", hed_path: str | Path | None = None
+) -> torch.Tensor:
+    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``: read as users
+    expect (EXIF orientation, alpha, 16-bit: :func:`diffusion.data.images.open_rgb`), resized to the sampling size,
+    then run through ``annotator`` ('image' keeps it as it is; 'canny'; 'hed' with ``hed_path``)."""
+    from PIL import Image
+
+    from diffusion.data.images import open_rgb
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"control image not found: {path}")
+    if annotator not in ANNOTATORS:
+        raise ValueError(f"unknown annotator {annotator!r}; expected one of {ANNOTATORS}")
+    image = open_rgb(path).resize((width, height), Image.BILINEAR)
+    control = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
+    if annotator == "image":
+        return control
+    return to_control_image(build_annotator(annotator, hed_path)(control.float() / 255.0))

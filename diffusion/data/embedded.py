@@ -146,6 +146,13 @@ def render(
     return image, edge_map(mask).astype(np.uint8) * 255
 
 
+def prompt_edges(prompts: list[str], size: int, offset: tuple[int, int] = (0, 0)) -> np.ndarray:
+    """The exact edge maps of the shapes ``prompts`` describe (shifted by ``offset`` px), as RGB control images
+    (N, size, size, 3) uint8: what a ControlNet trained on the embedded default is asked to follow."""
+    edges = np.stack([render(parse_prompt(p), size, offset)[1] for p in prompts])
+    return np.repeat(edges[..., None], 3, axis=-1)
+
+
 def all_attribute_combinations() -> list[dict[str, str]]:
     """Every attribute combination, in a fixed order (4·6·2·5·4 = 960)."""
     vocab = attribute_vocab()

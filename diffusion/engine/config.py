@@ -44,7 +44,12 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "lr_schedule": dict(type="constant", warmup_steps=0, min_lr_ratio=0.0),
     "checkpoint": dict(every=1000, keep_last=2),
     "log": dict(every=10, wandb_project="pixart-delta", wandb_name=None),
-    "validation": dict(every=500, prompts=REQUIRED, seed=0, sampler=None),
+    # control (ControlNet runs): None, "embedded" (the embedded default's exact edges of each prompt) or image paths
+    # (one per prompt, or one for all), turned into control maps by annotator ("image": as they are; "canny"; "hed"
+    # with hed_path)
+    "validation": dict(
+        every=500, prompts=REQUIRED, seed=0, sampler=None, control=None, annotator="image", hed_path=None
+    ),
     # PixArt-delta §4: wrap cfg.model (holding cfg.load_from) in a ControlNet; load_from = ControlNet weights (the
     # official full file or a training checkpoint of the trainable weights). copy_blocks None: depth // 2 for "unet".
     "controlnet": dict(copy_blocks=13, topology="transformer", load_from=None),
@@ -57,6 +62,7 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
     ("train", "auto_lr"): (None, "sqrt", "linear"),
     ("lr_schedule", "type"): ("constant", "cosine"),
     ("controlnet", "topology"): ("transformer", "unet"),
+    ("validation", "annotator"): ("image", "canny", "hed"),
 }
 
 

@@ -91,15 +91,18 @@ def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
-def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def load_full_state_dict(model: nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
     """Load a complete (gathered) state dict into ``model``, keeping only this rank's shards when it is sharded;
-    every key must match. Inverse of :func:`full_state_dict`, so checkpoints do not depend on the world size."""
+    every key must match (``strict``; else ``state`` may hold a subset, e.g. only the trained parameters, and
+    unexpected keys still fail). Inverse of :func:`full_state_dict`, so checkpoints do not depend on the world size."""
     if is_sharded(model):
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-        set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=True))
+        result = set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True, strict=strict))
     else:
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=strict)
+    if not strict and result.unexpected_keys:
+        raise KeyError(f"unexpected keys {sorted(result.unexpected_keys)[:5]}")
 
 
 def optimizer_state_dict(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict:

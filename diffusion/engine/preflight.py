@@ -80,13 +80,16 @@ def check_disk_space(work_dir: str | os.PathLike, needed: int, keep_last: int) -
     return None
 
 
-def check_sampling(pipeline, prompts: list[str], sampler: dict, seed: int) -> tuple[int, ...]:
+def check_sampling(pipeline, prompts: list[str], sampler: dict, seed: int, control=None) -> tuple[int, ...]:
     """Encode every validation prompt and sample them with one denoising step, exactly as validation will (text
     encoder, model forward on real captions, codec decode), leaving every RNG stream untouched.
 
-    Returns the shape of the images (N, 3, H, W). Errors are re-raised naming the check.
+    ``control``: a ControlNet run's validation control maps (passed as ``control=``). Returns the shape of the images
+    (N, 3, H, W). Errors are re-raised naming the check.
     """
     dry = {**sampler, "steps": 1}
+    if control is not None:
+        dry["control"] = control
     if dry.get("timesteps"):
         dry["timesteps"] = list(dry["timesteps"])[:1]
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []

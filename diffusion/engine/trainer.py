@@ -27,7 +27,7 @@ from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
 from diffusion.engine.signals import StopSignal
-from diffusion.engine.validation import EncodedPrompts, save_grid, swapped_in
+from diffusion.engine.validation import EncodedPrompts, control_grid, save_grid, swapped_in, validation_control
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
 
@@ -70,6 +70,7 @@ class Trainer:
         model.to(self.device)
         self.method.to(self.device)
         self.pipeline = None  # validation samples with the trained network itself (EMA swapped in): no second copy
+        self.val_control = self._validation_control(model)
         frozen = getattr(self.method, "frozen_networks", list)()  # teacher / target: sharded with the model (FSDP)
         self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
         unwrapped = parallel.unwrap(self.model)
@@ -77,7 +78,9 @@ class Trainer:
             # text encoder, codec and prompts now, not at the first validation after hours of training
             self.pipeline = self.build_pipeline(unwrapped)
             sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
-            preflight.check_sampling(self.pipeline, list(self.val_cfg["prompts"]), dict(sampler), self.val_cfg["seed"])
+            preflight.check_sampling(
+                self.pipeline, list(self.val_cfg["prompts"]), dict(sampler), self.val_cfg["seed"], self.val_control
+            )
             if hasattr(unwrapped, "reshard"):  # FSDP2 keeps the root's weights gathered after a no-grad forward
                 unwrapped.reshard()
         self.ema = EMA(parallel.unwrap(self.model), tc["ema_rate"]) if tc["ema_rate"] is not None else None
@@ -131,6 +134,21 @@ class Trainer:
         for level, note in self._notes:
             if note is not None:
                 getattr(self.logger, level)(note)
+
+    def _validation_control(self, model: torch.nn.Module) -> torch.Tensor | None:
+        """The control maps of a ControlNet run's validation grids (``validation.control``), read before step 1."""
+        if self.val_cfg is None:
+            return None
+        controlled = getattr(model, "accepts_control", False)
+        if self.val_cfg["control"] is not None and not controlled:
+            raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
+        if self.val_cfg["control"] is None:
+            if controlled:
+                self._notes.append(("warning", "validation.control is not set: validation grids sample without control"))
+            return None
+        resolution = self.cfg["data"]["resolution"]
+        height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        return validation_control(self.val_cfg, list(self.val_cfg["prompts"]), height, width)
 
     def _resolve_resume(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -301,10 +319,14 @@ class Trainer:
             if self.pipeline is None:
                 self.pipeline = self.build_pipeline(unwrapped)
             sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
+            control = {} if self.val_control is None else {"control": self.val_control}
             with swapped_in(unwrapped, self.ema.shadow if self.ema is not None else None):
-                images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler)
+                images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler, **control)
+            columns = None
+            if self.val_control is not None:  # each sample beside the control map it follows
+                images, columns = control_grid(self.val_control, images)
             if dist.is_main():
-                path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png")
+                path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png", columns)
                 self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
             ckpt.set_rng_state(rng, self.generator)
         dist.barrier()

@@ -64,6 +64,38 @@ class EncodedPrompts:
         return self.y[rows], self.mask[rows]
 
 
+def validation_control(val_cfg: dict, prompts: list[str], height: int, width: int) -> torch.Tensor | None:
+    """The control maps a ControlNet run's validation grids follow: (1 | P, 3, height, width) uint8, or None.
+
+    ``val_cfg['control']``: None; ``'embedded'`` (the exact edge maps of the embedded default's prompts); or image
+    paths, one per prompt or one for all, turned into maps by ``val_cfg['annotator']`` (and ``hed_path``)."""
+    control = val_cfg["control"]
+    if control is None:
+        return None
+    if control == "embedded":
+        from diffusion.data.embedded import prompt_edges
+
+        if height != width:
+            raise KeyError(f"validation.control='embedded' needs a square resolution, got {height}x{width}")
+        return torch.from_numpy(prompt_edges(list(prompts), height)).permute(0, 3, 1, 2).contiguous()
+    from diffusion.data.annotators import load_control
+
+    paths = [control] if isinstance(control, str) else list(control)
+    if len(paths) not in (1, len(prompts)):
+        raise KeyError(f"validation.control has {len(paths)} images for {len(prompts)} prompts: give one or one each")
+    try:
+        maps = [load_control(p, height, width, val_cfg["annotator"], val_cfg["hed_path"]) for p in paths]
+    except (FileNotFoundError, ValueError) as error:
+        raise KeyError(f"validation.control: {error}") from error
+    return torch.cat(maps)
+
+
+def control_grid(control: torch.Tensor, images: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Pairs (control map | sample) side by side, ⌈√N⌉ pairs a row: (2N, 3, H, W) and the grid's column count."""
+    control = control.to(images.device, images.dtype).expand(images.shape[0], -1, -1, -1)
+    return torch.stack([control, images], dim=1).flatten(0, 1), 2 * math.ceil(math.sqrt(images.shape[0]))
+
+
 def _local(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 

@@ -11,6 +11,13 @@ updated only after a real optimizer step). Per step:
 
 Variants the paper compares: sampled w in [w_min, w_max] (optionally fed to a w-embedding of the student, LCM's
 default), and LCM-LoRA (a ``peft`` LoRA on the student; the target is the student itself, as the official LoRA script).
+
+With a ControlNet model (``accepts_control``: the config's ``controlnet`` section) and a control latent ``c`` in the
+batch, the same objective distils a *controlled* teacher into a controlled 4-step student, route (b) of PixArt-delta's
+controllable LCM (§4): the student is the ControlNet on the LCM student's frozen base (``load_from``) whose copies
+start from the ControlNet trained on the teacher (``controlnet.load_from``); ``teacher_load_from`` puts the teacher's
+base (PixArt-alpha) under a frozen copy of those copies; ``c`` reaches the student, both halves of the teacher's
+guidance batch and the target; only the copies train, and the target EMA and its checkpoint cover only them.
 """
 
 from __future__ import annotations
@@ -37,10 +44,16 @@ def consistency_fn(schedule: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor, 
     return c_skip.to(xt.dtype).view(shape) * xt + c_out.to(xt.dtype).view(shape) * x0
 
 
-def _frozen_copy(model: nn.Module, dtype: str | None) -> nn.Module:
+def _frozen_copy(model: nn.Module, dtype: str | None, load_from: str | None = None) -> nn.Module:
+    """A frozen eval-mode copy of ``model`` (in bf16 when ``dtype == 'bf16'``), holding ``load_from``'s weights when
+    given (see :func:`diffusion.build.load_teacher_weights`)."""
     if dtype not in (None, "bf16"):
         raise ValueError(f"frozen network dtype must be None or 'bf16', got {dtype!r}")
     net = copy.deepcopy(model).eval().requires_grad_(False)
+    if load_from is not None:
+        from diffusion.build import load_teacher_weights  # lazy: diffusion.build imports the registry
+
+        load_teacher_weights(net, load_from)
     return net.to(torch.bfloat16) if dtype == "bf16" else net
 
 
@@ -81,6 +94,9 @@ class LCMDistillation(Method):
         teacher_dtype, target_dtype: 'bf16' keeps that frozen network in bfloat16 (half the memory; it runs under
             bf16 autocast); None keeps the student's dtype. A bf16 target loses EMA updates smaller than its
             precision (mu = 0.95 moves it by 5% of the gap per step), so that one is a trade-off, off by default.
+        teacher_load_from: None (the teacher is the loaded ``model`` itself, the usual case) or a weights file loaded
+            into the teacher copy: for a ControlNet, a plain PixArt-alpha file becomes the teacher's base under the
+            student's (trained) copies, an official full ControlNet file the whole teacher; else the whole network.
     """
 
     requires_load_from = True  # a random teacher is never distilled
@@ -105,6 +121,7 @@ class LCMDistillation(Method):
         sampler: dict | None = None,
         teacher_dtype: str | None = None,
         target_dtype: str | None = None,
+        teacher_load_from: str | None = None,
     ) -> None:
         super().__init__()
         if loss_type not in ("huber", "l2"):
@@ -119,7 +136,7 @@ class LCMDistillation(Method):
         self.sampler = dict(sampler or dict(name="lcm", steps=4))
         self.null = None if null_caption == "learned" else load_file(null_caption)
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
-        self._teacher = [_frozen_copy(model, teacher_dtype)]
+        self._teacher = [_frozen_copy(model, teacher_dtype, teacher_load_from)]
         # The learned null caption, kept whole: under FSDP the teacher's own y_embedding is a shard between forwards.
         self.register_buffer("null_y", self.teacher.y_embedder.y_embedding.detach().clone(), persistent=False)
         if lora is not None:
@@ -152,14 +169,20 @@ class LCMDistillation(Method):
             return self.null_y[None, None].expand(b, 1, -1, -1).to(y.dtype), mask
         return self.null["y"].to(y).expand(b, -1, -1, -1), self.null["y_mask"].to(mask).expand(b, -1)
 
-    def _eps(self, net: nn.Module, xt: Tensor, t: Tensor, y: Tensor, mask: Tensor, info: dict) -> Tensor:
+    def _eps(
+        self, net: nn.Module, xt: Tensor, t: Tensor, y: Tensor, mask: Tensor, info: dict, c: Tensor | None = None
+    ) -> Tensor:
         dtype = next(net.parameters()).dtype
         low = dtype in (torch.bfloat16, torch.float16) and not torch.is_autocast_enabled(xt.device.type)
+        control = {} if c is None else {"c": c}
         with torch.autocast(xt.device.type, dtype=dtype) if low else contextlib.nullcontext():
-            return net(xt, t, y, mask, info)[:, : xt.shape[1]].float()
+            return net(xt, t, y, mask, info, **control)[:, : xt.shape[1]].float()
 
     def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], dict(batch["data_info"])
+        c = batch.get("c")  # a ControlNet's control latent (B, C, H, W), or None
+        if c is not None and not getattr(model, "accepts_control", False):
+            raise ValueError("the batch carries a control latent (data.load_control) but the model is no ControlNet")
         b = x0.shape[0]
         # 1. n ~ U[0, N), t_{n+k} = start_t, t_n = t; z_{t_{n+k}} ~ q(z_t | z).
         index, start_t, t = self.solver.sample_lcd_timesteps(b, device=x0.device)
@@ -171,7 +194,7 @@ class LCMDistillation(Method):
         student_info = dict(info, guidance=w) if self.guidance_embedding else info
         # 2. Student prediction f_theta(z_{t_{n+k}}, w, c, t_{n+k}).
         pred = consistency_fn(
-            self.schedule, xt, start_t, self._eps(model, xt, start_t, y, mask, student_info), **self.scalings
+            self.schedule, xt, start_t, self._eps(model, xt, start_t, y, mask, student_info, c), **self.scalings
         )
         with torch.no_grad():
             # 3. Teacher: guided DDIM step t_{n+k} -> t_n (LCM form: cond + w (cond - uncond), on x0 and eps).
@@ -183,6 +206,7 @@ class LCMDistillation(Method):
                 torch.cat([y, y_u]),
                 torch.cat([mask, mask_u]),
                 {k: torch.cat([v, v]) for k, v in info.items()},
+                None if c is None else torch.cat([c, c]),
             )
             eps_c, eps_u = both.chunk(2)
             x0_c = self.schedule.x0_from_eps(xt, start_t, eps_c)
@@ -193,7 +217,7 @@ class LCMDistillation(Method):
             target_net = self.target
             was_training = target_net.training
             target_net.eval()
-            eps_t = self._eps(target_net, x_prev, t, y, mask, student_info)
+            eps_t = self._eps(target_net, x_prev, t, y, mask, student_info, c)
             target_net.train(was_training)
             target = consistency_fn(self.schedule, x_prev, t, eps_t, **self.scalings)
         diff = pred.float() - target.float()
@@ -211,18 +235,23 @@ class LCMDistillation(Method):
         student = dict(model.named_parameters())
         target, source = [], []
         for name, p in self._target[0].named_parameters():
+            if not student[name].requires_grad:  # a ControlNet's frozen base: equal in both, nothing to average
+                continue
             # FSDP: both are DTensors sharded alike on one mesh, so the EMA is a shard-local update.
             target.append(_local(p))
             source.append(_local(student[name].detach()).to(p.dtype))
         torch._foreach_lerp_(target, source, 1.0 - self.ema_decay)
 
     def extra_state(self) -> dict[str, Tensor]:
-        """The target network, whole (gathered under FSDP: collective), so a checkpoint fits any world size."""
+        """The target network, gathered under FSDP (collective) so a checkpoint fits any world size; of a model with
+        frozen parameters (a ControlNet's base) only the trained ones, as the trainer saves the student."""
         if self._target is None:
             return {}
+        from diffusion.engine.checkpoint import trainable_only
         from diffusion.engine.parallel import full_state_dict
 
-        return {f"target.{k}": v for k, v in full_state_dict(self._target[0]).items()}
+        state = trainable_only(self._student[0], full_state_dict(self._target[0]))
+        return {f"target.{k}": v for k, v in state.items()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
         if self._target is None:
@@ -230,7 +259,12 @@ class LCMDistillation(Method):
             return
         from diffusion.engine.parallel import load_full_state_dict
 
-        load_full_state_dict(self._target[0], {k[len("target.") :]: v for k, v in state.items()})
+        state = {k[len("target.") :]: v for k, v in state.items()}
+        trained = {name for name, p in self._student[0].named_parameters() if p.requires_grad}
+        missing = sorted(trained - set(state))
+        if missing:
+            raise KeyError(f"the checkpoint's target lacks trained parameters {missing[:5]} (of {len(missing)})")
+        load_full_state_dict(self._target[0], state, strict=len(state) > len(trained))
 
     def train(self, mode: bool = True):
         """The teacher and target always stay in eval mode (no caption dropout)."""

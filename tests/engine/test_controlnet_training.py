@@ -2,9 +2,11 @@
 falls, only the copies train, checkpoints hold only the trainable weights (the base is
 ``load_from``), resume from such a checkpoint reproduces the uninterrupted run, and ``load_model`` reads it."""
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
+from PIL import Image
 from safetensors.torch import save_file
 
 from diffusion.build import load_model
@@ -89,4 +91,90 @@ def test_controlnet_run_learns_the_control_and_saves_only_copies(setup):
     for name in ("model", "ema"):
         a = ckpt.load_tensors(final / f"{name}.safetensors")
         b = ckpt.load_tensors(root / "resumed" / "checkpoints" / "step_0000020" / f"{name}.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+PROMPTS = [
+    "a large red circle at the top left on a gray background",
+    "a small blue cross in the center on a black background",
+]
+
+
+def _with_validation(cfg, **validation):
+    train = {**cfg.to_dict()["train"], "ema_rate": None}  # the grid samples the weights as they are
+    return Config(
+        {**cfg.to_dict(), "train": train, "validation": dict(every=1000, prompts=PROMPTS, seed=0, **validation)}
+    )
+
+
+def test_validation_grids_sample_under_the_control_beside_it(setup):
+    from diffusion.data.embedded import prompt_edges
+    from diffusion.engine.validation import make_grid
+
+    root, cfg = setup
+    trainer = Trainer(_with_validation(cfg, control="embedded"), root / "val")
+    with torch.no_grad():  # non-zero projections: the control changes the samples
+        for p in trainer.model.controlnet.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
+    path = trainer.validate(0)
+    grid = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
+    edges = torch.from_numpy(prompt_edges(PROMPTS, 32)).permute(0, 3, 1, 2)
+    sampler = trainer.method.sampler_defaults()
+    controlled = trainer.pipeline(PROMPTS, seed=0, control=edges, **sampler)
+    plain = trainer.pipeline(PROMPTS, seed=0, **sampler)
+    assert not torch.equal(controlled, plain)
+    want = make_grid(torch.stack([edges, controlled], 1).flatten(0, 1), columns=4)
+    assert torch.equal(grid, want)  # (edge map | sample) pairs, ⌈√2⌉ = 2 pairs a row
+
+
+def test_validation_control_from_files_with_an_annotator_and_its_errors(setup, tmp_path):
+    from diffusion.data.annotators import load_control
+    from diffusion.engine.validation import validation_control
+
+    root, cfg = setup
+    photo = tmp_path / "photo.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(photo)
+    val = lambda **kw: {"control": None, "annotator": "image", "hed_path": None, **kw}  # noqa: E731
+    got = validation_control(val(control=[str(photo)], annotator="canny"), PROMPTS, 32, 32)
+    assert torch.equal(got, load_control(photo, 32, 32, "canny")) and got.shape == (1, 3, 32, 32)
+    assert validation_control(val(control=[str(photo)] * 2), PROMPTS, 32, 32).shape == (2, 3, 32, 32)
+    with pytest.raises(KeyError, match="3 images for 2 prompts"):
+        validation_control(val(control=[str(photo)] * 3), PROMPTS, 32, 32)
+    with pytest.raises(KeyError, match="missing.png"):
+        validation_control(val(control=str(tmp_path / "missing.png")), PROMPTS, 32, 32)
+    plain = Config({**cfg.to_dict(), "controlnet": None})
+    with pytest.raises(KeyError, match="validation.control is set but the model is no ControlNet"):
+        Trainer(_with_validation(plain, control="embedded"), root / "plain")
+    with pytest.raises(KeyError, match="validation.annotator"):
+        Trainer(_with_validation(cfg, control="embedded", annotator="sobel"), root / "bad")
+
+
+def test_route_b_consistency_distillation_of_a_controlnet_trains_copies_and_resumes_exactly(setup):
+    """Route (b): the LCM method on a ControlNet with the control passed, teacher base from teacher_load_from; only the
+    copies train and reach the checkpoint (and the target's), and resuming reproduces the uninterrupted run."""
+    root, cfg = setup
+    teacher = randomize(MODELS.build(dict(MODEL)), std=0.05, seed=7)
+    save_file(teacher.state_dict(), str(root / "teacher.safetensors"))
+    lcm = Config(
+        {
+            **cfg.to_dict(),
+            "model": {**MODEL, "class_dropout_prob": 0.0},
+            "method": dict(type="LCMDistillation", teacher_load_from=str(root / "teacher.safetensors")),
+            "train": dict(max_steps=4, batch_size=8, num_workers=0, ema_rate=None, grad_clip=1.0, seed=3),
+            "checkpoint": dict(every=2, keep_last=2),
+        }
+    )
+    trainer = Trainer(lcm, root / "lcm_b")
+    assert {id(p) for p in trainer.params} == {id(p) for p in trainer.model.controlnet.parameters()}
+    trainer.train()
+    final = root / "lcm_b" / "checkpoints" / "step_0000004"
+    weights = ckpt.load_tensors(final / "model.safetensors")
+    target = ckpt.load_tensors(final / "method.safetensors")
+    assert weights and all(k.startswith("controlnet.") for k in weights)
+    assert target.keys() == {f"target.{k}" for k in weights}
+    resumed = Trainer(lcm, root / "lcm_b_resumed", resume=str(root / "lcm_b" / "checkpoints" / "step_0000002"))
+    resumed.train()
+    again = root / "lcm_b_resumed" / "checkpoints" / "step_0000004"
+    for name in ("model", "method"):
+        a, b = ckpt.load_tensors(final / f"{name}.safetensors"), ckpt.load_tensors(again / f"{name}.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a), name

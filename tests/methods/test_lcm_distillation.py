@@ -125,10 +125,11 @@ def test_guidance_embedding_student_starts_equal_to_teacher():
         LCMDistillation(_model(), guidance_embedding=True)
 
 
-def _algorithm1_loss(method, model, batch, index, noise, w):
+def _algorithm1_loss(method, model, batch, index, noise, w, c=None):
     """PixArt-delta Algorithm 1 / LCM's train_lcm_distill, written from the paper: linear betas, DDIM skip k = 20,
     guided teacher step cond + w (cond - uncond) on x0 and eps from the learned null caption, boundary scalings
-    with sigma_data 0.5 and timestep scaling 10, Huber c = 0.001. Uses only the three networks of ``method``."""
+    with sigma_data 0.5 and timestep scaling 10, Huber c = 0.001. Uses only the three networks of ``method``; ``c``:
+    the control latent every network sees (route (b) of the controllable LCM)."""
     x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], batch["data_info"]
     ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
     start = (index + 1) * 20 - 1  # t_{n+k} on the 50-step grid [19, 39, ..., 999]
@@ -145,7 +146,7 @@ def _algorithm1_loss(method, model, batch, index, noise, w):
         return col(0.25 / (s**2 + 0.25)) * xt + col(s / (s**2 + 0.25).sqrt()) * x0_of(xt, t, eps)
 
     def eps_of(net, xt, t, yy):
-        return net(xt, t, yy, mask, info)[:, : xt.shape[1]]
+        return net(xt, t, yy, mask, info, **({} if c is None else {"c": c}))[:, : xt.shape[1]]
 
     xt = col(ac[start].sqrt()) * x0 + col((1 - ac[start]).sqrt()) * noise
     pred = f(xt, start, eps_of(model, xt, start, y))
@@ -205,3 +206,82 @@ def test_bf16_teacher_option_halves_its_memory_and_keeps_the_loss():
     assert torch.isfinite(got) and abs(got.item() - want.item()) <= 0.05 * want.item()
     with pytest.raises(ValueError, match="bf16"):
         LCMDistillation(model, teacher_dtype="fp8")
+
+
+# ------------------------------------------------------------------ route (b): a controlled teacher and student
+def _controlnet_student(tmp_path):
+    """A ControlNet (1 copy) on a 'student' base whose copies are 'trained' (random), and a teacher base file that
+    differs from the student's base: what configs/controlnet/tiny_controlnet_lcm.py sets up with the assets."""
+    from safetensors.torch import save_file
+
+    from diffusion.model.controlnet import wrap_controlnet
+    from tests.model.helpers import randomize
+
+    teacher_file = tmp_path / "teacher.safetensors"
+    save_file({k: v.contiguous() for k, v in _model().state_dict().items()}, str(teacher_file))
+    student = wrap_controlnet(randomize(_model(), std=0.05, seed=21), "transformer", 1)
+    randomize(student.controlnet, std=0.05, seed=22)  # non-zero projections: the control matters
+    return student, teacher_file
+
+
+def test_controlled_distillation_teacher_has_its_base_and_the_students_copies(tmp_path):
+    from safetensors.torch import load_file
+
+    student, teacher_file = _controlnet_student(tmp_path)
+    method = LCMDistillation(student, teacher_load_from=str(teacher_file))
+    want = load_file(str(teacher_file))
+    base = method.teacher.base_model.state_dict()
+    assert all(torch.equal(base[k], v) for k, v in want.items() if not k.endswith("pos_embed"))
+    assert not torch.equal(base["blocks.0.attn.qkv.weight"], student.base_model.blocks[0].attn.qkv.weight)
+    copies = dict(student.controlnet.named_parameters())
+    assert all(torch.equal(p, copies[n]) for n, p in method.teacher.controlnet.named_parameters())
+
+
+def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere(tmp_path, monkeypatch):
+    from tests.model.helpers import randomize
+
+    student, teacher_file = _controlnet_student(tmp_path)
+    method = LCMDistillation(student, w=4.5, teacher_load_from=str(teacher_file))
+    randomize(method.target.controlnet, std=0.05, seed=23)  # a drifted target
+    batch = _batch(3)
+    c = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(6)).expand(3, -1, -1, -1).contiguous()
+    batch["c"] = c
+    index = torch.tensor([0, 23, 49])
+    noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: index.clone())
+    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: noise.clone())
+    loss, _ = method(student, batch)
+    want = _algorithm1_loss(method, student, batch, index, noise, 4.5, c=c)
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-7)
+    for wrong in (None, c.flip(-1)):  # the test tells a dropped or a different control apart
+        assert abs(_algorithm1_loss(method, student, batch, index, noise, 4.5, c=wrong).item() - loss.item()) > 1e-5
+
+
+def test_controlled_distillation_trains_only_the_copies_and_checkpoints_only_them(tmp_path):
+    student, teacher_file = _controlnet_student(tmp_path)
+    method = LCMDistillation(student, teacher_load_from=str(teacher_file))
+    base_before = {k: v.clone() for k, v in student.base_model.state_dict().items()}
+    target_before = {k: v.clone() for k, v in method.target.state_dict().items()}
+    opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.5)
+    batch = dict(_batch(3), c=torch.randn(3, 4, 8, 12))
+    _step(method, student, opt, batch)
+    assert all(p.grad is None for p in student.base_model.parameters())
+    assert all(torch.equal(v, student.base_model.state_dict()[k]) for k, v in base_before.items())
+    after = method.target.state_dict()
+    moved = {k for k, v in target_before.items() if not torch.equal(v, after[k])}
+    assert moved and all(k.startswith("controlnet.") for k in moved)  # the EMA covers the copies only
+    state = method.extra_state()
+    assert state and all(k.startswith("target.controlnet.") for k in state)
+    (tmp_path / "b").mkdir()
+    other, _ = _controlnet_student(tmp_path / "b")
+    fresh = LCMDistillation(other, teacher_load_from=str(teacher_file))
+    fresh.load_extra_state(state)
+    assert all(torch.equal(v, fresh.target.state_dict()[k]) for k, v in after.items() if k.startswith("controlnet."))
+    with pytest.raises(KeyError, match="lacks trained parameters"):
+        fresh.load_extra_state({k: v for k, v in state.items() if "after_proj" not in k})
+
+
+def test_a_control_latent_for_a_plain_model_is_an_error():
+    model = _model()
+    with pytest.raises(ValueError, match="no ControlNet"):
+        LCMDistillation(model)(model, dict(_batch(2), c=torch.randn(2, 4, 8, 12)))

@@ -1,0 +1,25 @@
+# Route (b) of the controllable 4-step LCM on the embedded default (PixArt-delta §4 + §3.1): the tiny ControlNet
+# trained on the teacher (assets/tiny_controlnet, N = 3) put on the distilled LCM student's frozen base
+# (assets/tiny_lcm), then consistency-distilled with the control passed. The teacher is the tiny teacher under that
+# same ControlNet (method.teacher_load_from), guided with w = 4.5 on the learned null caption; student, both halves of
+# the teacher's guidance batch and the EMA target see the same control latent; only the 3 copies and their zero
+# linears train. Step 0 is route (a) (the ControlNet transferred as it is); tools/reproduce_controlnet.py --route-b
+# measures both.
+#   python train_scripts/train_controlnet.py configs/controlnet/tiny_controlnet_lcm.py --work-dir output/cn_lcm_b
+_base_ = [
+    "../_base_/models/tiny.py",
+    "../_base_/datasets/embedded_32.py",
+    "../_base_/methods/lcm.py",
+    "../_base_/schedules/tiny_cpu.py",
+    "../_base_/runtime/embedded.py",
+]
+model = dict(class_dropout_prob=0.0)  # the LCM student's own (see configs/lcm/tiny_lcm.py)
+load_from = "assets/tiny_lcm/model.safetensors"  # the student's base: the 4-step LCM student
+controlnet = dict(copy_blocks=3, topology="transformer", load_from="assets/tiny_controlnet/model.safetensors")
+method = dict(teacher_load_from="assets/tiny_teacher/model.safetensors")  # the teacher's base: PixArt-alpha
+data = dict(load_control=True)
+optimizer = dict(lr=1e-4, weight_decay=3e-2)
+lr_schedule = dict(type="constant", warmup_steps=10, min_lr_ratio=0.0)
+train = dict(max_steps=150, batch_size=16, mixed_precision="no", ema_rate=None, grad_clip=1.0, seed=43)
+checkpoint = dict(every=50, keep_last=3)
+validation = dict(every=50, control="embedded")
