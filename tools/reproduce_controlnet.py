@@ -1,21 +1,25 @@
 """The measured ControlNet ablation PixArt-delta §4.2-4.4 shows only as pictures, on the embedded default.
 
-Each ``--run NAME=WORK_DIR`` is a ControlNet training run (its dumped ``config.py`` gives the topology and N; its
-latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``, the weights). Controls are exact edge maps of
-freshly rendered shapes (not training images); every row samples the same prompts, seeds and controls with the
-teacher's sampler (DPM-Solver++ 20 steps, CFG 4.5):
+``--train [ROW ...]`` trains the ablation rows itself (``tools/controlnet_ablation.py``: N = 1, 2, 3, 5 of the tiny
+teacher's 6 blocks and the UNet baseline, all of them when none is named), each ``--train-steps`` steps through the
+trainer into ``--work-root/<row>``; a row already trained with the same config is not retrained, an interrupted one
+resumes. Each ``--run NAME=WORK_DIR`` adds a ControlNet training run of your own (its dumped ``config.py`` gives the
+topology and N; its latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``, the weights). Trained
+rows (first) and runs are evaluated alike. Controls are exact edge maps of freshly rendered shapes (not training
+images); every row samples the same prompts, seeds and controls with the teacher's sampler (DPM-Solver++ 20 steps,
+CFG 4.5):
 
 - edge F1 (tolerance 1 px) between the control edges and Canny on the generated image, with the control's own
   caption (matched) and with another shape's caption (conflicting: the control must win over the prompt);
 - FID (embedded attribute-classifier features, comparable between rows only) and prompt-attribute accuracy, matched.
 
 Reference rows: the teacher without control, and Canny on the rendered images themselves (the metric's ceiling).
-``--curve WORK_DIR`` adds edge F1 against training step over every checkpoint of that run (the paper's "sudden
-convergence", §4.4). Writes ``table.md``, ``results.json``, ``grid.png`` (matched), ``grid_conflict.png`` and
-``plot.png`` under ``--out``.
+``--curve WORK_DIR`` (or the name of a ``--train`` row) adds edge F1 against training step over every checkpoint of
+that run (the paper's "sudden convergence", §4.4). Writes ``table.md``, ``results.json``, ``grid.png`` (matched),
+``grid_conflict.png`` and ``plot.png`` under ``--out``.
 
-    python tools/reproduce_controlnet.py --run "N=3=output/tiny_controlnet_run" --run "N=1=output/cn_ablation/n1" \
-        --curve output/tiny_controlnet_run --num-images 128
+    python tools/reproduce_controlnet.py --train --curve n3    # the README's ablation rows: 150 steps x batch 16
+    python tools/reproduce_controlnet.py --run "N=3=output/tiny_controlnet_run" --curve output/tiny_controlnet_run
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from diffusion.data.annotators import to_control_image  # noqa: E402
 from diffusion.data.embedded import all_attribute_combinations, caption, render  # noqa: E402
 from diffusion.engine.checkpoint import find_latest, list_checkpoints  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.eval import (  # noqa: E402  # noqa: E402
+from diffusion.eval import (  # noqa: E402
     attribute_accuracy,
     build_feature_extractor,
     compute_statistics,
@@ -47,6 +51,7 @@ from diffusion.eval import (  # noqa: E402  # noqa: E402
 )
 from diffusion.eval.edges import generated_edge_f1  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
+from tools.controlnet_ablation import ROW_NAMES, select_rows, train_rows  # noqa: E402
 
 SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
 LCM = dict(name="lcm", steps=4)  # route (a): the teacher's ControlNet on the distilled student, 4 steps
@@ -106,27 +111,76 @@ def run_config(work_dir: Path) -> Config:
     return Config.fromfile(str(path))
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="LABEL=WORK_DIR of a ControlNet training run")
-    parser.add_argument("--curve", default=None, help="WORK_DIR whose every checkpoint gives the F1-vs-step plot")
-    parser.add_argument("--num-images", type=int, default=128)
-    parser.add_argument("--curve-images", type=int, default=64)
+    parser.add_argument(
+        "--train",
+        nargs="*",
+        default=None,
+        metavar="ROW",
+        help=f"train these ablation rows (of {ROW_NAMES}; all when none is named) before evaluating them",
+    )
+    parser.add_argument("--train-steps", type=int, default=150, help="training steps of every --train row")
+    parser.add_argument("--train-batch-size", type=int, default=None, help="default: the config's (16)")
+    parser.add_argument(
+        "--work-root", default=None, help="--train rows train in WORK_ROOT/<row>; default output/cn_ablation/<N>steps"
+    )
+    parser.add_argument(
+        "--cfg-options", nargs="+", default=[], metavar="K=V", help="config overrides of every --train row"
+    )
+    parser.add_argument(
+        "--replace-stale",
+        action="store_true",
+        help="move a --train row's dir holding a run of another config aside and retrain (default: refuse)",
+    )
+    parser.add_argument(
+        "--curve", default=None, help="WORK_DIR, or a --train row, whose every checkpoint gives the F1-vs-step plot"
+    )
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--curve-images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument(
         "--lcm-student",
         default=None,
-        help="4-step LCM student weights: adds the student without control and, route (a), the last --run's "
-        "ControlNet applied to it as it is (no re-training), both with the LCM sampler at 4 steps",
+        help="4-step LCM student weights: adds the student without control and, route (a), the last row's "
+        "ControlNet (the last --run, else the last --train row) applied to it as it is (no re-training), both with "
+        "the LCM sampler at 4 steps",
     )
     parser.add_argument("--out", default="output/reproduce_controlnet")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def resolve_runs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    """``[(label, work_dir)]``: the ``--train`` rows (trained, resumed or found finished), then the ``--run`` ones;
+    a ``--curve`` naming a trained row becomes its work dir."""
+    trained = []
+    if args.train is not None:
+        rows = select_rows(args.train)
+        if args.curve in ROW_NAMES and args.curve not in [r.name for r in rows]:
+            raise SystemExit(f"--curve {args.curve} names a row that --train does not train")
+        work_root = Path(args.work_root or f"output/cn_ablation/{args.train_steps}steps")
+        trained = train_rows(
+            rows, work_root, args.train_steps, args.train_batch_size, args.cfg_options, args.replace_stale
+        )
+    elif args.cfg_options or args.replace_stale:
+        raise SystemExit("--cfg-options and --replace-stale apply to --train rows only")
+    by_name = {row.name: work_dir for row, work_dir in trained}
+    if args.curve in by_name:
+        args.curve = str(by_name[args.curve])
+    runs = [(row.label, work_dir) for row, work_dir in trained]
+    runs += [(label, Path(path)) for label, path in (r.rsplit("=", 1) for r in args.run)]
+    if not runs:
+        raise SystemExit("give --train [ROW ...] or at least one --run LABEL=WORK_DIR")
+    return runs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    runs = [(label, Path(path)) for label, path in (r.rsplit("=", 1) for r in args.run)]
-    if not runs:
-        raise SystemExit("give at least one --run LABEL=WORK_DIR")
+    runs = resolve_runs(args)
+    torch.manual_seed(0)  # after any training: the evaluation is the same whether the rows were trained now or not
     first = run_config(runs[0][1])
     extractor = build_feature_extractor("embedded")
     ref = statistics_of(first.data.root, extractor, num=args.num_images, progress=False)[:2]

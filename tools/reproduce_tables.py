@@ -6,8 +6,11 @@ Tables (PixArt-δ: Table 2 / Fig. 7 quality, Fig. 2 guidance, Table 1 / §3.3 me
 - ``lcm``: ``tools/reproduce_lcm.py`` on a distilled student (``--student``, else ``assets/tiny_lcm`` or the latest
   ``make demo`` checkpoint; skipped with a line saying so when there is none).
 - ``sweep``: ``tools/sweep_lcm.py`` (Fig. 2 at small scale); the slowest job, run only with ``--sweep``.
-- ``controlnet``, ``speed``, ``memory``: ``tools/reproduce_controlnet.py``, ``tools/benchmark_speed.py``,
-  ``tools/benchmark_memory.py`` with their defaults for this machine (each skipped with a clear line if absent).
+- ``controlnet``: ``tools/reproduce_controlnet.py --train``, which trains the ablation rows itself
+  (``--controlnet-steps`` each, 150 by default: about an hour on 2 shared cores; finished rows are reused) and
+  evaluates them on ``--controlnet-images`` edge maps.
+- ``speed``, ``memory``: ``tools/benchmark_speed.py``, ``tools/benchmark_memory.py`` with their defaults for this
+  machine (each skipped with a clear line if absent).
 
 Contract with the tools: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
 kept); progress goes to stderr. A failing tool is reported in its table file and the index, and the others still run.
@@ -65,10 +68,16 @@ def default_jobs(args: argparse.Namespace) -> list[Job]:
     sweep.args = ["--out", "output/tables/_sweep"]
     if not args.sweep:
         sweep.skip = "the slowest job; pass --sweep to run it"
+    controlnet = Job("controlnet", "ControlNet-Transformer ablation (PixArt-δ §4)", "tools/reproduce_controlnet.py")
+    # trains its rows itself (a finished row in output/cn_ablation/<N>steps/ is reused), curve on half the controls
+    images = args.controlnet_images
+    controlnet.args = ["--train", "--train-steps", str(args.controlnet_steps), "--curve", "n3"]
+    controlnet.args += ["--num-images", str(images), "--curve-images", str(max(1, images // 2))]
+    controlnet.args += ["--out", "output/tables/_controlnet"]
     return [
         lcm,
         sweep,
-        Job("controlnet", "ControlNet-Transformer ablation (PixArt-δ §4)", "tools/reproduce_controlnet.py"),
+        controlnet,
         Job("speed", "Sampling speed (PixArt-δ Table 2)", "tools/benchmark_speed.py"),
         Job("memory", "Training memory (PixArt-δ Table 1, §3.3)", "tools/benchmark_memory.py"),
     ]
@@ -147,6 +156,10 @@ def main(argv: list[str] | None = None, jobs: list[Job] | None = None) -> int:
     parser.add_argument("--student", default=None, help="LCM student weights for the lcm table")
     parser.add_argument("--num-images", type=int, default=240, help="images per row of the lcm table")
     parser.add_argument("--sweep", action="store_true", help="also run the Fig. 2 sweep (slow)")
+    parser.add_argument(
+        "--controlnet-steps", type=int, default=150, help="training steps of each ControlNet ablation row (batch 16)"
+    )
+    parser.add_argument("--controlnet-images", type=int, default=64, help="edge maps per row of the controlnet table")
     args = parser.parse_args(argv)
     out = Path(args.out) if Path(args.out).is_absolute() else REPO / args.out
     out.mkdir(parents=True, exist_ok=True)

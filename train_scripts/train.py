@@ -28,12 +28,18 @@ def parse_args(argv: list[str] | None = None, default_config: str | None = None)
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None, default_config: str | None = None) -> None:
-    """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun."""
-    args = parse_args(argv, default_config)
+def build_config(args: argparse.Namespace) -> Config:
+    """The config a run of ``args`` trains: ``args.config`` with ``args.cfg_options`` merged in."""
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
+    return cfg
+
+
+def main(argv: list[str] | None = None, default_config: str | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun."""
+    args = parse_args(argv, default_config)
+    cfg = build_config(args)
     work_dir = args.work_dir or str(Path(DEFAULT_OUTPUT_ROOT) / Path(args.config).stem)
     try:
         Trainer(cfg, work_dir, resume=args.resume).train()

@@ -1,0 +1,106 @@
+"""tools/reproduce_controlnet.py --train: the ablation rows are trained through the one trainer (train_scripts.train
+.main) and land in the table, a second invocation finds them finished and does not retrain, a dir of another config
+is refused naming the key, and reproduce_tables' controlnet job needs no --run."""
+
+import argparse
+import math
+from pathlib import Path
+
+import pytest
+from mmengine.config import Config
+from safetensors.torch import save_file
+
+import tools.controlnet_ablation as ablation
+import tools.reproduce_controlnet as rc
+from diffusion.data import EMBEDDED_MAX_LENGTH, ensure_embedded_default
+from diffusion.eval import build_feature_extractor
+from diffusion.registry import MODELS
+from tests.eval.helpers import tiny_attribute_net
+from tools.reproduce_tables import default_jobs
+
+# the tiny teacher's 6 blocks (so every row's N fits) at 32 wide, random weights: seconds, not minutes, per row
+BASE = dict(type="PixArt_tiny", input_size=16, patch_size=2, in_channels=12, hidden_size=32, depth=6, num_heads=2,
+            caption_channels=64, model_max_length=EMBEDDED_MAX_LENGTH, pe_interpolation=1.0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cn_ablation")
+    data = ensure_embedded_default(root / "data", num=48, text_encoder_path=root / "t5")
+    save_file(MODELS.build(dict(BASE)).state_dict(), str(root / "base.safetensors"))
+    options = [f"load_from={root / 'base.safetensors'}", f"data.root={data}", f"text_encoder.path={root / 't5'}"]
+    options += ["model.hidden_size=32", "model.num_heads=2", "train.mixed_precision=no"]
+    return root, options, tiny_attribute_net(tmp_path_factory)
+
+
+@pytest.fixture
+def spy(monkeypatch, tiny):
+    """Counts the trainer runs and gives the tool the tiny attribute net."""
+    calls = []
+    train_main = ablation.train.main
+    monkeypatch.setattr(ablation.train, "main", lambda argv: (calls.append(argv), train_main(argv))[1])
+    net = tiny[2]
+    monkeypatch.setattr(rc, "build_feature_extractor", lambda name: build_feature_extractor(name, net))
+    return calls
+
+
+def tables_job_args(steps: int, images: int) -> list[str]:
+    ns = argparse.Namespace(student=None, num_images=8, sweep=False, controlnet_steps=steps, controlnet_images=images)
+    (job,) = [j for j in default_jobs(ns) if j.name == "controlnet"]
+    return job.args
+
+
+def test_train_rows_then_reuse_them(tiny, spy, capsys):
+    root, options, _ = tiny
+    job = tables_job_args(steps=2, images=4)
+    assert "--train" in job and "--run" not in job and "--curve" in job
+    # the reproduce_tables job as it is, on two of its rows at a tiny size
+    argv = [*job, "--train", "n1", "n3", "--train-batch-size", "2", "--batch-size", "4"]
+    argv += ["--work-root", str(root / "runs"), "--out", str(root / "out"), "--cfg-options", *options]
+    first = rc.main(argv)
+    assert [a[a.index("--work-dir") + 1] for a in spy] == [str(root / "runs" / n) for n in ("n1", "n3")]
+    for name, blocks in (("n1", 1), ("n3", 3)):
+        assert (root / "runs" / name / "checkpoints" / "step_0000002" / "model.safetensors").is_file()
+        assert f"copy_blocks={blocks}," in (root / "runs" / name / "config.py").read_text()
+    table = (root / "out" / "table.md").read_text()
+    assert "| ControlNet-Transformer N = 1 | 2 |" in table
+    assert "| ControlNet-Transformer N = 3 (½ depth) | 2 |" in table
+    assert [c["step"] for c in first["curve"]] == [2]  # the curve is the N = 3 row's checkpoints
+    err = capsys.readouterr().err
+    assert "[ablation] 1/2 n1 (ControlNet-Transformer N = 1): training steps 0..2" in err
+
+    runs = rc.resolve_runs(rc.parse_args(argv))  # the second invocation, up to its (unchanged) evaluation
+    assert len(spy) == 2  # nothing retrained
+    assert runs == [(r.label, root / "runs" / r.name) for r in ablation.select_rows(["n1", "n3"])]
+    assert "[ablation] 2/2 n3 (ControlNet-Transformer N = 3 (½ depth)): already trained" in capsys.readouterr().err
+
+
+def test_finished_partial_and_foreign_run_dirs(tiny, tmp_path):
+    _, options, _ = tiny
+    (row,) = ablation.select_rows(["n1"])
+    cfg = ablation.train.build_config(ablation.train.parse_args(ablation.train_argv(row, tmp_path, 2, 2, options)))
+    (tmp_path / "n1").mkdir()
+    cfg.dump(str(tmp_path / "n1" / "config.py"))
+    assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "new"  # no checkpoint yet: (re)start
+    (tmp_path / "n1" / "checkpoints" / "step_0000001").mkdir(parents=True)
+    assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "partial"  # resumed by the trainer
+    (tmp_path / "n1" / "checkpoints" / "step_0000002").mkdir()
+    assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "done"
+    other = ablation.train.build_config(ablation.train.parse_args(ablation.train_argv(row, tmp_path, 3, 2, options)))
+    with pytest.raises(SystemExit, match=r"another config \(train.max_steps: 2 -> 3\)"):
+        ablation.run_state(tmp_path / "n1", other, replace_stale=False)
+    assert ablation.run_state(tmp_path / "n1", other, replace_stale=True) == "new"
+    assert not (tmp_path / "n1").exists() and len(list(tmp_path.glob("n1.stale.*"))) == 1
+    with pytest.raises(SystemExit, match="unknown ablation row"):
+        ablation.select_rows(["n4"])
+    with pytest.raises(SystemExit, match="does not train"):
+        rc.resolve_runs(rc.parse_args(["--train", "n1", "--curve", "n3"]))
+
+
+def test_rows_are_the_papers_n_on_the_tiny_teacher():
+    """N in {1, depth/4, depth/2, depth - 1} of the config's teacher, and the UNet baseline."""
+    repo = Path(__file__).resolve().parents[2]
+    depth = Config.fromfile(str(repo / ablation.DEFAULT_CONFIG)).model.depth
+    copies = [r.overrides["controlnet.copy_blocks"] for r in ablation.ROWS if "controlnet.copy_blocks" in r.overrides]
+    assert copies == [1, math.ceil(depth / 4), depth // 2, depth - 1]
+    assert [r.name for r in ablation.ROWS if r.overrides == {"controlnet.topology": "unet"}] == ["unet"]
