@@ -36,7 +36,15 @@ def test_leaf_config_resolves_and_builds_on_meta(path):
         assert cfg.get("load_from"), f"{path.name}: {cfg.method['type']} needs load_from"
     with torch.device("meta"):
         model = MODELS.build(dict(cfg.model))
-    method = METHODS.build(dict(cfg.method, model=model))  # LoRA injection and frozen copies of a meta model
+        if cfg.get("controlnet") is not None:
+            from diffusion.model.controlnet import wrap_controlnet
+
+            section = resolve_section("controlnet", cfg.controlnet)
+            model = wrap_controlnet(model, section["topology"], section["copy_blocks"])
+    # LoRA injection and frozen copies of a meta model (weights files are not read here: a meta model holds none)
+    method = METHODS.build(
+        {**cfg.method, "model": model, **({"teacher_load_from": None} if "teacher_load_from" in cfg.method else {})}
+    )
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
     assert method.sampler_defaults() is not None
     if cfg.method.get("guidance_embedding"):

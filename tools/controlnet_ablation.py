@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mmengine.config import Config  # noqa: E402
 
 from diffusion.data import ensure_embedded_default  # noqa: E402
+from diffusion.engine import dist  # noqa: E402
 from diffusion.engine.checkpoint import find_latest  # noqa: E402
 from tools.make_teacher import config_hash  # noqa: E402
 from train_scripts import train  # noqa: E402
@@ -48,6 +49,12 @@ ROWS = [
     Row("n3", "ControlNet-Transformer N = 3 (½ depth)", {"controlnet.copy_blocks": 3}),
     Row("n5", "ControlNet-Transformer N = 5 (depth − 1)", {"controlnet.copy_blocks": 5}),
     Row("unet", "ControlNet-UNet baseline (3 encoder copies → mirrored skips)", {"controlnet.topology": "unet"}),
+    # route (b): the committed ControlNet (N = 3) on the committed LCM student, consistency-distilled with the control
+    Row(
+        "b",
+        "route (b): controlled LCD of the ControlNet on the LCM student",
+        config="configs/controlnet/tiny_controlnet_lcm.py",
+    ),
 ]
 ROW_NAMES = [r.name for r in ROWS]
 
@@ -126,6 +133,11 @@ def train_rows(
         work_dir = work_root / row.name
         argv = train_argv(row, work_dir, steps, batch_size, cfg_options)
         cfg = train.build_config(train.parse_args(argv))
+        note = dist.portable_precision(cfg)  # bf16 autocast on a CPU without it: fp32, said once per row
+        if note:
+            print(f"[ablation] {row.name}: {note}", file=sys.stderr, flush=True)
+            argv = train_argv(row, work_dir, steps, batch_size, [*cfg_options, "train.mixed_precision=no"])
+            cfg = train.build_config(train.parse_args(argv))
         state = run_state(work_dir, cfg, replace_stale)
         head = f"[ablation] {i}/{len(rows)} {row.name} ({row.label})"
         if state == "done":

@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> None:
         make_teacher([])
     if args.steps:
         cfg.merge_from_dict({"train.max_steps": args.steps})
+    note = dist.portable_precision(cfg)
+    if note:
+        print(f"[demo] {note}")
     # resume only a distillation of this very teacher; one of an older teacher is moved aside
     work_dir = claim_run_dir(out / "lcm", file_hash(TEACHER), on_other="move")
     Trainer(cfg, work_dir, resume="auto").train()

@@ -14,6 +14,11 @@ CFG 4.5):
 - FID (embedded attribute-classifier features, comparable between rows only) and prompt-attribute accuracy, matched.
 
 Reference rows: the teacher without control, and Canny on the rendered images themselves (the metric's ceiling).
+
+A run of the LCM method on a ControlNet (row ``b``, ``configs/controlnet/tiny_controlnet_lcm.py``, or any such
+``--run``) adds the controllable 4-step rows of PixArt-delta §4: the LCM student alone; the ControlNet it started from
+(trained on the teacher) on the teacher at DPM-Solver++ 14 and 20 steps; route (a), that ControlNet on the student as
+it is; route (b), the same after the consistency distillation with the control passed; all LCM rows at 4 steps.
 ``--curve WORK_DIR`` (or the name of a ``--train`` row) adds edge F1 against training step over every checkpoint of
 that run (the paper's "sudden convergence", §4.4). Writes ``table.md``, ``results.json``, ``grid.png`` (matched),
 ``grid_conflict.png`` and ``plot.png`` under ``--out``.
@@ -54,7 +59,8 @@ from diffusion.pipeline import Pipeline  # noqa: E402
 from tools.controlnet_ablation import ROW_NAMES, select_rows, train_rows  # noqa: E402
 
 SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
-LCM = dict(name="lcm", steps=4)  # route (a): the teacher's ControlNet on the distilled student, 4 steps
+LCM = dict(name="lcm", steps=4)  # routes (a) and (b): the 4-step LCM sampler, no CFG
+DPM14 = dict(SAMPLER, steps=14)
 GRID = 8
 
 
@@ -102,6 +108,42 @@ def evaluate(
         attr_all=acc["all"],
     )
     return row, dict(matched=matched[:GRID], conflict=conflict[:GRID])
+
+
+def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pipeline) -> list[tuple]:
+    """``(setting, pipeline, controlled, sampler, step)`` of the 4-step controllable LCM group of a route-(b) run
+    ``cfg`` (the LCM method on a ControlNet; base ``load_from`` = the LCM student, ``controlnet.load_from`` = the
+    ControlNet trained on the teacher, ``method.teacher_load_from`` = the teacher)."""
+    start = cfg.controlnet.get("load_from")
+    if not start or not cfg.method.get("teacher_load_from"):
+        raise SystemExit(f"{label}: a route-(b) run needs controlnet.load_from and method.teacher_load_from")
+    on_teacher = Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from})
+    step = int(checkpoint.name.split("_")[-1])
+    return [
+        (
+            "LCM student 4 steps, no control",
+            load_pipeline({**cfg, "controlnet": None}, like=teacher),
+            False,
+            LCM,
+            None,
+        ),
+        (
+            "teacher + its ControlNet, DPM-Solver++ 14 steps",
+            load_pipeline(on_teacher, like=teacher),
+            True,
+            DPM14,
+            None,
+        ),
+        (
+            "teacher + its ControlNet, DPM-Solver++ 20 steps",
+            load_pipeline(on_teacher, like=teacher),
+            True,
+            SAMPLER,
+            None,
+        ),
+        ("route (a): that ControlNet on the LCM student, 4 steps", load_pipeline(cfg, like=teacher), True, LCM, 0),
+        (f"{label}, 4 steps", load_pipeline(cfg, checkpoint, like=teacher), True, LCM, step),
+    ]
 
 
 def run_config(work_dir: Path) -> Config:
@@ -185,34 +227,48 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = build_feature_extractor("embedded")
     ref = statistics_of(first.data.root, extractor, num=args.num_images, progress=False)[:2]
     data = eval_set(args.num_images)
-    teacher = load_pipeline({**first, "controlnet": None})
+    teacher_cfg = {**first, "controlnet": None}
+    if first.method.type == "LCMDistillation":  # a route-(b) run: its load_from is the student
+        teacher_cfg["load_from"] = first.method.teacher_load_from
+    teacher = load_pipeline(teacher_cfg)
     results, grids = [], {"matched": [data["images"][:GRID], to_control_image(data["edges"][:GRID])], "conflict": []}
     grids["conflict"].append(grids["matched"][1])
     ceiling = generated_edge_f1(data["images"], data["edges"]).mean().item()
     results.append(dict(setting="rendered images (metric ceiling)", f1=ceiling, f1_conflict=float("nan")))
-    row, g = evaluate(teacher, data, False, args.batch_size, extractor, extractor.net, ref)
-    results.append(dict(setting="teacher, no control", **row))
-    grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
+
+    def add(setting: str, pipe: Pipeline, controlled: bool, sampler: dict = SAMPLER, step: int | None = None) -> None:
+        row, g = evaluate(pipe, data, controlled, args.batch_size, extractor, extractor.net, ref, sampler)
+        results.append(dict(setting=setting, **({} if step is None else {"step": step}), **row))
+        grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
+        print(json.dumps(results[-1]), flush=True)
+
+    add("teacher, no control", teacher, False)
+    routes, last = [], None
     for label, work_dir in runs:
         checkpoint = find_latest(work_dir)
         if work_dir.name.startswith("step_"):  # a given checkpoint of a run: <work_dir>/checkpoints/step_XXXXXXX
             checkpoint, work_dir = work_dir, work_dir.parent.parent
-        pipe = load_pipeline(run_config(work_dir), checkpoint, like=teacher)
-        row, g = evaluate(pipe, data, True, args.batch_size, extractor, extractor.net, ref)
-        results.append(dict(setting=label, step=int(checkpoint.name.split("_")[-1]), **row))
-        grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
-        print(json.dumps(results[-1]), flush=True)
+        cfg = run_config(work_dir)
+        if cfg.method.type == "LCMDistillation":  # route (b): evaluated with its LCM group below
+            routes.append((label, cfg, checkpoint))
+            continue
+        add(label, load_pipeline(cfg, checkpoint, like=teacher), True, step=int(checkpoint.name.split("_")[-1]))
+        last = (label, cfg, checkpoint)
+    for label, cfg, checkpoint in routes:
+        for row in controllable_lcm_rows(cfg, checkpoint, label, teacher):
+            add(*row)
     if args.lcm_student:
-        cfg = run_config(work_dir)  # the last --run: its ControlNet weights sit on the student's base instead
+        if last is None:
+            raise SystemExit("--lcm-student needs a ControlNet run trained with the diffusion loss (a --run or row)")
+        label, cfg, checkpoint = last  # its ControlNet weights sit on the student's base instead
         on_student = Config({**cfg.to_dict(), "load_from": args.lcm_student})
-        for setting, pipe, controlled in (
-            ("LCM student 4 steps, no control", load_pipeline({**on_student, "controlnet": None}, like=teacher), 0),
-            (f"LCM student 4 steps + {label} (route a)", load_pipeline(on_student, checkpoint, like=teacher), 1),
-        ):
-            row, g = evaluate(pipe, data, bool(controlled), args.batch_size, extractor, extractor.net, ref, LCM)
-            results.append(dict(setting=setting, **row))
-            grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
-            print(json.dumps(results[-1]), flush=True)
+        add(
+            "LCM student 4 steps, no control",
+            load_pipeline({**on_student, "controlnet": None}, like=teacher),
+            False,
+            LCM,
+        )
+        add(f"LCM student 4 steps + {label} (route a)", load_pipeline(on_student, checkpoint, like=teacher), True, LCM)
     curve = []
     if args.curve:
         small = {k: v[: args.curve_images] for k, v in data.items()}

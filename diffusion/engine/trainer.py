@@ -91,6 +91,14 @@ class Trainer:
         self.optimizer = build_optimizer(self.params, cfg.optimizer, lr)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, self.lr_cfg, tc["max_steps"])
         self.amp_dtype = AMP_DTYPES.get(tc["mixed_precision"])
+        if self.amp_dtype is torch.bfloat16 and not dist.native_bf16(self.device):
+            self._notes.append(
+                (
+                    "warning",
+                    f"train.mixed_precision='bf16' on {self.device} without native bf16: autocast is emulated "
+                    "(on a CPU ~10-25x slower than fp32); consider train.mixed_precision='no'",
+                )
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc["mixed_precision"] == "fp16")
         self.lr, self.run_record = lr, on_resume.run_record(tc, self.world, lr)
         size = preflight.checkpoint_bytes(
@@ -144,7 +152,9 @@ class Trainer:
             raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
         if self.val_cfg["control"] is None:
             if controlled:
-                self._notes.append(("warning", "validation.control is not set: validation grids sample without control"))
+                self._notes.append(
+                    ("warning", "validation.control is not set: validation grids sample without control")
+                )
             return None
         resolution = self.cfg["data"]["resolution"]
         height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)

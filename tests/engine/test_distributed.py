@@ -77,3 +77,21 @@ def test_two_processes_match_one(tmp_path, parallel):
             torch.testing.assert_close(multi[key], single[key], rtol=0, atol=1e-6, msg=f"{name}.{key}")
     assert _losses(tmp_path / "ddp") == pytest.approx(_losses(tmp_path / "single"), abs=1e-6)
     assert torch.load(multi_dir / "training_state.pt", weights_only=True)["world_size"] == 2
+
+
+def test_portable_precision_switches_only_emulated_cpu_bf16(monkeypatch):
+    """make demo / the ablation on a CPU without native bf16 train in fp32 and say so; elsewhere nothing changes."""
+    from mmengine.config import Config
+
+    from diffusion.engine import dist
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for native, want in ((False, "no"), (True, "bf16")):
+        monkeypatch.setattr(dist, "native_bf16", lambda device="cpu", native=native: native)
+        cfg = Config(dict(train=dict(mixed_precision="bf16")))
+        note = dist.portable_precision(cfg)
+        assert cfg.train.mixed_precision == want and (note is None) == native
+        assert native or "no native bf16" in note
+    fp32 = Config(dict(train=dict(mixed_precision="no")))
+    assert dist.portable_precision(fp32) is None and fp32.train.mixed_precision == "no"
+    assert isinstance(dist.native_bf16("cpu"), bool)

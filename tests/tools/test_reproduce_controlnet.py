@@ -104,3 +104,39 @@ def test_rows_are_the_papers_n_on_the_tiny_teacher():
     copies = [r.overrides["controlnet.copy_blocks"] for r in ablation.ROWS if "controlnet.copy_blocks" in r.overrides]
     assert copies == [1, math.ceil(depth / 4), depth // 2, depth - 1]
     assert [r.name for r in ablation.ROWS if r.overrides == {"controlnet.topology": "unet"}] == ["unet"]
+
+
+def test_a_route_b_run_gets_the_controllable_lcm_rows(tiny, spy, tmp_path):
+    """A run of the LCM method on a ControlNet (row b's config at a tiny size) is evaluated as the 4-step group:
+    the student alone, its starting ControlNet on the teacher at 14 and 20 steps, route (a) (step 0) and route (b)."""
+    from diffusion.model.controlnet import wrap_controlnet
+    from tests.model.helpers import randomize
+
+    root, options, _ = tiny
+    student = randomize(MODELS.build(dict(BASE)), std=0.05, seed=3)
+    save_file(student.state_dict(), str(tmp_path / "student.safetensors"))
+    start = wrap_controlnet(MODELS.build(dict(BASE)), "transformer", 3)
+    randomize(start.controlnet, std=0.02, seed=4)
+    save_file(start.trainable_state_dict(), str(tmp_path / "controlnet.safetensors"))
+    (row,) = ablation.select_rows(["b"])
+    assert row.config == "configs/controlnet/tiny_controlnet_lcm.py"
+    shared = [o for o in options if not o.startswith("load_from=")]
+    route = [
+        f"load_from={tmp_path / 'student.safetensors'}",
+        f"controlnet.load_from={tmp_path / 'controlnet.safetensors'}",
+        f"method.teacher_load_from={root / 'base.safetensors'}",
+    ]
+    ablation.train.main([row.config, "--work-dir", str(tmp_path / "b"), "--cfg-options", *shared, *route,
+                         "train.max_steps=2", "train.batch_size=2", "validation.every=100"])  # fmt: skip
+    result = rc.main(["--run", f"route (b)={tmp_path / 'b'}", "--num-images", "4", "--batch-size", "4",
+                      "--out", str(tmp_path / "out")])  # fmt: skip
+    settings = [(r["setting"], r.get("step")) for r in result["rows"]]
+    assert settings[:2] == [("rendered images (metric ceiling)", None), ("teacher, no control", None)]
+    assert settings[2:] == [
+        ("LCM student 4 steps, no control", None),
+        ("teacher + its ControlNet, DPM-Solver++ 14 steps", None),
+        ("teacher + its ControlNet, DPM-Solver++ 20 steps", None),
+        ("route (a): that ControlNet on the LCM student, 4 steps", 0),
+        ("route (b), 4 steps", 2),
+    ]
+    assert "| route (b), 4 steps | 2 |" in result["table"]
