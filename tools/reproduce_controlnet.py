@@ -269,23 +269,32 @@ def main(argv: list[str] | None = None) -> dict:
             LCM,
         )
         add(f"LCM student 4 steps + {label} (route a)", load_pipeline(on_student, checkpoint, like=teacher), True, LCM)
-    curve = []
+    curve, base, xlabel = [], (results[1]["f1"], results[1]["f1_conflict"]), "0 = teacher, no control"
     if args.curve:
         small = {k: v[: args.curve_images] for k, v in data.items()}
         cfg = run_config(Path(args.curve))
-        for checkpoint in list_checkpoints(Path(args.curve) / "checkpoints"):
+        lcm = cfg.method.type == "LCMDistillation"  # a route-(b) run: 4 LCM steps; its step 0 is route (a)
+        checkpoints = ([None] if lcm else []) + list_checkpoints(Path(args.curve) / "checkpoints")
+        for checkpoint in checkpoints:
             pipe = load_pipeline(cfg, checkpoint, like=teacher)
             control = to_control_image(small["edges"])
             f1 = [
-                generated_edge_f1(generate(pipe, small[k], control, args.batch_size), small["edges"]).mean().item()
+                generated_edge_f1(
+                    generate(pipe, small[k], control, args.batch_size, LCM if lcm else SAMPLER), small["edges"]
+                )
+                .mean()
+                .item()
                 for k in ("prompts", "conflict")
             ]
-            curve.append(dict(step=int(checkpoint.name.split("_")[-1]), f1=f1[0], f1_conflict=f1[1]))
+            step = 0 if checkpoint is None else int(checkpoint.name.split("_")[-1])
+            curve.append(dict(step=step, f1=f1[0], f1_conflict=f1[1]))
             print(json.dumps(curve[-1]), flush=True)
+        if lcm:
+            base, xlabel = (curve[0]["f1"], curve[0]["f1_conflict"]), "0 = route (a), the ControlNet as trained"
     save_grid(torch.cat(grids["matched"]), out / "grid.png", columns=GRID)
     save_grid(torch.cat(grids["conflict"]), out / "grid_conflict.png", columns=GRID)
     if curve:
-        plot_curve(curve, results[1]["f1"], results[1]["f1_conflict"], out / "plot.png")
+        plot_curve([c for c in curve if c["step"] > 0], *base, out / "plot.png", xlabel)
     (out / "results.json").write_text(json.dumps(dict(rows=results, curve=curve), indent=2))
     table = format_table(results, curve, args)
     (out / "table.md").write_text(table)
@@ -293,7 +302,9 @@ def main(argv: list[str] | None = None) -> dict:
     return dict(rows=results, curve=curve, table=table)
 
 
-def plot_curve(curve: list[dict], base_f1: float, base_conflict: float, path: Path) -> None:
+def plot_curve(
+    curve: list[dict], base_f1: float, base_conflict: float, path: Path, xlabel: str = "0 = teacher, no control"
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -303,7 +314,7 @@ def plot_curve(curve: list[dict], base_f1: float, base_conflict: float, path: Pa
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
     ax.plot(steps, [base_f1] + [c["f1"] for c in curve], "o-", label="matched prompt")
     ax.plot(steps, [base_conflict] + [c["f1_conflict"] for c in curve], "s--", label="conflicting prompt")
-    ax.set_xlabel("ControlNet training step (0 = teacher, no control)")
+    ax.set_xlabel(f"ControlNet training step ({xlabel})")
     ax.set_ylabel("edge F1 (1 px)")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)

@@ -6,14 +6,7 @@
 # linears train. Step 0 is route (a) (the ControlNet transferred as it is); tools/reproduce_controlnet.py --route-b
 # measures both.
 #   python train_scripts/train_controlnet.py configs/controlnet/tiny_controlnet_lcm.py --work-dir output/cn_lcm_b
-_base_ = [
-    "../_base_/models/tiny.py",
-    "../_base_/datasets/embedded_32.py",
-    "../_base_/methods/lcm.py",
-    "../_base_/schedules/tiny_cpu.py",
-    "../_base_/runtime/embedded.py",
-]
-model = dict(class_dropout_prob=0.0)  # the LCM student's own (see configs/lcm/tiny_lcm.py)
+_base_ = ["../lcm/tiny_lcm.py"]  # the distillation that made the student: its model, method, data and runtime
 load_from = "assets/tiny_lcm/model.safetensors"  # the student's base: the 4-step LCM student
 controlnet = dict(copy_blocks=3, topology="transformer", load_from="assets/tiny_controlnet/model.safetensors")
 method = dict(teacher_load_from="assets/tiny_teacher/model.safetensors")  # the teacher's base: PixArt-alpha

@@ -128,8 +128,9 @@ def test_a_route_b_run_gets_the_controllable_lcm_rows(tiny, spy, tmp_path):
     ]
     ablation.train.main([row.config, "--work-dir", str(tmp_path / "b"), "--cfg-options", *shared, *route,
                          "train.max_steps=2", "train.batch_size=2", "validation.every=100"])  # fmt: skip
-    result = rc.main(["--run", f"route (b)={tmp_path / 'b'}", "--num-images", "4", "--batch-size", "4",
-                      "--out", str(tmp_path / "out")])  # fmt: skip
+    run = str(tmp_path / "b")
+    result = rc.main(["--run", f"route (b)={run}", "--num-images", "4", "--batch-size", "4", "--curve", run,
+                      "--curve-images", "4", "--out", str(tmp_path / "out")])  # fmt: skip
     settings = [(r["setting"], r.get("step")) for r in result["rows"]]
     assert settings[:2] == [("rendered images (metric ceiling)", None), ("teacher, no control", None)]
     assert settings[2:] == [
@@ -140,3 +141,13 @@ def test_a_route_b_run_gets_the_controllable_lcm_rows(tiny, spy, tmp_path):
         ("route (b), 4 steps", 2),
     ]
     assert "| route (b), 4 steps | 2 |" in result["table"]
+    # the curve of a route-(b) run samples 4 LCM steps and starts at route (a): same images, same numbers
+    rows = {r["setting"]: r for r in result["rows"]}
+    assert [c["step"] for c in result["curve"]] == [0, 2]
+    for point, row in zip(
+        result["curve"], ("route (a): that ControlNet on the LCM student, 4 steps", "route (b), 4 steps")
+    ):
+        assert point["f1"] == pytest.approx(rows[row]["f1"]) and point["f1_conflict"] == pytest.approx(
+            rows[row]["f1_conflict"]
+        )
+    assert (tmp_path / "out" / "plot.png").is_file()
