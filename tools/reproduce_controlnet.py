@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> dict:
             curve.append(dict(step=step, f1=f1[0], f1_conflict=f1[1]))
             print(json.dumps(curve[-1]), flush=True)
         if lcm:
-            base, xlabel = (curve[0]["f1"], curve[0]["f1_conflict"]), "0 = route (a), the ControlNet as trained"
+            base, xlabel = (curve[0]["f1"], curve[0]["f1_conflict"]), "0 = route (a)"
     save_grid(torch.cat(grids["matched"]), out / "grid.png", columns=GRID)
     save_grid(torch.cat(grids["conflict"]), out / "grid_conflict.png", columns=GRID)
     if curve:
