@@ -149,7 +149,8 @@ def train_rows(
             command = shlex.join(["python", "train_scripts/train_controlnet.py", *argv])
             print(f"{head}: training steps {start_step}..{steps}: {command}", file=sys.stderr, flush=True)
             start = time.time()
-            train.main(argv)
+            if not train.main(argv):
+                raise SystemExit(f"{head}: stopped by a signal (checkpoint kept); run the same command to resume")
             print(f"{head}: trained in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
         trained.append((row, work_dir))
     return trained

@@ -26,7 +26,7 @@ from mmengine.config import Config  # noqa: E402
 from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
 from diffusion.data.embedded import prompt_edges  # noqa: E402
-from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine import Trainer, dist, find_latest, require_finished  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
@@ -106,8 +106,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[demo] {note}")
     # resume only a distillation of this very teacher; one of an older teacher is moved aside
     work_dir = claim_run_dir(out / "lcm", file_hash(TEACHER), on_other="move")
-    Trainer(cfg, work_dir, resume="auto").train()
+    finished = Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
+    require_finished(finished, "run make demo again to resume it")
     student = find_latest(work_dir) / "model.safetensors"
     print(f"[demo] LCM distillation done ({time.time() - start:.0f} s); student: {student}")
     grid = comparison_grid(cfg, TEACHER, student, out / "teacher_vs_lcm.png")

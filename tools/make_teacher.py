@@ -28,7 +28,7 @@ from mmengine.config import Config  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from diffusion.data import ensure_embedded_default  # noqa: E402
-from diffusion.engine import Trainer, dist, find_latest  # noqa: E402
+from diffusion.engine import Trainer, dist, find_latest, require_finished  # noqa: E402
 from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
 from diffusion.engine.config import SECTION_DEFAULTS, resolve_section  # noqa: E402
 from diffusion.registry import METHODS, MODELS  # noqa: E402
@@ -120,8 +120,9 @@ def train_and_publish(
     ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
     data_s = time.time() - start
     claim_run_dir(work_dir, digest, on_other="error")
-    Trainer(cfg, work_dir, resume="auto").train()
+    finished = Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
+    require_finished(finished, "run the same make target again to resume it; nothing was published")
     wall = time.time() - start
     metrics = [json.loads(line) for line in (Path(work_dir) / "metrics.jsonl").read_text().splitlines()]
     img_s = sorted(m["img_per_s"] for m in metrics)[len(metrics) // 2]

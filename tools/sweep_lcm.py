@@ -34,7 +34,7 @@ from mmengine.config import Config  # noqa: E402
 
 from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.data import ensure_embedded_default  # noqa: E402
-from diffusion.engine import Trainer, dist  # noqa: E402
+from diffusion.engine import Trainer, dist, require_finished  # noqa: E402
 from diffusion.engine.checkpoint import list_checkpoints  # noqa: E402
 from diffusion.eval import (  # noqa: E402
     attribute_accuracy,
@@ -124,8 +124,9 @@ def distil(
         schedule["train.batch_size"] = batch_size
     cfg.merge_from_dict({**overrides, **schedule})
     cfg.validation = None
-    Trainer(cfg, work_dir, resume="auto").train()
+    finished = Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
+    require_finished(finished, "run the sweep again to resume it")
     return [(int(p.name.split("_")[-1]), p / "model.safetensors") for p in list_checkpoints(work_dir / "checkpoints")]
 
 

@@ -36,13 +36,15 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def main(argv: list[str] | None = None, default_config: str | None = None) -> None:
-    """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun."""
+def main(argv: list[str] | None = None, default_config: str | None = None) -> bool:
+    """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun.
+    Returns whether the run reached ``max_steps`` (False: stopped by SIGTERM / SIGINT after a checkpoint; the
+    command still exits 0, as a launcher expects)."""
     args = parse_args(argv, default_config)
     cfg = build_config(args)
     work_dir = args.work_dir or str(Path(DEFAULT_OUTPUT_ROOT) / Path(args.config).stem)
     try:
-        Trainer(cfg, work_dir, resume=args.resume).train()
+        return Trainer(cfg, work_dir, resume=args.resume).train()
     finally:
         dist.cleanup()
 

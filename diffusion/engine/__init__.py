@@ -2,6 +2,6 @@
 
 from diffusion.engine.checkpoint import find_latest
 from diffusion.engine.ema import EMA
-from diffusion.engine.trainer import Trainer
+from diffusion.engine.trainer import Trainer, require_finished
 
-__all__ = ["EMA", "Trainer", "find_latest"]
+__all__ = ["EMA", "Trainer", "find_latest", "require_finished"]

@@ -253,11 +253,14 @@ class Trainer:
             )
         return None
 
-    def train(self) -> None:
+    def train(self) -> bool:
         """Run from the current step to ``train.max_steps``, logging, sampling and checkpointing on the way.
 
-        SIGTERM / SIGINT end the run early: a checkpoint at the next step boundary, then a normal return (exit 0).
+        SIGTERM / SIGINT end the run early: a checkpoint at the next step boundary, then a normal return (exit 0 for
+        a launcher). Returns True when ``max_steps`` was reached, False when a signal stopped the run (also in
+        ``self.stopped_by``): a caller that goes on to use the result must check it (:func:`require_finished`).
         """
+        self.stopped_by = None
         max_steps = self.train_cfg["max_steps"]
         batches = iter(self.stream)
         self._reset_window()
@@ -289,12 +292,14 @@ class Trainer:
             if saved_at != self.step:
                 self.save_checkpoint()
             if stopped:
+                self.stopped_by = stop.name
                 self.logger.warning(f"stopped by {stop.name} at step {self.step}; resume with --resume auto")
             elif self.val_cfg is not None:
                 self.validate(self.step)
         finally:
             stop.uninstall()
             self.logger.close()
+        return not stopped
 
     def _reset_window(self) -> None:
         self._window, self._window_ok, self._window_steps, self._window_start = {}, 0, 0, time.perf_counter()
@@ -405,3 +410,12 @@ class Trainer:
             self._notes.append(
                 ("warning", f"no RNG state for rank {self.rank} of {self.world}: noise restarts from the seed")
             )
+
+
+def require_finished(finished: bool, resume_hint: str) -> None:
+    """For a tool that goes on after training (publishes an asset, samples, evaluates): a run stopped early by a
+    signal is not its result, so stop here (exit status 1) saying how to resume; the checkpoint is kept."""
+    if not finished:
+        raise SystemExit(
+            f"training was stopped by a signal before its last step (its checkpoint is kept): {resume_hint}"
+        )

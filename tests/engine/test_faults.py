@@ -39,7 +39,7 @@ def _metrics(work_dir) -> list[dict]:
 
 def _train(cfg: dict, work_dir, resume=None) -> Trainer:
     trainer = Trainer(cfg, work_dir, resume=resume)
-    trainer.train()
+    trainer.finished = trainer.train()
     return trainer
 
 
@@ -140,10 +140,32 @@ def test_stop_signal_saves_at_the_step_boundary_and_resume_is_exact(tmp_path, mo
     monkeypatch.setattr(Trainer, "train_step", signalled)
     stopped = _train(cfg, tmp_path / "run")
     assert stopped.step == 4 and find_latest(tmp_path / "run").name == "step_0000004"
+    assert not stopped.finished and stopped.stopped_by == signal.Signals(signum).name  # callers can tell
     assert signal.getsignal(signum) is not None and "stopped by" in (tmp_path / "run" / "train.log").read_text()
     monkeypatch.setattr(Trainer, "train_step", original)
-    _train(cfg, tmp_path / "run", resume="auto")
+    assert _train(cfg, tmp_path / "run", resume="auto").finished
     assert [m["loss"] for m in _metrics(tmp_path / "run")] == [m["loss"] for m in _metrics(tmp_path / "full")]
+
+
+def test_tools_that_go_on_after_training_stop_when_a_signal_ended_it(tmp_path, monkeypatch):
+    """make demo / make teacher / the ablation after a SIGTERM-stopped run: no asset is published from the partial
+    checkpoint, no evaluation runs on it; the command says how to resume."""
+    from mmengine.config import Config
+
+    import tools.make_teacher as make_teacher
+    from diffusion.engine import require_finished
+
+    require_finished(True, "unused")
+    with pytest.raises(SystemExit, match="stopped by a signal.*resume"):
+        require_finished(False, "run it again to resume")
+    monkeypatch.setattr(make_teacher, "ensure_embedded_default", lambda **kw: None)
+    monkeypatch.setattr(
+        make_teacher, "Trainer", lambda cfg, work_dir, resume: type("T", (), {"train": lambda s: False})()
+    )
+    cfg = Config(dict(data=dict(root=str(tmp_path / "data")), text_encoder=dict(path=str(tmp_path / "t5"))))
+    with pytest.raises(SystemExit, match="nothing was published"):
+        make_teacher.train_and_publish(cfg, "x.py", tmp_path / "run", tmp_path / "asset", "digest", dict)
+    assert not (tmp_path / "asset").exists()
 
 
 @pytest.mark.parametrize("failure", ["safetensors", "torch_save"])
