@@ -3,9 +3,17 @@
 Initialises from the environment that ``torchrun`` sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT), so
 single-node and multi-node (``--nnodes``) launches work unchanged. Without those variables everything falls back to a
 single process and the collective helpers become no-ops, which keeps tests and debugging free of launchers.
+
+A group that ``torchrun --max-restarts N`` restarts must not meet the keys of the attempt it replaces: torchrun's
+agent serves the workers' store itself (``TORCHELASTIC_USE_AGENT_STORE``) and keeps that one server, with everything
+the dead attempt wrote in it, across restarts (pytorch/pytorch#135712). A restarted rank that asks for a peer's gloo
+address (NCCL: the unique id) before that peer has rewritten it gets the dead process's, and the group hangs in
+``init_process_group`` or fails with "Connection refused"; on an idle machine the ranks usually start close enough
+together for the race to go unseen. :func:`attempt_store` gives each attempt keys of its own.
 """
 
 import os
+import warnings
 from datetime import timedelta
 
 import torch
@@ -30,13 +38,42 @@ def init(timeout_minutes: int = 30) -> torch.device:
         torch.cuda.set_device(device)
     launched = all(key in os.environ for key in ENV_KEYS)
     if launched and not is_initialized():
+        timeout = timedelta(minutes=timeout_minutes)
+        store, global_rank, world = next(torch_dist.rendezvous("env://", timeout=timeout))
+        store.set_timeout(timeout)
         torch_dist.init_process_group(
             backend="nccl" if use_cuda else "gloo",
-            init_method="env://",
-            timeout=timedelta(minutes=timeout_minutes),
+            store=attempt_store(store),
+            rank=global_rank,
+            world_size=world,
+            timeout=timeout,
             device_id=device if use_cuda else None,
         )
     return device
+
+
+def attempt_store(store: torch_dist.Store) -> torch_dist.Store:
+    """``store`` (the ``env://`` rendezvous store) with its keys scoped to this torchrun attempt.
+
+    Scoped where torchrun's agent keeps one store for every attempt and all ranks are this node's
+    (``LOCAL_WORLD_SIZE == WORLD_SIZE``): one agent counts the restarts (``TORCHELASTIC_RESTART_COUNT``), so every
+    rank of an attempt agrees on its number. Over several nodes the agents count apart (a healthy node restarted
+    because another failed does not count), so the number cannot name the attempt there; a warning asks for
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` on every node's torchrun when it may restart (a store per attempt).
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):  # env:// made a store of this attempt's
+        return torch_dist.PrefixStore("default_pg", store)
+    if os.environ.get("LOCAL_WORLD_SIZE") == os.environ["WORLD_SIZE"]:
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        return torch_dist.PrefixStore(f"default_pg/attempt_{attempt}", store)
+    if int(os.environ.get("TORCHELASTIC_MAX_RESTARTS", "0")) > 0:
+        warnings.warn(
+            "torchrun keeps one store across restarts (pytorch/pytorch#135712): a restarted multi-node group can read "
+            "the previous attempt's keys and hang in init_process_group; launch torchrun with "
+            "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on every node",
+            stacklevel=2,
+        )
+    return torch_dist.PrefixStore("default_pg", store)
 
 
 def rank() -> int:

@@ -10,13 +10,16 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
+import torch.distributed as torch_dist
 from mmengine.config import Config
 
-from diffusion.engine import Trainer
+from diffusion.engine import Trainer, dist
 from diffusion.engine import checkpoint as ckpt
 from tests.engine.standins import tiny_config
 
@@ -95,3 +98,57 @@ def test_portable_precision_switches_only_emulated_cpu_bf16(monkeypatch):
     fp32 = Config(dict(train=dict(mixed_precision="no")))
     assert dist.portable_precision(fp32) is None and fp32.train.mixed_precision == "no"
     assert isinstance(dist.native_bf16("cpu"), bool)
+
+
+def _run_bounded(cmd: list[str], env: dict, timeout: float) -> tuple[int | None, str]:
+    """Run ``cmd``; past ``timeout`` kill it and every process below it (torchrun's workers have sessions of their
+    own) and return ``(None, output)``."""
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+    except subprocess.TimeoutExpired:
+        for child in psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]:
+            child.kill()
+        return None, proc.communicate()[0]
+
+
+@pytest.mark.slow  # ~15 s on an idle 2-core machine, 40-45 s under a load of 4
+def test_restarted_group_does_not_meet_the_dead_attempts_keys():
+    # torchrun's agent keeps one store across --max-restarts restarts, with the dead attempt's gloo addresses in it:
+    # a restarted rank 0 that looked up rank 1 before the slow rank 1 rewrote its key connected to a dead port
+    # ("Connection refused", exit 1) or both ranks waited for each other (a hang), until dist.init scoped the keys
+    # to the attempt
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", RESTART_ENTRY_SLOW_START="3")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--max-restarts", "1"]
+    cmd += ["--standalone", "--monitor-interval", "0.1", str(Path(__file__).resolve().parent / "restart_entry.py")]
+    rc, out = _run_bounded(cmd, env, timeout=90)
+    assert rc is not None, f"the restarted group hung (killed after 90 s):\n{out[-3000:]}"
+    assert rc == 0, out[-3000:]
+    assert "attempt 1 rank 0: all-reduce 2" in out and "attempt 1 rank 1: all-reduce 2" in out, out[-3000:]
+
+
+def test_attempt_store_scopes_keys_to_the_torchrun_attempt(monkeypatch):
+    # the agent's one store, as a restarted group finds it: the dead attempt's keys are still there
+    store = torch_dist.HashStore()
+    for key, value in dict(TORCHELASTIC_USE_AGENT_STORE="True", LOCAL_WORLD_SIZE="2", WORLD_SIZE="2").items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.attempt_store(store).set("1", "the address of rank 1 of attempt 0")
+    assert dist.attempt_store(store).check(["1"])
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "1")
+    assert not dist.attempt_store(store).check(["1"])
+
+
+def test_attempt_store_warns_over_several_nodes(monkeypatch):
+    for key, value in dict(
+        TORCHELASTIC_USE_AGENT_STORE="True", LOCAL_WORLD_SIZE="8", WORLD_SIZE="16", TORCHELASTIC_MAX_RESTARTS="3"
+    ).items():
+        monkeypatch.setenv(key, value)
+    with pytest.warns(UserWarning, match="TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1"):
+        dist.attempt_store(torch_dist.HashStore())
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")  # torchrun with a store per attempt: nothing to say
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dist.attempt_store(torch_dist.HashStore())
