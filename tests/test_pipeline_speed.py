@@ -1,12 +1,16 @@
 """Speed switches of the pipeline hold the output: the caption projection and the cross-attention K/V computed once
 per prompt batch (``PixArt.encode_caption`` + ``forward(caption=...)``) give the plain path's latents in fp32, at
 1, 4 and 20 steps, with and without CFG, for the plain model and both ControlNet wrappers (whose copies have K/V of
-their own)."""
+their own); regional compilation (``Pipeline(compile=True)``) gives the eager latents; CUDA graphs refuse a CPU
+model."""
+
+import copy
 
 import pytest
 import torch
 
 from diffusion.data import PixelCodec, TextEncoder, make_tiny_text_encoder
+from diffusion.model.compile import cpp_compiler_missing
 from diffusion.model.controlnet import ControlCaption, PixArtControlNet, PixArtControlNetUNet
 from diffusion.pipeline import Pipeline, SamplerConfig
 from tests.model.helpers import inputs, tiny
@@ -80,3 +84,20 @@ def test_controlnet_pipeline_reuses_the_caption_with_the_same_latents(pipe, cls,
     no_control = controlled.sample_latents(PROMPTS, config, seed=3)
     assert (cached - no_control).abs().max() > 1e-3  # the control reaches the latents on the cached path
 
+
+def test_pipeline_compile_switches(pipe):
+    with pytest.raises(RuntimeError, match="CUDA"):
+        pipe.with_model(pipe.model, cuda_graphs=True)  # the model is on the CPU
+    with pytest.raises(ValueError, match="not both"):
+        Pipeline(pipe.model, pipe.text_encoder, pipe.codec, 16, compile=True, cuda_graphs=True)
+
+
+@pytest.mark.skipif(cpp_compiler_missing() is not None, reason="no C++ compiler for inductor")
+@pytest.mark.slow  # inductor builds C++ kernels for one block: ~20-60 s on two shared cores
+@pytest.mark.parametrize("sampler, steps, cfg", [("lcm", 4, None), ("dpm", 3, 4.5)])
+def test_compiled_pipeline_gives_the_eager_latents(pipe, sampler, steps, cfg):
+    compiled = pipe.with_model(copy.deepcopy(pipe.model), compile=True)
+    config = SamplerConfig(name=sampler, steps=steps, cfg_scale=cfg)
+    eager = pipe.sample_latents(PROMPTS, config, seed=5)
+    z = compiled.sample_latents(PROMPTS, config, seed=5)
+    torch.testing.assert_close(z, eager, rtol=1e-3, atol=1e-3)  # CFG 4.5 amplifies reordered fp32 sums; bf16 is 1e-2
