@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffusion.model.onednn import Linear
 from diffusion.model.pixart import EncodedCaption, PixArt
 from diffusion.registry import MODELS
 
@@ -46,7 +47,7 @@ class ControlCaption(EncodedCaption):
 
 def zero_linear(width: int) -> nn.Linear:
     """A Linear(width, width) whose output is 0 at initialisation: the control starts as a no-op."""
-    linear = nn.Linear(width, width)
+    linear = Linear(width, width)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     return linear
