@@ -66,7 +66,7 @@ gpu-wheels: $(STAMP)
 
 # Every GPU measurement in one run (< 8 min), written to output/gpu_report/report.md.
 gpu-report:
-	python3 tools/gpu_report.py --out output/gpu_report --wheels .whl
+	python3 tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
 
 clean-venv:
 	rm -rf $(VENV)

@@ -194,21 +194,32 @@ def load_pipeline(
     like: Pipeline | None = None,
     text_encoder_8bit: bool = False,
     lean: bool = False,
+    compile: bool = False,
+    cuda_graphs: bool = False,
 ) -> Pipeline:
     """A :class:`Pipeline` over the network of :func:`load_model` (or ``model`` as it is, e.g. the trainer's
     validation copy), the config's text encoder and codec, at ``cfg.data.resolution``.
 
     ``like``: reuse that pipeline's text encoder and codec (two models of one config, e.g. teacher and student).
     ``text_encoder_8bit``: T5 weights in int8 (PixArt-delta's 8 GB inference). ``lean``: T5 waits on the CPU
-    between calls and the VAE decodes one image at a time, in tiles above its native size.
+    between calls and the VAE decodes one image at a time, in tiles above its native size. ``compile`` /
+    ``cuda_graphs``: regional ``torch.compile`` of the blocks / the whole step under CUDA graphs (:class:`Pipeline`).
     """
     if model is None:
         model = load_model(cfg, checkpoint, device, dtype, use_ema)
     if like is not None:
-        return like.with_model(model)
+        return like.with_model(model, compile=compile, cuda_graphs=cuda_graphs)
     text_device = "cpu" if lean else device
     text_encoder = build_text_encoder(cfg, text_device, int8=text_encoder_8bit)
     codec = build_codec(cfg, device)
     if lean and hasattr(codec, "set_lean_decode"):
         codec.set_lean_decode(True)
-    return Pipeline(model, text_encoder, codec, cfg["data"]["resolution"], offload_text_encoder=lean)
+    return Pipeline(
+        model,
+        text_encoder,
+        codec,
+        cfg["data"]["resolution"],
+        offload_text_encoder=lean,
+        compile=compile,
+        cuda_graphs=cuda_graphs,
+    )

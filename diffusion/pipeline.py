@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
+from diffusion.model.compile import compile_blocks, graphed_step
 from diffusion.schedulers import LCMScheduler, NoiseSchedule, ddim_sample, dpm_solver_pp_sample
 
 SAMPLERS = ("dpm", "ddim", "lcm")
@@ -66,6 +67,10 @@ class Pipeline:
         resolution: default image size in pixels (square), or (height, width).
         offload_text_encoder: keep T5 on the CPU between calls and bring it to the model's device only to encode
             (PixArt-delta's lean inference: T5-XXL is 9.5 GB in bf16, the transformer 1.2 GB).
+        compile: regional compilation, ``torch.compile`` of every transformer block in place
+            (``diffusion.model.compile.compile_blocks``; the first call of each shape compiles).
+        cuda_graphs: the whole denoiser step compiled with CUDA graphs (``mode="reduce-overhead"``; static shapes,
+            CUDA only: a model on another device is a ``RuntimeError``). Not together with ``compile``.
     """
 
     def __init__(
@@ -75,17 +80,33 @@ class Pipeline:
         codec,
         resolution: int | tuple[int, int],
         offload_text_encoder: bool = False,
+        compile: bool = False,
+        cuda_graphs: bool = False,
     ):
+        if compile and cuda_graphs:
+            raise ValueError("cuda_graphs compiles the whole step already: pass compile or cuda_graphs, not both")
         self.model, self.text_encoder, self.codec = model, text_encoder, codec
         self.resolution = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
         self.offload_text_encoder = offload_text_encoder
+        self.compile, self.cuda_graphs = compile, cuda_graphs
+        if compile:
+            compile_blocks(model)
+        self._step_model = graphed_step(model) if cuda_graphs else model
         self.reuse_caption = True  # caption projection + cross-attention K/V once per call, not once per step
         self.schedule = NoiseSchedule()
         self.nfe = 0  # model evaluations per image of the last call (CFG counts two)
 
-    def with_model(self, model: nn.Module) -> Pipeline:
+    def with_model(self, model: nn.Module, compile: bool = False, cuda_graphs: bool = False) -> Pipeline:
         """A pipeline over ``model`` that shares this one's text encoder, codec and resolution."""
-        return Pipeline(model, self.text_encoder, self.codec, self.resolution, self.offload_text_encoder)
+        return Pipeline(
+            model,
+            self.text_encoder,
+            self.codec,
+            self.resolution,
+            self.offload_text_encoder,
+            compile=compile,
+            cuda_graphs=cuda_graphs,
+        )
 
     @property
     def device(self) -> torch.device:
@@ -171,11 +192,19 @@ class Pipeline:
     def _caption_fn(self, y: torch.Tensor, mask: torch.Tensor, data_info: Mapping):
         """``(x, t) -> model output`` for one prompt batch. With ``reuse_caption`` (and a model that offers
         ``encode_caption``), the caption projection and every block's cross-attention K/V run once here instead of
-        at every step: the same numbers (tests/test_pipeline_speed.py), ~(1 + depth) fewer matmuls per step."""
+        at every step: the same numbers (tests/test_pipeline_speed.py), ~(1 + depth) fewer matmuls per step.
+        With ``cuda_graphs`` the call replays the captured step and its output is copied out of the graph's memory."""
+        model, caption = self._step_model, {}
         if self.reuse_caption and hasattr(self.model, "encode_caption"):
-            caption = self.model.encode_caption(y, mask)
-            return lambda x, t, **kw: self.model(x, t, None, None, data_info, caption=caption, **kw)
-        return lambda x, t, **kw: self.model(x, t, y, mask, data_info, **kw)
+            caption, y, mask = {"caption": self.model.encode_caption(y, mask)}, None, None
+
+        def model_fn(x, t, **kw):
+            if not self.cuda_graphs:
+                return model(x, t, y, mask, data_info, **caption, **kw)
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: the last replay's output buffers are reused
+            return model(x, t, y, mask, data_info, **caption, **kw).clone()
+
+        return model_fn
 
     @torch.no_grad()
     def sample_latents(

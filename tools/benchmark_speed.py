@@ -10,14 +10,21 @@ Architectures are built from configs with random weights (``diffusion.bench``): 
 T5-v1.1-XXL and the SD VAE at 1024² (a GPU); ``--size cpu`` is the reduced size a CPU can time (it says so in the
 output); ``--size tiny`` is for the smoke test.
 
+``--compile`` adds our pipeline with regional compilation (``Pipeline(compile=True)``) and ``--cuda-graphs`` (CUDA
+only) our pipeline with the whole step under CUDA graphs, each on a copy of the same transformer weights, in the same
+interleaved rounds (diffusers stays eager). Their first call, which compiles, is timed on its own and reported apart
+from the steady-state medians; their latents are compared with eager ours. Text encode and VAE decode are the same
+modules as eager ours, so only their steps and end to end are timed.
+
     python tools/benchmark_speed.py                                    # CPU: reduced size, fp32
-    python tools/benchmark_speed.py --dtype bf16
-    python tools/benchmark_speed.py --device cuda --size full --dtype bf16
+    python tools/benchmark_speed.py --dtype bf16 --compile
+    python tools/benchmark_speed.py --device cuda --size full --dtype bf16 --compile --cuda-graphs
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 from pathlib import Path
@@ -26,7 +33,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.bench import PROMPTS, diffusers_twin, get_size, machine, measure, random_pixart, random_t5, random_vae  # noqa: E402,E501
+from diffusion.bench import (  # noqa: E402
+    PROMPTS,
+    diffusers_twin,
+    get_size,
+    machine,
+    measure,
+    random_pixart,
+    random_t5,
+    random_vae,
+    timed,
+)
 from diffusion.build import DTYPES  # noqa: E402
 from diffusion.data import AutoencoderKLCodec  # noqa: E402
 from diffusion.export import dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps  # noqa: E402
@@ -45,6 +62,8 @@ LABELS = {
     "dpm20": "PixArt-α DPM-Solver 20 steps, CFG 4.5",
 }
 STAGES = ("encode", "steps", "decode", "total")
+# Our pipeline's variants beside eager ("ours"): switch -> (label, Pipeline keyword). Only steps and total are timed.
+VARIANTS = {"compile": ("ours, compiled blocks", "compile"), "cuda_graphs": ("ours, CUDA graphs", "cuda_graphs")}
 
 
 class Bench:
@@ -59,7 +78,13 @@ class Bench:
         model = random_pixart(self.size).to(self.device, self.dtype).eval().requires_grad_(False)
         text_encoder = random_t5(self.size, self.device, self.dtype)
         vae = random_vae(self.size, self.device, self.dtype)
-        self.ours = Pipeline(model, text_encoder, AutoencoderKLCodec(vae, dtype=self.dtype), self.res)
+        codec = AutoencoderKLCodec(vae, dtype=self.dtype)
+        self.ours = Pipeline(model, text_encoder, codec, self.res)
+        self.variants = {  # each on its own copy of the weights: compiling works in place
+            label: Pipeline(copy.deepcopy(model), text_encoder, codec, self.res, **{keyword: True})
+            for switch, (label, keyword) in VARIANTS.items()
+            if getattr(args, switch)
+        }
         parts = dict(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, vae=vae)
         parts["transformer"] = diffusers_twin(model)
         self.theirs = {
@@ -105,6 +130,22 @@ class Bench:
         image = pipe.vae.decode(z.to(self.dtype) / pipe.vae.config.scaling_factor).sample
         return pipe.image_processor.postprocess(image, output_type="pt")
 
+    @torch.no_grad()
+    def first_calls(self, row: str) -> dict[str, dict[str, float]]:
+        """Per variant: seconds of its first call (which compiles) and max |variant - ours| / max |ours| latents."""
+        sampler, _ = self._sampler(row)
+        caption = self.ours.encode(self.prompts)
+        ref = self.ours.sample_latents(self.prompts, sampler, caption=caption).float()
+        out = {}
+        for label, pipe in self.variants.items():
+            z = []
+            first = timed(
+                lambda p=pipe, z=z: z.append(p.sample_latents(self.prompts, sampler, caption=caption)), self.device
+            )
+            diff = ((z[0].float() - ref).abs().max() / ref.abs().max().clamp_min(1.0)).item()
+            out[label] = dict(first_call=first, latent_diff=diff)
+        return out
+
     def stage_fns(self, row: str) -> dict:
         """``{(impl, stage): fn}``; the steps and decode stages reuse captions / latents computed once here."""
         sampler, _ = self._sampler(row)
@@ -112,11 +153,16 @@ class Bench:
         with torch.no_grad():
             z = self.ours.sample_latents(self.prompts, sampler, caption=caption)
         embeds = self.theirs_encode(row)
+        variants = {}
+        for label, pipe in self.variants.items():
+            variants[(label, "steps")] = lambda p=pipe: p.sample_latents(self.prompts, sampler, caption=caption)
+            variants[(label, "total")] = lambda p=pipe: p(self.prompts, seed=0, **_sampler_kwargs(sampler))
         return {
             ("ours", "encode"): lambda: self.ours.encode(self.prompts),
             ("ours", "steps"): lambda: self.ours.sample_latents(self.prompts, sampler, caption=caption),
             ("ours", "decode"): lambda: self.ours.decode(z),
             ("ours", "total"): lambda: self.ours(self.prompts, seed=0, **_sampler_kwargs(sampler)),
+            **variants,
             ("diffusers", "encode"): lambda: self.theirs_encode(row),
             ("diffusers", "steps"): lambda: self.theirs_call(row, "latent", **embeds),
             ("diffusers", "decode"): lambda: self.theirs_decode(z),
@@ -147,13 +193,16 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     bench = Bench(args)
-    fns, diffs = {}, {}
+    fns, diffs, first = {}, {}, {}
     for row in args.rows:
         diffs[row] = bench.latent_diff(row)
+        first[row] = bench.first_calls(row)
         fns.update({(row, *key): fn for key, fn in bench.stage_fns(row).items()})
     median = measure(fns, args.runs, args.device)
+    impls = ["ours", *bench.variants, "diffusers"]
     times = {
-        row: {impl: {s: median[(row, impl, s)] for s in STAGES} for impl in ("ours", "diffusers")} for row in args.rows
+        row: {impl: {s: median[(row, impl, s)] for s in STAGES if (row, impl, s) in median} for impl in impls}
+        for row in args.rows
     }
     return dict(
         machine=machine(),
@@ -163,6 +212,7 @@ def run(args) -> dict:
         runs=args.runs,
         times=times,
         latent_diff=diffs,
+        variants=first,
     )
 
 
@@ -176,13 +226,20 @@ def markdown(result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for row, impls in result["times"].items():
-        ratio = impls["diffusers"]["total"] / impls["ours"]["total"]
         for impl, t in impls.items():
-            cells = " | ".join(f"{t[s]:.3f}" for s in STAGES)
-            extra = f"{ratio:.2f}x | {PAPER[row]}" if impl == "ours" else "| "
+            cells = " | ".join(f"{t[s]:.3f}" if s in t else "as ours" for s in STAGES)
+            ratio = f"{impls['diffusers']['total'] / t['total']:.2f}x"
+            extra = "| " if impl == "diffusers" else f"{ratio} | {PAPER[row] if impl == 'ours' else ''}"
             lines.append(f"| {LABELS[row]} | {impl} | {cells} | {extra} |")
     diffs = ", ".join(f"{LABELS[r]}: {d:.1e}" for r, d in result["latent_diff"].items())
     lines += ["", f"Final latents, max |ours - diffusers| / max |latent|: {diffs}."]
+    for row, variants in result.get("variants", {}).items():
+        for label, v in variants.items():
+            steady = result["times"][row][label]["steps"]
+            lines.append(
+                f"{LABELS[row]}, {label}: first call (compiles) {v['first_call']:.2f} s vs steady-state steps "
+                f"{steady:.3f} s; latents vs eager ours {v['latent_diff']:.1e}."
+            )
     return "\n".join(lines)
 
 
@@ -200,8 +257,12 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--prompts", nargs="+", default=list(PROMPTS))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--compile", action="store_true", help="add ours with regional torch.compile of the blocks")
+    parser.add_argument("--cuda-graphs", action="store_true", help="add ours with the step under CUDA graphs (CUDA)")
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
+    if args.cuda_graphs and not on_gpu:
+        parser.error(f"--cuda-graphs needs CUDA (--device cuda); the device is {args.device}")
     args.size = args.size or ("full" if on_gpu else "cpu")
     args.dtype = args.dtype or ("bf16" if on_gpu else "fp32")
     return args

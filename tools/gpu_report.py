@@ -6,13 +6,17 @@ rest still run):
      weights, one 1024² forward in fp32 and in bf16;
   2. ``benchmark_model.py`` at depth 28, 1024², bf16, without and with ``torch.compile``;
   3. ``benchmark_speed.py`` at full size (paper Table 2: LCM 4 steps, DPM-Solver 14 / 20 steps with CFG);
-  4. ``benchmark_memory.py`` at the paper's sizes (LCM step at batch 12 with gradient checkpointing, teacher step,
+  4. with ``--compile`` / ``--cuda-graphs``: ``benchmark_speed.py`` LCM 4 steps again, with our pipeline also run
+     with regional compilation of the blocks / the whole step under CUDA graphs (first, compiling, call reported
+     apart from the steady state);
+  5. ``benchmark_memory.py`` at the paper's sizes (LCM step at batch 12 with gradient checkpointing, teacher step,
      ControlNet when present, 1024² inference with bf16 and int8 T5).
-``--tiny`` runs the same steps at tiny size on the CPU (the test suite does, end to end). A GPU machine may lack
+``--tiny`` runs the same steps at tiny size on the CPU (the test suite does, end to end; CUDA graphs are skipped
+there, with a line saying so). A GPU machine may lack
 mmengine / diffusers / torchao: ``--wheels DIR`` installs the pinned wheels found there (``make gpu-wheels`` fills
 ``.whl/``) into ``OUT/site`` and puts it on the path of every step.
 
-    python tools/gpu_report.py --out output/gpu_report --wheels .whl
+    python tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
     python tools/gpu_report.py --tiny --out /tmp/gpu_report
 """
 
@@ -38,8 +42,8 @@ MEMORY_ROWS_GPU = (
     "infer-bf16",
     "infer-int8-lean",
 )
-# Seconds each step may take on the GPU (parity, eager, compiled, speed, memory): 8 minutes together.
-LIMITS = (40, 50, 140, 80, 170)
+# Seconds each step may take on the GPU (parity, eager, compiled, speed, compiled speed, memory): 8 minutes together.
+LIMITS = (35, 45, 110, 75, 80, 135)
 
 
 def install_wheels(wheels: Path | None, site: Path) -> dict[str, str]:
@@ -65,12 +69,15 @@ def steps(args) -> list[tuple[str, list[str], float]]:
         dev, model_size = ["--device", "cpu"], ["--depth", "1", "--resolution", "64", "--batch", "1"]
         speed = ["--size", "tiny", "--runs", "1"]
         memory = ["--size", "tiny", "--rows", "lcm-bf16", "infer-int8-lean"]
+        compiled = ["--size", "tiny", "--runs", "1", "--rows", "lcm4"]
         compile_step = None
     else:
         dev, model_size = ["--device", "cuda"], ["--depth", "28", "--resolution", "1024", "--ms", "--batch", "1"]
         speed = ["--size", "full", "--runs", "3", "--dtype", "bf16"]
         memory = ["--size", "full", "--rows", *MEMORY_ROWS_GPU, "--row-timeout", "60"]
+        compiled = ["--size", "full", "--runs", "3", "--rows", "lcm4", "--dtype", "bf16"]
         compile_step = ["--compile", "--warmup", "2", "--repeats", "3"]
+    switches = ["--compile"] * args.compile + ["--cuda-graphs"] * (args.cuda_graphs and not args.tiny)
     model = [py, str(tools / "benchmark_model.py"), *dev, *model_size, "--precisions", "bf16"]
     todo = [
         ("Parity: our transformer vs diffusers (same weights)", [py, __file__, "--parity", *["--tiny"][: args.tiny]]),
@@ -80,6 +87,10 @@ def steps(args) -> list[tuple[str, list[str], float]]:
             [*model, *compile_step] if compile_step else None,
         ),
         ("benchmark_speed.py: paper Table 2", [*speed_cmd, *dev, *speed, "--json", str(out / "speed.json")]),
+        (
+            f"benchmark_speed.py: LCM 4 steps, {' and '.join(s[2:] for s in switches)}",
+            [*speed_cmd, *dev, *compiled, *switches, "--json", str(out / "speed_compiled.json")] if switches else None,
+        ),
         (
             "benchmark_memory.py: training and inference memory",
             [*memory_cmd, *dev, *memory, "--json", str(out / "memory.json")],
@@ -138,6 +149,8 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", default=None, help="folder for report.md, log.txt and the JSON results")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes on the CPU (the end-to-end test)")
     parser.add_argument("--wheels", type=Path, default=None, help="folder of pinned wheels for missing packages")
+    parser.add_argument("--compile", action="store_true", help="add the speed step with regional torch.compile")
+    parser.add_argument("--cuda-graphs", action="store_true", help="add the speed step with CUDA graphs (GPU only)")
     parser.add_argument("--parity", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.parity:
@@ -159,6 +172,8 @@ def main(argv: list[str] | None = None) -> Path:
         "",
         f"Device: {card}; commit {git.stdout.strip() or 'unknown'}; {time.strftime('%Y-%m-%d %H:%M UTC', stamp)}",
     ]
+    if args.cuda_graphs and args.tiny:
+        report += ["", "CUDA graphs skipped: --tiny runs on the CPU and CUDA graphs need CUDA."]
     start_all = time.perf_counter()
     with open(out / "log.txt", "w") as log:
         for title, cmd, limit in steps(args):

@@ -102,10 +102,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
     parser.add_argument("--text-encoder-8bit", action="store_true", help="T5 weights in int8 (torchao)")
     parser.add_argument("--lean", action="store_true", help="T5 on the CPU between calls; VAE in slices/tiles")
+    parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block (regional)")
+    parser.add_argument("--cuda-graphs", action="store_true", help="the whole denoiser step under CUDA graphs (CUDA)")
     parser.add_argument("--control", default=None, help="control image for a ControlNet config (PixArt-delta §4)")
     parser.add_argument("--annotator", default="none", choices=ANNOTATORS, help="control image -> control map")
     parser.add_argument("--hed", default=None, help="ControlNetHED.pth for --annotator hed")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.cuda_graphs and not args.device.startswith("cuda"):
+        parser.error(f"--cuda-graphs needs CUDA (--device cuda); the device is {args.device}")
+    if args.cuda_graphs and args.compile:
+        parser.error("--cuda-graphs compiles the whole step already: pass --compile or --cuda-graphs, not both")
+    return args
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
@@ -124,6 +131,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         use_ema=not args.no_ema,
         text_encoder_8bit=args.text_encoder_8bit,
         lean=args.lean,
+        compile=args.compile,
+        cuda_graphs=args.cuda_graphs,
     )
     control = None
     if args.control:

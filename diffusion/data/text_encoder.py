@@ -16,6 +16,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5Enc
 
 from diffusion.data.captions import clean_caption as clean
 from diffusion.data.embedded import caption_words
+from diffusion.model.onednn import onednn_linears
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's pad / eos / unk, ids 0, 1, 2
 
@@ -105,7 +106,8 @@ class TextEncoder:
             return_attention_mask=True,
             return_tensors="pt",
         ).to(self.device)
-        y = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+        with onednn_linears():  # fp32 CPU: oneDNN's inner product, ~3x sgemm at a prompt's few rows
+            y = self.model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
         pad = self.max_length - y.shape[1]
         y = torch.nn.functional.pad(y, (0, 0, 0, pad))  # (B, L, C)
         mask = torch.nn.functional.pad(tokens.attention_mask.long(), (0, pad))

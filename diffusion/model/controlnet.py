@@ -15,26 +15,39 @@ of the mirrored decoder block depth-1-i, as a UNet skip connection.
 
 State dict (official layout): ``base_model.*``, ``controlnet.{i}.copied_block.*``, ``controlnet.0.before_proj.*``,
 ``controlnet.{i}.after_proj.*``.
+
+Sampling fast path, as the plain model's: :meth:`encode_caption` projects the caption once per prompt batch and
+computes the cross-attention K/V of every base block *and of every copy* (a copy has cross-attention weights of its
+own), and ``forward(..., caption=...)`` reuses them at every step.
 """
 
 from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from diffusion.model.pixart import PixArt
+from diffusion.model.onednn import Linear
+from diffusion.model.pixart import EncodedCaption, PixArt
 from diffusion.registry import MODELS
 
 BASE_PREFIX, CONTROL_PREFIX = "base_model.", "controlnet."
 
 
+@dataclass
+class ControlCaption(EncodedCaption):
+    """:class:`EncodedCaption` of the base plus the cross-attention K/V (2, B, h, L', dh) of each trainable copy."""
+
+    copy_kv: list[torch.Tensor]
+
+
 def zero_linear(width: int) -> nn.Linear:
     """A Linear(width, width) whose output is 0 at initialisation: the control starts as a no-op."""
-    linear = nn.Linear(width, width)
+    linear = Linear(width, width)
     nn.init.zeros_(linear.weight)
     nn.init.zeros_(linear.bias)
     return linear
@@ -43,8 +56,9 @@ def zero_linear(width: int) -> nn.Linear:
 class ControlBlock(nn.Module):
     """A trainable copy of one base block with its zero projections (official ``ControlT2IDitBlockHalf``).
 
-    forward(x (B,N,D) | None, y (B,L,D), t0 (B,6D), mask, c (B,N,D)) -> (c_out (B,N,D), skip (B,N,D)); copy 0
-    (``first``) runs on ``x + before_proj(c)``, later copies on the previous copy's output ``c``.
+    forward(x (B,N,D) | None, y (B,L,D) | None, t0 (B,6D), mask, c (B,N,D), kv) -> (c_out (B,N,D), skip (B,N,D));
+    copy 0 (``first``) runs on ``x + before_proj(c)``, later copies on the previous copy's output ``c``; ``kv``: the
+    copy's cross-attention K/V computed beforehand (then ``y`` is not used).
     """
 
     def __init__(self, block: nn.Module, width: int, first: bool):
@@ -54,11 +68,17 @@ class ControlBlock(nn.Module):
         self.after_proj = zero_linear(width)
 
     def forward(
-        self, x: torch.Tensor | None, y: torch.Tensor, t0: torch.Tensor, mask: torch.Tensor | None, c: torch.Tensor
+        self,
+        x: torch.Tensor | None,
+        y: torch.Tensor | None,
+        t0: torch.Tensor,
+        mask: torch.Tensor | None,
+        c: torch.Tensor,
+        kv: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.before_proj is not None:
             c = x + self.before_proj(c)
-        c = self.copied_block(c, y, t0, mask)
+        c = self.copied_block(c, y, t0, mask, kv)
         return c, self.after_proj(c)
 
 
@@ -138,29 +158,51 @@ class _ControlWrapper(nn.Module):
         tokens = tokens + base.pos_embed(c.shape[-2] // base.patch_size, c.shape[-1] // base.patch_size, tokens)
         return tokens.expand(x.shape[0], -1, -1)
 
+    @torch.no_grad()
+    def encode_caption(self, y: torch.Tensor, mask: torch.Tensor | None = None) -> ControlCaption:
+        """The caption's share of every step, once per prompt batch: the base's :meth:`PixArt.encode_caption` plus
+        each copy's cross-attention K/V. y (B,1,L,C_text), mask (B,L) -> :class:`ControlCaption` (sampling only)."""
+        caption = self.base_model.encode_caption(y, mask)
+        copy_kv = [control.copied_block.cross_attn.key_value(caption.tokens) for control in self.controlnet]
+        return ControlCaption(caption.tokens, caption.attn_mask, caption.kv, copy_kv)
+
     def forward(
         self,
         x: torch.Tensor,
         timestep: torch.Tensor,
-        y: torch.Tensor,
+        y: torch.Tensor | None,
         mask: torch.Tensor | None = None,
         data_info: Mapping | None = None,
         c: torch.Tensor | None = None,
+        caption: ControlCaption | None = None,
     ) -> torch.Tensor:
         """The base's forward plus the control latent ``c`` (already x the codec scale factor; None = no control).
 
-        x: (B, C, H, W); timestep: (B,); y: (B, 1, L, C_text); mask: (B, L) | None; c: (B | 1, C, H, W) | None.
+        x: (B, C, H, W); timestep: (B,); y: (B, 1, L, C_text); mask: (B, L) | None; c: (B | 1, C, H, W) | None;
+        ``caption``: :meth:`encode_caption` of (y, mask) computed once per prompt batch (y and mask are then ignored).
         Returns (B, C_out, H, W), exactly the base's output when ``c`` is None.
         """
         base = self.base_model
-        if self.training and base.y_embedder.uncond_prob > 0:
-            y = base.y_embedder.drop(y)  # the base is in eval mode, so its own embed does not drop captions
-        tokens, t, t0, y_tokens, attn_mask = base.embed(x, timestep, y, mask, data_info)
+        if caption is not None:
+            if caption.tokens.shape[0] != x.shape[0]:
+                raise ValueError(f"caption batch {caption.tokens.shape[0]} != x batch {x.shape[0]}")
+            tokens, t, t0, _, _ = base.embed(x, timestep, None, None, data_info)
+            y_tokens, attn_mask = None, caption.attn_mask
+        else:
+            if self.training and base.y_embedder.uncond_prob > 0:
+                y = base.y_embedder.drop(y)  # the base is in eval mode, so its own embed does not drop captions
+            tokens, t, t0, y_tokens, attn_mask = base.embed(x, timestep, y, mask, data_info)
         c_tokens = None if c is None else self.embed_control(c, x, tokens)
-        tokens = self.run_blocks(tokens, y_tokens, t0, attn_mask, c_tokens)
+        tokens = self.run_blocks(tokens, y_tokens, t0, attn_mask, c_tokens, caption)
         return base.head(tokens, t, x.shape[-2], x.shape[-1])
 
-    def run_blocks(self, x, y, t0, mask, c) -> torch.Tensor:
+    def _kv(self, caption: ControlCaption | None) -> tuple[list, list]:
+        """Per base block and per copy: the precomputed cross-attention K/V, or None (computed from y in the block)."""
+        if caption is None:
+            return [None] * len(self.base_model.blocks), [None] * self.copy_blocks
+        return caption.kv, caption.copy_kv
+
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -208,15 +250,16 @@ class PixArtControlNet(_ControlWrapper):
     def __init__(self, base_model: PixArt, copy_blocks: int = 13):
         super().__init__(base_model, copy_blocks, max_blocks=len(base_model.blocks) - 1)
 
-    def run_blocks(self, x, y, t0, mask, c) -> torch.Tensor:
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
         """x: (B,N,D) after the base's embedding; c: (B,N,D) control tokens or None."""
         blocks = self.base_model.blocks
-        x = self._call(blocks[0], x, y, t0, mask)
+        kv, copy_kv = self._kv(caption)
+        x = self._call(blocks[0], x, y, t0, mask, kv[0])
         for index in range(1, len(blocks)):
             if c is not None and index <= self.copy_blocks:
-                c, skip = self._call(self.controlnet[index - 1], x, y, t0, mask, c)
+                c, skip = self._call(self.controlnet[index - 1], x, y, t0, mask, c, copy_kv[index - 1])
                 x = x + skip
-            x = self._call(blocks[index], x, y, t0, mask)
+            x = self._call(blocks[index], x, y, t0, mask, kv[index])
         return x
 
 
@@ -229,16 +272,17 @@ class PixArtControlNetUNet(_ControlWrapper):
         half = len(base_model.blocks) // 2
         super().__init__(base_model, half if copy_blocks is None else copy_blocks, max_blocks=half)
 
-    def run_blocks(self, x, y, t0, mask, c) -> torch.Tensor:
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
         blocks, depth = self.base_model.blocks, len(self.base_model.blocks)
+        kv, copy_kv = self._kv(caption)
         skips = {}
         if c is not None:
             for i, control in enumerate(self.controlnet):
-                c, skips[depth - 1 - i] = self._call(control, x, y, t0, mask, c)
+                c, skips[depth - 1 - i] = self._call(control, x, y, t0, mask, c, copy_kv[i])
         for index in range(depth):
             if index in skips:
                 x = x + skips[index]
-            x = self._call(blocks[index], x, y, t0, mask)
+            x = self._call(blocks[index], x, y, t0, mask, kv[index])
         return x
 
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.model.onednn import Linear, linear
+
 
 @lru_cache(maxsize=32)
 def _sincos_table(embed_dim: int, grid_h: int, grid_w: int, pe_interpolation: float, base_size: int) -> torch.Tensor:
@@ -65,7 +67,15 @@ class PatchEmbed(nn.Module):
         self.proj = nn.Conv2d(in_channels, hidden_size, kernel_size=patch_size, stride=patch_size, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        """As a linear map of the flattened patches: the tokens come out contiguous in (B, N, D) (the convolution's
+        ``flatten(2).transpose(1, 2)`` left every later elementwise op and LayerNorm on a transposed layout)."""
+        b, c, h, w = x.shape
+        p = self.patch_size
+        if h % p or w % p or not isinstance(self.proj, nn.Conv2d):  # the convolution drops the remainder
+            return self.proj(x).flatten(2).transpose(1, 2)
+        patches = x.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (B, h, w, C, p, p)
+        weight = self.proj.weight.reshape(self.proj.out_channels, c * p * p)
+        return linear(patches.reshape(b, (h // p) * (w // p), c * p * p), weight, self.proj.bias)  # (B, N, D)
 
 
 class TimestepEmbedder(nn.Module):
@@ -74,7 +84,7 @@ class TimestepEmbedder(nn.Module):
     def __init__(self, hidden_size: int, frequency_dim: int = 256):
         super().__init__()
         self.frequency_dim = frequency_dim
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+        self.mlp = nn.Sequential(Linear(frequency_dim, hidden_size), nn.SiLU(), Linear(hidden_size, hidden_size))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(N,) -> (N, D)."""
@@ -125,8 +135,10 @@ class Mlp(nn.Module):
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int):
         super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.fc2 = nn.Linear(hidden_features, out_features)
+        self.fc1 = Linear(in_features, hidden_features)
+        self.fc2 = Linear(hidden_features, out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.fc1, Linear):  # not wrapped (a LoRA adapter is): the GELU runs inside fc1's call
+            return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, gelu=True))
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))

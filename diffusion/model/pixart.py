@@ -22,6 +22,7 @@ from torch.utils.checkpoint import checkpoint
 
 from diffusion.model.blocks import PixArtBlock, T2IFinalLayer
 from diffusion.model.embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed
+from diffusion.model.onednn import Linear
 from diffusion.registry import MODELS
 
 Embedded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
@@ -101,7 +102,7 @@ class PixArt(nn.Module):
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
-        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
+        self.t_block = nn.Sequential(nn.SiLU(), Linear(hidden_size, 6 * hidden_size))
         self.y_embedder = CaptionEmbedder(caption_channels, hidden_size, model_max_length, class_dropout_prob)
         self.build_condition_embedders()
         # LCM's w-embedding (a variant PixArt-delta compares against; off for the paper's fixed-w student).

@@ -1,7 +1,11 @@
 """tools/benchmark_speed.py at tiny size: every row and stage is timed for ours and diffusers, the latents of the two
-pipelines agree, and the markdown carries the paper's numbers (a smoke test: no timing asserts)."""
+pipelines agree, and the markdown carries the paper's numbers (a smoke test: no timing asserts); ``--compile`` adds
+our pipeline with compiled blocks, its first call timed apart; ``--cuda-graphs`` refuses a CPU."""
 
-from tools.benchmark_speed import PAPER, main
+import pytest
+
+from diffusion.model.compile import cpp_compiler_missing
+from tools.benchmark_speed import PAPER, main, parse_args
 
 
 def test_benchmark_speed_tiny(tmp_path, capsys):
@@ -20,3 +24,18 @@ def test_benchmark_caption_reuse_tiny():
 
     result = reuse_main(["--size", "tiny", "--runs", "1", "--precisions", "fp32"])
     assert result["fp32"]["diff"] < 1e-5  # the cached path computes the same output
+
+
+@pytest.mark.slow  # compiles one tiny block with inductor: ~20-60 s on two shared cores
+@pytest.mark.skipif(cpp_compiler_missing() is not None, reason="no C++ compiler for inductor")
+def test_benchmark_speed_compile_tiny(capsys):
+    result = main(["--size", "tiny", "--runs", "1", "--rows", "lcm4", "--compile"])
+    compiled = result["variants"]["lcm4"]["ours, compiled blocks"]
+    assert compiled["first_call"] > 0 and compiled["latent_diff"] < 1e-4  # the compiled blocks hold the latents
+    assert set(result["times"]["lcm4"]["ours, compiled blocks"]) == {"steps", "total"}
+    assert "first call (compiles)" in capsys.readouterr().out
+
+
+def test_cuda_graphs_need_cuda():
+    with pytest.raises(SystemExit):
+        parse_args(["--device", "cpu", "--cuda-graphs"])

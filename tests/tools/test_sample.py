@@ -16,7 +16,7 @@ from diffusion.engine.validation import make_grid
 from diffusion.model.io import resolve_checkpoint
 from diffusion.registry import MODELS
 from tests.model.helpers import randomize
-from tools.sample import main
+from tools.sample import main, parse_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["a large red circle at the top left on a gray background", "a small blue square in the center"]
@@ -171,3 +171,12 @@ def test_annotator_canny_equals_its_map_used_as_is(setup, tmp_path):
     with pytest.raises(FileNotFoundError):
         hed = ["--annotator", "hed", "--hed", "nowhere.pth", "--out", str(tmp_path)]
         main([*argv, "--control", str(tmp_path / "photo.png"), *hed])
+
+
+def test_cuda_graphs_need_cuda_and_exclude_compile():
+    base = ["--config", "c.py", "--prompts", "p", "--out", "o"]
+    assert parse_args([*base, "--compile"]).compile
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--device", "cpu", "--cuda-graphs"])
+    with pytest.raises(SystemExit):
+        parse_args([*base, "--device", "cuda", "--cuda-graphs", "--compile"])
