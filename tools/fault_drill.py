@@ -14,6 +14,10 @@ Faults are injected from inside the training process by tools/fault_inject.py (a
 ``train_scripts/train.py``'s main): SIGKILL at a step or in the middle of a checkpoint write, a rank killed on the
 first torchrun attempt, NaN losses, a sleep per step (so an outside SIGTERM lands mid-run). Disk full is a real tmpfs
 of a size between one and two checkpoints (we are root), else a file-size limit set on the running process.
+
+Every run's stdout and stderr go to ``out/logs/<run dir>.<n>.{out,err}``. A run that has not exited after
+``RUN_TIMEOUT`` seconds is a hang: it is killed with every process it started (torchrun's workers too) and its
+scenario fails with ``rc 124`` and the tail of its stderr, so the drill always ends with its last line.
 """
 
 import argparse
@@ -31,6 +35,9 @@ sys.path.insert(0, str(REPO))
 
 from tools import fault_inject as inject  # noqa: E402
 
+# seconds one training run may take (the longest, the 2-rank torchrun with its restart, took 60-100 s on the 2 cores
+# shared with other jobs and a busy loop); a run still going then is a hang, killed and recorded as a failure
+RUN_TIMEOUT, HUNG = 300, 124
 STEPS, EVERY = 8, 3  # checkpoints at 3 and 6 and the end; 6 batches of 8 per epoch: the runs cross an epoch
 OVERRIDES = {
     "model.hidden_size": 64,
@@ -54,7 +61,7 @@ class Drill:
     """Runs and checks the scenarios under ``out``; ``results`` collects (name, survived, lost, detail)."""
 
     def __init__(self, out: Path, mount: bool = True) -> None:
-        self.out, self.results, self.mount = out, [], mount
+        self.out, self.results, self.mount, self.runs = out, [], mount, 0
         self.env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         self.env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
         self.env["PYTHONPATH"] = str(REPO)
@@ -85,9 +92,39 @@ class Drill:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
         return cmd
 
+    def start(self, cmd: list[str], work: Path) -> subprocess.Popen:
+        """Start ``cmd`` with its stdout and stderr going to ``out/logs/<work name>.<n>.{out,err}`` (files, not pipes:
+        nothing blocks on a full pipe, and the logs stay for a look after the drill)."""
+        self.runs += 1
+        logs = self.out / "logs" / f"{Path(work).name}.{self.runs}"
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out, stderr=err)
+        proc.logs = logs
+        return proc
+
+    def finish(self, proc: subprocess.Popen, timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
+        """Wait for ``proc``; past ``timeout`` seconds it is a hang: it and every process it started are killed and
+        the run ends with ``rc 124`` and a stderr that ends by saying so. Whatever stops the drill here kills them
+        too."""
+        try:
+            proc.wait(timeout=timeout)
+            hung = False
+        except subprocess.TimeoutExpired:
+            hung = True
+        except BaseException:
+            inject.kill_tree(proc.pid)
+            raise
+        if hung:
+            inject.kill_tree(proc.pid)
+            proc.wait()
+        out, err = (Path(f"{proc.logs}.{name}").read_text(errors="replace") for name in ("out", "err"))
+        if hung:
+            err += f"\ndrill: no exit after {timeout:.0f} s (a hang), killed; logs in {proc.logs}.*"
+        return subprocess.CompletedProcess(proc.args, HUNG if hung else proc.returncode, out, err)
+
     def train(self, work, spec=None, options=None, resume=None, ranks=1) -> subprocess.CompletedProcess:
-        cmd = self.command(Path(work), spec, options or {}, resume, ranks)
-        return subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=600)
+        return self.finish(self.start(self.command(Path(work), spec, options or {}, resume, ranks), work))
 
     def record(self, name: str, survived: bool, lost: bool, detail: str) -> None:
         self.results.append((name, survived, lost, detail))
@@ -155,25 +192,18 @@ class Drill:
 
     def sigterm(self) -> None:
         work = self.out / "sigterm"
-        proc = subprocess.Popen(
-            self.command(work, {"sleep": 0.5}, {}, None, 1),
-            cwd=REPO,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        deadline = time.time() + 300
+        proc = self.start(self.command(work, {"sleep": 0.5}, {}, None, 1), work)
+        deadline = time.time() + RUN_TIMEOUT
         while len(inject.losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=300)
+        result = self.finish(proc)
         stopped_at = len(inject.losses(work))
         saved = (work / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
-        ok = proc.returncode == 0 and saved and "stopped by SIGTERM" in (work / "train.log").read_text()
-        self.resume_check(
-            "SIGTERM", work, ok, f"rc {proc.returncode}, checkpoint at stop step {stopped_at}: {saved}", [stopped_at]
-        )
+        log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
+        ok = result.returncode == 0 and saved and "stopped by SIGTERM" in log
+        cause = f"rc {result.returncode}, checkpoint at stop step {stopped_at}: {saved}"
+        self.resume_check("SIGTERM", work, ok, cause + ("" if ok else f" ({inject.tail(result)})"), [stopped_at])
 
     def torchrun_rank_killed(self) -> None:
         ref = self.out / "reference_2ranks"
@@ -182,7 +212,12 @@ class Drill:
         result = self.train(work, spec={"kill_at_step": 5, "rank": 1}, resume="auto", ranks=2)
         log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
         restarted = result.returncode == 0 and f"resumed from {work / 'checkpoints' / 'step_0000003'}" in log
-        same, detail = self.same_as_reference(work, ref) if first.returncode == 0 else (False, inject.tail(first))
+        if first.returncode != 0:
+            same, detail = False, f"the 2-rank reference failed: {inject.tail(first)}"
+        elif result.returncode != 0:
+            same, detail = False, inject.tail(result, 1500)
+        else:
+            same, detail = self.same_as_reference(work, ref)
         kept = (work / "checkpoints" / "step_0000006").is_dir()
         self.record(
             "rank killed under torchrun --max-restarts 1",
@@ -241,19 +276,13 @@ class Drill:
     def _train_with_fsize_limit(self, work: Path, limit: int) -> subprocess.CompletedProcess:
         import resource
 
-        proc = subprocess.Popen(
-            self.command(work, {"sleep": 0.5, "ignore_sigxfsz": True}, {}, None, 1),
-            cwd=REPO,
-            env=self.env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        while not (work / "checkpoints" / "step_0000003").is_dir() and proc.poll() is None:
+        proc = self.start(self.command(work, {"sleep": 0.5, "ignore_sigxfsz": True}, {}, None, 1), work)
+        deadline = time.time() + RUN_TIMEOUT
+        while not (work / "checkpoints" / "step_0000003").is_dir() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
-        out, err = proc.communicate(timeout=300)
-        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+        if proc.poll() is None:
+            resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
+        return self.finish(proc)
 
     def unwritable_work_dir(self) -> None:
         blocker = self.out / "not_a_dir"

@@ -12,6 +12,7 @@ instead of killing the process).
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+PROGRESS_BAR = re.compile(r"\d+(\.\d+)?(it/s|s/it)\]")  # a tqdm line
 
 
 def run_child(spec: dict, argv: list[str]) -> None:
@@ -125,8 +127,28 @@ def mount_tmpfs(path: Path, size: int) -> bool:
     return result.returncode == 0
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their own, so a
+    process-group kill would leave them running)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = root.children(recursive=True) + [root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            continue
+
+
 def tail(result: subprocess.CompletedProcess, chars: int = 600) -> str:
-    return f"rc {result.returncode}: {(result.stderr or '')[-chars:]}"
+    """The return code and the last ``chars`` of stderr, progress bars left out."""
+    lines = (result.stderr or "").splitlines()
+    text = "\n".join(line for line in lines if not PROGRESS_BAR.search(line))
+    return f"rc {result.returncode}: {text[-chars:]}"
 
 
 if __name__ == "__main__":

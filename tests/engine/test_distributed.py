@@ -113,7 +113,7 @@ def _run_bounded(cmd: list[str], env: dict, timeout: float) -> tuple[int | None,
         return None, proc.communicate()[0]
 
 
-@pytest.mark.slow  # ~15 s on an idle 2-core machine, 40-45 s under a load of 4
+@pytest.mark.slow  # 29 s on the 2 cores at a load of 2, 40-45 s at a load of 4
 def test_restarted_group_does_not_meet_the_dead_attempts_keys():
     # torchrun's agent keeps one store across --max-restarts restarts, with the dead attempt's gloo addresses in it:
     # a restarted rank 0 that looked up rank 1 before the slow rank 1 rewrote its key connected to a dead port

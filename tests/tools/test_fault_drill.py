@@ -1,6 +1,11 @@
 """The fault drill's fast subset (a SIGKILL mid-run, misspelt keys, a wrong-architecture checkpoint, a .pth carrying
 code); the whole drill (``make drill``) is marked slow."""
 
+import sys
+import time
+from pathlib import Path
+
+import psutil
 import pytest
 
 from tools import fault_drill
@@ -22,3 +27,21 @@ def test_fast_subset(tmp_path, capsys):
 @pytest.mark.slow
 def test_whole_drill(tmp_path, capsys):
     assert _drill(tmp_path, capsys, None) >= 18
+
+
+def test_a_hung_run_is_killed_with_its_workers(tmp_path):
+    # a launcher whose worker sits in a session of its own, as torchrun's do, and neither ever exits
+    worker = "import os, time; os.setsid(); print(os.getpid(), flush=True); time.sleep(600)"
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(600)"
+    drill = fault_drill.Drill(tmp_path)
+    proc = drill.start([sys.executable, "-c", launcher], tmp_path / "hang")
+    deadline = time.time() + 20
+    while not Path(f"{proc.logs}.out").read_text().strip() and time.time() < deadline:
+        time.sleep(0.05)
+    worker_pid = int(Path(f"{proc.logs}.out").read_text())
+    result = drill.finish(proc, timeout=1)
+    assert result.returncode == fault_drill.HUNG and "no exit after 1 s (a hang), killed" in result.stderr
+    deadline = time.time() + 10
+    while psutil.pid_exists(worker_pid) and psutil.Process(worker_pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.time() < deadline, "the worker outlived the drill's kill"
+        time.sleep(0.05)
