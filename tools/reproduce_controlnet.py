@@ -117,30 +117,14 @@ def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pi
     start = cfg.controlnet.get("load_from")
     if not start or not cfg.method.get("teacher_load_from"):
         raise SystemExit(f"{label}: a route-(b) run needs controlnet.load_from and method.teacher_load_from")
-    on_teacher = Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from})
+    # built once, sampled at 14 and at 20 steps
+    on_teacher = load_pipeline(Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from}), like=teacher)
     step = int(checkpoint.name.split("_")[-1])
+    student = load_pipeline({**cfg, "controlnet": None}, like=teacher)
     return [
-        (
-            "LCM student 4 steps, no control",
-            load_pipeline({**cfg, "controlnet": None}, like=teacher),
-            False,
-            LCM,
-            None,
-        ),
-        (
-            "teacher + its ControlNet, DPM-Solver++ 14 steps",
-            load_pipeline(on_teacher, like=teacher),
-            True,
-            DPM14,
-            None,
-        ),
-        (
-            "teacher + its ControlNet, DPM-Solver++ 20 steps",
-            load_pipeline(on_teacher, like=teacher),
-            True,
-            SAMPLER,
-            None,
-        ),
+        ("LCM student 4 steps, no control", student, False, LCM, None),
+        ("teacher + its ControlNet, DPM-Solver++ 14 steps", on_teacher, True, DPM14, None),
+        ("teacher + its ControlNet, DPM-Solver++ 20 steps", on_teacher, True, SAMPLER, None),
         ("route (a): that ControlNet on the LCM student, 4 steps", load_pipeline(cfg, like=teacher), True, LCM, 0),
         (f"{label}, 4 steps", load_pipeline(cfg, checkpoint, like=teacher), True, LCM, step),
     ]

@@ -260,11 +260,13 @@ class LCMDistillation(Method):
         from diffusion.engine.parallel import load_full_state_dict
 
         state = {k[len("target.") :]: v for k, v in state.items()}
-        trained = {name for name, p in self._student[0].named_parameters() if p.requires_grad}
+        params = dict(self._student[0].named_parameters())
+        trained = {name for name, p in params.items() if p.requires_grad}
         missing = sorted(trained - set(state))
         if missing:
             raise KeyError(f"the checkpoint's target lacks trained parameters {missing[:5]} (of {len(missing)})")
-        load_full_state_dict(self._target[0], state, strict=len(state) > len(trained))
+        # as extra_state wrote it: whole for a fully trained student, the trained names only otherwise
+        load_full_state_dict(self._target[0], state, strict=len(trained) == len(params))
 
     def train(self, mode: bool = True):
         """The teacher and target always stay in eval mode (no caption dropout)."""
