@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import build_codec, build_model
+from diffusion.build import build_model
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine import resume as on_resume
@@ -26,16 +26,17 @@ from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, describe_
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_lr
+from diffusion.engine.run_checkpoint import RunCheckpoint
+from diffusion.engine.run_validation import RunValidation
 from diffusion.engine.signals import StopSignal
-from diffusion.engine.validation import EncodedPrompts, control_grid, save_grid, swapped_in, validation_control
-from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class Trainer:
-    """Builds everything from a config and runs the loop.
+class Trainer(RunValidation, RunCheckpoint):
+    """Builds everything from a config and runs the loop; sample grids come from :class:`RunValidation`, checkpoints
+    and resume from :class:`RunCheckpoint`.
 
     Args:
         cfg: mmengine ``Config`` (or plain dict) with the keys of ``diffusion.engine.config.TOP_LEVEL_KEYS``.
@@ -142,23 +143,6 @@ class Trainer:
         for level, note in self._notes:
             if note is not None:
                 getattr(self.logger, level)(note)
-
-    def _validation_control(self, model: torch.nn.Module) -> torch.Tensor | None:
-        """The control maps of a ControlNet run's validation grids (``validation.control``), read before step 1."""
-        if self.val_cfg is None:
-            return None
-        controlled = getattr(model, "accepts_control", False)
-        if self.val_cfg["control"] is not None and not controlled:
-            raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
-        if self.val_cfg["control"] is None:
-            if controlled:
-                self._notes.append(
-                    ("warning", "validation.control is not set: validation grids sample without control")
-                )
-            return None
-        resolution = self.cfg["data"]["resolution"]
-        height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-        return validation_control(self.val_cfg, list(self.val_cfg["prompts"]), height, width)
 
     def _resolve_resume(self, resume: str | None) -> Path | None:
         if resume is None:
@@ -313,103 +297,6 @@ class Trainer:
         metrics.update(img_per_s=self.global_batch * self._window_steps / elapsed, nan_skipped=self.nan_total)
         self.logger.log(self.step, metrics)
         self._reset_window()
-
-    def build_pipeline(self, model: torch.nn.Module):
-        """The sampling pipeline used for validation grids (override or monkeypatch in tests): the validation prompts
-        are encoded once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
-        prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
-        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
-
-    @torch.no_grad()
-    def validate(self, step: int) -> Path | None:
-        """Sample the validation prompts with the EMA (else current) weights; save ``samples/step_XXXXXXX.png``.
-
-        The EMA weights are swapped into the trained network for the duration (its own weights wait on the CPU).
-        Under FSDP every rank samples (the forward is collective) and rank 0 saves; under DDP only rank 0 samples.
-        """
-        unwrapped = parallel.unwrap(self.model)
-        path = None
-        if dist.is_main() or parallel.is_sharded(unwrapped):
-            rng = ckpt.rng_state(self.generator)  # sampling must not shift the training noise stream
-            if self.pipeline is None:
-                self.pipeline = self.build_pipeline(unwrapped)
-            sampler = self.val_cfg["sampler"] or self.method.sampler_defaults()
-            control = {} if self.val_control is None else {"control": self.val_control}
-            with swapped_in(unwrapped, self.ema.shadow if self.ema is not None else None):
-                images = self.pipeline(list(self.val_cfg["prompts"]), seed=self.val_cfg["seed"], **sampler, **control)
-            columns = None
-            if self.val_control is not None:  # each sample beside the control map it follows
-                images, columns = control_grid(self.val_control, images)
-            if dist.is_main():
-                path = save_grid(images, self.work_dir / "samples" / f"step_{step:07d}.png", columns)
-                self.logger.image(step, path, caption=" | ".join(self.val_cfg["prompts"]))
-            ckpt.set_rng_state(rng, self.generator)
-        dist.barrier()
-        return path
-
-    def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/step_XXXXXXX`` atomically and prune old ones; collective under DDP/FSDP."""
-        root = self.work_dir / ckpt.CHECKPOINT_SUBDIR
-        tmp = ckpt.step_dir(root, self.step).with_suffix(".tmp")
-        if dist.is_main():
-            ckpt.begin_save(root, self.step)
-        dist.barrier()
-        unwrapped = parallel.unwrap(self.model)
-        # a model with frozen parameters saves only its trainable ones; the frozen rest comes from cfg.load_from
-        weights = {"model": ckpt.trainable_only(unwrapped, parallel.full_state_dict(unwrapped))}
-        weights["method"] = self.method.extra_state()
-        if self.ema is not None:
-            weights["ema"] = ckpt.trainable_only(unwrapped, self.ema.state_dict())
-        optimizer_state = parallel.optimizer_state_dict(unwrapped, self.optimizer)
-        with ckpt.writing(tmp):  # a failed write leaves no .tmp; a full disk says so
-            ckpt.save_object(tmp / f"rng_rank{self.rank}.pt", ckpt.rng_state(self.generator))
-            if dist.is_main():
-                for name, tensors in weights.items():
-                    ckpt.save_tensors(tmp / f"{name}.safetensors", tensors)
-                state = {
-                    "step": self.step,
-                    "optimizer": optimizer_state,
-                    "scaler": self.scaler.state_dict(),
-                    "lr_scheduler": self.lr_scheduler.state_dict(),
-                    "data": self.stream.state_dict(),
-                    "nan_total": self.nan_total,
-                    "world_size": self.world,
-                    "run": self.run_record,
-                }
-                ckpt.save_object(tmp / "training_state.pt", state)
-        dist.barrier()
-        final = ckpt.step_dir(root, self.step)
-        if dist.is_main():
-            ckpt.commit(tmp)
-            ckpt.prune(root, self.ckpt_cfg["keep_last"])
-            self.logger.info(f"saved checkpoint {final}")
-        dist.barrier()
-        return final
-
-    def _load_state(self, resume_dir: Path) -> None:
-        state = ckpt.load_object(resume_dir / "training_state.pt")
-        self.step, self.nan_total = state["step"], state["nan_total"]
-        parallel.load_optimizer_state_dict(parallel.unwrap(self.model), self.optimizer, state["optimizer"])
-        self.scaler.load_state_dict(state["scaler"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
-        on_resume.apply_lr(self.optimizer, self.lr_scheduler, self.lr)  # the config's lr, not the checkpoint's
-        saved = on_resume.saved_record(state)
-        self.stream.load_state_dict(on_resume.rescale_data_position(state["data"], saved, self.run_record))
-        self._notes.append(("info", f"resumed from {resume_dir} at step {self.step}"))
-        self._notes.append(
-            ("info", f"from the checkpoint: {on_resume.FROM_CHECKPOINT}; from the config: {on_resume.FROM_CONFIG}")
-        )
-        self._notes += [("warning", note) for note in on_resume.changes(saved, self.run_record)]
-        if self.ema is not None:  # frozen entries of the shadow are copies of the (loaded) frozen weights
-            self.ema.load_state_dict({**self.ema.state_dict(), **ckpt.load_tensors(resume_dir / "ema.safetensors")})
-        self.method.load_extra_state(ckpt.load_tensors(resume_dir / "method.safetensors"))
-        rng_file = resume_dir / f"rng_rank{self.rank}.pt"
-        if rng_file.is_file() and state["world_size"] == self.world:
-            ckpt.set_rng_state(ckpt.load_object(rng_file), self.generator)
-        else:
-            self._notes.append(
-                ("warning", f"no RNG state for rank {self.rank} of {self.world}: noise restarts from the seed")
-            )
 
 
 def require_finished(finished: bool, resume_hint: str) -> None:
