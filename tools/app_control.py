@@ -33,7 +33,7 @@ from tools.app_core import (
     sampler_label,
 )
 
-ANNOTATORS = {"canny": "Canny edges", "hed": "HED edges", "none": "Use as is (already a control map)"}
+ANNOTATORS = {"canny": "Canny edges", "hed": "HED edges", "image": "Use as is (already a control map)"}
 CANNY_LIMITS = (1, 500)
 MIN_SIDE = 8
 

@@ -6,12 +6,12 @@
         --seeds 0 1 --out output/samples
     python tools/sample.py --config CFG --checkpoint output/run/checkpoints/step_0002000 --sampler lcm --steps 4 ...
     python tools/sample.py --config configs/controlnet/tiny_controlnet.py --checkpoint CONTROLNET \
-        --control edges.png --annotator none --prompts "..." --out output/controlled      # ControlNet (§4)
+        --control edges.png --annotator image --prompts "..." --out output/controlled      # ControlNet (§4)
 
 Writes ``<out>/s{seed}_{index}.png`` per image (index = prompt number) and ``<out>/grid.png`` (one row per seed, one
 column per prompt). With ``--control IMAGE`` (a ControlNet config: one with a ``controlnet`` section), the image is
 resized to the sampling size, turned into a control map by ``--annotator`` (``canny``; ``hed`` with ``--hed
-ControlNetHED.pth``; ``none``: used as it is, e.g. an edge, depth or scribble map) and written as
+ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
 ``<out>/control.png``; every prompt is sampled under it.
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
 ``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
@@ -36,7 +36,7 @@ from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval.sampling import read_prompts  # noqa: E402
 from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
 
-ANNOTATORS = ("none", "canny", "hed")  # none: the image is the control map already (edges, depth, scribbles)
+ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
 
 
 def save_png(image: torch.Tensor, path: Path) -> None:
@@ -105,7 +105,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--compile", action="store_true", help="torch.compile each transformer block (regional)")
     parser.add_argument("--cuda-graphs", action="store_true", help="the whole denoiser step under CUDA graphs (CUDA)")
     parser.add_argument("--control", default=None, help="control image for a ControlNet config (PixArt-delta §4)")
-    parser.add_argument("--annotator", default="none", choices=ANNOTATORS, help="control image -> control map")
+    parser.add_argument("--annotator", default="image", choices=ANNOTATORS, help="control image -> control map")
     parser.add_argument("--hed", default=None, help="ControlNetHED.pth for --annotator hed")
     args = parser.parse_args(argv)
     if args.cuda_graphs and not args.device.startswith("cuda"):
@@ -137,8 +137,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     control = None
     if args.control:
         height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
-        annotator = "image" if args.annotator == "none" else args.annotator
-        control = load_control(args.control, height, width, annotator, args.hed)
+        control = load_control(args.control, height, width, args.annotator, args.hed)
     written = sample(
         pipe,
         prompts,

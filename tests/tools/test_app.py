@@ -222,7 +222,7 @@ def test_gradio_client_api(app, tmp_path):
     _, edges = render(dict(shape="cross", color="red", size="large", position="center", background="black"))
     Image.fromarray(edges).save(tmp_path / "edges.png")
     control, image, info = client.predict(
-        PROMPT, handle_file(tmp_path / "edges.png"), None, "none", 100, 200, "lcm", 1, 4.5, 2, api_name="/controlnet"
+        PROMPT, handle_file(tmp_path / "edges.png"), None, "image", 100, 200, "lcm", 1, 4.5, 2, api_name="/controlnet"
     )
     assert "ControlNet (Use as is" in info
     cond = torch.from_numpy(edges)[None, None].expand(1, 3, 32, 32)

@@ -43,7 +43,7 @@ def tiny(tmp_path_factory):
 @pytest.mark.parametrize("sampler, steps, cfg", [("lcm", 2, None), ("dpm", 2, 3.0)])
 def test_controlled_image_is_the_controlnets_image(tiny, sampler, steps, cfg):
     _, edges = render(SHAPE)
-    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, edges, "none", sampler, steps, cfg, 4)
+    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, edges, "image", sampler, steps, cfg, 4)
     assert cmap.shape == (32, 32, 3) and np.array_equal(cmap[..., 0], edges)
     cond = torch.from_numpy(cmap).permute(2, 0, 1)[None]
     kw = dict(name=sampler, steps=steps, cfg_scale=cfg, control=cond)
@@ -51,7 +51,7 @@ def test_controlled_image_is_the_controlnets_image(tiny, sampler, steps, cfg):
     assert torch.equal(torch.from_numpy(result.images[0]), expected)
     assert result.label.startswith("ControlNet (Use as is")
     # the control reaches the image: another map gives another image
-    _, other = controlled(tiny["models"], tiny["control"], PROMPT, edges[::-1].copy(), "none", sampler, steps, cfg, 4)
+    _, other = controlled(tiny["models"], tiny["control"], PROMPT, edges[::-1].copy(), "image", sampler, steps, cfg, 4)
     assert not np.array_equal(other.images[0], result.images[0])
 
 
@@ -77,7 +77,7 @@ def test_images_of_the_wrong_kind_are_refused(tiny):
     assert check_image(sketch).shape == (16, 16, 3) and check_image(sketch)[5, 5].tolist() == [255] * 3
     assert check_image(np.full((9, 9), 7, np.uint8)).shape == (9, 9, 3)
     black = np.zeros((32, 32, 3), np.uint8)
-    for annotator in ("none", "canny"):
+    for annotator in ("image", "canny"):
         with pytest.raises(InputError, match="The control map is empty"):
             controlled(tiny["models"], tiny["control"], PROMPT, black, annotator, "lcm", 4, None, 0)
     with pytest.raises(InputError, match="HED needs --hed"):
@@ -87,7 +87,7 @@ def test_images_of_the_wrong_kind_are_refused(tiny):
 def test_aspect_of_the_upload_picks_the_bucket(tiny):
     _, edges = render(SHAPE, size=64)
     wide = np.concatenate([edges, edges], axis=1)  # 64 x 128: h/w 0.5 -> the closest bucket the grid divides
-    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, wide, "none", "lcm", 1, None, 0)
+    cmap, result = controlled(tiny["models"], tiny["control"], PROMPT, wide, "image", "lcm", 1, None, 0)
     assert cmap.shape[:2] == result.images[0].shape[:2] == (20, 48)
 
 
@@ -97,7 +97,7 @@ def test_trained_weights_sit_on_the_apps_bases_not_the_configs_load_from(tiny, t
     control = load_control(tiny["models"], str(config), str(tiny["controlnet"]))
     _, edges = render(SHAPE)
     for sampler in ("lcm", "dpm"):
-        args = (PROMPT, edges, "none", sampler, 1, 2.0, 5)
+        args = (PROMPT, edges, "image", sampler, 1, 2.0, 5)
         _, got = controlled(tiny["models"], control, *args)
         _, want = controlled(tiny["models"], tiny["control"], *args)
         assert np.array_equal(got.images[0], want.images[0])

@@ -165,7 +165,7 @@ def test_annotator_canny_equals_its_map_used_as_is(setup, tmp_path):
     argv = ["--config", str(config), "--checkpoint", str(tmp_path / "cn.safetensors"), "--prompts", *PROMPTS]
     argv += ["--sampler", "lcm", "--steps", "1"]
     main([*argv, "--control", str(tmp_path / "photo.png"), "--annotator", "canny", "--out", str(tmp_path / "a")])
-    main([*argv, "--control", str(tmp_path / "edges.png"), "--annotator", "none", "--out", str(tmp_path / "b")])
+    main([*argv, "--control", str(tmp_path / "edges.png"), "--annotator", "image", "--out", str(tmp_path / "b")])
     assert torch.equal(read_png(tmp_path / "a" / "control.png"), edge_map[0])
     assert torch.equal(read_png(tmp_path / "a" / "s0_000.png"), read_png(tmp_path / "b" / "s0_000.png"))
     with pytest.raises(FileNotFoundError):
