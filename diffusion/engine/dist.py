@@ -119,12 +119,17 @@ def cleanup() -> None:
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
     """Whether ``device`` computes bfloat16 in hardware: a CUDA device that supports it, or a CPU with AVX512-BF16 or
-    AMX (read from /proc/cpuinfo on Linux). Elsewhere bf16 autocast is emulated: one forward+backward of the embedded
-    default's model at batch 16 took 29.5 s in bf16 against 1.2 s in fp32 on a 2-core AVX2 AMD EPYC."""
+    AMX (read from /proc/cpuinfo on Linux) that torch and oneDNN may use (``ATEN_CPU_CAPABILITY`` /
+    ``ONEDNN_MAX_CPU_ISA`` can hold them to AVX2, which is how an AVX2-only CPU is reproduced on a newer one).
+    Elsewhere bf16 autocast is emulated: one forward+backward of the embedded default's model at batch 16 took 29.5 s
+    in bf16 against 1.2 s in fp32 on a 2-core AVX2 AMD EPYC."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
+    if device.type != "cpu" or torch.backends.cpu.get_cpu_capability() != "AVX512":
+        return False
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    if isa != "ALL" and "BF16" not in isa and "AMX" not in isa:
         return False
     try:
         flags = {f for line in open("/proc/cpuinfo") if line.startswith("flags") for f in line.split()[2:]}

@@ -152,3 +152,18 @@ def test_attempt_store_warns_over_several_nodes(monkeypatch):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dist.attempt_store(torch_dist.HashStore())
+
+
+def test_native_bf16_follows_the_isa_torch_and_onednn_may_use(monkeypatch):
+    """A CPU held to AVX2 (ATEN_CPU_CAPABILITY / ONEDNN_MAX_CPU_ISA) emulates bf16 even with AVX512-BF16 flags."""
+    from diffusion.engine import dist
+
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert dist.native_bf16("cpu") is False
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    assert dist.native_bf16("cpu") is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_AMX")
+    with open("/proc/cpuinfo") as f:
+        flags = {w for line in f if line.startswith("flags") for w in line.split()[2:]}
+    assert dist.native_bf16("cpu") is bool(flags & {"avx512_bf16", "amx_bf16"})
