@@ -17,8 +17,8 @@ codec; --control image encodes each item's control_path image as it is (a bare -
         --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --resolution 1024 --control hed --hed output/pretrained_models/ControlNetHED.pth
 Existing files are skipped, so rerunning resumes; a cache made with another T5, --max-length, VAE, scale factor,
-resolution or control annotator (HED weights, Canny thresholds) is refused (--redo re-extracts it). Skipped images are
-always listed; --strict makes them exit 1.
+resolution or control annotator (HED weights, Canny thresholds) is refused; --redo re-extracts the stale caches only
+(--redo all: every cache). Skipped images are always listed; --strict makes them exit 1.
 """
 
 import argparse
@@ -86,7 +86,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="tokenize captions as written (default: the official T5-embedder cleaning the PixArt weights saw)",
     )
-    parser.add_argument("--redo", action="store_true", help="re-extract this rank's share, overwriting the caches")
+    parser.add_argument(
+        "--redo",
+        nargs="?",
+        const="stale",
+        choices=("stale", "all"),
+        help="re-extract this rank's share of the stale caches (a bare --redo), or of all of them (--redo all)",
+    )
     parser.add_argument("--no-size-check", dest="check_sizes", action="store_false", help="trust declared sizes")
     parser.add_argument("--strict", action="store_true", help="exit 1 when any image was skipped")
     parser.add_argument("--rank", type=int, default=int(os.environ.get("RANK", 0)))
@@ -169,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         world_size=args.world_size,
         json_name=args.json,
         device=device,
-        redo=args.redo,
+        redo=args.redo or False,
         check_sizes=args.check_sizes,
         workers=args.workers,
     )

@@ -204,14 +204,15 @@ def extract_features(
     json_name: str = "data_info.json",
     device: str | torch.device = "cpu",
     progress: bool = True,
-    redo: bool = False,
+    redo: bool | str = False,
     check_sizes: bool = True,
     workers: int = 4,
 ) -> ExtractionReport:
     """Cache caption and codec features for this rank's share (items ``rank::world_size``) of ``data_root``.
 
     Files that already exist are skipped, so an interrupted run resumes, unless the directory's ``meta.json``
-    records another producer: that is a ValueError (``redo=True`` re-extracts this rank's share instead). Rank 0
+    records another producer: that is a ValueError. ``redo='stale'`` (or True) re-extracts this rank's share of the
+    stale caches only (another T5 redoes the captions, not the image latents); ``redo='all'`` of every cache. Rank 0
     writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the declared
     ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset then skips
     the item). Colliding feature names are a ValueError before anything is written.
@@ -229,6 +230,9 @@ def extract_features(
     """
     if annotator is not None and not control:
         raise ValueError("an annotator makes control latents: pass control=True with it")
+    redo = {False: None, True: "stale"}.get(redo, redo) if isinstance(redo, bool) else redo
+    if redo not in (None, "stale", "all"):
+        raise ValueError(f"redo must be False, True / 'stale' or 'all', not {redo!r}")
     root = Path(data_root)
     required = REQUIRED_FIELDS + (("control_path",) if control and annotator is None else ())
     all_entries = load_data_info(root / json_name, required)
@@ -239,17 +243,19 @@ def extract_features(
     if control:
         control_meta = codec_meta(codec, resolution, multi_scale) | annotator_meta(annotator)
         metas[latent_dir(root, resolution, multi_scale, control=True)] = control_meta
+    rewrite = {}  # directory -> its existing files are overwritten
     for directory, meta in metas.items():
-        check_meta(directory, meta, redo)  # raises on a stale cache unless redo
+        stale = check_meta(directory, meta, redo is not None)  # raises on a stale cache unless redo
+        rewrite[directory] = redo == "all" or stale
         recorded = read_meta(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        if rank == 0 and (redo or not recorded):  # an older, shorter record is kept: it describes the old files
-            write_meta(directory, meta)
+        if rank == 0 and (rewrite[directory] or not recorded):  # an older, shorter record is kept: it describes
+            write_meta(directory, meta)  # the old files
     report = ExtractionReport()
     names = [feature_name(entry["path"]) for entry in entries]
 
     out = caption_dir(root)
-    todo = [(e, n) for e, n in zip(entries, names) if redo or not (out / f"{n}.npz").exists()]
+    todo = [(e, n) for e, n in zip(entries, names) if rewrite[out] or not (out / f"{n}.npz").exists()]
     report.existing += len(entries) - len(todo)
     report.captions += _encode_captions(text_encoder, todo, out, text_batch_size, progress)
 
@@ -263,7 +269,7 @@ def extract_features(
             # the declared size describes the image; a control_path map may be stored at another size
             declared = (int(entry["height"]), int(entry["width"])) if check_sizes and key == "path" else None
             job = _Job(root / entry[key], out / f"{name}.npy", target_size(entry, resolution, multi_scale), declared)
-            if redo or not job.out.exists():
+            if rewrite[out] or not job.out.exists():
                 jobs.append(job)
         report.existing += len(entries) - len(jobs)
         written = _encode_images(codec, jobs, vae_batch_size, device, report, workers, kind + "s", progress, net)

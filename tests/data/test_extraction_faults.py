@@ -64,8 +64,16 @@ def test_stale_caches_are_refused_and_redone(tmp_path, encoder, tiny_text_encode
         extract_features(tmp_path, longer, PixelCodec(), 32, progress=False)
     with pytest.raises(ValueError, match=r"(?s)vae_features_32.*scale_factor: cache has 1.0, this run has 0.5"):
         extract_features(tmp_path, encoder, PixelCodec(scale_factor=0.5), 32, progress=False)
+    latent = tmp_path / "vae_features_32" / "a.npy"
+    latent_mtime = latent.stat().st_mtime_ns
     report = extract_features(tmp_path, longer, PixelCodec(), 32, progress=False, redo=True)
+    # only the stale cache (the captions) is redone; the image latents match their producer and stay
+    assert (report.captions, report.latents, report.existing) == (2, 0, 2)
+    assert latent.stat().st_mtime_ns == latent_mtime
+    report = extract_features(tmp_path, longer, PixelCodec(), 32, progress=False, redo="all")
     assert (report.captions, report.latents, report.existing) == (2, 2, 0)
+    with pytest.raises(ValueError, match="redo"):
+        extract_features(tmp_path, longer, PixelCodec(), 32, progress=False, redo="everything")
     with np.load(tmp_path / "caption_features" / "a.npz") as npz:
         assert npz["caption_feature"].shape == (1, MAX_LENGTH + 4, 64)
     assert json.loads((tmp_path / "caption_features" / "meta.json").read_text())["max_length"] == MAX_LENGTH + 4

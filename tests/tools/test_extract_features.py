@@ -79,5 +79,7 @@ def test_canny_thresholds_are_recorded_and_a_change_needs_redo(base_args, tmp_pa
     )
     with pytest.raises(ValueError, match="canny_l2_gradient: cache has True, this run has False"):
         main(canny[:-1])
-    assert main(canny[:-1] + ["--redo"]) == 0
+    assert main(canny[:-1] + ["--redo"]) == 0  # only the stale control cache is redone
+    assert f"wrote 0 caption, 0 latent, {N} control files" in capsys.readouterr().out.splitlines()[-1]
+    assert main(canny[:-1] + ["--redo", "all"]) == 0
     assert f"wrote {N} caption, {N} latent, {N} control files" in capsys.readouterr().out.splitlines()[-1]
