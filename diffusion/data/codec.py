@@ -10,13 +10,16 @@ Interface (both classes): ``encode(images in [-1, 1], (B, 3, H, W)) -> (mean, st
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 from torch import nn
 
 from diffusion.registry import CODECS
+
+if TYPE_CHECKING:
+    import diffusers
 
 
 @CODECS.register_module()
@@ -51,9 +54,14 @@ class AutoencoderKLCodec(nn.Module):
     """
 
     def __init__(
-        self, path: str | Path | AutoencoderKL, scale_factor: float | None = None, dtype: torch.dtype = torch.float32
+        self,
+        path: "str | Path | diffusers.AutoencoderKL",
+        scale_factor: float | None = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         super().__init__()
+        from diffusers import AutoencoderKL  # imported on use: diffusers takes seconds to import
+
         if isinstance(path, AutoencoderKL):
             self.vae = path if path.dtype == dtype else path.to(dtype)
         else:
@@ -88,6 +96,8 @@ class AutoencoderKLCodec(nn.Module):
 def make_tiny_vae(path: str | Path, seed: int = 0, scaling_factor: float = 0.18215) -> Path:
     """Save a small randomly initialised diffusers ``AutoencoderKL`` (4 latent channels, downsample 2) to ``path``,
     in the real format, so the VAE-latent path (``AutoencoderKLCodec``) can be run end to end without downloads."""
+    from diffusers import AutoencoderKL
+
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         vae = AutoencoderKL(

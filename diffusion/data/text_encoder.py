@@ -9,14 +9,16 @@ shuffled and null captions agreed to 3 digits after 1000 steps).
 """
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-from transformers import AutoTokenizer, PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
 from diffusion.data.captions import clean_caption as clean
 from diffusion.data.embedded import caption_words
 from diffusion.model.onednn import onednn_linears
+
+if TYPE_CHECKING:  # transformers takes seconds to import: on use only
+    from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
 SPECIAL_TOKENS = ("<pad>", "</s>", "<unk>")  # T5's pad / eos / unk, ids 0, 1, 2
 
@@ -35,7 +37,7 @@ class TextEncoder:
     def __init__(
         self,
         tokenizer,
-        model: T5EncoderModel,
+        model: "T5EncoderModel",
         max_length: int = 120,
         clean_caption: bool = True,
         path: str | Path | None = None,
@@ -59,6 +61,8 @@ class TextEncoder:
         path = Path(path)
         if not (path / "config.json").is_file():
             raise FileNotFoundError(f"no T5 encoder at {path} (expected {path / 'config.json'})")
+        from transformers import AutoTokenizer, T5EncoderModel
+
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         model = T5EncoderModel.from_pretrained(str(path), dtype=dtype, local_files_only=True).to(device)
         return cls(tokenizer, model, max_length, clean_caption=clean_caption, path=path)
@@ -126,6 +130,8 @@ def make_tiny_text_encoder(
     """Build a small randomly initialised T5 encoder with a word-level tokenizer over ``words`` (default: the
     embedded captions' words) and save both to ``path`` so :meth:`TextEncoder.from_pretrained` loads it like T5-XXL.
     The same seed gives the same bytes; the global RNG state is left untouched."""
+    from transformers import T5Config, T5EncoderModel
+
     path = Path(path)
     tokenizer = word_tokenizer(words if words is not None else caption_words())
     config = T5Config(
@@ -149,8 +155,11 @@ def make_tiny_text_encoder(
     return path
 
 
-def word_tokenizer(words: list[str]) -> PreTrainedTokenizerFast:
+def word_tokenizer(words: list[str]) -> "PreTrainedTokenizerFast":
     """Lower-cased whitespace words -> ids (unknown words -> ``<unk>``), EOS appended, T5's special-token ids."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab.update({w: len(SPECIAL_TOKENS) + i for i, w in enumerate(sorted(set(words) - set(SPECIAL_TOKENS)))})
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
