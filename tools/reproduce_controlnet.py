@@ -21,7 +21,8 @@ A run of the LCM method on a ControlNet (row ``b``, ``configs/controlnet/tiny_co
 it is; route (b), the same after the consistency distillation with the control passed; all LCM rows at 4 steps.
 ``--curve WORK_DIR`` (or the name of a ``--train`` row) adds edge F1 against training step over every checkpoint of
 that run (the paper's "sudden convergence", §4.4). Writes ``table.md``, ``results.json``, ``grid.png`` (matched),
-``grid_conflict.png`` and ``plot.png`` under ``--out``.
+``grid_conflict.png`` and ``plot.png`` under ``--out``. The sampling and the metrics are
+tools/controlnet_evaluation.py.
 
     python tools/reproduce_controlnet.py --train --curve n3    # the README's ablation rows: 150 steps x batch 16
     python tools/reproduce_controlnet.py --run "N=3=output/tiny_controlnet_run" --curve output/tiny_controlnet_run
@@ -43,91 +44,21 @@ from mmengine.config import Config  # noqa: E402
 
 from diffusion.build import load_pipeline  # noqa: E402
 from diffusion.data.annotators import to_control_image  # noqa: E402
-from diffusion.data.embedded import all_attribute_combinations, caption, render  # noqa: E402
-from diffusion.engine.checkpoint import find_latest, list_checkpoints  # noqa: E402
+from diffusion.engine.checkpoint import find_latest  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.eval import (  # noqa: E402
-    attribute_accuracy,
-    build_feature_extractor,
-    compute_statistics,
-    extract_features,
-    frechet_distance,
-    statistics_of,
-)
+from diffusion.eval import build_feature_extractor, statistics_of  # noqa: E402
 from diffusion.eval.edges import generated_edge_f1  # noqa: E402
 from diffusion.pipeline import Pipeline  # noqa: E402
 from tools.controlnet_ablation import ROW_NAMES, select_rows, train_rows  # noqa: E402
-
-SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
-LCM = dict(name="lcm", steps=4)  # routes (a) and (b): the 4-step LCM sampler, no CFG
-DPM14 = dict(SAMPLER, steps=14)
-GRID = 8
-
-
-def eval_set(num: int, seed: int = 1) -> dict:
-    """``num`` rendered shapes (seeded, not the training images): prompts, conflicting prompts, images, edges."""
-    combos = all_attribute_combinations()
-    order = np.random.default_rng(seed).permutation(len(combos))
-    chosen = [combos[order[i % len(combos)]] for i in range(num)]
-    images, edges = zip(*(render(a, 32) for a in chosen))
-    # conflicting caption: another shape at another position (colours and backgrounds kept, so FID stays fair)
-    others = [
-        dict(a, shape=chosen[(i + 1) % num]["shape"], position=chosen[(i + 2) % num]["position"])
-        for i, a in enumerate(chosen)
-    ]
-    return dict(
-        prompts=[caption(a) for a in chosen],
-        conflict=[caption(a) for a in others],
-        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
-        edges=torch.from_numpy(np.stack(edges))[:, None].float() / 255.0,  # (N, 1, H, W) in {0, 1}
-    )
-
-
-def generate(
-    pipe: Pipeline, prompts: list[str], control: torch.Tensor | None, batch: int, sampler: dict = SAMPLER
-) -> torch.Tensor:
-    out = []
-    for b, i in enumerate(range(0, len(prompts), batch)):
-        extra = {} if control is None else {"control": control[i : i + batch]}
-        out.append(pipe(prompts[i : i + batch], seed=b, **sampler, **extra))
-    return torch.cat(out)
-
-
-def evaluate(
-    pipe, data, controlled: bool, batch: int, extractor, classifier, ref, sampler: dict = SAMPLER
-) -> tuple[dict, dict]:
-    control = to_control_image(data["edges"]) if controlled else None
-    matched = generate(pipe, data["prompts"], control, batch, sampler)
-    conflict = generate(pipe, data["conflict"], control, batch, sampler)
-    mu, sigma = compute_statistics(extract_features(extractor, matched.split(batch), progress=False))
-    acc = attribute_accuracy(classifier, matched, data["prompts"])
-    row = dict(
-        f1=generated_edge_f1(matched, data["edges"]).mean().item(),
-        f1_conflict=generated_edge_f1(conflict, data["edges"]).mean().item(),
-        fid=frechet_distance(mu, sigma, *ref),
-        attr_all=acc["all"],
-    )
-    return row, dict(matched=matched[:GRID], conflict=conflict[:GRID])
-
-
-def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pipeline) -> list[tuple]:
-    """``(setting, pipeline, controlled, sampler, step)`` of the 4-step controllable LCM group of a route-(b) run
-    ``cfg`` (the LCM method on a ControlNet; base ``load_from`` = the LCM student, ``controlnet.load_from`` = the
-    ControlNet trained on the teacher, ``method.teacher_load_from`` = the teacher)."""
-    start = cfg.controlnet.get("load_from")
-    if not start or not cfg.method.get("teacher_load_from"):
-        raise SystemExit(f"{label}: a route-(b) run needs controlnet.load_from and method.teacher_load_from")
-    # built once, sampled at 14 and at 20 steps
-    on_teacher = load_pipeline(Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from}), like=teacher)
-    step = int(checkpoint.name.split("_")[-1])
-    student = load_pipeline({**cfg, "controlnet": None}, like=teacher)
-    return [
-        ("LCM student 4 steps, no control", student, False, LCM, None),
-        ("teacher + its ControlNet, DPM-Solver++ 14 steps", on_teacher, True, DPM14, None),
-        ("teacher + its ControlNet, DPM-Solver++ 20 steps", on_teacher, True, SAMPLER, None),
-        ("route (a): that ControlNet on the LCM student, 4 steps", load_pipeline(cfg, like=teacher), True, LCM, 0),
-        (f"{label}, 4 steps", load_pipeline(cfg, checkpoint, like=teacher), True, LCM, step),
-    ]
+from tools.controlnet_evaluation import (  # noqa: E402
+    GRID,
+    LCM,
+    SAMPLER,
+    controllable_lcm_rows,
+    edge_f1_curve,
+    eval_set,
+    evaluate,
+)
 
 
 def run_config(work_dir: Path) -> Config:
@@ -257,23 +188,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.curve:
         small = {k: v[: args.curve_images] for k, v in data.items()}
         cfg = run_config(Path(args.curve))
-        lcm = cfg.method.type == "LCMDistillation"  # a route-(b) run: 4 LCM steps; its step 0 is route (a)
-        checkpoints = ([None] if lcm else []) + list_checkpoints(Path(args.curve) / "checkpoints")
-        for checkpoint in checkpoints:
-            pipe = load_pipeline(cfg, checkpoint, like=teacher)
-            control = to_control_image(small["edges"])
-            f1 = [
-                generated_edge_f1(
-                    generate(pipe, small[k], control, args.batch_size, LCM if lcm else SAMPLER), small["edges"]
-                )
-                .mean()
-                .item()
-                for k in ("prompts", "conflict")
-            ]
-            step = 0 if checkpoint is None else int(checkpoint.name.split("_")[-1])
-            curve.append(dict(step=step, f1=f1[0], f1_conflict=f1[1]))
-            print(json.dumps(curve[-1]), flush=True)
-        if lcm:
+        curve = edge_f1_curve(Path(args.curve), cfg, small, teacher, args.batch_size)
+        if cfg.method.type == "LCMDistillation":  # a route-(b) run: its step 0 is route (a)
             base, xlabel = (curve[0]["f1"], curve[0]["f1_conflict"]), "0 = route (a)"
     save_grid(torch.cat(grids["matched"]), out / "grid.png", columns=GRID)
     save_grid(torch.cat(grids["conflict"]), out / "grid_conflict.png", columns=GRID)

@@ -1,0 +1,117 @@
+"""The evaluation of a ControlNet setting for tools/reproduce_controlnet.py (PixArt-delta §4.2-4.4): the rendered
+evaluation set, sampling with and without control, edge F1 / FID / attribute accuracy of one pipeline, the 4-step
+controllable LCM group of a route-(b) run, and edge F1 against training step over a run's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmengine.config import Config
+
+from diffusion.build import load_pipeline
+from diffusion.data.annotators import to_control_image
+from diffusion.data.embedded import all_attribute_combinations, caption, render
+from diffusion.engine.checkpoint import list_checkpoints
+from diffusion.eval import attribute_accuracy, compute_statistics, extract_features, frechet_distance
+from diffusion.eval.edges import generated_edge_f1
+from diffusion.pipeline import Pipeline
+
+SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
+LCM = dict(name="lcm", steps=4)  # routes (a) and (b): the 4-step LCM sampler, no CFG
+DPM14 = dict(SAMPLER, steps=14)
+GRID = 8
+
+
+def eval_set(num: int, seed: int = 1) -> dict:
+    """``num`` rendered shapes (seeded, not the training images): prompts, conflicting prompts, images, edges."""
+    combos = all_attribute_combinations()
+    order = np.random.default_rng(seed).permutation(len(combos))
+    chosen = [combos[order[i % len(combos)]] for i in range(num)]
+    images, edges = zip(*(render(a, 32) for a in chosen))
+    # conflicting caption: another shape at another position (colours and backgrounds kept, so FID stays fair)
+    others = [
+        dict(a, shape=chosen[(i + 1) % num]["shape"], position=chosen[(i + 2) % num]["position"])
+        for i, a in enumerate(chosen)
+    ]
+    return dict(
+        prompts=[caption(a) for a in chosen],
+        conflict=[caption(a) for a in others],
+        images=torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous(),
+        edges=torch.from_numpy(np.stack(edges))[:, None].float() / 255.0,  # (N, 1, H, W) in {0, 1}
+    )
+
+
+def generate(
+    pipe: Pipeline, prompts: list[str], control: torch.Tensor | None, batch: int, sampler: dict = SAMPLER
+) -> torch.Tensor:
+    """``prompts`` sampled ``batch`` at a time (seed: the batch's index), under ``control`` ((N, 3, H, W) uint8) when
+    given."""
+    out = []
+    for b, i in enumerate(range(0, len(prompts), batch)):
+        extra = {} if control is None else {"control": control[i : i + batch]}
+        out.append(pipe(prompts[i : i + batch], seed=b, **sampler, **extra))
+    return torch.cat(out)
+
+
+def evaluate(
+    pipe, data, controlled: bool, batch: int, extractor, classifier, ref, sampler: dict = SAMPLER
+) -> tuple[dict, dict]:
+    """``data``'s matched and conflicting prompts sampled by ``pipe`` (under its edge maps when ``controlled``): the
+    row (edge F1 of each, FID against ``ref`` = (mu, sigma), all-attributes accuracy) and the first ``GRID`` images."""
+    control = to_control_image(data["edges"]) if controlled else None
+    matched = generate(pipe, data["prompts"], control, batch, sampler)
+    conflict = generate(pipe, data["conflict"], control, batch, sampler)
+    mu, sigma = compute_statistics(extract_features(extractor, matched.split(batch), progress=False))
+    acc = attribute_accuracy(classifier, matched, data["prompts"])
+    row = dict(
+        f1=generated_edge_f1(matched, data["edges"]).mean().item(),
+        f1_conflict=generated_edge_f1(conflict, data["edges"]).mean().item(),
+        fid=frechet_distance(mu, sigma, *ref),
+        attr_all=acc["all"],
+    )
+    return row, dict(matched=matched[:GRID], conflict=conflict[:GRID])
+
+
+def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pipeline) -> list[tuple]:
+    """``(setting, pipeline, controlled, sampler, step)`` of the 4-step controllable LCM group of a route-(b) run
+    ``cfg`` (the LCM method on a ControlNet; base ``load_from`` = the LCM student, ``controlnet.load_from`` = the
+    ControlNet trained on the teacher, ``method.teacher_load_from`` = the teacher)."""
+    start = cfg.controlnet.get("load_from")
+    if not start or not cfg.method.get("teacher_load_from"):
+        raise SystemExit(f"{label}: a route-(b) run needs controlnet.load_from and method.teacher_load_from")
+    # built once, sampled at 14 and at 20 steps
+    on_teacher = load_pipeline(Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from}), like=teacher)
+    step = int(checkpoint.name.split("_")[-1])
+    student = load_pipeline({**cfg, "controlnet": None}, like=teacher)
+    return [
+        ("LCM student 4 steps, no control", student, False, LCM, None),
+        ("teacher + its ControlNet, DPM-Solver++ 14 steps", on_teacher, True, DPM14, None),
+        ("teacher + its ControlNet, DPM-Solver++ 20 steps", on_teacher, True, SAMPLER, None),
+        ("route (a): that ControlNet on the LCM student, 4 steps", load_pipeline(cfg, like=teacher), True, LCM, 0),
+        (f"{label}, 4 steps", load_pipeline(cfg, checkpoint, like=teacher), True, LCM, step),
+    ]
+
+
+def edge_f1_curve(work_dir: Path, cfg: Config, data: dict, teacher: Pipeline, batch: int) -> list[dict]:
+    """``[dict(step, f1, f1_conflict)]`` over every checkpoint of the run ``work_dir`` (its config ``cfg``) on ``data``
+    (an :func:`eval_set`); a route-(b) run samples 4 LCM steps and starts at step 0, route (a)."""
+    curve = []
+    lcm = cfg.method.type == "LCMDistillation"  # a route-(b) run: 4 LCM steps; its step 0 is route (a)
+    checkpoints = ([None] if lcm else []) + list_checkpoints(work_dir / "checkpoints")
+    for checkpoint in checkpoints:
+        pipe = load_pipeline(cfg, checkpoint, like=teacher)
+        control = to_control_image(data["edges"])
+        f1 = [
+            generated_edge_f1(generate(pipe, data[k], control, batch, LCM if lcm else SAMPLER), data["edges"])
+            .mean()
+            .item()
+            for k in ("prompts", "conflict")
+        ]
+        step = 0 if checkpoint is None else int(checkpoint.name.split("_")[-1])
+        curve.append(dict(step=step, f1=f1[0], f1_conflict=f1[1]))
+        print(json.dumps(curve[-1]), flush=True)
+    return curve
