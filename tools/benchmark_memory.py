@@ -1,21 +1,30 @@
 """Peak memory of training and inference: PixArt-delta Table 1 / §3.3 (training) and §4 (8-bit inference in 8 GB).
 
-Rows, each measured in a fresh subprocess so that one row's allocations never count towards another's:
-  lcm-*       one LCM distillation step (``LCMDistillation``, the LCM config's PixArtMS-XL/2 with gradient
-              checkpointing) at 1024², batch 12: fp32 student + AdamW, frozen teacher and EMA target kept in fp32
-              (as the official code and our trainer do), or in bf16 / fp16 (the lean setting); fp16 runs with a
-              GradScaler as on the paper's V100s;
-  teacher-*   one PixArt-alpha diffusion-loss step of the same network (what the teacher costs to fine-tune);
-  controlnet  ControlNet-Transformer training (N = 13 trainable copies, frozen base in bf16) at the same size;
-  infer-*     LCM 4-step inference of one 1024² image with T5-XXL in bf16 or int8 (``--text-encoder-8bit``), the
-              transformer in bf16 and the SD VAE; ``lean``: T5 offloaded after encoding, VAE decoded in tiles.
-Each row is split into weights / gradients / optimizer state (bytes of the tensors) and the rest of the peak
-(activations, workspaces, allocator slack). On a GPU the peak is ``torch.cuda.max_memory_allocated`` at the real
-sizes; on a CPU it is the process's resident memory, sampled every 2 ms, above what it held before building, at the
-reduced size of ``diffusion.bench.SIZES['cpu']`` (it says so).
+Two modes, one accounting (``diffusion.bench.memory``):
+
+Synthetic rows (the default): one LCM distillation step with fp32 or half-precision frozen copies, a teacher step, a
+ControlNet step and 1024² inference with bf16 or int8 T5 (``diffusion.bench.memory_rows`` lists them), each in a fresh
+subprocess so that one row's allocations never count towards another's. Each row is split into weights / gradients /
+optimizer state (bytes of the tensors) and the rest of the peak (activations, workspaces, allocator slack). On a GPU
+the peak is ``torch.cuda.max_memory_allocated`` at the real sizes; on a CPU it is the process's resident memory,
+sampled every 2 ms, above what it held before building, at the reduced size of ``diffusion.bench.SIZES['cpu']``.
 
     python tools/benchmark_memory.py                          # CPU, reduced size
     python tools/benchmark_memory.py --device cuda            # GPU, the paper's sizes
+
+Trainer run (``--trainer CONFIG``): a short run of the real trainer, per rank (torchrun-able): the peak resident set
+size of the process (``getrusage``), the peak above the run's start (as for the rows), the peak CUDA allocation on a
+GPU, and MiB of the model tensors the trainer holds by owner (the trained network, the method's frozen networks, the
+EMA shadow, optimizer state, validation), counting only this rank's shards under FSDP; so that a change of the
+trainer can be measured.
+
+    python tools/benchmark_memory.py --trainer configs/lcm/tiny_lcm.py --random-teacher --steps 4 \\
+        --json output/memory/one.json
+    torchrun --nproc_per_node 2 tools/benchmark_memory.py --trainer configs/lcm/tiny_lcm.py --random-teacher \\
+        --steps 4 --cfg-options train.parallel=fsdp --json output/memory/fsdp.json
+
+``--random-teacher`` writes a random ``cfg.model`` as the teacher (for enlarged tiny models via ``--cfg-options
+model.hidden_size=...``); ``--embedded-num N`` builds the embedded default with N images next to the work dir.
 """
 
 from __future__ import annotations
@@ -24,199 +33,28 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import torch
+from mmengine.config import DictAction
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion.bench import PROMPTS, get_size, machine, random_pixart, random_t5, random_vae  # noqa: E402
+from diffusion.bench import get_size, machine  # noqa: E402
+from diffusion.bench.memory import (  # noqa: E402
+    MIB,
+    Peak,
+    held_bytes,
+    process_peaks,
+    ranks_markdown,
+    rows_markdown,
+    trainer_owners,
+    write_json,
+)
+from diffusion.bench.memory_rows import BATCH, PAPER, ROWS, run_row  # noqa: E402
 
-GB = 1024**3
-HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# row -> (kind, autocast dtype, dtype of the frozen copies)
-ROWS = {
-    "lcm-fp16-fp32copies": ("lcm", "fp16", "fp32"),
-    "lcm-fp16": ("lcm", "fp16", "fp16"),
-    "lcm-bf16": ("lcm", "bf16", "bf16"),
-    "teacher-fp16": ("teacher", "fp16", None),
-    "teacher-bf16": ("teacher", "bf16", None),
-    "controlnet-bf16": ("controlnet", "bf16", "bf16"),
-    "infer-bf16": ("infer", "bf16", "bf16"),
-    "infer-int8-lean": ("infer", "bf16", "int8"),
-}
-PAPER = {
-    "lcm": "~32 GB / V100 (Table 1); < 24 GB (Fig. 8); target ≤ 20 GB",
-    "teacher": "—",
-    "controlnet": "16 × V100 32 GB (§4)",
-    "infer": "within 8 GB with 8-bit T5 (§4); target < 7.5 GB",
-}
-# Per size: training batch and ControlNet depth N; (full = the paper's 12 images per GPU and N = 13).
-BATCH = {"full": 12, "cpu": 2, "tiny": 2}
-
-
-def tensor_bytes(t: torch.Tensor) -> int:
-    """Bytes a tensor holds, looking inside tensor subclasses (torchao's int8 weights: data + scales)."""
-    if hasattr(t, "__tensor_flatten__"):
-        names, _ = t.__tensor_flatten__()
-        return sum(tensor_bytes(getattr(t, n)) for n in names)
-    return t.numel() * t.element_size()
-
-
-def module_bytes(*modules: torch.nn.Module) -> int:
-    return sum(tensor_bytes(t) for m in modules for t in [*m.parameters(), *m.buffers()])
-
-
-class Peak:
-    """Peak memory of the enclosed code above a baseline: CUDA allocator, or resident memory sampled on a thread."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-
-    def now(self) -> int:
-        if self.cuda:
-            return torch.cuda.memory_allocated()
-        import psutil
-
-        return psutil.Process().memory_info().rss
-
-    def __enter__(self):
-        self.peak, self.running = self.now(), True
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-        else:
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self.now())
-            time.sleep(0.002)
-
-    def __exit__(self, *exc):
-        if self.cuda:
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated()
-        else:
-            self.running = False
-            self.thread.join()
-            self.peak = max(self.peak, self.now())
-
-
-def fake_batch(size, batch: int, device: str) -> dict:
-    """Latents (B, 4, H/8, W/8), 120-token captions with 20 valid, micro-conditions: what the trainer feeds."""
-    g = torch.Generator().manual_seed(0)
-    side, channels = size.resolution // 8, size.model.get("caption_channels", 4096)
-    mask = torch.zeros(batch, 120, dtype=torch.long)
-    mask[:, :20] = 1
-    hw = torch.full((batch, 2), float(size.resolution))
-    batch = dict(
-        x0=torch.randn(batch, 4, side, side, generator=g),
-        y=torch.randn(batch, 1, 120, channels, generator=g),
-        y_mask=mask,
-        data_info={"img_hw": hw, "aspect_ratio": torch.ones(batch, 1)},
-    )
-    return {
-        k: v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()} for k, v in batch.items()
-    }
-
-
-def train_row(args, kind: str, amp: str, frozen: str | None) -> dict:
-    """Two optimizer steps as ``Trainer.train_step`` takes them; the peak covers both (the second holds the Adam
-    state the first created)."""
-    from diffusion.methods import DiffusionLoss, LCMDistillation
-
-    device, size = args.device, get_size(args.size)
-    base = Peak(device).now()
-    model = random_pixart(size, grad_checkpointing=True).to(device).train()
-    frozen_modules = []
-    if kind == "controlnet":  # N = 13 trainable copies (at most depth - 1 in a reduced model), frozen base
-        from diffusion.model.controlnet import wrap_controlnet
-
-        model = wrap_controlnet(model, "transformer", min(13, len(model.blocks) - 1)).to(device).train()
-        if frozen != "fp32":
-            model.base_model.to(HALF[frozen])  # the frozen base in half precision, the copies in fp32
-        method = DiffusionLoss(model)
-    elif kind == "lcm":
-        method = LCMDistillation(model, w=4.5).to(device)
-        if frozen != "fp32":
-            method.teacher.to(HALF[frozen])
-            method.target.to(HALF[frozen])
-        frozen_modules = [method.teacher, method.target]
-    else:
-        method = DiffusionLoss(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.startswith("cuda")  # one kernel for all parameters, no per-parameter temporaries
-    optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, eps=1e-10, fused=fused or None)
-    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
-    batch = fake_batch(size, BATCH[args.size], device)
-    if kind == "controlnet":
-        batch["c"] = torch.randn_like(batch["x0"])  # the control latent (HED map through the VAE)
-    weights = module_bytes(model, *frozen_modules)
-    with Peak(device) as peak:
-        for _ in range(2):
-            with torch.autocast(torch.device(device).type, dtype=HALF[amp]):
-                loss, _ = method(model, batch)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 0.01)
-            scaler.step(optimizer)
-            scaler.update()
-            grads = sum(tensor_bytes(p.grad) for p in params if p.grad is not None)
-            optimizer.zero_grad(set_to_none=True)
-            ema_step(method, model)
-    state = sum(tensor_bytes(v) for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
-    return dict(weights=weights, grads=grads, optimizer=state, peak=peak.peak - base, loss=float(loss))
-
-
-def ema_step(method, model) -> None:
-    """The target EMA; with a half-precision target the student is cast first (``_foreach_lerp_`` needs one dtype).
-    A bf16 target rounds away updates below 2^-8 of a weight: the memory row shows the cost, not a recommendation."""
-    target = getattr(method, "_target", None)
-    if target is None:
-        return
-    t = [p for p in target[0].parameters()]
-    if t[0].dtype == torch.float32:
-        method.after_optimizer_step(model)
-        return
-    with torch.no_grad():
-        for tp, sp in zip(t, model.parameters()):
-            tp.lerp_(sp.detach().to(tp.dtype), 1.0 - method.ema_decay)
-
-
-def infer_row(args, t5_dtype: str) -> dict:
-    """One LCM 4-step image at ``size.resolution``; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
-    from diffusion.data import AutoencoderKLCodec
-    from diffusion.pipeline import Pipeline
-
-    device, size = args.device, get_size(args.size)
-    base = Peak(device).now()
-    lean = t5_dtype == "int8"
-    text_encoder = random_t5(size, "cpu" if lean else device, torch.bfloat16)
-    if lean:
-        text_encoder.quantize_8bit()
-    model = random_pixart(size).to(device, torch.bfloat16).eval().requires_grad_(False)
-    codec = AutoencoderKLCodec(random_vae(size, device, torch.bfloat16), dtype=torch.bfloat16)
-    if lean:
-        codec.set_lean_decode(True)
-    pipe = Pipeline(model, text_encoder, codec, size.resolution, offload_text_encoder=lean)
-    weights = module_bytes(text_encoder.model, model, codec)
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
-    with Peak(device) as peak, torch.no_grad():
-        pipe(list(PROMPTS[:1]), seed=0, name="lcm", steps=4)
-    return dict(weights=weights, grads=0, optimizer=0, peak=peak.peak - base)
-
-
-def child(args) -> dict:
-    kind, amp, frozen = ROWS[args.child]
-    if kind == "infer":
-        return infer_row(args, frozen)
-    return train_row(args, kind, amp, frozen)
+# Options of the trainer run (an error without --trainer) and their defaults.
+TRAINER_DEFAULTS = dict(steps=4, work_dir="output/memory/run", random_teacher=False, embedded_num=256, cfg_options={})
 
 
 def run_rows(args) -> dict:
@@ -240,37 +78,89 @@ def run_rows(args) -> dict:
     return dict(machine=machine(), size=get_size(args.size).describe(), batch=BATCH[args.size], rows=results)
 
 
-def markdown(result: dict) -> str:
-    cpu = "CPU" in result["machine"]
-    peak_name = "peak RSS above start" if cpu else "peak allocated"
-    lines = [
-        f"Machine: {result['machine']}; {result['size']}; training batch {result['batch']}, inference batch 1"
-        + ("; CPU: reduced size, resident memory (not the paper's GPU numbers)" if cpu else ""),
-        "",
-        f"| row | weights (GB) | grads (GB) | optimizer (GB) | activations, rest (GB) | {peak_name} (GB) | paper |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row, r in result["rows"].items():
-        paper = PAPER[ROWS[row][0]]
-        if "error" in r:
-            lines.append(f"| {row} | skipped: {r['error']} | | | | | {paper} |")
-            continue
-        rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
-        cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
-        lines.append(f"| {row} | " + " | ".join(f"{c / GB:.2f}" for c in cells) + f" | {paper} |")
-    return "\n".join(lines)
+def trainer_config(args):
+    """The config with the run's overrides; rank 0 writes the random teacher and the embedded default first."""
+    from mmengine.config import Config
+    from safetensors.torch import save_file
+
+    from diffusion.engine import dist
+    from diffusion.registry import MODELS
+
+    cfg = Config.fromfile(args.trainer)
+    cfg.merge_from_dict(args.cfg_options)
+    work_dir = Path(args.work_dir)
+    embedded = cfg.data.get("root") == "output/embedded_data"
+    data_root = work_dir.parent / f"embedded_data_{args.embedded_num}"
+    if dist.is_main():
+        work_dir.mkdir(parents=True, exist_ok=True)
+        if embedded:
+            from diffusion.data import ensure_embedded_default
+
+            ensure_embedded_default(data_root, num=args.embedded_num, text_encoder_path=cfg.text_encoder["path"])
+        if args.random_teacher:
+            torch.manual_seed(0)
+            model = MODELS.build(dict(cfg.model))
+            state = {k: v.contiguous() for k, v in model.state_dict().items()}
+            save_file(state, str(work_dir / "teacher.safetensors"))
+    dist.barrier()
+    if embedded:
+        cfg.data.root = str(data_root)
+    if args.random_teacher:
+        cfg.load_from = str(work_dir / "teacher.safetensors")
+    cfg.merge_from_dict({"train.max_steps": args.steps, "checkpoint.every": 10**9})
+    if cfg.get("validation"):
+        cfg.merge_from_dict({"validation.every": 10**9})  # only the final grid
+    return cfg
+
+
+def run_trainer(args) -> dict:
+    """``args.steps`` optimizer steps of the real trainer (one validation grid at the end); every rank's report."""
+    from diffusion.engine import Trainer, dist
+
+    device = dist.init()
+    cfg = trainer_config(args)
+    base = Peak(device).now()
+    with Peak(device) as peak:
+        trainer = Trainer(cfg, Path(args.work_dir), resume=None)
+        trainer.train()
+    report = dict(
+        rank=dist.rank(),
+        world=dist.world_size(),
+        parallel=trainer.train_cfg["parallel"],
+        **process_peaks(),
+        peak_above_start_mib=(peak.peak - base) / MIB,
+        tensors_mib={k: v / MIB for k, v in held_bytes(trainer_owners(trainer)).items()},
+    )
+    reports = [report]
+    if dist.is_initialized():
+        reports = [None] * dist.world_size()
+        torch.distributed.all_gather_object(reports, report)
+    return dict(machine=machine(), config=args.trainer, steps=args.steps, ranks=reports)
 
 
 def parse_args(argv: list[str] | None = None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if cuda else "cpu")
-    parser.add_argument("--size", default=None, choices=sorted(BATCH), help="default: full on GPU, else cpu")
-    parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
-    parser.add_argument("--row-timeout", type=float, default=600)
-    parser.add_argument("--json", default=None, help="also write the results here")
-    parser.add_argument("--child", default=None, choices=list(ROWS), help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=None, help="also write the results here (rank 0)")
+    rows = parser.add_argument_group("synthetic rows")
+    rows.add_argument("--device", default="cuda" if cuda else "cpu")
+    rows.add_argument("--size", default=None, choices=sorted(BATCH), help="default: full on GPU, else cpu")
+    rows.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    rows.add_argument("--row-timeout", type=float, default=600)
+    rows.add_argument("--child", default=None, choices=list(ROWS), help=argparse.SUPPRESS)
+    run = parser.add_argument_group("trainer run")
+    run.add_argument("--trainer", default=None, metavar="CONFIG", help="measure a short run of this config instead")
+    run.add_argument("--steps", type=int, help="optimizer steps (one validation grid at the end); default 4")
+    run.add_argument("--work-dir", help=f"default {TRAINER_DEFAULTS['work_dir']}")
+    run.add_argument("--random-teacher", action="store_true", help="a random cfg.model as load_from")
+    run.add_argument("--embedded-num", type=int, help="images of the embedded default, if used; default 256")
+    run.add_argument("--cfg-options", nargs="+", action=DictAction)
     args = parser.parse_args(argv)
+    given = [k for k in TRAINER_DEFAULTS if getattr(args, k) not in (None, False)]
+    if given and args.trainer is None:
+        parser.error(f"--{given[0].replace('_', '-')} belongs to a trainer run: add --trainer CONFIG")
+    for key, default in TRAINER_DEFAULTS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     args.size = args.size or ("full" if args.device.startswith("cuda") else "cpu")
     return args
 
@@ -278,13 +168,21 @@ def parse_args(argv: list[str] | None = None):
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.child:
-        row = child(args)
+        row = run_row(args.child, args.size, args.device)
         print(json.dumps(row), flush=True)
         return row
+    if args.trainer:
+        from diffusion.engine import dist
+
+        result = run_trainer(args)
+        if dist.is_main():
+            print(ranks_markdown(result))
+            write_json(args.json, result)
+        dist.cleanup()
+        return result
     result = run_rows(args)
-    print(markdown(result))
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=1))
+    print(rows_markdown(result, PAPER))
+    write_json(args.json, result)
     return result
 
 

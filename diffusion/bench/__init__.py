@@ -4,7 +4,9 @@ PixArt-delta Table 2 (speed at 1024², batch 1) and §3.3 / Table 1 (memory) are
 ``tools/benchmark_speed.py``, ``tools/benchmark_sampling.py`` and ``tools/benchmark_memory.py`` build the transformer
 from a repo config through :func:`diffusion.build.build_model`, and T5 / the SD VAE from their published configs with
 random weights (nothing is downloaded). A :class:`Size` names what is built; ``SIZES`` holds the full-size
-architectures (GPU), the reduced size the CPU runs use, and a tiny size for the smoke tests.
+architectures (GPU), the reduced size the CPU runs use, and a tiny size for the smoke tests. Memory accounting (bytes
+by owner, peaks, reports) is :mod:`diffusion.bench.memory`; the memory benchmark's synthetic rows are
+:mod:`diffusion.bench.memory_rows`.
 """
 
 from __future__ import annotations

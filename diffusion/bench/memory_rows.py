@@ -1,0 +1,156 @@
+"""The synthetic rows of ``tools/benchmark_memory.py``: PixArt-delta Table 1 / §3.3 (training) and §4 (8-bit
+inference in 8 GB), built from random-weight architectures (:mod:`diffusion.bench`).
+
+  lcm-*       one LCM distillation step (``LCMDistillation``, the LCM config's PixArtMS-XL/2 with gradient
+              checkpointing) at 1024², batch 12: fp32 student + AdamW, frozen teacher and EMA target kept in fp32
+              (as the official code and our trainer do), or in bf16 / fp16 (the lean setting); fp16 runs with a
+              GradScaler as on the paper's V100s;
+  teacher-*   one PixArt-alpha diffusion-loss step of the same network (what the teacher costs to fine-tune);
+  controlnet  ControlNet-Transformer training (N = 13 trainable copies, frozen base in bf16) at the same size;
+  infer-*     LCM 4-step inference of one 1024² image with T5-XXL in bf16 or int8 (``--text-encoder-8bit``), the
+              transformer in bf16 and the SD VAE; ``lean``: T5 offloaded after encoding, VAE decoded in tiles.
+:func:`run_row` returns bytes of weights / gradients / optimizer state and the peak above what the process held before
+building (:class:`~diffusion.bench.memory.Peak`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diffusion.bench import PROMPTS, Size, get_size, random_pixart, random_t5, random_vae
+from diffusion.bench.memory import Peak, module_tensors, optimizer_tensors, tensor_bytes
+
+HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# row -> (kind, autocast dtype, dtype of the frozen copies)
+ROWS = {
+    "lcm-fp16-fp32copies": ("lcm", "fp16", "fp32"),
+    "lcm-fp16": ("lcm", "fp16", "fp16"),
+    "lcm-bf16": ("lcm", "bf16", "bf16"),
+    "teacher-fp16": ("teacher", "fp16", None),
+    "teacher-bf16": ("teacher", "bf16", None),
+    "controlnet-bf16": ("controlnet", "bf16", "bf16"),
+    "infer-bf16": ("infer", "bf16", "bf16"),
+    "infer-int8-lean": ("infer", "bf16", "int8"),
+}
+PAPER_BY_KIND = {
+    "lcm": "~32 GB / V100 (Table 1); < 24 GB (Fig. 8); target ≤ 20 GB",
+    "teacher": "—",
+    "controlnet": "16 × V100 32 GB (§4)",
+    "infer": "within 8 GB with 8-bit T5 (§4); target < 7.5 GB",
+}
+PAPER = {row: PAPER_BY_KIND[kind] for row, (kind, _, _) in ROWS.items()}
+# Per size: training batch and ControlNet depth N; (full = the paper's 12 images per GPU and N = 13).
+BATCH = {"full": 12, "cpu": 2, "tiny": 2}
+
+
+def fake_batch(size: Size, batch: int, device: str) -> dict:
+    """Latents (B, 4, H/8, W/8), 120-token captions with 20 valid, micro-conditions: what the trainer feeds."""
+    g = torch.Generator().manual_seed(0)
+    side, channels = size.resolution // 8, size.model.get("caption_channels", 4096)
+    mask = torch.zeros(batch, 120, dtype=torch.long)
+    mask[:, :20] = 1
+    hw = torch.full((batch, 2), float(size.resolution))
+    batch = dict(
+        x0=torch.randn(batch, 4, side, side, generator=g),
+        y=torch.randn(batch, 1, 120, channels, generator=g),
+        y_mask=mask,
+        data_info={"img_hw": hw, "aspect_ratio": torch.ones(batch, 1)},
+    )
+    return {
+        k: v.to(device) if torch.is_tensor(v) else {a: b.to(device) for a, b in v.items()} for k, v in batch.items()
+    }
+
+
+def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | None) -> dict:
+    """Two optimizer steps as ``Trainer.train_step`` takes them; the peak covers both (the second holds the Adam
+    state the first created)."""
+    from diffusion.methods import DiffusionLoss, LCMDistillation
+
+    size = get_size(size_name)
+    base = Peak(device).now()
+    model = random_pixart(size, grad_checkpointing=True).to(device).train()
+    frozen_modules = []
+    if kind == "controlnet":  # N = 13 trainable copies (at most depth - 1 in a reduced model), frozen base
+        from diffusion.model.controlnet import wrap_controlnet
+
+        model = wrap_controlnet(model, "transformer", min(13, len(model.blocks) - 1)).to(device).train()
+        if frozen != "fp32":
+            model.base_model.to(HALF[frozen])  # the frozen base in half precision, the copies in fp32
+        method = DiffusionLoss(model)
+    elif kind == "lcm":
+        method = LCMDistillation(model, w=4.5).to(device)
+        if frozen != "fp32":
+            method.teacher.to(HALF[frozen])
+            method.target.to(HALF[frozen])
+        frozen_modules = [method.teacher, method.target]
+    else:
+        method = DiffusionLoss(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = device.startswith("cuda")  # one kernel for all parameters, no per-parameter temporaries
+    optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, eps=1e-10, fused=fused or None)
+    scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
+    batch = fake_batch(size, BATCH[size_name], device)
+    if kind == "controlnet":
+        batch["c"] = torch.randn_like(batch["x0"])  # the control latent (HED map through the VAE)
+    weights = tensor_bytes(module_tensors(model, *frozen_modules))
+    with Peak(device) as peak:
+        for _ in range(2):
+            with torch.autocast(torch.device(device).type, dtype=HALF[amp]):
+                loss, _ = method(model, batch)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, 0.01)
+            scaler.step(optimizer)
+            scaler.update()
+            grads = tensor_bytes(p.grad for p in params if p.grad is not None)
+            optimizer.zero_grad(set_to_none=True)
+            ema_step(method, model)
+    state = tensor_bytes(optimizer_tensors(optimizer))
+    return dict(weights=weights, grads=grads, optimizer=state, peak=peak.peak - base, loss=loss.item())
+
+
+def ema_step(method, model) -> None:
+    """The target EMA; with a half-precision target the student is cast first (``_foreach_lerp_`` needs one dtype).
+    A bf16 target rounds away updates below 2^-8 of a weight: the memory row shows the cost, not a recommendation."""
+    target = getattr(method, "_target", None)
+    if target is None:
+        return
+    t = [p for p in target[0].parameters()]
+    if t[0].dtype == torch.float32:
+        method.after_optimizer_step(model)
+        return
+    with torch.no_grad():
+        for tp, sp in zip(t, model.parameters()):
+            tp.lerp_(sp.detach().to(tp.dtype), 1.0 - method.ema_decay)
+
+
+def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
+    """One LCM 4-step image at ``size.resolution``; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
+    from diffusion.data import AutoencoderKLCodec
+    from diffusion.pipeline import Pipeline
+
+    size = get_size(size_name)
+    base = Peak(device).now()
+    lean = t5_dtype == "int8"
+    text_encoder = random_t5(size, "cpu" if lean else device, torch.bfloat16)
+    if lean:
+        text_encoder.quantize_8bit()
+    model = random_pixart(size).to(device, torch.bfloat16).eval().requires_grad_(False)
+    codec = AutoencoderKLCodec(random_vae(size, device, torch.bfloat16), dtype=torch.bfloat16)
+    if lean:
+        codec.set_lean_decode(True)
+    pipe = Pipeline(model, text_encoder, codec, size.resolution, offload_text_encoder=lean)
+    weights = tensor_bytes(module_tensors(text_encoder.model, model, codec))
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    with Peak(device) as peak, torch.no_grad():
+        pipe(list(PROMPTS[:1]), seed=0, name="lcm", steps=4)
+    return dict(weights=weights, grads=0, optimizer=0, peak=peak.peak - base)
+
+
+def run_row(row: str, size_name: str, device: str) -> dict:
+    """One row of ``ROWS`` in this process (the tool runs each in a fresh one)."""
+    kind, amp, frozen = ROWS[row]
+    if kind == "infer":
+        return infer_row(size_name, device, frozen)
+    return train_row(size_name, device, kind, amp, frozen)
