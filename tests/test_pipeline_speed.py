@@ -101,3 +101,28 @@ def test_compiled_pipeline_gives_the_eager_latents(pipe, sampler, steps, cfg):
     eager = pipe.sample_latents(PROMPTS, config, seed=5)
     z = compiled.sample_latents(PROMPTS, config, seed=5)
     torch.testing.assert_close(z, eager, rtol=1e-3, atol=1e-3)  # CFG 4.5 amplifies reordered fp32 sums; bf16 is 1e-2
+
+
+@pytest.mark.parametrize("controlnet", [None, PixArtControlNet, PixArtControlNetUNet])
+def test_a_sharded_model_samples_like_the_unsharded_one(pipe, tmp_path, controlnet):
+    """The trainer's validation grids under FSDP2: the caption reuse must not reach into sharded parameters outside a
+    forward (their projections are DTensors there); the latents equal those of the same network unsharded."""
+    import torch.distributed as torch_dist
+    from torch.distributed.device_mesh import init_device_mesh
+
+    from diffusion.engine import parallel
+
+    model = copy.deepcopy(pipe.model)
+    if controlnet:
+        model = _randomize_projections(controlnet(model, copy_blocks=1).eval())
+    control = {"control": torch.rand(len(PROMPTS), 3, 16, 16)} if controlnet else {}
+    config = SamplerConfig(name="dpm", steps=3, cfg_scale=4.5)
+    plain = pipe.with_model(copy.deepcopy(model)).sample_latents(PROMPTS, config, seed=1, **control)
+    torch_dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        parallel._shard(model, init_device_mesh("cpu", (1,)))
+        assert parallel.is_sharded(model)
+        sharded = pipe.with_model(model).sample_latents(PROMPTS, config, seed=1, **control)
+    finally:
+        torch_dist.destroy_process_group()
+    torch.testing.assert_close(sharded, plain, rtol=1e-5, atol=1e-5)

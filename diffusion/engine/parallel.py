@@ -37,15 +37,23 @@ def wrap(model: nn.Module, parallel: str, device: torch.device, frozen: Sequence
 
 
 def _shard(model: nn.Module, mesh, reshard_root: bool | None = None) -> None:
-    """FSDP2 ``fully_shard`` each transformer block, then the root (its embedders and final layer)."""
-    from torch.distributed.fsdp import fully_shard
+    """FSDP2 ``fully_shard`` each transformer block, then the root (its embedders and final layer).
+
+    The sampling fast path calls ``encode_caption`` (root) and each block's ``caption_kv`` outside ``forward``; they
+    are registered as forward methods, so FSDP gathers the shards they read around them as it does for ``forward``.
+    """
+    from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
     blocks = getattr(model, "fsdp_wrap_modules", None) or getattr(model, "blocks", None)
     if blocks is None:
         raise AttributeError("parallel='fsdp' needs the model to expose `fsdp_wrap_modules` or `blocks`")
     for block in blocks:
         fully_shard(block, mesh=mesh)
+        if hasattr(block, "caption_kv"):
+            register_fsdp_forward_method(block, "caption_kv")
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_root)
+    if hasattr(model, "encode_caption"):
+        register_fsdp_forward_method(model, "encode_caption")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

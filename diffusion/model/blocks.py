@@ -108,6 +108,11 @@ class PixArtBlock(nn.Module):
         x = x + self.cross_attn(x, y, y_attn_mask, kv)
         return self.gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
 
+    def caption_kv(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The cross-attention keys/values of projected caption tokens (B, L, D) -> (2, B, h, L, dh), for ``kv``.
+        A method of the block (not of its attention) so that FSDP2 can gather the block's shards around it."""
+        return self.cross_attn.key_value(tokens)
+
     def gated_residual(self, x: torch.Tensor, gate: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         """x + drop_path(gate * branch); one fused pass when no path is dropped. gate: (B, 1, D)."""
         if self.drop_path.p > 0 and self.training:

@@ -123,6 +123,12 @@ class _ControlWrapper(nn.Module):
     def y_embedder(self) -> nn.Module:
         return self.base_model.y_embedder
 
+    @property
+    def fsdp_wrap_modules(self) -> list[nn.Module]:
+        """FSDP2 units (``train.parallel='fsdp'``): every block of the base and every copy, each sharded on its own;
+        the rest (embedders, final layer, zero projections) goes with the root."""
+        return [*self.base_model.blocks, *(control.copied_block for control in self.controlnet)]
+
     def train(self, mode: bool = True) -> _ControlWrapper:
         """The copies follow ``mode``; the frozen base always stays in eval mode (no dropout of its own)."""
         super().train(mode)
@@ -163,7 +169,7 @@ class _ControlWrapper(nn.Module):
         """The caption's share of every step, once per prompt batch: the base's :meth:`PixArt.encode_caption` plus
         each copy's cross-attention K/V. y (B,1,L,C_text), mask (B,L) -> :class:`ControlCaption` (sampling only)."""
         caption = self.base_model.encode_caption(y, mask)
-        copy_kv = [control.copied_block.cross_attn.key_value(caption.tokens) for control in self.controlnet]
+        copy_kv = [control.copied_block.caption_kv(caption.tokens) for control in self.controlnet]
         return ControlCaption(caption.tokens, caption.attn_mask, caption.kv, copy_kv)
 
     def forward(

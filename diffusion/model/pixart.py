@@ -192,7 +192,7 @@ class PixArt(nn.Module):
         y, attn_mask = trim_caption_padding(y, mask)
         dtype = self.y_embedder.y_proj.fc1.weight.dtype
         tokens = self.y_embedder.y_proj(y.squeeze(1).to(dtype))  # (B, L', D)
-        return EncodedCaption(tokens, attn_mask, [block.cross_attn.key_value(tokens) for block in self.blocks])
+        return EncodedCaption(tokens, attn_mask, [block.caption_kv(tokens) for block in self.blocks])
 
     def run_block(
         self, index: int, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, mask, kv: torch.Tensor | None = None

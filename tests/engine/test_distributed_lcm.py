@@ -63,12 +63,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(cfg: dict, work_dir: Path, *extra: str, crash_after: int | None = None) -> subprocess.CompletedProcess:
+def _torchrun(
+    cfg: dict, work_dir: Path, *extra: str, crash_after: int | None = None, real_pipeline: bool = False
+) -> subprocess.CompletedProcess:
+    """2 gloo ranks of ``train_entry.py``; validation grids from a one-forward stand-in unless ``real_pipeline``."""
     cfg_path = work_dir.parent / f"{work_dir.name}.py"
     Config(cfg).dump(str(cfg_path))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-    env.update(TRAIN_ENTRY_FORWARD_PIPELINE="1")
+    if not real_pipeline:
+        env.update(TRAIN_ENTRY_FORWARD_PIPELINE="1")
     if crash_after is not None:
         env["TRAIN_ENTRY_CRASH_AFTER_STEP"] = str(crash_after)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]

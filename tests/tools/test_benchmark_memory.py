@@ -81,9 +81,7 @@ def test_trainer_run_one_process(root):
 
 
 def test_trainer_run_fsdp_two_ranks_hold_half(root):
-    # validation=None: with the validation pipeline, the trainer's preflight sampling fails under FSDP2 before step 1
-    # (encode_caption runs the root's still-sharded caption projection: "mixed torch.Tensor and DTensor")
-    args = trainer_args(root, "fsdp", "train.parallel=fsdp", "train.ema_rate=0.9", "validation=None")
+    args = trainer_args(root, "fsdp", "train.parallel=fsdp", "train.ema_rate=0.9")  # validation grids included
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", HF_HUB_OFFLINE="1", WANDB_MODE="disabled")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
