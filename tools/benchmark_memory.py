@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -84,6 +85,7 @@ def trainer_config(args):
     from safetensors.torch import save_file
 
     from diffusion.engine import dist
+    from diffusion.engine.checkpoint import CHECKPOINT_SUBDIR
     from diffusion.registry import MODELS
 
     cfg = Config.fromfile(args.trainer)
@@ -93,6 +95,9 @@ def trainer_config(args):
     data_root = work_dir.parent / f"embedded_data_{args.embedded_num}"
     if dist.is_main():
         work_dir.mkdir(parents=True, exist_ok=True)
+        # a scratch run: the previous measurement's checkpoints go, so the trainer starts afresh (it refuses to
+        # start at step 0 over a run's checkpoints)
+        shutil.rmtree(work_dir / CHECKPOINT_SUBDIR, ignore_errors=True)
         if embedded:
             from diffusion.data import ensure_embedded_default
 

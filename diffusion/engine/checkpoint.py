@@ -226,6 +226,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def refuse_fresh_start(work_dir: str | os.PathLike) -> None:
+    """A run started without resuming must not go into a dir that holds another run's checkpoints: it would restart
+    at step 0, and pruning (``keep_last``) would then delete the older run's checkpoints, or its own next to a newer
+    step. FileExistsError naming the dir and its latest checkpoint, before anything is written."""
+    latest = find_latest(work_dir)
+    if latest is not None:
+        raise FileExistsError(
+            f"work dir {work_dir} already holds checkpoints of a run (latest: {latest}): pass --resume auto "
+            "(resume='auto') to continue it, or choose another --work-dir (or delete that one) to start afresh"
+        )
+
+
 def claim_run_dir(work_dir: str | os.PathLike, digest: str, on_other: str = "error") -> Path:
     """Make ``work_dir`` the run dir of whatever ``digest`` names (a config hash, a teacher file hash), so that
     ``--resume auto`` only ever continues a run of the same inputs.

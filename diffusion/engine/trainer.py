@@ -59,6 +59,8 @@ class Trainer(RunValidation, RunCheckpoint):
         self.device = dist.init()
         self.rank, self.world = dist.rank(), dist.world_size()
         resume_dir = self._resolve_resume(resume)
+        if resume is None:
+            ckpt.refuse_fresh_start(self.work_dir)
         method_cls = METHODS.get(cfg.method["type"])
         if getattr(method_cls, "requires_load_from", False) and not cfg.get("load_from"):
             raise KeyError(f"method {cfg.method['type']} distils a pretrained teacher: set the config key 'load_from'")

@@ -40,6 +40,19 @@ def test_bad_config_key_is_named(tmp_path, overrides, name):
         Trainer(tiny_config(**overrides), tmp_path)
 
 
+def test_a_fresh_run_into_a_work_dir_with_checkpoints_is_refused(tmp_path):
+    """Without --resume, a second run in the same dir would restart at step 0 and let keep_last prune the first
+    run's checkpoints (a newer step even prunes the new run's own): it is refused before anything is written."""
+    cfg = tiny_config(train=dict(max_steps=4), checkpoint=dict(every=2, keep_last=1))
+    _train(cfg, tmp_path / "run")
+    before = sorted(p.name for p in (tmp_path / "run").rglob("*"))
+    for max_steps in (6, 2):
+        with pytest.raises(FileExistsError, match=r"(?s)run.*step_0000004.*--resume auto"):
+            Trainer(tiny_config(train=dict(max_steps=max_steps)), tmp_path / "run")
+    assert sorted(p.name for p in (tmp_path / "run").rglob("*")) == before
+    assert _train(tiny_config(train=dict(max_steps=6)), tmp_path / "run", resume="auto").step == 6
+
+
 def test_grad_accumulation_equals_big_batch(tmp_path):
     big = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=4, grad_accum=1, max_steps=3)), tmp_path / "a")
     acc = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=2, grad_accum=2, max_steps=3)), tmp_path / "b")
