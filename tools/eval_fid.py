@@ -5,6 +5,7 @@ steps; PixArt-α/δ report zero-shot FID-30K on MS-COCO).
     python tools/eval_fid.py sample --config configs/pixart/tiny_teacher.py --checkpoint CKPT \
         --prompts prompts.txt --out output/eval/dpm20 --sampler dpm --steps 20 --cfg-scale 4.5
     torchrun --nproc_per_node 8 tools/eval_fid.py sample ...      # sharded by global index, resumable
+        # (a rerun resumes only with the settings in OUT/manifest.json; --overwrite starts over)
     python tools/eval_fid.py calc output/eval/ref.npz output/eval/dpm20      # last line: the FID
     python tools/eval_fid.py clip output/eval/dpm20 --clip PATH/clip-vit-large-patch14   # last line: CLIP score
     python tools/eval_fid.py attributes output/eval/dpm20
@@ -45,6 +46,7 @@ from diffusion.eval import (  # noqa: E402
 from diffusion.eval.attribute_net import DEFAULT_PATH  # noqa: E402
 from diffusion.eval.clip_score import CLIPScorer  # noqa: E402
 from diffusion.eval.images import list_images  # noqa: E402
+from diffusion.eval.manifest import check_sample_folder, config_sha256, file_identity  # noqa: E402
 from diffusion.pipeline import SAMPLERS  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -88,6 +90,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--batch-size", type=int, default=16, help="per rank; the images depend on it")
     sample.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
+    sample.add_argument(
+        "--overwrite", action="store_true", help="delete OUT's PNGs first (a folder made with other settings)"
+    )
     sample.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     calc = sub.add_parser("calc", help="FID between two image folders / dataset roots / .npz statistics")
     calc.add_argument("a")
@@ -129,9 +134,14 @@ def sample(args: argparse.Namespace) -> None:
         cfg = Config.fromfile(args.config)
         pipe = load_pipeline(cfg, args.checkpoint, args.device or device, use_ema=not args.no_ema)
         prompts = read_prompts(args.prompts)[: args.num]
+        identity = {
+            "config_sha256": config_sha256(cfg.to_dict()),
+            "checkpoint": file_identity(args.checkpoint or cfg.get("load_from")),
+            "use_ema": not args.no_ema,
+        }
         written = sample_to_folder(
             pipe, prompts, args.out, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
-            rank=rank, world_size=world, control=args.control,
+            rank=rank, world_size=world, control=args.control, identity=identity, overwrite=args.overwrite,
         )  # fmt: skip
         print(f"[rank {rank}/{world}] wrote {len(written)} images to {args.out}", flush=True)
         dist.barrier()
@@ -144,10 +154,26 @@ def sample(args: argparse.Namespace) -> None:
         dist.cleanup()
 
 
+def feature_extractor(args: argparse.Namespace) -> torch.nn.Module:
+    """``--features`` / ``--weights``; the standard FID network has no default weights (nothing is downloaded)."""
+    if args.features == "inception" and args.weights is None:
+        raise FileNotFoundError(
+            "--features inception needs --weights PATH: pytorch-fid's pt_inception-2015-12-05-6726825d.pth as a local "
+            "file (where to get it: docs/evaluation.md, 'Evaluation you can compare with other papers')"
+        )
+    return build_feature_extractor(args.features, args.weights, args.device)
+
+
+def check_complete(source: str) -> None:
+    """A sample folder with a manifest must hold all its images before its FID means anything."""
+    if Path(source).is_dir():
+        check_sample_folder(source, None, len(list_images(source)))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.command == "ref":
-        extractor = build_feature_extractor(args.features, args.weights, args.device)
+        extractor = feature_extractor(args)
         features, report = folder_features(extractor, args.data, args.batch_size, args.num)
         mu, sigma = compute_statistics(features)
         save_statistics(args.out, mu, sigma, extractor.name, report.read)
@@ -156,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "sample":
         sample(args)
     elif args.command == "calc":
-        extractor = build_feature_extractor(args.features, args.weights, args.device)
+        check_complete(args.a)
+        check_complete(args.b)
+        extractor = feature_extractor(args)
         fid, reports = fid_between(args.a, args.b, extractor, args.batch_size)
         for source, report in zip((args.a, args.b), reports):
             print(f"{source}: {report.summary() if report else 'statistics file'}")

@@ -1,9 +1,11 @@
 """Build ``data_info.json`` for a folder of your own images (the item list PixArt-α/δ training reads, facts §6).
 
-Captions come from a sidecar text file next to each image (``beach/IMG 01.jpg`` + ``beach/IMG 01.txt``), or from a
-CSV (columns ``path,caption``) or JSONL (``{"path": ..., "caption": ...}`` per line) with paths relative to FOLDER.
+Captions come from a sidecar UTF-8 text file next to each image (``beach/IMG 01.jpg`` + ``beach/IMG 01.txt``), or
+from a CSV (columns ``path,caption``), JSON list or JSONL (``{"path": ..., "caption": ...}`` per line) with paths
+relative to FOLDER. Every image format Pillow opens here is used (.jpg, .png, .webp, .jfif, .tga, ...).
 Sizes are the real ones as displayed (after EXIF orientation), read from the image headers. Nested folders and
-spaces in names are fine. Images without a caption or that cannot be opened are skipped and listed; two images
+spaces in names are fine. Images without a caption, captions that are not UTF-8, images that cannot be opened and
+captions whose image is missing or in a format Pillow cannot open here are skipped and listed; two images
 whose feature files would collide (``a.jpg`` and ``a.png``) are refused, naming both.
 
     python tools/make_data_info.py my_photos                        # sidecar .txt captions
@@ -13,10 +15,13 @@ Then: tools/extract_features.py --data-root my_photos ...  (see docs/data.md, "T
 
 import argparse
 import csv
+import glob
+import io
 import json
 import sys
 from pathlib import Path
 
+from PIL import Image
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
@@ -24,37 +29,82 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 from diffusion.data.images import oriented_size  # noqa: E402
 from diffusion.data.info import check_unique_names  # noqa: E402
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+# Pillow formats that would need a plugin or external program to read: reported as unreadable if present
+_STUB_FORMATS = {"BUFR", "GRIB", "HDF5", "EPS", "WMF", "MPEG"}
+IMAGE_SUFFIXES = {
+    ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN and fmt not in _STUB_FORMATS
+}  # every format Pillow can open here (.jfif, .tga, .webp, ...; .avif / .heic only with their plugins)
+CAPTION_SUFFIX = ".txt"
 
 
 def read_caption_table(path: Path) -> dict[str, str]:
-    """``{relative image path: caption}`` from a CSV (header ``path,caption``) or a JSONL file."""
-    if path.suffix.lower() == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    """``{relative image path: caption}`` from a CSV (header ``path,caption``), a JSON list or a JSONL file (UTF-8,
+    with or without the BOM Excel's "CSV UTF-8" writes)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 ({error}); save the caption table as UTF-8") from error
+    if path.suffix.lower() in (".json", ".jsonl"):
+        lines = [(1, text)] if path.suffix.lower() == ".json" else enumerate(text.splitlines(), start=1)
+        rows = []
+        for number, line in lines:
+            try:
+                rows += [json.loads(line)] if line.strip() else []
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path} line {number + error.lineno - 1}: not valid JSON ({error.msg})") from error
+        rows = rows[0] if path.suffix.lower() == ".json" else rows
     else:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
     for i, row in enumerate(rows):
-        if "path" not in row or "caption" not in row:
-            raise ValueError(f"{path}: row {i + 1} needs 'path' and 'caption' (got {sorted(row)})")
+        if not isinstance(row, dict) or "path" not in row or "caption" not in row:
+            got = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(f"{path}: row {i + 1} needs 'path' and 'caption' (got {got})")
     return {Path(row["path"]).as_posix(): str(row["caption"]).strip() for row in rows}
+
+
+def read_sidecar(image: Path) -> tuple[str | None, str | None]:
+    """(caption, None) from ``image``'s sidecar .txt, or (None, why it has none). Non-UTF-8 is refused, not guessed:
+    a caption decoded with the wrong code page would train silently on wrong text."""
+    sidecar = image.with_suffix(CAPTION_SUFFIX)
+    if not sidecar.is_file():
+        return None, "no caption (sidecar .txt missing or empty)"
+    try:
+        caption = sidecar.read_bytes().decode("utf-8-sig").strip()
+    except UnicodeDecodeError as error:
+        return None, f"caption {sidecar.name} is not UTF-8 ({error.reason} at byte {error.start}); re-save it as UTF-8"
+    return caption or None, None if caption else "no caption (sidecar .txt missing or empty)"
+
+
+def unmatched_sidecars(folder: Path, images: list[Path]) -> list[tuple[str, str]]:
+    """(path, reason) of every caption .txt whose image is missing or in a format Pillow cannot open here."""
+    stems = {image.with_suffix("") for image in images}
+    skipped = []
+    for sidecar in sorted(folder.rglob(f"*{CAPTION_SUFFIX}")):
+        if not sidecar.is_file() or sidecar.with_suffix("") in stems:
+            continue
+        others = sorted(p for p in sidecar.parent.glob(glob.escape(sidecar.stem) + ".*") if p != sidecar)
+        if others:
+            rel, ext = others[0].relative_to(folder).as_posix(), others[0].suffix.lower()
+            skipped.append((rel, f"has a caption ({sidecar.name}) but Pillow here cannot open {ext} files"))
+        else:
+            skipped.append((sidecar.relative_to(folder).as_posix(), "a caption without an image"))
+    return skipped
 
 
 def build_items(
     folder: Path, captions: dict[str, str] | None = None, progress: bool = True
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """The data_info items of every image under ``folder`` and the (path, reason) of every skipped image."""
+    """The data_info items of every image under ``folder`` and the (path, reason) of every skipped file."""
     images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     items, skipped = [], []
     for image in tqdm(images, desc="images", disable=not progress):
         rel = image.relative_to(folder).as_posix()
         if captions is not None:
-            prompt = captions.get(rel)
+            prompt, why = captions.get(rel), "no caption"
         else:
-            sidecar = image.with_suffix(".txt")
-            prompt = sidecar.read_text(encoding="utf-8").strip() if sidecar.is_file() else None
+            prompt, why = read_sidecar(image)
         if not prompt:
-            skipped.append((rel, "no caption (sidecar .txt missing or empty)" if captions is None else "no caption"))
+            skipped.append((rel, why))
             continue
         try:
             height, width = oriented_size(image)
@@ -62,9 +112,13 @@ def build_items(
             skipped.append((rel, f"{type(error).__name__}: {error}"))
             continue
         items.append({"path": rel, "prompt": prompt, "height": height, "width": width, "ratio": height / width})
-    if captions is not None:
+    if captions is None:
+        skipped += unmatched_sidecars(folder, images)
+    else:
         found = {item["path"] for item in items} | {path for path, _ in skipped}
-        skipped += [(path, "listed in the caption table but not found") for path in sorted(set(captions) - found)]
+        for path in sorted(set(captions) - found):
+            exists = (folder / path).is_file()
+            skipped.append((path, "not an image format Pillow can open here" if exists else "listed but not found"))
     return items, skipped
 
 

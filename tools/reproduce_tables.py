@@ -7,13 +7,15 @@ Tables (PixArt-δ: Table 2 / Fig. 7 quality, Fig. 2 guidance, Table 1 / §3.3 me
   ``make demo`` checkpoint; skipped with a line saying so when there is none).
 - ``sweep``: ``tools/sweep_lcm.py`` (Fig. 2 at small scale); the slowest job, run only with ``--sweep``.
 - ``controlnet``: ``tools/reproduce_controlnet.py --train``, which trains the ablation rows itself
-  (``--controlnet-steps`` each, 150 by default: about an hour on 2 shared cores; finished rows are reused) and
+  (``--controlnet-steps`` each, 150 by default: about an hour on 2 shared cores; finished rows in
+  ``OUT/_cn_ablation/`` are reused) and
   evaluates them on ``--controlnet-images`` edge maps.
 - ``speed``, ``memory``: ``tools/benchmark_speed.py``, ``tools/benchmark_memory.py`` with their defaults for this
   machine (each skipped with a clear line if absent).
 
 Contract with the tools: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
 kept); progress goes to stderr. A failing tool is reported in its table file and the index, and the others still run.
+Whatever a sub-tool writes goes under ``--out`` (``OUT/_lcm``, ``OUT/_sweep``, ``OUT/_controlnet``, ...).
 
     python tools/reproduce_tables.py                    # everything but the sweep
     python tools/reproduce_tables.py --only lcm speed --student output/demo/lcm/checkpoints/step_0000300
@@ -57,23 +59,25 @@ def find_student(explicit: str | None) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def default_jobs(args: argparse.Namespace) -> list[Job]:
+def default_jobs(args: argparse.Namespace, out: Path = REPO / "output/tables") -> list[Job]:
+    """The jobs; every output folder a sub-tool takes (``--out``, ``--work-root``) is under ``out``."""
     student = find_student(args.student)
     lcm = Job("lcm", "LCM vs teacher quality (PixArt-δ Table 2 / Fig. 7, small scale)", "tools/reproduce_lcm.py")
     if student is None:
         lcm.skip = "no distilled student: run `make demo` first or pass --student"
     else:
-        lcm.args = ["--student", str(student), "--num-images", str(args.num_images), "--out", "output/tables/_lcm"]
+        lcm.args = ["--student", str(student), "--num-images", str(args.num_images), "--out", str(out / "_lcm")]
     sweep = Job("sweep", "Guidance in LCM distillation (PixArt-δ Fig. 2, small scale)", "tools/sweep_lcm.py")
-    sweep.args = ["--out", "output/tables/_sweep"]
+    sweep.args = ["--out", str(out / "_sweep")]
     if not args.sweep:
         sweep.skip = "the slowest job; pass --sweep to run it"
     controlnet = Job("controlnet", "ControlNet-Transformer ablation (PixArt-δ §4)", "tools/reproduce_controlnet.py")
-    # trains its rows itself (a finished row in output/cn_ablation/<N>steps/ is reused), curve on half the controls
+    # trains its rows itself (a finished row in OUT/_cn_ablation/<N>steps/ is reused), curve on half the controls
     images = args.controlnet_images
     controlnet.args = ["--train", "--train-steps", str(args.controlnet_steps), "--curve", "n3"]
     controlnet.args += ["--num-images", str(images), "--curve-images", str(max(1, images // 2))]
-    controlnet.args += ["--out", "output/tables/_controlnet"]
+    controlnet.args += ["--out", str(out / "_controlnet")]
+    controlnet.args += ["--work-root", str(out / "_cn_ablation" / f"{args.controlnet_steps}steps")]
     return [
         lcm,
         sweep,
@@ -163,7 +167,7 @@ def main(argv: list[str] | None = None, jobs: list[Job] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out) if Path(args.out).is_absolute() else REPO / args.out
     out.mkdir(parents=True, exist_ok=True)
-    jobs = default_jobs(args) if jobs is None else jobs
+    jobs = default_jobs(args, out) if jobs is None else jobs
     if args.only:
         unknown = set(args.only) - {j.name for j in jobs}
         if unknown:

@@ -12,8 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusion.eval.manifest import PROMPTS_FILE, check_sample_folder
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-PROMPTS_FILE = "prompts.txt"
 
 
 @dataclass
@@ -80,13 +81,15 @@ def iter_image_batches(
 
 
 def read_sample_folder(folder: str | Path) -> tuple[torch.Tensor, list[str]]:
-    """A folder written by :func:`save_samples`: uint8 images (N, 3, H, W) and their prompts, in order."""
+    """A folder written by :func:`save_samples` or ``sample_to_folder``: uint8 images (N, 3, H, W) and their prompts,
+    in order; a folder with a ``manifest.json`` must hold its prompts and one image for each."""
     folder = Path(folder)
     prompts_path = folder / PROMPTS_FILE
     if not prompts_path.is_file():
         raise FileNotFoundError(f"{prompts_path} not found; sample folders list one prompt per image in it")
     prompts = prompts_path.read_text().splitlines()
     paths = list_images(folder)
+    check_sample_folder(folder, prompts, len(paths))
     if len(paths) != len(prompts):
         raise ValueError(f"{folder} has {len(paths)} images but {len(prompts)} lines in {PROMPTS_FILE}")
     report = FolderReport()

@@ -1,24 +1,27 @@
-"""Sample folders for evaluation: one PNG per prompt line plus ``prompts.txt``, from a config and a checkpoint,
-sharded across the ranks of ``torchrun`` and resumable.
+"""Sample folders for evaluation: one PNG per prompt line plus ``prompts.txt`` and ``manifest.json``, from a config
+and a checkpoint, sharded across the ranks of ``torchrun`` and resumable.
 
-PixArt-δ's claim (§3.3, §5) is that LCM at 4 steps is close to the teacher (DPM-Solver++) at 14–20 steps and far
-better than the teacher at 4; these folders feed FID, CLIP score and prompt-attribute accuracy for each setting.
-A 30K-prompt COCO folder is written by 8 GPUs in one run, and a killed run picks up where it stopped.
+PixArt-δ (§3.3, §5) compares LCM at 4 steps with the teacher (DPM-Solver++) at 4 and 14–20 steps; these folders feed
+FID, CLIP score and prompt-attribute accuracy for each setting. A 30K-prompt COCO folder is written by 8 GPUs in one
+run, and a killed run picks up where it stopped, but only into a folder made with the same settings (see
+:mod:`diffusion.eval.manifest`).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
 
-from diffusion.eval.images import PROMPTS_FILE, list_images
+from diffusion.eval.images import list_images
+from diffusion.eval.manifest import check_folder, prepare_folder, prompts_sha256
 from diffusion.pipeline import Pipeline, SamplerConfig
 
 
@@ -63,6 +66,35 @@ def _read_controls(paths: Sequence[Path], height: int, width: int) -> torch.Tens
     return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
 
+def sample_manifest(
+    pipe: Pipeline,
+    prompts: Sequence[str],
+    config: SamplerConfig,
+    seed: int,
+    batch_size: int,
+    control: str | Path | None,
+    identity: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """Everything an image depends on: ``identity`` (the caller's config hash and checkpoint, see
+    :func:`diffusion.eval.manifest.file_identity`) plus sampler, seed, batch size, resolution, dtype and prompts."""
+    return {
+        **(identity or {}),
+        "sampler": {"name": config.name, "steps": config.steps, "cfg_scale": config.cfg_scale},
+        "seed": seed,
+        "batch_size": batch_size,
+        "resolution": list(pipe.resolution),
+        "dtype": str(next(pipe.model.parameters()).dtype),
+        "control": None if control is None else str(Path(control).resolve()),
+        "num_prompts": len(prompts),
+        "prompts_sha256": prompts_sha256(prompts),
+    }
+
+
+def _barrier(world_size: int) -> None:
+    if world_size > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def sample_to_folder(
     pipe: Pipeline,
     prompts: Sequence[str],
@@ -76,12 +108,16 @@ def sample_to_folder(
     rank: int = 0,
     world_size: int = 1,
     control: str | Path | None = None,
+    identity: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> list[Path]:
-    """Sample ``prompts`` into ``out/00000.png, ...`` (named by global index) and write ``out/prompts.txt``.
+    """Sample ``prompts`` into ``out/00000.png, ...`` (named by global index); write ``out/prompts.txt`` and
+    ``out/manifest.json`` (:func:`sample_manifest`) before the first image.
 
     Sharding and resuming: this rank samples its :func:`shard_batches`; a batch whose PNGs all exist already is
     skipped, and PNGs are written atomically, so rerunning a killed job (with any number of ranks) writes each
-    missing image once and never touches a finished one.
+    missing image once and never touches a finished one. A folder made with another manifest (or images without one)
+    is refused, naming the differing keys, unless ``overwrite`` (its PNGs are deleted first).
 
     Determinism: image ``i`` starts from noise seeded by ``seed + i``; the LCM sampler's re-noising uses one
     generator per batch, seeded by ``seed`` + the batch's first index. An image therefore depends on ``seed`` and
@@ -92,6 +128,7 @@ def sample_to_folder(
             teacher's DPM-Solver++/DDIM with CFG.
         control: a folder of control images (a ControlNet checkpoint; PixArt-δ §4), the i-th sorted image for
             prompt i, resized to the pipeline's resolution.
+        identity: what the caller knows of the model (config hash, checkpoint), recorded in the manifest.
 
     Returns:
         the PNG paths this rank wrote in this call.
@@ -111,10 +148,12 @@ def sample_to_folder(
         controls = list_images(control)
         if len(controls) < len(prompts):
             raise ValueError(f"control folder {control} has {len(controls)} images for {len(prompts)} prompts")
-    if rank == 0:  # the full list whatever the sharding; identical on every rerun
-        tmp = out / f".{PROMPTS_FILE}.tmp"
-        tmp.write_text("".join(p + "\n" for p in prompts))
-        os.replace(tmp, out / PROMPTS_FILE)
+    manifest = sample_manifest(pipe, prompts, config, seed, batch_size, control, identity)
+    check_folder(out, manifest, overwrite)  # every rank, before any rank writes: all see the same folder
+    _barrier(world_size)
+    if rank == 0:
+        prepare_folder(out, manifest, prompts, overwrite)
+    _barrier(world_size)  # no rank samples into a folder rank 0 is still clearing
     batches = shard_batches(len(prompts), batch_size, rank, world_size)
     todo = [b for b in batches if not all((out / image_name(i)).is_file() for i in b)]
     written = []

@@ -104,3 +104,59 @@ def test_calc_and_clip_log_to_wandb(tmp_path, weights, capsys, monkeypatch):
     main(["clip", str(tmp_path / "a"), "--clip", str(clip), "--device", "cpu", "--log-wandb"])
     score = _last_number(capsys)
     assert 0 <= score <= 100 and runs[1].logged == [{"eval/clip_score": pytest.approx(score, abs=1e-4)}]
+
+
+def test_sample_refuses_a_folder_made_with_other_settings(tmp_path, capsys):
+    """A rerun into the same --out resumes only with the same manifest; any other prompts, seed, batch size,
+    sampler or checkpoint is refused naming each differing key (before: 'wrote 0 images', new prompts.txt beside
+    the old PNGs, and the metrics scored old images against new prompts)."""
+    config, weights_file = tiny_checkpoint(tmp_path)
+    (tmp_path / "a.txt").write_text("\n".join(VALIDATION_PROMPTS[:2]) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(VALIDATION_PROMPTS[2:4]) + "\n")
+    out = tmp_path / "samples"
+    base = ["sample", "--config", str(config), "--checkpoint", str(weights_file), "--out", str(out)]
+    base += ["--sampler", "lcm", "--steps", "1", "--device", "cpu"]
+    main([*base, "--prompts", str(tmp_path / "a.txt")])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["num_prompts"] == 2 and manifest["sampler"]["name"] == "lcm"
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.png")}
+    for extra, key in [
+        (["--prompts", str(tmp_path / "b.txt")], "prompts_sha256"),
+        (["--prompts", str(tmp_path / "a.txt"), "--seed", "1"], "seed"),
+        (["--prompts", str(tmp_path / "a.txt"), "--batch-size", "1"], "batch_size"),
+        (["--prompts", str(tmp_path / "a.txt"), "--steps", "2"], "sampler"),
+    ]:
+        with pytest.raises(ValueError, match=rf"{out}.*made with other settings.*{key}.*--overwrite"):
+            main([*base, *extra])
+    assert (out / "prompts.txt").read_text().splitlines() == VALIDATION_PROMPTS[:2]  # untouched
+    capsys.readouterr()
+    main([*base, "--prompts", str(tmp_path / "a.txt")])  # the same settings: resumes, nothing to do
+    assert "wrote 0 images" in capsys.readouterr().out
+    main([*base, "--prompts", str(tmp_path / "b.txt"), "--overwrite"])
+    assert "wrote 2 images" in capsys.readouterr().out
+    assert all(p.stat().st_mtime_ns != first[p.name] for p in out.glob("*.png"))
+    assert (out / "prompts.txt").read_text().splitlines() == VALIDATION_PROMPTS[2:4]
+    (out / "manifest.json").unlink()  # a folder from before manifests: unknown settings
+    with pytest.raises(ValueError, match=rf"{out} has images but no manifest\.json.*--overwrite"):
+        main([*base, "--prompts", str(tmp_path / "b.txt")])
+
+
+def test_metrics_refuse_prompts_that_do_not_match_the_manifest(tmp_path, weights):
+    config, weights_file = tiny_checkpoint(tmp_path)
+    (tmp_path / "a.txt").write_text("\n".join(VALIDATION_PROMPTS[:2]) + "\n")
+    out = tmp_path / "samples"
+    main(["sample", "--config", str(config), "--checkpoint", str(weights_file), "--prompts", str(tmp_path / "a.txt")]
+         + ["--out", str(out), "--sampler", "lcm", "--steps", "1", "--device", "cpu"])  # fmt: skip
+    (out / "prompts.txt").write_text("\n".join(VALIDATION_PROMPTS[4:6]) + "\n")
+    with pytest.raises(ValueError, match=r"prompts\.txt does not match .*manifest\.json"):
+        main(["attributes", str(out), "--weights", weights, "--device", "cpu"])
+    (out / "prompts.txt").write_text("\n".join(VALIDATION_PROMPTS[:2]) + "\n")
+    (out / "00001.png").unlink()
+    with pytest.raises(ValueError, match=r"has 1 images but its manifest\.json lists 2 prompts"):
+        main(["calc", str(out), str(out), "--weights", weights])
+
+
+def test_inception_without_weights_says_what_to_pass(tmp_path):
+    render_folder(tmp_path / "a", 2)
+    with pytest.raises(FileNotFoundError, match=r"--features inception needs --weights PATH.*docs/evaluation\.md"):
+        main(["calc", str(tmp_path / "a"), str(tmp_path / "a"), "--features", "inception"])

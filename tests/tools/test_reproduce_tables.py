@@ -50,3 +50,20 @@ def test_only_selects_and_rejects_unknown_names(tmp_path):
     assert "other" not in (tmp_path / "t" / "index.md").read_text()
     with pytest.raises(SystemExit, match="unknown table"):
         main(["--out", str(tmp_path / "t"), "--only", "nope"], jobs=list(jobs))
+
+
+def test_every_sub_tool_writes_under_out(tmp_path):
+    """Before: --out /tmp/x still sent the lcm, sweep and controlnet tools' outputs into output/tables/ in the repo."""
+    import argparse
+
+    from tools.reproduce_tables import default_jobs
+
+    args = argparse.Namespace(
+        student=str(tmp_path / "s.safetensors"), num_images=8, sweep=True, controlnet_steps=2, controlnet_images=2
+    )
+    jobs = {job.name: job for job in default_jobs(args, tmp_path)}
+    for name in ("lcm", "sweep", "controlnet"):
+        flags = jobs[name].args
+        outputs = [flags[i + 1] for i, flag in enumerate(flags) if flag in ("--out", "--work-root")]
+        assert outputs and all(value.startswith(str(tmp_path)) for value in outputs), (name, flags)
+    assert "--work-root" in jobs["controlnet"].args
