@@ -47,7 +47,8 @@ def accepted_keys(obj: Callable) -> tuple[set[str], set[str]] | None:
 
 def check_keys(registry: Registry, values: Mapping[str, Any], section: str, check_missing: bool = True) -> None:
     """Raise ``KeyError`` when config section ``section`` (built by ``registry`` from its ``type``) has a key its
-    constructor does not take or (``check_missing``) lacks one it requires. An unknown ``type`` is left to the build."""
+    constructor does not take or (``check_missing``) lacks one it requires; an unknown ``type`` is left to the build.
+    """
     obj_type = values.get("type")
     obj = registry.get(obj_type) if isinstance(obj_type, str) else obj_type
     accepted = accepted_keys(obj) if callable(obj) else None

@@ -13,7 +13,12 @@ from diffusion.registry import METHODS, MODELS, SAMPLERS
         (MODELS, dict(type="PixArt_tiny", hiden_size=48), "model", "hidden_size"),  # a factory over PixArt(**kwargs)
         (MODELS, dict(type="PixArtMS", hiden_size=48), "model", "caption_channels"),  # PixArtMS(*args, **kwargs)
         (METHODS, dict(type="DiffusionLoss", model=nn.Linear(1, 1), num_step=3), "method", "num_steps"),
-        (SAMPLERS, dict(type="AspectRatioBatchSampler", dataset_ratios=[1.0], batch_size=1, sed=0), "data_sampler", "seed"),
+        (
+            SAMPLERS,
+            dict(type="AspectRatioBatchSampler", dataset_ratios=[1.0], batch_size=1, sed=0),
+            "data_sampler",
+            "seed",
+        ),
     ],
 )
 def test_unknown_key_is_named_with_its_section(registry, cfg, section, known):

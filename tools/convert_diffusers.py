@@ -107,7 +107,8 @@ def _export_parts(cfg, args: argparse.Namespace) -> tuple[str, str, dict]:
     if not vae and codec.get("type", "AutoencoderKLCodec") != "AutoencoderKLCodec":
         missing.append(
             f"the config's codec is the embedded {codec['type']}, not a diffusers AutoencoderKL, so it cannot be "
-            "exported: pass --vae with a local AutoencoderKL folder whose latent_channels equal the model's in_channels"
+            "exported: pass --vae with a local AutoencoderKL folder whose latent_channels equal the model's "
+            "in_channels"
         )
     elif not vae:
         missing.append("pass --vae (or set codec.path in the config)")
@@ -125,8 +126,8 @@ def _check_vae_fits(in_channels: int, src: str, vae: str) -> None:
     if latent_channels != in_channels:
         raise ValueError(
             f"the transformer has in_channels {in_channels} ({src}) but the VAE has latent_channels "
-            f"{latent_channels} ({vae}): diffusers could not run the exported pipeline; give a VAE of {in_channels} latent "
-            "channels (the config's codec)"
+            f"{latent_channels} ({vae}): diffusers could not run the exported pipeline; give a VAE of {in_channels} "
+            "latent channels (the config's codec)"
         )
 
 

@@ -1,4 +1,5 @@
-"""tools/convert_diffusers.py: official .pth -> diffusers folder -> official safetensors is lossless; exports that\ndiffusers could not use are refused before anything is written."""
+"""tools/convert_diffusers.py: official .pth -> diffusers folder -> official safetensors is lossless; exports that
+diffusers could not use are refused before anything is written."""
 
 from pathlib import Path
 
@@ -8,7 +9,6 @@ from safetensors.torch import load_file
 
 from diffusion.data import make_tiny_text_encoder
 from diffusion.data.codec import make_tiny_vae
-
 from tests.model.helpers import tiny
 from tools.convert_diffusers import main
 
