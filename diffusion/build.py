@@ -22,7 +22,7 @@ from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.model import students
-from diffusion.model.io import load_model_weights, load_state, load_state_into, resolve_checkpoint
+from diffusion.model.io import check_fits, load_model_weights, load_state, load_state_into, resolve_checkpoint
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, MODELS
 
@@ -60,7 +60,7 @@ def load_controlnet_weights(
     the base already holds the config's ``load_from`` (``has_base``), that stays the base: a full file gives only its
     copies (the controllable LCM puts a ControlNet trained on PixArt-alpha on the LCM student's base), with a warning
     when its own base differs. Without ``has_base`` a copies-only file is an error. Every key must match; a mismatch
-    raises ``KeyError`` naming the file.
+    raises ``KeyError`` naming the file, one of another architecture ``ValueError``.
     """
     state = load_state(path) if state is None else state
     full = any(k.startswith("base_model.") for k in state)
@@ -72,6 +72,8 @@ def load_controlnet_weights(
     if full and has_base:
         _warn_if_base_differs(model, state, path)
         state = {k: v for k, v in state.items() if not k.startswith("base_model.")}
+    prefixed = any(k.startswith(("base_model.", "controlnet.")) for k in state)  # else a plain file for the base
+    check_fits(model.state_dict(), state if prefixed else {f"base_model.{k}": v for k, v in state.items()}, path)
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as err:

@@ -123,3 +123,10 @@ def test_a_full_controlnet_file_on_another_base_keeps_load_from_as_the_base(base
     with warnings.catch_warnings():  # the file's own base under its own base: nothing to announce
         warnings.simplefilter("error")
         load_model(_cfg(path), tmp_path / "PixArt-ControlNet.pth")
+
+
+def test_controlnet_file_of_another_width_is_named(base_file, tmp_path):
+    wide = build_model(dict(model=dict(MODEL, hidden_size=96), controlnet={"copy_blocks": 2}))
+    save_file(wide.trainable_state_dict(), str(tmp_path / "wide_cn.safetensors"))
+    with pytest.raises(ValueError, match=r"wide_cn\.safetensors.*hidden_size"):
+        load_model(_cfg(base_file[0]), tmp_path / "wide_cn.safetensors")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 from pathlib import Path
 
@@ -29,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion.build import load_model  # noqa: E402
 from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline  # noqa: E402
 from diffusion.model.diffusers_format import load_diffusers, save_diffusers  # noqa: E402
-from diffusion.model.io import load_state, resolve_checkpoint  # noqa: E402
-from diffusion.model.students import export_peft_lora, fold_guidance_embedding, lora_scale  # noqa: E402
+from diffusion.model.io import check_fits, load_state, resolve_checkpoint  # noqa: E402
+from diffusion.model.students import export_peft_lora, fold_guidance_embedding, has_lora, lora_scale  # noqa: E402
 from diffusion.registry import MODELS  # noqa: E402
 
 
@@ -49,6 +50,7 @@ def to_diffusers(src: str, dst: str, model_type: str, model_kwargs: dict, key: s
     state = load_state(src, key)
     with torch.device("meta"):  # only the architecture is needed for the config; no allocation
         model = MODELS.build(dict(type=model_type, **model_kwargs))
+    check_fits(model.state_dict(), state, src)
     expected = {k for k in model.state_dict()}
     got = {k for k in state if k != "pos_embed"}
     if expected != got:
@@ -75,18 +77,15 @@ def export_from_config(args: argparse.Namespace) -> Path:
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
+    text_encoder, vae, codec = _export_parts(cfg, args)
     model = load_model(cfg, args.src, use_ema=not args.no_ema)
+    _check_vae_fits(model.in_channels, args.src, vae)
     if getattr(model, "w_embedder", None) is not None:  # diffusers has no w-embedding: fold one w into the weights
         w = (args.cfg_scale if args.cfg_scale is not None else cfg.method.get("w", 4.5) + 1.0) - 1.0
         plain = MODELS.build(dict(cfg.model, guidance_embedding=False))
         plain.load_state_dict(fold_guidance_embedding(model, w))
         model = plain.eval()
         print(f"folded the w-embedding at w = {w:g} (cfg_scale {w + 1:g}); sample the export with guidance_scale 1")
-    text_encoder = args.text_encoder or cfg.get("text_encoder", {}).get("path")
-    codec = dict(cfg.get("codec") or {})
-    vae = args.vae or codec.get("path")
-    if not text_encoder or not vae:
-        raise ValueError("pass --text-encoder and --vae (or set text_encoder.path / codec.path in the config)")
     return export_pipeline(
         model,
         args.dst,
@@ -99,14 +98,53 @@ def export_from_config(args: argparse.Namespace) -> Path:
     )
 
 
+def _export_parts(cfg, args: argparse.Namespace) -> tuple[str, str, dict]:
+    """The T5 and VAE directories of the export (flags, else the config's) and the config's codec section."""
+    text_encoder = args.text_encoder or cfg.get("text_encoder", {}).get("path")
+    codec = dict(cfg.get("codec") or {})
+    vae = args.vae or codec.get("path")
+    missing = [] if text_encoder else ["pass --text-encoder (or set text_encoder.path in the config)"]
+    if not vae and codec.get("type", "AutoencoderKLCodec") != "AutoencoderKLCodec":
+        missing.append(
+            f"the config's codec is the embedded {codec['type']}, not a diffusers AutoencoderKL, so it cannot be "
+            "exported: pass --vae with a local AutoencoderKL folder whose latent_channels equal the model's "
+            "in_channels"
+        )
+    elif not vae:
+        missing.append("pass --vae (or set codec.path in the config)")
+    if missing:
+        raise ValueError(f"{args.config}: " + "; ".join(missing))
+    return text_encoder, vae, codec
+
+
+def _check_vae_fits(in_channels: int, src: str, vae: str) -> None:
+    """A diffusers pipeline feeds the VAE's latents to the transformer: their channels must agree."""
+    config = Path(vae) / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config} not found: {vae} is not a diffusers AutoencoderKL folder")
+    latent_channels = json.loads(config.read_text()).get("latent_channels")
+    if latent_channels != in_channels:
+        raise ValueError(
+            f"the transformer has in_channels {in_channels} ({src}) but the VAE has latent_channels "
+            f"{latent_channels} ({vae}): diffusers could not run the exported pipeline; give a VAE of {in_channels} "
+            "latent channels (the config's codec)"
+        )
+
+
 def export_lora(args: argparse.Namespace) -> Path:
     """An LCM-LoRA checkpoint (full or adapters-only) -> a peft LoRA folder of diffusers' transformer."""
     from mmengine.config import Config
 
     cfg = Config.fromfile(args.config)
     path = resolve_checkpoint(args.src, use_ema=not args.no_ema)
+    state = load_state(path)
+    if not has_lora(state):
+        raise ValueError(
+            f"{path} holds no LoRA adapters (a full student or a teacher?): export-lora needs an LCM-LoRA checkpoint; "
+            "export a full model with export-pipeline"
+        )
     rank, scale = lora_scale((cfg.get("method") or {}).get("lora"), str(path))
-    return export_peft_lora(load_state(path), rank, rank * scale, args.dst)
+    return export_peft_lora(state, rank, rank * scale, args.dst)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from diffusion.engine.config import check_codec, resolve_section
+from diffusion.registry import METHODS, MODELS, SAMPLERS, check_keys
 
 GIB = 2**30
 
@@ -23,8 +24,14 @@ GIB = 2**30
 def check_sections(cfg) -> tuple[dict | None, dict]:
     """Key checks of the ``text_encoder`` (when present) and ``codec`` sections; returns both resolved.
 
-    ``codec`` is required (the trainer needs its ``scale_factor``); its keys are checked against the codec class.
+    ``codec`` is required (the trainer needs its ``scale_factor``); its keys are checked against the codec class. The
+    ``model``, ``method`` and ``data_sampler`` keys are checked against their constructors here too (the registries
+    check them again at build time, with the arguments the trainer adds), so a misspelt one fails before the work dir
+    is created.
     """
+    for section, registry in (("model", MODELS), ("method", METHODS), ("data_sampler", SAMPLERS)):
+        if cfg.get(section):
+            check_keys(registry, cfg[section], section, check_missing=False)
     if cfg.get("codec") is None:
         raise KeyError("missing required top-level config key(s) ['codec'] (needed for scale_factor)")
     text_cfg = resolve_section("text_encoder", cfg.get("text_encoder")) if cfg.get("text_encoder") else None
