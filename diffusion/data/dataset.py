@@ -173,7 +173,7 @@ class FeatureDataset(Dataset):
         self._channels_source = "data.caption_channels" if caption_channels else str(meta_file)
 
     def _check_prompts(self, entries: list[dict], json_path: Path) -> None:
-        """Refuse captions recorded (sources.py) from another prompt than data_info.json's: edited, not re-extracted."""
+        """Refuse captions recorded (sources.py) from another prompt than data_info.json's: edited since."""
         names = [feature_name(entry["path"]) for entry in entries]
         edited = edited_captions(caption_dir(self.root), names, [entry["prompt"] for entry in entries])
         if edited:

@@ -223,11 +223,11 @@ def extract_features(
     Files that already exist are skipped, so an interrupted run resumes, unless their source changed since (an edited
     prompt, a replaced image: its size, mtime or declared size; see sources.py), which re-extracts them (counted as
     ``changed``), or the directory's ``meta.json`` records another producer: that is a ValueError. Files without a
-    source record are kept and counted as ``unverified``. ``redo='stale'`` (or True) re-extracts this rank's share of the
-    stale caches only (another T5 redoes the captions, not the image latents); ``redo='all'`` of every cache. Rank 0
-    writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the declared
-    ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset then skips
-    the item). Colliding feature names are a ValueError before anything is written.
+    source record are kept and counted as ``unverified``. ``redo='stale'`` (or True) re-extracts this rank's share
+    of the stale caches only (another T5 redoes the captions, not the image latents); ``redo='all'`` of every cache.
+    Rank 0 writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the
+    declared ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset
+    then skips the item). Colliding feature names are a ValueError before anything is written.
 
     Args:
         text_encoder: a :class:`~diffusion.data.text_encoder.TextEncoder` (``encode(prompts) -> (y, y_mask)``).
