@@ -16,7 +16,8 @@ codec; --control image encodes each item's control_path image as it is (a bare -
     torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --codec vae \\
         --vae output/pretrained_models/sd-vae-ft-ema --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --resolution 1024 --control hed --hed output/pretrained_models/ControlNetHED.pth
-Existing files are skipped, so rerunning resumes; a cache made with another T5, --max-length, VAE, scale factor,
+Existing files are skipped, so rerunning resumes, except items whose caption or image changed since (re-extracted,
+reported as changed; see diffusion/data/sources.py); a cache made with another T5, --max-length, VAE, scale factor,
 resolution or control annotator (HED weights, Canny thresholds) is refused; --redo re-extracts the stale caches only
 (--redo all: every cache). Skipped images are always listed; --strict makes them exit 1.
 """

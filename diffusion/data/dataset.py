@@ -11,7 +11,8 @@ be read is replaced, at load time, by the next readable item with the same laten
 uniform), with a warning naming the file. Both are counted in ``skipped`` / ``replaced`` / ``report()``; a file
 found bad in a DataLoader worker travels back in the item's ``skipped`` field and :meth:`FeatureDataset.note_skipped`
 (called by the batch stream) records it in the main process. Malformed input is an error: a missing data_info field,
-two items sharing a feature name, a cache made with another ``max_length``, or a cache array of the wrong shape or
+two items sharing a feature name, a caption whose recorded prompt (sources.py) differs from data_info.json's (edited,
+not re-extracted), a cache made with another ``max_length``, or a cache array of the wrong shape or
 caption width raises ValueError naming the file and the field, shape or config key.
 """
 
@@ -26,6 +27,7 @@ from diffusion.data.buckets import closest_bucket
 from diffusion.data.features import caption_dir, feature_name, latent_dir, load_data_info, target_size
 from diffusion.data.info import check_unique_names
 from diffusion.data.provenance import read_meta
+from diffusion.data.sources import edited_captions
 from diffusion.registry import DATASETS
 
 
@@ -131,6 +133,7 @@ class FeatureDataset(Dataset):
         self.replaced = 0
         entries = load_data_info(self.root / json)
         check_unique_names(entries, self.root / json)
+        self._check_prompts(entries, self.root / json)
         self.entries, self.aspect_ratios, self._sizes = [], [], []
         for entry in entries:
             missing = [p for p in self._files(entry).values() if not p.is_file()]
@@ -168,6 +171,16 @@ class FeatureDataset(Dataset):
             )
         self.caption_channels = caption_channels or recorded
         self._channels_source = "data.caption_channels" if caption_channels else str(meta_file)
+
+    def _check_prompts(self, entries: list[dict], json_path: Path) -> None:
+        """Refuse captions recorded (sources.py) from another prompt than data_info.json's: edited since."""
+        names = [feature_name(entry["path"]) for entry in entries]
+        edited = edited_captions(caption_dir(self.root), names, [entry["prompt"] for entry in entries])
+        if edited:
+            raise ValueError(
+                f"{caption_dir(self.root) / edited[0]}.npz was extracted from another prompt than {json_path}'s "
+                f"({len(edited)} caption(s) edited since extraction); rerun tools/extract_features.py on {self.root}"
+            )
 
     def _files(self, entry: dict) -> dict[str, Path]:
         name = feature_name(entry["path"])

@@ -36,6 +36,7 @@ from diffusion.data.buckets import closest_bucket
 from diffusion.data.images import open_rgb
 from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_name, load_data_info
 from diffusion.data.provenance import annotator_meta, caption_meta, check_meta, codec_meta, read_meta, write_meta
+from diffusion.data.sources import SourceIndex, image_source, prompt_source
 
 __all__ = ["REQUIRED_FIELDS", "ExtractionReport", "caption_dir", "extract_features", "feature_name", "latent_dir"]
 __all__ += ["load_data_info", "load_image", "target_size"]
@@ -101,6 +102,8 @@ class ExtractionReport:
     latents: int = 0
     controls: int = 0
     existing: int = 0
+    changed: int = 0  # existing files whose source changed since (edited caption, replaced image): rewritten
+    unverified: int = 0  # existing files without a source record (older caches, interrupted runs): kept
     bad: list[tuple[str, str]] = field(default_factory=list)  # (image path, reason), each image once
     _listed: set[str] = field(default_factory=set, repr=False, compare=False)
 
@@ -112,7 +115,8 @@ class ExtractionReport:
     def summary(self) -> str:
         text = (
             f"wrote {self.captions} caption, {self.latents} latent, {self.controls} control files; "
-            f"{self.existing} already existed; {len(self.bad)} bad image(s)"
+            f"{self.existing} already existed ({self.unverified} unverified: no source record); "
+            f"{self.changed} redone because their source changed; {len(self.bad)} bad image(s)"
         )
         return text + "".join(f"\n  bad: {path}: {reason}" for path, reason in self.bad)
 
@@ -123,6 +127,7 @@ class _Job:
     out: Path
     size: tuple[int, int]
     declared: tuple[int, int] | None
+    source: str | None = None  # what the feature is made from (sources.py)
 
 
 def _load(job: _Job) -> tuple[_Job, torch.Tensor | None, str | None]:
@@ -141,6 +146,7 @@ def _control_images(annotator: nn.Module, images: torch.Tensor) -> torch.Tensor:
 def _encode_images(
     codec,
     jobs: list[_Job],
+    index: SourceIndex,
     batch_size: int,
     device,
     report: ExtractionReport,
@@ -165,6 +171,7 @@ def _encode_images(
                 else:
                     report.add_bad(str(job.image), error)
                     job.out.unlink(missing_ok=True)  # never leave a stale latent for an image that is now bad
+                    index.record(job.out.stem, None)
             bar.update(len(batch))
             if not loaded:  # every image of this batch was unreadable
                 continue
@@ -173,11 +180,13 @@ def _encode_images(
             features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
             for feature, (job, _) in zip(features, loaded):
                 _atomic_save(job.out, lambda f, a=feature: np.save(f, a))
+                index.record(job.out.stem, job.source)
             written += len(loaded)
     return written
 
 
-def _encode_captions(text_encoder, todo: list[tuple[dict, str]], out: Path, batch_size: int, progress: bool) -> int:
+def _encode_captions(text_encoder, todo: list[tuple[dict, str]], index: SourceIndex, batch_size: int, progress) -> int:
+    out = index.path.parent
     chunks = range(0, len(todo), batch_size)
     for start in tqdm(chunks, desc="captions", disable=not progress):
         chunk = todo[start : start + batch_size]
@@ -186,6 +195,7 @@ def _encode_captions(text_encoder, todo: list[tuple[dict, str]], out: Path, batc
         for i, (_, name) in enumerate(chunk):
             arrays = {"caption_feature": y[i], "attention_mask": y_mask[i : i + 1]}  # [1,L,C], [1,L]
             _atomic_save(out / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
+            index.record(name, prompt_source(chunk[i][0]["prompt"]))
     return len(todo)
 
 
@@ -210,12 +220,14 @@ def extract_features(
 ) -> ExtractionReport:
     """Cache caption and codec features for this rank's share (items ``rank::world_size``) of ``data_root``.
 
-    Files that already exist are skipped, so an interrupted run resumes, unless the directory's ``meta.json``
-    records another producer: that is a ValueError. ``redo='stale'`` (or True) re-extracts this rank's share of the
-    stale caches only (another T5 redoes the captions, not the image latents); ``redo='all'`` of every cache. Rank 0
-    writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the declared
-    ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset then skips
-    the item). Colliding feature names are a ValueError before anything is written.
+    Files that already exist are skipped, so an interrupted run resumes, unless their source changed since (an edited
+    prompt, a replaced image: its size, mtime or declared size; see sources.py), which re-extracts them (counted as
+    ``changed``), or the directory's ``meta.json`` records another producer: that is a ValueError. Files without a
+    source record are kept and counted as ``unverified``. ``redo='stale'`` (or True) re-extracts this rank's share
+    of the stale caches only (another T5 redoes the captions, not the image latents); ``redo='all'`` of every cache.
+    Rank 0 writes the ``meta.json`` files. Unreadable images, and images whose oriented aspect ratio differs from the
+    declared ``height``/``width`` (``check_sizes``), are listed in the report and get no latent file (the dataset
+    then skips the item). Colliding feature names are a ValueError before anything is written.
 
     Args:
         text_encoder: a :class:`~diffusion.data.text_encoder.TextEncoder` (``encode(prompts) -> (y, y_mask)``).
@@ -254,24 +266,51 @@ def extract_features(
     report = ExtractionReport()
     names = [feature_name(entry["path"]) for entry in entries]
 
-    out = caption_dir(root)
-    todo = [(e, n) for e, n in zip(entries, names) if rewrite[out] or not (out / f"{n}.npz").exists()]
-    report.existing += len(entries) - len(todo)
-    report.captions += _encode_captions(text_encoder, todo, out, text_batch_size, progress)
+    index = SourceIndex(caption_dir(root), rank)
+    captions = rewrite[caption_dir(root)]
+    todo = [
+        (e, n)
+        for e, n in zip(entries, names)
+        if _needs(index, captions, n, ".npz", prompt_source(e["prompt"]), report)
+    ]
+    report.captions += _encode_captions(text_encoder, todo, index, text_batch_size, progress)
+    index.flush()
 
     kinds = [("latent", "path", None)]
     if control:  # an annotator maps the item's own image; without one, control_path is the control image
         kinds.append(("control", "control_path" if annotator is None else "path", annotator))
     for kind, key, net in kinds:
         out = latent_dir(root, resolution, multi_scale, control=kind == "control")
-        jobs = []
+        index, jobs = SourceIndex(out, rank), []
         for entry, name in zip(entries, names):
+            hw, size = (int(entry["height"]), int(entry["width"])), target_size(entry, resolution, multi_scale)
             # the declared size describes the image; a control_path map may be stored at another size
-            declared = (int(entry["height"]), int(entry["width"])) if check_sizes and key == "path" else None
-            job = _Job(root / entry[key], out / f"{name}.npy", target_size(entry, resolution, multi_scale), declared)
-            if rewrite[out] or not job.out.exists():
+            declared = hw if check_sizes and key == "path" else None
+            job = _Job(
+                root / entry[key], out / f"{name}.npy", size, declared, image_source(root / entry[key], hw, size)
+            )
+            if _needs(index, rewrite[out], name, ".npy", job.source, report):
                 jobs.append(job)
-        report.existing += len(entries) - len(jobs)
-        written = _encode_images(codec, jobs, vae_batch_size, device, report, workers, kind + "s", progress, net)
+        written = _encode_images(
+            codec, jobs, index, vae_batch_size, device, report, workers, kind + "s", progress, net
+        )
         setattr(report, kind + "s", getattr(report, kind + "s") + written)
+        index.flush()
     return report
+
+
+def _needs(
+    index: SourceIndex, rewrite: bool, name: str, ext: str, source: str | None, report: ExtractionReport
+) -> bool:
+    """Whether the feature ``name`` + ``ext`` must be (re)written: ``rewrite``, missing, or recorded from another
+    ``source`` than this one (sources.py); counts the kept ones as existing (and unverified) and the others as changed.
+    """
+    if rewrite or not (index.path.parent / f"{name}{ext}").exists():
+        return True
+    status = index.status(name, source) if source is not None else "unverified"  # an image gone: keep its latent
+    if status == "changed":
+        report.changed += 1
+        return True
+    report.existing += 1
+    report.unverified += status == "unverified"
+    return False

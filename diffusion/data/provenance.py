@@ -11,8 +11,10 @@ factor is silently wrong for training. Each cache directory therefore records it
   ``control_path`` as they are; ``hed`` + the weights file and its fingerprint; ``canny`` + its thresholds).
 
 Extraction compares the recorded producer with the current one and refuses a mismatch (or, with ``redo``, re-extracts
-its share); the dataset checks the geometry it needs. The fingerprint hashes each model file's name, size and its
-first and last MiB: it tells a re-downloaded or different checkpoint from the same one without reading 20 GB.
+its share); the dataset checks the geometry it needs, and the trainer compares a config's codec and text encoder
+(:func:`config_codec_meta`, :func:`config_caption_meta`: from its files, no weights loaded) before step 1. The
+fingerprint hashes each model file's name, size and its first and last MiB: it tells a re-downloaded or different
+checkpoint from the same one without reading 20 GB.
 """
 
 import hashlib
@@ -27,6 +29,7 @@ _PATH_KEYS = {"text_encoder": "fingerprint", "vae": "vae_fingerprint", "hed": "h
 # keys recorded only since a later version, with the one value a cache written before then can have: control caches
 # were all made from the items' control_path images as they are
 _IMPLIED = {"annotator": "image"}
+_CODEC_KEYS = ("codec", "latent_channels", "downsample", "scale_factor")
 _VOLATILE_CONFIG_KEYS = ("_name_or_path", "_diffusers_version", "transformers_version")
 
 
@@ -77,6 +80,38 @@ def codec_meta(codec, resolution: int, multi_scale: bool) -> dict:
     path = getattr(codec, "path", None)
     if path is not None:
         meta |= {"vae": str(path), "vae_fingerprint": fingerprint(path), "vae_config": _model_config(Path(path))}
+    return meta
+
+
+def config_codec_meta(codec_cfg: dict) -> dict:
+    """The geometry, scale factor and VAE record (as :func:`codec_meta` writes them) of a ``codec`` config section,
+    without loading weights: a VAE's from its ``config.json`` and file fingerprint, a weight-free codec built."""
+    from diffusion.registry import CODECS
+
+    values = {k: v for k, v in codec_cfg.items() if k != "type"}
+    if "path" not in values:
+        return {k: v for k, v in codec_meta(CODECS.build(dict(codec_cfg)), 0, False).items() if k in _CODEC_KEYS}
+    path = Path(values["path"])
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"config key 'codec.path': no model at {path} (expected {path / 'config.json'})")
+    config = _model_config(path)
+    scale = values.get("scale_factor")
+    return {
+        "codec": CODECS.get(codec_cfg["type"]).__name__,
+        "latent_channels": int(config["latent_channels"]),
+        "downsample": 2 ** (len(config["block_out_channels"]) - 1),
+        "scale_factor": float(config["scaling_factor"] if scale is None else scale),
+        "vae": str(path),
+        "vae_fingerprint": fingerprint(path),
+    }
+
+
+def config_caption_meta(text_cfg: dict) -> dict:
+    """The caption record of a resolved ``text_encoder`` config section (no T5 weights loaded); the path and its
+    fingerprint only when it exists."""
+    meta = {"max_length": int(text_cfg["max_length"]), "clean_caption": bool(text_cfg["clean_caption"])}
+    if Path(text_cfg["path"]).exists():
+        meta |= {"text_encoder": str(text_cfg["path"]), "fingerprint": fingerprint(text_cfg["path"])}
     return meta
 
 

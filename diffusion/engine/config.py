@@ -53,7 +53,8 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     # PixArt-delta §4: wrap cfg.model (holding cfg.load_from) in a ControlNet; load_from = ControlNet weights (the
     # official full file or a training checkpoint of the trainable weights). copy_blocks None: depth // 2 for "unet".
     "controlnet": dict(copy_blocks=13, topology="transformer", load_from=None),
-    "text_encoder": dict(path=REQUIRED, max_length=120),  # diffusion.build.build_text_encoder reads these two
+    # diffusion.build.build_text_encoder reads these; the caption cache's meta.json must agree (preflight)
+    "text_encoder": dict(path=REQUIRED, max_length=120, clean_caption=True),
 }
 
 ALLOWED_VALUES: dict[tuple[str, str], tuple] = {

@@ -45,6 +45,60 @@ def check_sections(cfg) -> tuple[dict | None, dict]:
     return text_cfg, codec_cfg
 
 
+# cache meta.json key -> the config key that sets it
+_CONFIG_KEYS = {
+    "codec": "codec.type",
+    "latent_channels": "codec.downsample",
+    "downsample": "codec.downsample",
+    "scale_factor": "codec.scale_factor",
+    "vae": "codec.path",
+    "vae_fingerprint": "codec.path",
+    "text_encoder": "text_encoder.path",
+    "fingerprint": "text_encoder.path",
+    "max_length": "text_encoder.max_length",
+    "clean_caption": "text_encoder.clean_caption",
+}
+
+
+def check_caches(cfg, dataset) -> list[str]:
+    """Compare the config's ``codec`` and ``text_encoder`` (no weights loaded) with the ``meta.json`` of the caches
+    ``dataset`` reads (a :class:`~diffusion.data.FeatureDataset`; other datasets are not checked).
+
+    A differing VAE, codec type or geometry, T5, ``max_length`` or ``clean_caption`` raises ValueError naming the
+    meta.json file and each config key. Returns warnings: caches without meta.json (older extractions), and a
+    differing ``scale_factor``, which the caches do not depend on (they hold the unscaled posterior; prepare_batch
+    scales it, and the embedded default trains at 10 on caches written at 1) but a pretrained model does.
+    """
+    from diffusion.data.features import caption_dir
+    from diffusion.data.provenance import config_caption_meta, config_codec_meta, meta_mismatch, read_meta
+
+    if not hasattr(dataset, "latent_dir"):
+        return []
+    codec = config_codec_meta(cfg["codec"])
+    expected = {Path(dataset.latent_dir): codec}
+    if getattr(dataset, "load_control", False):
+        expected[Path(dataset.control_dir)] = codec
+    if cfg.get("text_encoder"):
+        expected[caption_dir(dataset.root)] = config_caption_meta(resolve_section("text_encoder", cfg["text_encoder"]))
+    notes = []
+    for directory, current in expected.items():
+        recorded = read_meta(directory)
+        if not recorded:
+            notes.append(f"{directory} has no meta.json (an older extraction): its producer cannot be checked")
+            continue
+        diff = meta_mismatch({k: v for k, v in recorded.items() if k in current}, current)
+        lines = [f"\n  {_CONFIG_KEYS[k]} ({k}): cache has {a!r}, config has {b!r}" for k, (a, b) in diff.items()]
+        if "scale_factor" in diff:
+            notes.append(f"{directory / 'meta.json'}: {lines.pop(list(diff).index('scale_factor')).strip()}")
+        if lines:
+            raise ValueError(
+                f"{directory / 'meta.json'}: the cache was extracted with other settings than this config:"
+                + "".join(lines)
+                + "\nre-extract it (tools/extract_features.py --redo) or set the config key(s) to the cache's values"
+            )
+    return notes
+
+
 def check_work_dir(work_dir: str | os.PathLike) -> Path:
     """Create ``work_dir`` and prove it writable by writing, fsyncing and deleting a probe file."""
     work_dir = Path(work_dir)

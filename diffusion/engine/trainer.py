@@ -157,6 +157,7 @@ class Trainer(RunValidation, RunCheckpoint):
     def _build_data(self) -> BatchStream:
         tc, cfg = self.train_cfg, self.cfg
         dataset = DATASETS.build(cfg.data)
+        self._notes += [("warning", note) for note in preflight.check_caches(cfg, dataset)]  # before step 1
         if cfg.get("data_sampler"):
             batch_sampler = SAMPLERS.build(
                 dict(
