@@ -112,6 +112,10 @@ class _ControlWrapper(nn.Module):
         return self.base_model.out_channels
 
     @property
+    def patch_size(self) -> int:
+        return self.base_model.patch_size
+
+    @property
     def pred_sigma(self) -> bool:
         return self.base_model.pred_sigma
 
