@@ -222,7 +222,9 @@ class Pipeline:
 
         ``caption``: ``encode(prompts)`` computed beforehand (y (B,1,L,C), y_mask (B,L)); T5 is then not run.
         ``control``: a ControlNet's control images or latent (see :meth:`encode_control`); None = no control."""
-        height, width = height or self.resolution[0], width or self.resolution[1]
+        height = self.resolution[0] if height is None else height
+        width = self.resolution[1] if width is None else width
+        self.check_size(height, width)
         down = self.codec.downsample
         generator = torch.Generator("cpu").manual_seed(seed)
         if x_T is None:
@@ -250,6 +252,17 @@ class Pipeline:
         finally:
             self.model.train(was_training)
         return z
+
+    def check_size(self, height: int, width: int) -> None:
+        """Refuse an image size the model cannot tile: each side must be a positive multiple of the codec's
+        downsample factor times the model's patch size (anything else is floored or fails inside the model)."""
+        down, patch = self.codec.downsample, self.model.patch_size
+        for name, side in (("height", height), ("width", width)):
+            if side <= 0 or side % (down * patch):
+                raise ValueError(
+                    f"{name} {side} must be a positive multiple of {down * patch} (codec downsample {down} x patch "
+                    f"size {patch})"
+                )
 
     def guidance_info(self, sampler: SamplerConfig, batch_size: int) -> dict[str, torch.Tensor]:
         """``{'guidance': w (B,)}`` for a w-embedding student under the LCM sampler (w = cfg_scale - 1), else {}."""

@@ -183,3 +183,13 @@ def test_control_errors_are_clear(pipe):
         controlled.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=1), control=_control_images()[:, :, :8])
     with pytest.raises(ValueError, match=r"\[-1, 1\]"):
         controlled.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=1), control=_control_images().float())
+
+
+@pytest.mark.parametrize("side", [17, 18, -4])
+def test_sizes_the_model_cannot_tile_are_refused(pipe, side):
+    """Height and width must be positive multiples of codec downsample (2) x patch size (2): 17 would be floored to
+    16 silently, 18 fails deep in the model."""
+    for key in ("height", "width"):
+        with pytest.raises(ValueError, match=f"{key} {side} .*positive multiple of 4"):
+            pipe(PROMPTS[:1], name="lcm", steps=1, **{key: side})
+    assert pipe(PROMPTS[:1], name="lcm", steps=1, height=20, width=12).shape == (1, 3, 20, 12)

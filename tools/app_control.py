@@ -9,6 +9,7 @@ the weights of the pipeline it stands beside, so the controlled images come from
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from PIL import Image
 
 from diffusion.build import DTYPES, load_model, load_pipeline
 from diffusion.data.annotators import CannyAnnotator
+from diffusion.data.annotators import load_control as read_control
 from diffusion.data.buckets import closest_bucket
 from diffusion.pipeline import Pipeline
 from tools.app_core import (
@@ -112,10 +114,14 @@ def check_image(image) -> np.ndarray:
 
 def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=None, low=100, high=200) -> np.ndarray:
     """(H, W, 3) uint8 image -> (h, w, 3) uint8 control map at ``size`` = (h, w): resized first, then annotated
-    (the official app's order), white edges on black like the training edge maps."""
+    (the official app's order), white edges on black like the training edge maps. The resize is training's and
+    ``tools/sample.py --control``'s (``diffusion.data.annotators.load_control``: cover ``size`` keeping the aspect
+    ratio, centre crop), fed the array as a lossless PNG; Gradio has applied the upload's EXIF orientation already."""
     if annotator not in ANNOTATORS or (annotator == "hed" and hed is None):
         raise InputError(f"Unknown annotator {annotator!r}; choose one of {list(ANNOTATORS)} (HED needs --hed).")
-    resized = np.array(Image.fromarray(image).resize((size[1], size[0]), Image.BILINEAR))
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    resized = read_control(png, *size)[0].permute(1, 2, 0).numpy()
     if annotator == "canny":
         low, high = check_int("Canny low threshold", low, *CANNY_LIMITS), check_int("Canny high", high, *CANNY_LIMITS)
         edges = canny(resized, low, high)

@@ -8,15 +8,22 @@
     python tools/sample.py --config configs/controlnet/tiny_controlnet.py --checkpoint CONTROLNET \
         --control edges.png --annotator image --prompts "..." --out output/controlled      # ControlNet (§4)
 
-Writes ``<out>/s{seed}_{index}.png`` per image (index = prompt number) and ``<out>/grid.png`` (one row per seed, one
-column per prompt). With ``--control IMAGE`` (a ControlNet config: one with a ``controlnet`` section), the image is
-resized to the sampling size, turned into a control map by ``--annotator`` (``canny``; ``hed`` with ``--hed
-ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
-``<out>/control.png``; every prompt is sampled under it.
+Writes ``<out>/s{seed}_{index:03d}.png`` per image (index = prompt number: ``s0_000.png``, ``s0_001.png``, ...) and
+``<out>/grid.png`` (one row per seed, one column per prompt). Without ``--sampler`` the config's method picks it, as
+for the trainer's sample grids (``diffusion.methods.method_sampler``): LCM 4 steps for an LCM config, DPM-Solver++ 20
+steps with CFG 4.5 for a teacher or ControlNet config; the choice is printed. With ``--control IMAGE`` (a ControlNet
+config: one with a ``controlnet`` section), the image is read as displayed (EXIF orientation), resized to cover the
+sampling size keeping its aspect ratio and centre-cropped (training's geometry,
+``diffusion.data.annotators.load_control``), turned into a control map by ``--annotator`` (``canny``; ``hed`` with
+``--hed ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
+``<out>/control.png``; every prompt is sampled under it. A ControlNet config sampled without ``--control``, or whose
+ControlNet holds no trained weights (a plain teacher checkpoint), prints a warning: its samples are uncontrolled.
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
 ``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
 an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
-base from ``load_from``). A w-embedding student samples with ``--sampler lcm --cfg-scale 5.5`` (w = 4.5).
+base from ``load_from``). A config whose method distils (LCM) needs ``--checkpoint``: its ``load_from`` is the model
+distillation starts from (the teacher), not the student. A w-embedding student samples at its config's ``method.w``
+(``--cfg-scale`` = w + 1 overrides it: 5.5 for w = 4.5).
 """
 
 from __future__ import annotations
@@ -34,7 +41,8 @@ from diffusion.build import DTYPES, load_pipeline  # noqa: E402
 from diffusion.data.annotators import load_control  # noqa: E402
 from diffusion.engine.validation import save_grid  # noqa: E402
 from diffusion.eval.sampling import read_prompts  # noqa: E402
-from diffusion.pipeline import SAMPLERS, Pipeline  # noqa: E402
+from diffusion.methods import configured_method, method_sampler  # noqa: E402
+from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig  # noqa: E402
 
 ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
 
@@ -78,13 +86,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
     parser.add_argument(
-        "--checkpoint", default=None, help=".safetensors / .pth / diffusers or trainer folder (default: load_from)"
+        "--checkpoint",
+        default=None,
+        help=".safetensors / .pth / diffusers or trainer folder (default: load_from; required for an LCM config)",
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", nargs="+")
     src.add_argument("--prompt-file", help="one prompt per line (blank lines skipped)")
-    parser.add_argument("--sampler", default="dpm", choices=SAMPLERS)
-    parser.add_argument("--steps", type=int, default=None, help="default: 4 for lcm, 20 otherwise")
+    parser.add_argument("--sampler", default=None, choices=SAMPLERS, help="default: the config's method's sampler")
+    parser.add_argument("--steps", type=int, default=None, help="default: the method's, else 4 for lcm, 20 otherwise")
     parser.add_argument(
         "--cfg-scale",
         type=float,
@@ -92,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="dpm/ddim: uncond + cfg (cond - uncond), default 4.5. lcm: only for a w-embedding student, diffusers' "
         "convention w = cfg - 1 (the paper's w 4.5 = cfg 5.5); a fixed-w student takes none",
     )
-    parser.add_argument("--lcm-schedule", default="pixart", choices=("pixart", "diffusers"))
+    parser.add_argument("--lcm-schedule", default=None, choices=("pixart", "diffusers"), help="default: pixart")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--height", type=int, default=None)
@@ -115,6 +125,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def choose_sampler(cfg, args: argparse.Namespace) -> dict:
+    """The sampler keywords: what the command line gives, the rest from the config's method when ``--sampler`` is
+    left out or names the method's own sampler (e.g. a w-embedding student's cfg_scale), then ``SAMPLER_DEFAULTS``."""
+    sampler = method_sampler(cfg)
+    if args.sampler is not None and args.sampler != sampler.get("name", "dpm"):
+        sampler = {"name": args.sampler}
+    given = dict(steps=args.steps, cfg_scale=args.cfg_scale, lcm_schedule=args.lcm_schedule)
+    sampler.update({k: v for k, v in given.items() if v is not None})
+    chosen = SamplerConfig(**sampler)  # fills steps and cfg_scale from SAMPLER_DEFAULTS
+    return {**sampler, "name": chosen.name, "steps": chosen.steps, "cfg_scale": chosen.cfg_scale}
+
+
+def describe(sampler: dict, args: argparse.Namespace, method: str) -> str:
+    """One line: the sampler used and where it came from."""
+    cfg = "" if sampler["cfg_scale"] is None else f", CFG {sampler['cfg_scale']:g}"
+    source = "--sampler" if args.sampler else f"the default of the config's method {method}"
+    return f"sampler {sampler['name']}, {sampler['steps']} steps{cfg} ({source})"
+
+
+def warn_uncontrolled(pipe: Pipeline, control: torch.Tensor | None) -> None:
+    """A ControlNet sampled without control, or one whose ControlNet weights are untrained: say so on stderr."""
+    if not getattr(pipe.model, "accepts_control", False):
+        return
+    if control is None:
+        reason = "no --control image was given"
+    elif pipe.model.ignores_control:
+        reason = "its zero projections are all zero (the checkpoint holds no trained ControlNet weights)"
+    else:
+        return
+    print(f"warning: the config has a ControlNet but {reason}: these samples are uncontrolled", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     from mmengine.config import Config
 
@@ -123,6 +165,15 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.prompt_file:
         prompts = read_prompts(args.prompt_file)
     cfg = Config.fromfile(args.config)
+    method = configured_method(cfg)
+    if args.checkpoint is None and method.requires_load_from:
+        raise SystemExit(
+            f"{args.config}: method {method.__name__} distils a student, so its load_from ({cfg.get('load_from')}) is "
+            "the model distillation starts from, not the student: pass --checkpoint (the trained student's file or "
+            "trainer checkpoint folder)"
+        )
+    sampler = choose_sampler(cfg, args)
+    print(describe(sampler, args, method.__name__))
     pipe = load_pipeline(
         cfg,
         args.checkpoint,
@@ -138,19 +189,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
     if args.control:
         height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
         control = load_control(args.control, height, width, args.annotator, args.hed)
-    written = sample(
-        pipe,
-        prompts,
-        args.seeds,
-        args.out,
-        args.height,
-        args.width,
-        control,
-        name=args.sampler,
-        steps=args.steps,
-        cfg_scale=args.cfg_scale,
-        lcm_schedule=args.lcm_schedule,
-    )
+    warn_uncontrolled(pipe, control)
+    written = sample(pipe, prompts, args.seeds, args.out, args.height, args.width, control, **sampler)
     print(f"wrote {len(written) - 1} images and {written[-1]}")
     return written
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -168,22 +169,31 @@ def to_control_image(control_map: torch.Tensor) -> torch.Tensor:
 
 
 def load_control(
-    path: str | Path, height: int, width: int, annotator: str = "image", hed_path: str | Path | None = None
+    path: str | Path | BinaryIO,
+    height: int,
+    width: int,
+    annotator: str = "image",
+    hed_path: str | Path | None = None,
 ) -> torch.Tensor:
-    """A control image file -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``: read as users
-    expect (EXIF orientation, alpha, 16-bit: :func:`diffusion.data.images.open_rgb`), resized to the sampling size,
-    then run through ``annotator`` ('image' keeps it as it is; 'canny'; 'hed' with ``hed_path``)."""
-    from PIL import Image
+    """A control image -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``, with training's
+    geometry: read as displayed (EXIF orientation, alpha, 16-bit: :func:`diffusion.data.images.open_rgb`), resized to
+    cover the sampling size keeping its aspect ratio and centre-cropped (:func:`diffusion.data.features.load_image`,
+    the very function feature extraction uses), then run through ``annotator`` ('image' keeps it as it is; 'canny';
+    'hed' with ``hed_path``). ``path``: a file, or an open binary file object (the app's uploads). A missing file is
+    ``FileNotFoundError``, an unreadable one (truncated, not an image) ``OSError``, both naming it."""
+    from diffusion.data.features import load_image  # lazy: features imports this module
 
-    from diffusion.data.images import open_rgb
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"control image not found: {path}")
+    if isinstance(path, (str, Path)):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"control image not found: {path}")
     if annotator not in ANNOTATORS:
         raise ValueError(f"unknown annotator {annotator!r}; expected one of {ANNOTATORS}")
-    image = open_rgb(path).resize((width, height), Image.BILINEAR)
-    control = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
+    try:
+        image = load_image(path, (height, width))  # (3, h, w) in [-1, 1]
+    except OSError as err:
+        raise OSError(f"cannot read control image {path}: {err}") from err
+    control = ((image + 1) * 127.5).round().to(torch.uint8)[None]  # exactly the decoded 0..255 values
     if annotator == "image":
         return control
     return to_control_image(build_annotator(annotator, hed_path)(control.float() / 255.0))

@@ -1,7 +1,27 @@
 """Training objectives (PixArt-delta arXiv 2401.05252): the teacher/ControlNet diffusion loss and LCM distillation."""
 
+from collections.abc import Mapping
+
 from diffusion.methods.base import Method
 from diffusion.methods.diffusion_loss import DiffusionLoss
 from diffusion.methods.lcm_distillation import LCMDistillation, consistency_fn
+from diffusion.registry import METHODS
 
-__all__ = ["DiffusionLoss", "LCMDistillation", "Method", "consistency_fn"]
+__all__ = ["DiffusionLoss", "LCMDistillation", "Method", "configured_method", "consistency_fn", "method_sampler"]
+
+
+def configured_method(cfg: Mapping) -> type[Method]:
+    """The Method class of ``cfg.method['type']``; a config without a ``method`` section (a sampling-only config of
+    a teacher) is DiffusionLoss's. An unknown type is a KeyError naming it."""
+    name = (cfg.get("method") or {}).get("type", "DiffusionLoss")
+    method = METHODS.get(name)
+    if method is None:
+        raise KeyError(f"unknown method type {name!r} in the config's method section")
+    return method
+
+
+def method_sampler(cfg: Mapping) -> dict:
+    """The sampler the trainer's sample grids use for ``cfg`` (its method's ``sampler_defaults()``), read from the
+    config alone: LCM 4 steps for an LCM config, DPM-Solver++ for a teacher or ControlNet config."""
+    method = {k: v for k, v in (cfg.get("method") or {}).items() if k != "type"}
+    return configured_method(cfg).configured_sampler(**method)

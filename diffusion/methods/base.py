@@ -37,6 +37,12 @@ class Method(nn.Module):
         if state:
             raise ValueError(f"{type(self).__name__} has no extra state, got keys {sorted(state)}")
 
+    @classmethod
+    def configured_sampler(cls, **method) -> dict:
+        """The sampler for a model this method trained, from the method's config keys (``sampler``, ...): what
+        ``sampler_defaults`` of a method built from them returns, without building it. ``{}``: the pipeline's."""
+        return {}
+
     def sampler_defaults(self) -> dict:
         """The sampler config the trainer's sample grids should use."""
         return {}

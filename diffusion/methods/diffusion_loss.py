@@ -102,5 +102,9 @@ class DiffusionLoss(Method):
             t = torch.where(torch.rand(batch_size, device=device) < self.high_noise_prob, high, t)
         return t
 
+    @classmethod
+    def configured_sampler(cls, sampler: dict | None = None, **method) -> dict:
+        return dict(DEFAULT_SAMPLER if sampler is None else sampler)
+
     def sampler_defaults(self) -> dict:
-        return dict(self.sampler)
+        return self.configured_sampler(self.sampler)

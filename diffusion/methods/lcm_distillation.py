@@ -33,6 +33,8 @@ from diffusion.methods.base import Method
 from diffusion.registry import METHODS
 from diffusion.schedulers import DDIMSolver, NoiseSchedule, boundary_scalings
 
+DEFAULT_SAMPLER = dict(name="lcm", steps=4)  # PixArt-delta: 4 LCM steps, no CFG
+
 LORA_TARGETS = ("qkv", "attn.proj", "q_linear", "kv_linear", "cross_attn.proj", "fc1", "fc2", "t_block.1")
 
 
@@ -133,7 +135,7 @@ class LCMDistillation(Method):
         self.scalings = dict(sigma_data=sigma_data, timestep_scaling=timestep_scaling)
         self.schedule = NoiseSchedule(num_train_steps, beta_start, beta_end)
         self.solver = DDIMSolver(self.schedule.alphas_cumprod, num_train_steps, num_ddim_steps)
-        self.sampler = dict(sampler or dict(name="lcm", steps=4))
+        self.sampler = dict(sampler or DEFAULT_SAMPLER)
         self.null = None if null_caption == "learned" else load_file(null_caption)
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
         self._teacher = [_frozen_copy(model, teacher_dtype, teacher_load_from)]
@@ -276,9 +278,16 @@ class LCMDistillation(Method):
             self._target[0].eval()
         return self
 
-    def sampler_defaults(self) -> dict:
-        """The configured sampler; a w-embedding student is sampled at the method's w (cfg_scale = w + 1)."""
-        sampler = dict(self.sampler)
-        if self.guidance_embedding:
-            sampler.setdefault("cfg_scale", self.w + 1.0)
+    @classmethod
+    def configured_sampler(
+        cls, sampler: dict | None = None, guidance_embedding: bool = False, w: float = 4.5, **method
+    ) -> dict:
+        """The configured sampler (LCM, 4 steps by default); a w-embedding student is sampled at the method's w
+        (cfg_scale = w + 1)."""
+        sampler = dict(sampler or DEFAULT_SAMPLER)
+        if guidance_embedding:
+            sampler.setdefault("cfg_scale", w + 1.0)
         return sampler
+
+    def sampler_defaults(self) -> dict:
+        return self.configured_sampler(self.sampler, self.guidance_embedding, self.w)

@@ -112,6 +112,10 @@ class _ControlWrapper(nn.Module):
         return self.base_model.out_channels
 
     @property
+    def patch_size(self) -> int:
+        return self.base_model.patch_size
+
+    @property
     def pred_sigma(self) -> bool:
         return self.base_model.pred_sigma
 
@@ -143,6 +147,15 @@ class _ControlWrapper(nn.Module):
                 if proj is not None:
                     nn.init.zeros_(proj.weight)
                     nn.init.zeros_(proj.bias)
+
+    @property
+    def ignores_control(self) -> bool:
+        """True when the control cannot change the output: the zero projection where ``c`` enters (copy 0's
+        ``before_proj``) or every one where the copies leave (``after_proj``) is still all zero, as after loading a
+        plain base file with no trained ControlNet weights."""
+        enters = self.controlnet[0].before_proj
+        leave = [control.after_proj for control in self.controlnet]
+        return not any(p.any() for p in enters.parameters()) or not any(p.any() for m in leave for p in m.parameters())
 
     # ----------------------------------------------------------------------------------------------- forward
     def _call(self, module: nn.Module, *args):

@@ -73,3 +73,60 @@ def test_image_annotator_and_control_image():
     assert (canny.low, canny.high, canny.l2_gradient) == (20, 90, True)
     with pytest.raises(ValueError, match="unknown annotator"):
         build_annotator("depth")
+
+
+def circle_image(height: int, width: int) -> np.ndarray:
+    """A white circle outline (radius height/3) centred on black: round only if the geometry keeps the aspect."""
+    image = np.zeros((height, width, 3), np.uint8)
+    cv2.circle(image, (width // 2, height // 2), height // 3, (255, 255, 255), 2)
+    return image
+
+
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> 0..255 uint8, the inverse of load_image's scaling."""
+    return ((images + 1) * 127.5).round().to(torch.uint8)
+
+
+def test_load_control_crops_a_wide_image_like_training(tmp_path):
+    """A 64 x 128 control image sampled at 32 x 32: resized to cover and centre-cropped exactly as training's
+    ``load_image`` does (the circle stays a circle), not stretched into an ellipse."""
+    from PIL import Image
+
+    from diffusion.data.annotators import load_control
+    from diffusion.data.features import load_image
+
+    Image.fromarray(circle_image(64, 128)).save(tmp_path / "wide.png")
+    control = load_control(tmp_path / "wide.png", 32, 32)
+    assert control.shape == (1, 3, 32, 32) and control.dtype == torch.uint8
+    assert torch.equal(control[0], as_uint8(load_image(tmp_path / "wide.png", (32, 32))))
+    ys, xs = np.nonzero(control[0, 0].numpy() > 64)
+    assert abs(int(np.ptp(ys)) - int(np.ptp(xs))) <= 1  # as tall as wide
+
+
+def test_load_control_honours_exif_orientation(tmp_path):
+    """An EXIF-rotated control image is used as displayed (portrait), like training's image loading."""
+    from PIL import Image
+
+    from diffusion.data.annotators import load_control
+    from diffusion.data.features import load_image
+
+    stored = np.zeros((32, 64, 3), np.uint8)
+    stored[:, :16] = 255  # the stored left quarter; orientation 6 (rotate 270) shows it at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "rotated.png", exif=exif)
+    control = load_control(tmp_path / "rotated.png", 64, 32)
+    assert torch.equal(control[0], as_uint8(load_image(tmp_path / "rotated.png", (64, 32))))
+    assert control[0, :, :16].min() == 255 and control[0, :, 16:].max() == 0
+
+
+def test_load_control_names_a_truncated_file(tmp_path):
+    from PIL import Image
+
+    from diffusion.data.annotators import load_control
+
+    Image.fromarray(circle_image(64, 64)).save(tmp_path / "whole.jpg", quality=95)
+    data = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OSError, match="cut.jpg"):
+        load_control(tmp_path / "cut.jpg", 32, 32)

@@ -285,3 +285,24 @@ def test_a_control_latent_for_a_plain_model_is_an_error():
     model = _model()
     with pytest.raises(ValueError, match="no ControlNet"):
         LCMDistillation(model)(model, dict(_batch(2), c=torch.randn(2, 4, 8, 12)))
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        dict(type="LCMDistillation"),
+        dict(type="LCMDistillation", guidance_embedding=True, w=3.0, sampler=dict(name="lcm", steps=2)),
+        dict(type="DiffusionLoss", sampler=dict(name="ddim", steps=5)),
+        None,
+    ],
+)
+def test_method_sampler_from_the_config_is_the_built_methods(method):
+    """``method_sampler(cfg)`` (tools/sample.py, config alone) gives what the built method's ``sampler_defaults()``
+    gives the trainer's sample grids."""
+    from diffusion.methods import DiffusionLoss, method_sampler
+    from diffusion.registry import METHODS
+
+    cfg = {} if method is None else {"method": method}
+    model = _model(guidance_embedding=bool(method and method.get("guidance_embedding")))
+    built = DiffusionLoss(model) if method is None else METHODS.build(dict(method, model=model))
+    assert method_sampler(cfg) == built.sampler_defaults()

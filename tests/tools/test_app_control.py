@@ -101,3 +101,21 @@ def test_trained_weights_sit_on_the_apps_bases_not_the_configs_load_from(tiny, t
         _, got = controlled(tiny["models"], control, *args)
         _, want = controlled(tiny["models"], tiny["control"], *args)
         assert np.array_equal(got.images[0], want.images[0])
+
+
+def test_control_map_crops_a_wide_upload_like_training(tmp_path):
+    """An upload whose aspect is not the bucket's: resized to cover and centre-cropped like training's
+    ``load_image`` (and ``tools/sample.py --control``), not stretched: the circle stays a circle."""
+    import cv2
+    from PIL import Image
+
+    from diffusion.data.features import load_image
+
+    wide = np.zeros((64, 128, 3), np.uint8)
+    cv2.circle(wide, (64, 32), 21, (255, 255, 255), 2)
+    cmap = control_map(wide, "image", (32, 32))
+    Image.fromarray(wide).save(tmp_path / "wide.png")
+    expected = ((load_image(tmp_path / "wide.png", (32, 32)) + 1) * 127.5).round().to(torch.uint8)
+    assert np.array_equal(cmap, expected.permute(1, 2, 0).numpy())
+    ys, xs = np.nonzero(cmap[..., 0] > 64)
+    assert abs(int(np.ptp(ys)) - int(np.ptp(xs))) <= 1  # as tall as wide

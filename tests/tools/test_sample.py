@@ -112,7 +112,7 @@ def test_sample_lcm_lora_trainer_checkpoint(setup, tmp_path):
     assert torch.equal(read_png(tmp_path / "out" / "s0_001.png"), expected[1])
 
 
-def test_control_image_reaches_a_controlnet(setup, tmp_path):
+def test_control_image_reaches_a_controlnet(setup, tmp_path, capsys):
     """--control with a ControlNet config: the image is resized, saved as control.png, and sampled under."""
     from diffusion.model.controlnet import PixArtControlNet
 
@@ -133,6 +133,7 @@ def test_control_image_reaches_a_controlnet(setup, tmp_path):
     out = tmp_path / "out"
     argv = ["--config", str(config), "--checkpoint", str(tmp_path / "cn.safetensors"), "--prompts", *PROMPTS]
     main([*argv, "--sampler", "lcm", "--steps", "2", "--control", str(tmp_path / "edges.png"), "--out", str(out)])
+    assert "uncontrolled" not in capsys.readouterr().err  # trained ControlNet weights and a control image
     control = read_png(out / "control.png")
     assert control.shape == (3, 32, 32) and control[:, 20, 16].min() > 128 and control[:, 5, 5].max() == 0
     expected = load_pipeline(setup["cfg"], model=cn.eval())(PROMPTS, name="lcm", steps=2, control=control[None])
@@ -180,3 +181,64 @@ def test_cuda_graphs_need_cuda_and_exclude_compile():
         parse_args([*base, "--device", "cpu", "--cuda-graphs"])
     with pytest.raises(SystemExit):
         parse_args([*base, "--device", "cuda", "--cuda-graphs", "--compile"])
+
+
+@pytest.mark.parametrize(
+    "config, expected",
+    [
+        ("lcm/tiny_lcm.py", dict(name="lcm", steps=4, cfg_scale=None)),
+        ("lcm/pixartms_xl2_img1024_lcm_wembed.py", dict(name="lcm", steps=4, cfg_scale=5.5)),
+        ("pixart/tiny_teacher.py", dict(name="dpm", steps=20, cfg_scale=4.5)),
+        ("controlnet/tiny_controlnet.py", dict(name="dpm", steps=20, cfg_scale=4.5)),
+    ],
+)
+def test_default_sampler_follows_the_configs_method(config, expected):
+    """No --sampler: the sampler the trainer's grids use for that config's method (``method.sampler_defaults()``)."""
+    from tools.sample import choose_sampler
+
+    cfg = Config.fromfile(str(CONFIGS / config))
+    assert choose_sampler(cfg, parse_args(["--config", "c.py", "--prompts", "p", "--out", "o"])) == expected
+    given = parse_args(["--config", "c.py", "--prompts", "p", "--out", "o", "--sampler", "ddim", "--steps", "7"])
+    assert choose_sampler(cfg, given) == dict(name="ddim", steps=7, cfg_scale=4.5)  # what is given wins
+
+
+def test_lcm_config_samples_lcm_by_default_and_needs_a_checkpoint(setup, tmp_path, capsys):
+    """An LCM config without --sampler samples the student's 4 LCM steps (and says so); without --checkpoint it
+    would sample load_from, the teacher: refused."""
+    config = tmp_path / "lcm.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        "method = dict(type='LCMDistillation', sampler=dict(name='lcm', steps=4))\n"
+    )
+    argv = ["--config", str(config), "--prompts", *PROMPTS, "--out", str(tmp_path / "out")]
+    main([*argv, "--checkpoint", str(setup["root"] / "model.safetensors")])
+    assert "sampler lcm, 4 steps" in capsys.readouterr().out
+    expected = load_pipeline(setup["cfg"], model=setup["model"])(PROMPTS, seed=0, name="lcm", steps=4)
+    assert torch.equal(read_png(tmp_path / "out" / "s0_001.png"), expected[1])
+    with pytest.raises(SystemExit, match="--checkpoint"):
+        main(argv)
+
+
+def test_a_size_the_model_cannot_tile_is_refused(setup, tmp_path):
+    argv = ["--config", str(setup["config"]), "--checkpoint", str(setup["root"] / "model.safetensors")]
+    argv += ["--prompts", PROMPTS[0], "--sampler", "lcm", "--steps", "1", "--out", str(tmp_path)]
+    for height in (33, 34):  # 33 was floored to 32 px silently, 34 failed inside the model
+        with pytest.raises(ValueError, match=f"height {height} must be a positive multiple of 4"):
+            main([*argv, "--height", str(height)])
+
+
+def test_a_controlnet_sampled_without_control_says_so(setup, tmp_path, capsys):
+    """A ControlNet config without --control, or with a checkpoint holding no trained ControlNet weights (a plain
+    teacher file: zero projections), samples uncontrolled: a warning line says so."""
+    config = tmp_path / "cn.py"
+    config.write_text(
+        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        "controlnet = dict(copy_blocks=1)\n"
+    )
+    Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "edges.png")
+    argv = ["--config", str(config), "--checkpoint", str(setup["root"] / "model.safetensors"), "--prompts", "x"]
+    argv += ["--sampler", "lcm", "--steps", "1", "--out", str(tmp_path / "out")]
+    main(argv)
+    assert "uncontrolled" in capsys.readouterr().err
+    main([*argv, "--control", str(tmp_path / "edges.png")])
+    assert "uncontrolled" in capsys.readouterr().err
