@@ -115,6 +115,14 @@ def check_work_dir(work_dir: str | os.PathLike) -> Path:
     return work_dir
 
 
+def remove_if_empty(work_dir: str | os.PathLike) -> None:
+    """Remove ``work_dir`` if nothing was written into it (a run that failed to start); anything else stays."""
+    try:
+        Path(work_dir).rmdir()
+    except OSError:  # not empty, or already gone (another rank)
+        pass
+
+
 def checkpoint_bytes(params: Iterable[torch.Tensor], trainable: Iterable[torch.Tensor], ema: bool) -> int:
     """Estimated size of one checkpoint: weights (+ EMA copy) in their dtype plus two fp32 Adam moments per trainable
     element (the optimizer state dominates: 2/3 of a full fine-tune's checkpoint)."""

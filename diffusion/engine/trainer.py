@@ -48,13 +48,25 @@ class Trainer(RunValidation, RunCheckpoint):
         cfg = cfg if isinstance(cfg, Config) else Config(cfg)
         check_top_level(cfg)
         self.cfg, self.work_dir = cfg, Path(work_dir)
-        tc = self.train_cfg = resolve_section("train", cfg.train)
+        self.train_cfg = resolve_section("train", cfg.train)
         self.lr_cfg = resolve_section("lr_schedule", cfg.get("lr_schedule"))
         self.ckpt_cfg = resolve_section("checkpoint", cfg.get("checkpoint"))
         self.log_cfg = resolve_section("log", cfg.get("log"))
         self.val_cfg = resolve_section("validation", cfg.validation) if cfg.get("validation") else None
         preflight.check_sections(cfg)  # text_encoder and codec keys, before anything is built
+        fresh = not self.work_dir.exists()
         preflight.check_work_dir(self.work_dir)
+        try:
+            self._build(resume)
+        except BaseException:  # a run that fails to start leaves no empty run dir behind (a wrong load_from, ...)
+            if fresh:
+                preflight.remove_if_empty(self.work_dir)
+            raise
+
+    def _build(self, resume: str | None) -> None:
+        """Everything after the config checks: networks, method, parallel wrapping, optimizer, data, resume state,
+        logger; the work dir exists and is writable."""
+        cfg, tc = self.cfg, self.train_cfg
         self._notes: list[tuple[str, str | None]] = []  # (level, message) found before the logger exists
         self.device = dist.init()
         self.rank, self.world = dist.rank(), dist.world_size()

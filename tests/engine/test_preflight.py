@@ -19,3 +19,19 @@ def test_misspelt_constructor_key_leaves_no_work_dir(tmp_path, overrides, name):
     with pytest.raises(KeyError, match=name):
         Trainer(tiny_config(**overrides), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_load_from_of_another_architecture_leaves_no_work_dir(tmp_path):
+    """The model is built (and load_from read) after the work dir is proven writable; a failure there removes the
+    dir again when the run created it, and never touches one that existed."""
+    from safetensors.torch import save_file
+
+    save_file({"weight": __import__("torch").zeros(3)}, str(tmp_path / "other.safetensors"))
+    cfg = tiny_config(load_from=str(tmp_path / "other.safetensors"))
+    with pytest.raises(Exception, match="other.safetensors"):
+        Trainer(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(Exception, match="other.safetensors"):
+        Trainer(cfg, tmp_path / "kept")
+    assert (tmp_path / "kept").is_dir()
