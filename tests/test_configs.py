@@ -41,10 +41,10 @@ def test_leaf_config_resolves_and_builds_on_meta(path):
 
             section = resolve_section("controlnet", cfg.controlnet)
             model = wrap_controlnet(model, section["topology"], section["copy_blocks"])
-    # LoRA injection and frozen copies of a meta model (weights files are not read here: a meta model holds none)
-    method = METHODS.build(
-        {**cfg.method, "model": model, **({"teacher_load_from": None} if "teacher_load_from" in cfg.method else {})}
-    )
+    # LoRA injection and frozen copies of a meta model (weights files are not read here: a meta model holds none,
+    # and a T5("") null caption file is made on the machine that trains)
+    files = {k: v for k, v in (("teacher_load_from", None), ("null_caption", "learned")) if k in cfg.method}
+    method = METHODS.build({**cfg.method, "model": model, **files})
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
     assert method.sampler_defaults() is not None
     if cfg.method.get("guidance_embedding"):

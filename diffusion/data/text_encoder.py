@@ -91,12 +91,14 @@ class TextEncoder:
         return self
 
     @torch.no_grad()
-    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, prompts: list[str], full_length: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode B prompts.
 
         The encoder runs only up to the batch's longest prompt and the rest is zero-padded to ``max_length``: T5's
         self-attention masks padding, so the features of real tokens are unchanged (checked in the tests) while a
-        typical 10-30 token prompt costs a fraction of the 120-token pass.
+        typical 10-30 token prompt costs a fraction of the 120-token pass. ``full_length``: T5 runs over all
+        ``max_length`` tokens as diffusers' ``encode_prompt`` does, so padding positions hold T5's outputs there (what
+        a null caption used under another caption's mask needs, see ``tools/make_null_caption.py``).
 
         Returns:
             y (B, 1, L, C) float features and y_mask (B, L) long, 1 on real tokens (including EOS), 0 on padding.
@@ -104,7 +106,7 @@ class TextEncoder:
         prompts = [clean(p) for p in prompts] if self.clean_caption else list(prompts)
         tokens = self.tokenizer(
             prompts,
-            padding="longest",
+            padding="max_length" if full_length else "longest",
             max_length=self.max_length,
             truncation=True,
             return_attention_mask=True,

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
@@ -89,8 +90,10 @@ class LCMDistillation(Method):
         loss_type, huber_c: 'huber' with c = 0.001 (paper) or 'l2'.
         num_ddim_steps: N of the DDIM grid (50; skip k = 1000 // N = 20).
         sigma_data, timestep_scaling: boundary-scaling arguments (0.5, 10), shared with the LCM sampler.
-        null_caption: '' path-free 'learned' (model's y_embedding) or a .safetensors file holding ``y`` (1,1,L,C) and
-            ``y_mask`` (1,L) of T5("") (diffusers' convention).
+        null_caption: 'learned' (the model's y_embedding: the official full script) or a .safetensors file holding
+            ``y`` (1,1,L,C) = T5("") (the official LoRA script's ``pipe.encode_prompt("")``; written by
+            ``tools/make_null_caption.py``), used under each caption's own mask as the official scripts do, or under
+            the file's ``y_mask`` (1,L) when it holds one.
         lora: None, or dict(rank=32, alpha=None, targets=LORA_TARGETS): LCM-LoRA; the target is the student itself.
         sampler: the sampler for the trainer's sample grids.
         teacher_dtype, target_dtype: 'bf16' keeps that frozen network in bfloat16 (half the memory; it runs under
@@ -136,7 +139,17 @@ class LCMDistillation(Method):
         self.schedule = NoiseSchedule(num_train_steps, beta_start, beta_end)
         self.solver = DDIMSolver(self.schedule.alphas_cumprod, num_train_steps, num_ddim_steps)
         self.sampler = dict(sampler or DEFAULT_SAMPLER)
-        self.null = None if null_caption == "learned" else load_file(null_caption)
+        self.null, self.null_path = None, None
+        if null_caption != "learned":
+            self.null_path = Path(null_caption)
+            if not self.null_path.is_file():
+                raise FileNotFoundError(
+                    f'method.null_caption: no file {self.null_path} (write T5("") there with '
+                    "tools/make_null_caption.py --text-encoder T5_DIR --out FILE, or set null_caption='learned')"
+                )
+            self.null = load_file(str(self.null_path))
+            if "y" not in self.null:
+                raise KeyError(f"method.null_caption: {self.null_path} holds no 'y' tensor (keys: {list(self.null)})")
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
         self._teacher = [_frozen_copy(model, teacher_dtype, teacher_load_from)]
         # The learned null caption, kept whole: under FSDP the teacher's own y_embedding is a shard between forwards.
@@ -169,7 +182,14 @@ class LCMDistillation(Method):
         b = y.shape[0]
         if self.null is None:  # the learned null caption with the caption's own mask (official PixArt-delta)
             return self.null_y[None, None].expand(b, 1, -1, -1).to(y.dtype), mask
-        return self.null["y"].to(y).expand(b, -1, -1, -1), self.null["y_mask"].to(mask).expand(b, -1)
+        null_y = self.null["y"]
+        if null_y.ndim != 4 or null_y.shape[2:] != y.shape[2:]:
+            raise ValueError(
+                f"method.null_caption: {self.null_path} holds y of shape {tuple(null_y.shape)}; the captions are "
+                f"(B, 1, {y.shape[2]}, {y.shape[3]}) (another T5 or max_length?)"
+            )
+        null_mask = self.null["y_mask"].to(mask).expand(b, -1) if "y_mask" in self.null else mask
+        return null_y.to(y).expand(b, -1, -1, -1), null_mask
 
     def _eps(
         self, net: nn.Module, xt: Tensor, t: Tensor, y: Tensor, mask: Tensor, info: dict, c: Tensor | None = None

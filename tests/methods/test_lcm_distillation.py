@@ -306,3 +306,27 @@ def test_method_sampler_from_the_config_is_the_built_methods(method):
     model = _model(guidance_embedding=bool(method and method.get("guidance_embedding")))
     built = DiffusionLoss(model) if method is None else METHODS.build(dict(method, model=model))
     assert method_sampler(cfg) == built.sampler_defaults()
+
+
+def test_a_t5_null_caption_file_is_the_unconditional_branch_with_the_captions_mask(tmp_path):
+    """The official LCM-LoRA script's uncond: T5("") (``pipe.encode_prompt("")``) under each caption's own mask; a file
+    without ``y_mask`` means that, one with it keeps its own; a missing file names the tool that writes it."""
+    from safetensors.torch import save_file
+
+    model = _model()
+    y, mask = _batch()["y"], _batch()["y_mask"]
+    null = torch.randn(1, 1, y.shape[2], y.shape[3])
+    save_file({"y": null}, str(tmp_path / "null.safetensors"))
+    method = LCMDistillation(model, null_caption=str(tmp_path / "null.safetensors"))
+    uy, umask = method._uncond(y, mask)
+    assert torch.equal(uy, null.expand_as(y)) and torch.equal(umask, mask)
+    own = torch.zeros(1, y.shape[2], dtype=mask.dtype)
+    own[0, 0] = 1
+    save_file({"y": null, "y_mask": own}, str(tmp_path / "own.safetensors"))
+    _, umask = LCMDistillation(model, null_caption=str(tmp_path / "own.safetensors"))._uncond(y, mask)
+    assert torch.equal(umask, own.expand_as(mask))
+    with pytest.raises(FileNotFoundError, match="(?s)missing.safetensors.*make_null_caption"):
+        LCMDistillation(model, null_caption=str(tmp_path / "missing.safetensors"))
+    save_file({"y": null[..., :-1].contiguous()}, str(tmp_path / "narrow.safetensors"))
+    with pytest.raises(ValueError, match="narrow.safetensors"):
+        LCMDistillation(model, null_caption=str(tmp_path / "narrow.safetensors"))._uncond(y, mask)
