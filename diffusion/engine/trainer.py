@@ -161,9 +161,16 @@ class Trainer(RunValidation, RunCheckpoint):
     def _resolve_resume(self, resume: str | None) -> Path | None:
         if resume is None:
             return None
-        found = ckpt.find_latest(self.work_dir) if resume == "auto" else Path(resume)
-        if found is not None and not (found / "training_state.pt").is_file():
-            raise FileNotFoundError(f"no checkpoint at {found}")
+        if resume != "auto":
+            if not (Path(resume) / "training_state.pt").is_file():
+                raise FileNotFoundError(f"no checkpoint at {resume} (no training_state.pt)")
+            return Path(resume)
+        found = None
+        for step_dir in reversed(ckpt.list_checkpoints(self.work_dir / ckpt.CHECKPOINT_SUBDIR)):
+            if (step_dir / "training_state.pt").is_file():
+                found = step_dir
+                break
+            self._notes.append(("warning", f"{step_dir} is incomplete (no training_state.pt): not resumed from"))
         return found
 
     def _build_data(self) -> BatchStream:

@@ -53,6 +53,20 @@ def test_a_fresh_run_into_a_work_dir_with_checkpoints_is_refused(tmp_path):
     assert _train(tiny_config(train=dict(max_steps=6)), tmp_path / "run", resume="auto").step == 6
 
 
+def test_resume_auto_skips_an_incomplete_newest_checkpoint(tmp_path):
+    """A newest step folder without its training_state.pt (deleted, or copied in part) is skipped with a warning
+    naming it; the run resumes from the newest complete one. An explicit incomplete folder is an error naming it."""
+    cfg = tiny_config(train=dict(max_steps=4), checkpoint=dict(every=2, keep_last=3))
+    _train(cfg, tmp_path / "run")
+    (ckpt.step_dir(tmp_path / "run" / ckpt.CHECKPOINT_SUBDIR, 4) / "training_state.pt").unlink()
+    trainer = Trainer(tiny_config(train=dict(max_steps=6), checkpoint=dict(every=2)), tmp_path / "run", "auto")
+    assert trainer.step == 2
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "step_0000004" in log and "incomplete" in log
+    with pytest.raises(FileNotFoundError, match="step_0000004"):
+        Trainer(cfg, tmp_path / "other", resume=str(ckpt.step_dir(tmp_path / "run" / ckpt.CHECKPOINT_SUBDIR, 4)))
+
+
 def test_grad_accumulation_equals_big_batch(tmp_path):
     big = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=4, grad_accum=1, max_steps=3)), tmp_path / "a")
     acc = _train(tiny_config(**DETERMINISTIC, train=dict(batch_size=2, grad_accum=2, max_steps=3)), tmp_path / "b")
