@@ -78,6 +78,11 @@ def load_control(
         base_cfg = Config({**cfg.to_dict(), "load_from": (models.paths or {}).get(kind, cfg.get("load_from"))})
         model = load_model(base_cfg, checkpoint, device, DTYPES[dtype])
         model.base_model.load_state_dict(base.model.state_dict())  # a full official file brings its own base
+        if model.ignores_control:
+            raise SystemExit(
+                f"--controlnet {checkpoint} holds no trained ControlNet weights (its zero projections are all zero, "
+                "so the ControlNet tab would ignore every control): pass a trained ControlNet checkpoint"
+            )
         pipes[kind] = load_pipeline(cfg, model=model, like=base)
     annotator = None
     if hed is not None:

@@ -119,3 +119,10 @@ def test_control_map_crops_a_wide_upload_like_training(tmp_path):
     assert np.array_equal(cmap, expected.permute(1, 2, 0).numpy())
     ys, xs = np.nonzero(cmap[..., 0] > 64)
     assert abs(int(np.ptp(ys)) - int(np.ptp(xs))) <= 1  # as tall as wide
+
+
+def test_a_controlnet_file_without_trained_controlnet_weights_is_refused(tiny):
+    """--controlnet given a plain PixArt file: the copies come from the base and every zero projection stays zero, so
+    the tab would ignore the control; the app refuses to start, naming the file."""
+    with pytest.raises(SystemExit, match=f"(?s){tiny['lcm'].name}.*no trained ControlNet"):
+        load_control(tiny["models"], str(tiny["cn_config"]), str(tiny["lcm"]))
