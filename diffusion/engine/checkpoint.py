@@ -129,9 +129,20 @@ def prune(root: str | os.PathLike, keep_last: int) -> None:
 
 
 def find_latest(work_dir: str | os.PathLike) -> Path | None:
-    """Newest completed checkpoint of a run (for ``--resume auto``), or None."""
+    """Newest checkpoint folder of a run (committed by rename; its files are not checked), or None."""
     found = list_checkpoints(Path(work_dir) / CHECKPOINT_SUBDIR)
     return found[-1] if found else None
+
+
+def find_resumable(work_dir: str | os.PathLike) -> tuple[Path | None, list[Path]]:
+    """What ``--resume auto`` continues: the newest checkpoint holding its ``training_state.pt`` (or None), and the
+    newer, incomplete folders passed over (a file deleted or copied in part), newest first."""
+    skipped = []
+    for step_dir in reversed(list_checkpoints(Path(work_dir) / CHECKPOINT_SUBDIR)):
+        if (step_dir / "training_state.pt").is_file():
+            return step_dir, skipped
+        skipped.append(step_dir)
+    return None, skipped
 
 
 def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:

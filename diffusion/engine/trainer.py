@@ -165,12 +165,8 @@ class Trainer(RunValidation, RunCheckpoint):
             if not (Path(resume) / "training_state.pt").is_file():
                 raise FileNotFoundError(f"no checkpoint at {resume} (no training_state.pt)")
             return Path(resume)
-        found = None
-        for step_dir in reversed(ckpt.list_checkpoints(self.work_dir / ckpt.CHECKPOINT_SUBDIR)):
-            if (step_dir / "training_state.pt").is_file():
-                found = step_dir
-                break
-            self._notes.append(("warning", f"{step_dir} is incomplete (no training_state.pt): not resumed from"))
+        found, skipped = ckpt.find_resumable(self.work_dir)
+        self._notes += [("warning", f"{d} is incomplete (no training_state.pt): not resumed from") for d in skipped]
         return found
 
     def _build_data(self) -> BatchStream:
