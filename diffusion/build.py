@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from diffusion.config import resolve_section
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.model import students
 from diffusion.model.io import check_fits, load_model_weights, load_state, load_state_into, resolve_checkpoint
@@ -40,7 +41,6 @@ def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
     if load_from and cfg.get("load_from"):
         load_model_weights(model, cfg["load_from"])
     if cfg.get("controlnet") is not None:
-        from diffusion.engine.config import resolve_section  # lazy: diffusion.engine imports this module
         from diffusion.model.controlnet import wrap_controlnet
 
         section = resolve_section("controlnet", cfg["controlnet"])

@@ -1,4 +1,6 @@
-"""The trainer's config schema: which top-level keys and sub-keys exist, their defaults and allowed values.
+"""The config schema: which top-level keys and sub-keys a run's config has, their defaults and allowed values.
+
+Shared by the trainer (``diffusion.engine``) and the one way in (``diffusion.build``), so it sits above both.
 
 An unknown or missing key is an error that names it (the official PixArt configs carry keys nothing reads, e.g.
 ``w_min``/``w_max`` in the LCM recipe of PixArt-δ §3.3; here such a key fails loudly).

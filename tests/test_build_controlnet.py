@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion.build import build_model, load_model
-from diffusion.engine.config import resolve_section
+from diffusion.config import resolve_section
 from diffusion.model.controlnet import PixArtControlNet, PixArtControlNetUNet
 from diffusion.registry import MODELS
 from tests.model.helpers import inputs, randomize
@@ -86,12 +86,17 @@ def test_load_model_reads_official_full_and_trainable_checkpoints(base_file, tmp
 
 
 def test_export_writes_the_official_full_layout(base_file, tmp_path):
-    from tools.convert_controlnet import export
+    """``tools/convert_controlnet.py``: a trainable-weights checkpoint -> the released files' full layout."""
+    from mmengine.config import Config
+
+    from tests.commands import load_command
 
     path, _ = base_file
     trained = _trained(path)
     save_file(trained.trainable_state_dict(), str(tmp_path / "trainable.safetensors"))
-    out = export(_cfg(path), tmp_path / "trainable.safetensors", tmp_path / "ControlNet.pth")
+    Config(_cfg(path)).dump(str(tmp_path / "controlnet.py"))
+    argv = ["--config", str(tmp_path / "controlnet.py"), "--checkpoint", str(tmp_path / "trainable.safetensors")]
+    out = load_command("tools/convert_controlnet.py").main([*argv, "--out", str(tmp_path / "ControlNet.pth")])
     state = torch.load(out, weights_only=True)["state_dict"]
     assert state.keys() == trained.state_dict().keys()
     assert any(k.startswith("base_model.") for k in state) and "controlnet.0.before_proj.weight" in state

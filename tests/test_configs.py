@@ -8,7 +8,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from diffusion.engine.config import SECTION_DEFAULTS, check_top_level, resolve_section
+from diffusion.config import SECTION_DEFAULTS, check_top_level, resolve_section
 from diffusion.registry import DATASETS, METHODS, MODELS
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

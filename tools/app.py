@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry or version ping
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools.app_core import DEFAULT_CONFIG, Models, load_models  # noqa: E402
+from diffusion.app.control import DEFAULT_CONTROLNET, DEFAULT_CONTROLNET_CONFIG  # noqa: E402
+from diffusion.app.core import DEFAULT_CONFIG, load_models  # noqa: E402
+from diffusion.paths import shown  # noqa: E402
 
 KINDS = ("teacher", "lcm")
-DEFAULT_CONTROLNET_CONFIG = "configs/controlnet/tiny_controlnet.py"
-DEFAULT_CONTROLNET = "assets/tiny_controlnet/model.safetensors"
 
 
 def parse_checkpoints(items: Sequence[str] | None) -> dict[str, str]:
@@ -55,7 +51,9 @@ def parse_checkpoints(items: Sequence[str] | None) -> dict[str, str]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help=f"LCM run config (default: the embedded {DEFAULT_CONFIG})")
+    parser.add_argument(
+        "--config", default=None, help=f"LCM run config (default: the embedded {shown(DEFAULT_CONFIG)})"
+    )
     parser.add_argument(
         "--checkpoint",
         nargs="+",
@@ -67,12 +65,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--controlnet",
         default=None,
         help="ControlNet checkpoint (full official file or trained "
-        f"weights; default on the embedded config: {DEFAULT_CONTROLNET} when present)",
+        f"weights; default on the embedded config: {shown(DEFAULT_CONTROLNET)} when present)",
     )
     parser.add_argument(
         "--controlnet-config",
         default=None,
-        help=f"its config, with a controlnet section (default on the embedded config: {DEFAULT_CONTROLNET_CONFIG})",
+        help="its config, with a controlnet section (default on the embedded config: "
+        f"{shown(DEFAULT_CONTROLNET_CONFIG)})",
     )
     parser.add_argument("--hed", default=None, help="HED annotator weights (ControlNetHED.pth) for the ControlNet tab")
     parser.add_argument("--text-encoder", default=None, help="local T5 folder (overrides text_encoder.path)")
@@ -106,25 +105,17 @@ def main(argv: list[str] | None = None) -> None:
     controlnet, cn_config = args.controlnet, args.controlnet_config
     if args.config is None:  # the embedded default: its committed ControlNet, once there is one
         cn_config = cn_config or DEFAULT_CONTROLNET_CONFIG
-        if controlnet is None and Path(DEFAULT_CONTROLNET).is_file():
+        if controlnet is None and DEFAULT_CONTROLNET.is_file():
             controlnet = DEFAULT_CONTROLNET
     if controlnet is not None:
         if cn_config is None:
             raise SystemExit("--controlnet needs --controlnet-config (a config with a controlnet section)")
-        from tools.app_control import load_control
+        from diffusion.app.control import load_control
 
         models.control = load_control(models, cn_config, controlnet, args.hed, device, args.dtype)
+    from diffusion.app.ui import serve  # gradio is imported once the models are loaded
+
     serve(models, args.host, args.port, args.concurrency)
-
-
-def serve(models: Models, host: str, port: int, concurrency: int = 1) -> None:
-    """Build the page and serve it until interrupted."""
-    from tools.app_ui import build_demo, page_css
-
-    demo = build_demo(models)
-    demo.queue(default_concurrency_limit=concurrency, max_size=64)
-    print(f"[app] {models.summary()}", flush=True)
-    demo.launch(server_name=host, server_port=port, ssr_mode=False, show_error=False, css=page_css(models))
 
 
 if __name__ == "__main__":

@@ -9,15 +9,11 @@ Same model and inputs, interleaved runs, medians; prints a markdown row per prec
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.bench import get_size, machine, measure, random_pixart  # noqa: E402
-from diffusion.build import DTYPES  # noqa: E402
+from diffusion.bench import get_size, machine, measure, random_pixart
+from diffusion.build import DTYPES
 
 
 def bench_one(dtype: torch.dtype, size, dev: str, batch: int, runs: int) -> dict[str, float]:

@@ -9,16 +9,13 @@ import argparse
 import json
 import os
 import random
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.data import FeatureDataset  # noqa: E402
+from diffusion.data import FeatureDataset
 
 
 def make_folder(root: Path, items: int, max_length: int = 8, channels: int = 16) -> None:

@@ -39,10 +39,8 @@ from pathlib import Path
 import torch
 from mmengine.config import DictAction
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.bench import get_size, machine  # noqa: E402
-from diffusion.bench.memory import (  # noqa: E402
+from diffusion.bench import get_size, machine
+from diffusion.bench.memory import (
     MIB,
     Peak,
     held_bytes,
@@ -52,7 +50,7 @@ from diffusion.bench.memory import (  # noqa: E402
     trainer_owners,
     write_json,
 )
-from diffusion.bench.memory_rows import BATCH, PAPER, ROWS, run_row  # noqa: E402
+from diffusion.bench.memory_rows import BATCH, PAPER, ROWS, run_row
 
 # Options of the trainer run (an error without --trainer) and their defaults.
 TRAINER_DEFAULTS = dict(steps=4, work_dir="output/memory/run", random_teacher=False, embedded_num=256, cfg_options={})

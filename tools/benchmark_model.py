@@ -13,16 +13,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.bench import diffusers_twin, timed  # noqa: E402
-from diffusion.model import PixArt, PixArtMS  # noqa: E402
-from diffusion.model.diffusers_format import diffusers_forward  # noqa: E402
+from diffusion.bench import diffusers_twin, timed
+from diffusion.model import PixArt, PixArtMS
+from diffusion.model.diffusers_format import diffusers_forward
 
 
 def build_pair(args):

@@ -16,18 +16,15 @@ and VAE from the same temporary folders.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.bench import SMALL_VAE, Size, measure, random_pixart, random_t5, random_vae  # noqa: E402
-from diffusion.data import AutoencoderKLCodec, TextEncoder  # noqa: E402
-from diffusion.export import export_pipeline, lcm_timesteps  # noqa: E402
-from diffusion.pipeline import Pipeline, SamplerConfig  # noqa: E402
+from diffusion.bench import SMALL_VAE, Size, measure, random_pixart, random_t5, random_vae
+from diffusion.data import AutoencoderKLCodec, TextEncoder
+from diffusion.export import export_pipeline, lcm_timesteps
+from diffusion.pipeline import Pipeline, SamplerConfig
 
 # ByT5 tokenizes bytes: 20 and 17 tokens (of 120), like typical prompts under T5's sentencepiece and like
 # tools/benchmark_model.py's default of 20 valid tokens.

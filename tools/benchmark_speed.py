@@ -26,14 +26,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.bench import (  # noqa: E402
+from diffusion.bench import (
     PROMPTS,
     diffusers_twin,
     get_size,
@@ -44,10 +41,10 @@ from diffusion.bench import (  # noqa: E402
     random_vae,
     timed,
 )
-from diffusion.build import DTYPES  # noqa: E402
-from diffusion.data import AutoencoderKLCodec  # noqa: E402
-from diffusion.export import dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps  # noqa: E402
-from diffusion.pipeline import Pipeline, SamplerConfig  # noqa: E402
+from diffusion.build import DTYPES
+from diffusion.data import AutoencoderKLCodec
+from diffusion.export import dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps
+from diffusion.pipeline import Pipeline, SamplerConfig
 
 # name -> (sampler, steps, cfg); paper Table 2 (1024², batch 1) seconds on A100 / V100 / T4.
 ROWS = {

@@ -11,16 +11,12 @@ A training checkpoint holds only the trainable weights; the frozen base comes fr
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmengine.config import Config  # noqa: E402
-
-from diffusion.build import load_model  # noqa: E402
+from diffusion.build import load_model
 
 
 def export(cfg, checkpoint: str | Path, out: str | Path, dtype: torch.dtype = torch.float32) -> Path:

@@ -19,20 +19,17 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.build import load_model  # noqa: E402
-from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline  # noqa: E402
-from diffusion.model.diffusers_format import load_diffusers, save_diffusers  # noqa: E402
-from diffusion.model.io import check_fits, load_state, resolve_checkpoint  # noqa: E402
-from diffusion.model.students import export_peft_lora, fold_guidance_embedding, has_lora, lora_scale  # noqa: E402
-from diffusion.registry import MODELS  # noqa: E402
+from diffusion.build import load_model
+from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline
+from diffusion.model.diffusers_format import load_diffusers, save_diffusers
+from diffusion.model.io import check_fits, load_state, resolve_checkpoint
+from diffusion.model.students import export_peft_lora, fold_guidance_embedding, has_lora, lora_scale
+from diffusion.registry import MODELS
 
 
 def _parse_kv(items: list[str]) -> dict:

@@ -21,16 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.engine import dist  # noqa: E402
-from diffusion.eval import (  # noqa: E402
+from diffusion.build import load_pipeline
+from diffusion.engine import dist
+from diffusion.eval import (
     FEATURE_EXTRACTORS,
     attribute_accuracy,
     build_feature_extractor,
@@ -43,11 +40,11 @@ from diffusion.eval import (  # noqa: E402
     sample_to_folder,
     save_statistics,
 )
-from diffusion.eval.attribute_net import DEFAULT_PATH  # noqa: E402
-from diffusion.eval.clip_score import CLIPScorer  # noqa: E402
-from diffusion.eval.images import list_images  # noqa: E402
-from diffusion.eval.manifest import check_sample_folder, config_sha256, file_identity  # noqa: E402
-from diffusion.pipeline import SAMPLERS  # noqa: E402
+from diffusion.eval.attribute_net import DEFAULT_PATH
+from diffusion.eval.clip_score import CLIPScorer
+from diffusion.eval.images import list_images
+from diffusion.eval.manifest import check_sample_folder, config_sha256, file_identity
+from diffusion.pipeline import SAMPLERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -29,12 +29,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.data.annotators import HED_HINT, build_annotator  # noqa: E402
-from diffusion.data.codec import AutoencoderKLCodec, PixelCodec  # noqa: E402
-from diffusion.data.features import extract_features  # noqa: E402
-from diffusion.data.text_encoder import TextEncoder  # noqa: E402
+from diffusion.data.annotators import HED_HINT, build_annotator
+from diffusion.data.codec import AutoencoderKLCodec, PixelCodec
+from diffusion.data.features import extract_features
+from diffusion.data.text_encoder import TextEncoder
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONTROLS = ("hed", "canny", "image")

@@ -10,58 +10,25 @@ the cause, and the drill then checks that *nothing finished is lost*: every comp
 resumed run's per-step losses and final weights equal the reference bit for bit. The last line is
 ``faults injected: N, survived: N, data lost: 0``; the exit status is non-zero unless every fault was survived.
 
-Faults are injected from inside the training process by tools/fault_inject.py (a JSON spec, then
-``train_scripts/train.py``'s main): SIGKILL at a step or in the middle of a checkpoint write, a rank killed on the
-first torchrun attempt, NaN losses, a sleep per step (so an outside SIGTERM lands mid-run). Disk full is a real tmpfs
-of a size between one and two checkpoints (we are root), else a file-size limit set on the running process.
+Faults are injected from inside the training process by the drill's training child (``python -m
+diffusion.drill.inject``: a JSON spec, then the run ``train_scripts/train.py`` would start): SIGKILL at a step or in
+the middle of a checkpoint write, a rank killed on the first torchrun attempt, NaN losses, a sleep per step (so an
+outside SIGTERM lands mid-run). Disk full is a real tmpfs of a size between one and two checkpoints (we are root),
+else a file-size limit set on the running process.
 
 Every run's stdout and stderr go to ``out/logs/<run dir>.<n>.{out,err}``. A run that has not exited after
 ``RUN_TIMEOUT`` seconds is a hang: it is killed with every process it started (torchrun's workers too) and its
 scenario fails with ``rc 124`` and the tail of its stderr, so the drill always ends with its last line.
 
-The runner is tools/fault_runner.py, the scenarios tools/fault_scenarios.py (a function each, named as in ``--only``).
+The runner is ``diffusion/drill/runner.py``, the scenarios ``diffusion/drill/scenarios.py`` (a function each, named as
+in ``--only``).
 """
 
 import argparse
-import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tools import fault_scenarios  # noqa: E402
-from tools.fault_runner import HUNG, Drill  # noqa: E402
-
-__all__ = ["HUNG", "SCENARIOS", "Drill", "main", "run"]
-
-SCENARIOS = (
-    "sigkill_mid_run",
-    "sigkill_mid_checkpoint",
-    "sigterm",
-    "torchrun_rank_killed",
-    "disk_full",
-    "unwritable_work_dir",
-    "nan_losses",
-    "bad_features",
-    "config_and_checkpoint_errors",
-)
-
-
-def run(out: Path, only: list[str] | None = None, mount: bool = True) -> tuple[int, int, int]:
-    """Run the drill (or the ``only`` scenarios) under ``out``; returns (injected, survived, lost).
-    ``mount=False``: simulate the full disk with a file-size limit even where a tmpfs could be mounted."""
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    drill = Drill(out, mount)
-    drill.prepare()
-    drill.reference()
-    for name in only or SCENARIOS:
-        getattr(fault_scenarios, name)(drill)
-    injected = len(drill.results)
-    survived = sum(1 for _, ok, lost, _ in drill.results if ok and not lost)
-    lost = sum(1 for _, _, lost, _ in drill.results if lost)
-    print(f"faults injected: {injected}, survived: {survived}, data lost: {lost}")
-    return injected, survived, lost
+from diffusion.drill.scenarios import SCENARIOS, run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -71,9 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-mount", action="store_true", help="disk full by RLIMIT_FSIZE, not a tmpfs")
     args = parser.parse_args(argv)
     only = args.only.split(",") if args.only else None
-    unknown = sorted(set(only or ()) - set(SCENARIOS))
-    if unknown:
-        parser.error(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
+    if set(only or ()) - set(SCENARIOS):
+        parser.error(f"unknown scenario(s) {sorted(set(only) - set(SCENARIOS))}; known: {list(SCENARIOS)}")
     injected, survived, lost = run(Path(args.out).resolve(), only, mount=not args.no_mount)
     sys.exit(0 if survived == injected and lost == 0 else 1)
 

@@ -14,9 +14,10 @@ rest still run):
 ``--tiny`` runs the same steps at tiny size on the CPU (the test suite does, end to end; CUDA graphs are skipped
 there, with a line saying so). A GPU machine may lack
 mmengine / diffusers / torchao: ``--wheels DIR`` installs the pinned wheels found there (``make gpu-wheels`` fills
-``.whl/``) into ``OUT/site`` and puts it on the path of every step.
+``.whl/``) into ``OUT/site`` and puts it on the path of every step. A machine with the checkout but not its install
+(no ``make venv`` there) runs it with the checkout on ``PYTHONPATH``, as ``make gpu-report`` does.
 
-    python tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
+    PYTHONPATH=$PWD python3 tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
     python tools/gpu_report.py --tiny --out /tmp/gpu_report
 """
 
@@ -30,8 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parents[1]  # the checkout: the steps are its commands, run there
 
 NEEDED = ("mmengine", "diffusers", "torchao")  # modules the steps import that a bare GPU image may lack
 MEMORY_ROWS_GPU = (
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> Path:
         return Path()
     if args.out is None:
         parser.error("--out is required")
+    if importlib.util.find_spec("diffusion") is None:
+        raise SystemExit(f"the diffusion package is not importable: make venv, or PYTHONPATH={ROOT} (make gpu-report)")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     env = install_wheels(args.wheels, out / "site")

@@ -10,31 +10,19 @@ and the measured throughput.
     python tools/make_controlnet.py [--config configs/controlnet/tiny_controlnet.py] [--work-dir DIR] [--out DIR]
 """
 
-from __future__ import annotations
-
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmengine.config import Config  # noqa: E402
-
-from tools.make_teacher import config_hash, file_hash, train_and_publish  # noqa: E402
-
-DEFAULT_CONFIG = "configs/controlnet/tiny_controlnet.py"
-ASSET_DIR = Path("assets/tiny_controlnet")
+from diffusion.experiments.assets import CONTROLNET_CONFIG, CONTROLNET_DIR, make_controlnet
+from diffusion.paths import shown
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--config", default=CONTROLNET_CONFIG, help=f"default {shown(CONTROLNET_CONFIG)}")
     parser.add_argument("--work-dir", default="output/tiny_controlnet_run")
-    parser.add_argument("--out", default=str(ASSET_DIR))
+    parser.add_argument("--out", default=CONTROLNET_DIR, help=f"default {shown(CONTROLNET_DIR)}")
     args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    inputs = lambda: dict(teacher_sha256=file_hash(cfg.load_from))  # noqa: E731
-    train_and_publish(cfg, args.config, args.work_dir, args.out, config_hash(cfg), inputs, only_prefix="controlnet.")
+    make_controlnet(args.config, args.work_dir, args.out)
 
 
 if __name__ == "__main__":

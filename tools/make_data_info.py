@@ -24,10 +24,8 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.data.images import oriented_size  # noqa: E402
-from diffusion.data.info import check_unique_names  # noqa: E402
+from diffusion.data.images import oriented_size
+from diffusion.data.info import check_unique_names
 
 # Pillow formats that would need a plugin or external program to read: reported as unreadable if present
 _STUB_FORMATS = {"BUFR", "GRIB", "HDF5", "EPS", "WMF", "MPEG"}

@@ -5,16 +5,12 @@ internal training data (paper §3).
 """
 
 import argparse
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.data.embedded import make_embedded_data  # noqa: E402
+from diffusion.data.embedded import make_embedded_data
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="output folder (gets images/, edges/, data_info.json)")
     parser.add_argument("--num", type=int, default=4800, help="number of images")
     parser.add_argument("--size", type=int, default=32, help="image side in pixels")

@@ -9,45 +9,19 @@ and the teacher's file hash (a test checks both against the repository), the wal
     python tools/make_lcm_student.py [--config configs/lcm/tiny_lcm_student.py] [--work-dir output/tiny_lcm_run]
 """
 
-from __future__ import annotations
-
 import argparse
-import hashlib
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmengine.config import Config  # noqa: E402
-
-from tools.make_teacher import config_hash, file_hash, train_and_publish  # noqa: E402
-
-DEFAULT_CONFIG = "configs/lcm/tiny_lcm_student.py"
-ASSET_DIR = Path("assets/tiny_lcm")
-
-
-def run_digest(cfg: Config) -> str:
-    """What the student depends on: the resolved config and the teacher file it distils (``cfg.load_from``)."""
-    return hashlib.sha256((config_hash(cfg) + file_hash(cfg.load_from)).encode()).hexdigest()
+from diffusion.experiments.assets import LCM_CONFIG, LCM_DIR, make_lcm_student
+from diffusion.paths import shown
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--config", default=LCM_CONFIG, help=f"default {shown(LCM_CONFIG)}")
     parser.add_argument("--work-dir", default="output/tiny_lcm_run")
-    parser.add_argument("--out", default=str(ASSET_DIR))
+    parser.add_argument("--out", default=LCM_DIR, help=f"default {shown(LCM_DIR)}")
     args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
-    if not Path(cfg.load_from).is_file():
-        raise SystemExit(f"teacher {cfg.load_from} (load_from of {args.config}) is missing: run make teacher first")
-
-    def inputs() -> dict:
-        text_encoder = Path(cfg.text_encoder.path) / "model.safetensors"
-        return dict(
-            teacher=cfg.load_from, teacher_sha256=file_hash(cfg.load_from), text_encoder_sha256=file_hash(text_encoder)
-        )
-
-    train_and_publish(cfg, args.config, args.work_dir, args.out, run_digest(cfg), inputs)
+    make_lcm_student(args.config, args.work_dir, args.out)
 
 
 if __name__ == "__main__":

@@ -11,15 +11,12 @@ in fp32 as safetensors (``--with-mask`` adds ``y_mask`` (1, L), which the method
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.data.text_encoder import TextEncoder  # noqa: E402
+from diffusion.data.text_encoder import TextEncoder
 
 
 def main(argv: list[str] | None = None) -> Path:

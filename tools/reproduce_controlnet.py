@@ -1,13 +1,13 @@
 """The measured ControlNet ablation PixArt-delta §4.2-4.4 shows only as pictures, on the embedded default.
 
-``--train [ROW ...]`` trains the ablation rows itself (``tools/controlnet_ablation.py``: N = 1, 2, 3, 5 of the tiny
-teacher's 6 blocks and the UNet baseline, all of them when none is named), each ``--train-steps`` steps through the
-trainer into ``--work-root/<row>``; a row already trained with the same config is not retrained, an interrupted one
-resumes. Each ``--run NAME=WORK_DIR`` adds a ControlNet training run of your own (its dumped ``config.py`` gives the
-topology and N; its latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``, the weights). Trained
-rows (first) and runs are evaluated alike. Controls are exact edge maps of freshly rendered shapes (not training
-images); every row samples the same prompts, seeds and controls with the teacher's sampler (DPM-Solver++ 20 steps,
-CFG 4.5):
+``--train [ROW ...]`` trains the ablation rows itself (``diffusion/experiments/controlnet_ablation.py``: N = 1, 2, 3,
+5 of the tiny teacher's 6 blocks and the UNet baseline, all of them when none is named), each ``--train-steps`` steps
+through the trainer into ``--work-root/<row>``; a row already trained with the same config is not retrained, an
+interrupted one resumes. Each ``--run NAME=WORK_DIR`` adds a ControlNet training run of your own (its dumped
+``config.py`` gives the topology and N; its latest checkpoint, or the one given as ``WORK_DIR/checkpoints/step_X``,
+the weights). Trained rows (first) and runs are evaluated alike. Controls are exact edge maps of freshly rendered
+shapes (not training images); every row samples the same prompts, seeds and controls with the teacher's sampler
+(DPM-Solver++ 20 steps, CFG 4.5):
 
 - edge F1 (tolerance 1 px) between the control edges and Canny on the generated image, with the control's own
   caption (matched) and with another shape's caption (conflicting: the control must win over the prompt);
@@ -22,7 +22,7 @@ it is; route (b), the same after the consistency distillation with the control p
 ``--curve WORK_DIR`` (or the name of a ``--train`` row) adds edge F1 against training step over every checkpoint of
 that run (the paper's "sudden convergence", §4.4). Writes ``table.md``, ``results.json``, ``grid.png`` (matched),
 ``grid_conflict.png`` and ``plot.png`` under ``--out``. The sampling and the metrics are
-tools/controlnet_evaluation.py.
+``diffusion/experiments/controlnet_eval.py``.
 
     python tools/reproduce_controlnet.py --train --curve n3    # the README's ablation rows: 150 steps x batch 16
     python tools/reproduce_controlnet.py --run "N=3=output/tiny_controlnet_run" --curve output/tiny_controlnet_run
@@ -32,25 +32,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.config import Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmengine.config import Config  # noqa: E402
-
-from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.data.annotators import to_control_image  # noqa: E402
-from diffusion.engine.checkpoint import find_latest  # noqa: E402
-from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.eval import build_feature_extractor, statistics_of  # noqa: E402
-from diffusion.eval.edges import generated_edge_f1  # noqa: E402
-from diffusion.pipeline import Pipeline  # noqa: E402
-from tools.controlnet_ablation import ROW_NAMES, select_rows, train_rows  # noqa: E402
-from tools.controlnet_evaluation import (  # noqa: E402
+from diffusion.build import load_pipeline
+from diffusion.data.annotators import to_control_image
+from diffusion.engine.checkpoint import find_latest
+from diffusion.engine.validation import save_grid
+from diffusion.eval import build_feature_extractor, statistics_of
+from diffusion.eval.edges import generated_edge_f1
+from diffusion.experiments.controlnet_ablation import ROW_NAMES, select_rows, train_rows
+from diffusion.experiments.controlnet_eval import (
     GRID,
     LCM,
     SAMPLER,
@@ -59,6 +54,7 @@ from tools.controlnet_evaluation import (  # noqa: E402
     eval_set,
     evaluate,
 )
+from diffusion.pipeline import Pipeline
 
 
 def run_config(work_dir: Path) -> Config:

@@ -35,14 +35,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.build import DTYPES, load_pipeline  # noqa: E402
-from diffusion.data.annotators import load_control  # noqa: E402
-from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.eval.sampling import read_prompts  # noqa: E402
-from diffusion.methods import configured_method, method_sampler  # noqa: E402
-from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig  # noqa: E402
+from diffusion.build import DTYPES, load_pipeline
+from diffusion.data.annotators import load_control
+from diffusion.engine.validation import save_grid
+from diffusion.eval.sampling import read_prompts
+from diffusion.methods import configured_method, method_sampler
+from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig
 
 ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
 

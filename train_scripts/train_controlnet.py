@@ -8,14 +8,15 @@ torchrun --nproc_per_node 8 train_scripts/train_controlnet.py configs/controlnet
 python train_scripts/train_controlnet.py     # the embedded default: configs/controlnet/tiny_controlnet.py
 """
 
-import sys
-from pathlib import Path
+from diffusion.engine.launch import train
+from diffusion.paths import repo_path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+DEFAULT_CONFIG = repo_path("configs/controlnet/tiny_controlnet.py")
 
-from train_scripts.train import main  # noqa: E402
 
-DEFAULT_CONFIG = "configs/controlnet/tiny_controlnet.py"
+def main(argv: list[str] | None = None) -> bool:
+    return train(argv, default_config=DEFAULT_CONFIG, description=__doc__)
+
 
 if __name__ == "__main__":
-    main(default_config=DEFAULT_CONFIG)
+    main()

@@ -1,15 +1,11 @@
-"""Drive the web app in a real browser: start ``tools/app.py`` on a free loopback port, open it in Debian's Chromium
-(headless, through Playwright's Python package; never ``playwright install``), refuse every request that leaves the
-machine. Used by the browser tests and by ``make app-screenshots``:
-
-    python tools/app_browser.py [--out docs/images] [app flags, e.g. --config ... --checkpoint ...]
-
-writes one screenshot per tab of the app (after a generation in each) to ``--out``.
+"""Drive the web app in a real browser: start ``tools/app.py`` on a free loopback port (in the checkout, where the
+repo's configs name their files), open it in Debian's Chromium (headless, through Playwright's Python package; never
+``playwright install``), refuse every request that leaves the machine. Used by the browser tests and by
+``tools/app_screenshots.py`` (``make app-screenshots``), which writes one screenshot per tab (:func:`screenshots`).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -22,8 +18,8 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from diffusion.paths import ROOT
+
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-background-networking",
@@ -68,13 +64,16 @@ def offline_env(tmp: Path) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def serve_app(app_args: list[str], env: Mapping[str, str], log: Path, timeout: float = 180.0) -> Iterator[str]:
-    """``tools/app.py app_args`` as a subprocess on a free port; yields its URL once the page answers."""
+def serve_app(
+    app_args: list[str], env: Mapping[str, str], log: Path, timeout: float = 180.0, cwd: str | Path = ROOT
+) -> Iterator[str]:
+    """``tools/app.py app_args`` as a subprocess on a free port, run in ``cwd`` (the folder its relative paths are
+    relative to); yields its URL once the page answers."""
     port = free_port()
     cmd = [sys.executable, str(ROOT / "tools/app.py"), *app_args, "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}/"
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + timeout
         while True:
@@ -176,22 +175,3 @@ def screenshots(url: str, out: Path, executable: str, prompt: str = PROMPT) -> l
     if blocked:
         raise RuntimeError(f"the page asked for off-machine resources: {blocked}")
     return written
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="docs/images")
-    args, app_args = parser.parse_known_args(argv)
-    executable = find_chromium()
-    if executable is None:
-        raise SystemExit("no Chromium found: apt-get install -y --no-install-recommends chromium")
-    tmp = ROOT / "output/app_browser"
-    env = offline_env(tmp)
-    os.environ.update(env)
-    with serve_app(app_args, env, tmp / "app.log") as url:
-        for path in screenshots(url, Path(args.out), executable):
-            print(f"wrote {path}")
-
-
-if __name__ == "__main__":
-    main()

@@ -18,12 +18,7 @@ import torch
 from mmengine.config import Config
 from PIL import Image
 
-from diffusion.build import DTYPES, load_model, load_pipeline
-from diffusion.data.annotators import CannyAnnotator
-from diffusion.data.annotators import load_control as read_control
-from diffusion.data.buckets import closest_bucket
-from diffusion.pipeline import Pipeline
-from tools.app_core import (
+from diffusion.app.core import (
     MAX_SEED,
     InputError,
     Models,
@@ -34,7 +29,16 @@ from tools.app_core import (
     run,
     sampler_label,
 )
+from diffusion.build import DTYPES, load_model, load_pipeline
+from diffusion.data.annotators import CannyAnnotator
+from diffusion.data.annotators import load_control as read_control
+from diffusion.data.buckets import closest_bucket
+from diffusion.paths import repo_path
+from diffusion.pipeline import Pipeline
 
+# the embedded default's committed ControlNet (make controlnet), served when the app runs on the embedded default
+DEFAULT_CONTROLNET = repo_path("assets/tiny_controlnet/model.safetensors")
+DEFAULT_CONTROLNET_CONFIG = repo_path("configs/controlnet/tiny_controlnet.py")
 ANNOTATORS = {"canny": "Canny edges", "hed": "HED edges", "image": "Use as is (already a control map)"}
 CANNY_LIMITS = (1, 500)
 MIN_SIDE = 8
@@ -67,7 +71,7 @@ def load_control(
     for path, what in ((config, "--controlnet-config"), (checkpoint, "--controlnet"), (hed, "--hed")):
         if path is not None and not Path(path).exists():
             raise SystemExit(f"{what} not found: {path}")
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(str(config))
     if cfg.get("controlnet") is None:
         raise SystemExit(f"--controlnet-config {config} has no controlnet section")
     pipes = {}

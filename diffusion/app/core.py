@@ -20,10 +20,11 @@ from diffusion.build import DTYPES, load_pipeline
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.data.buckets import aspect_ratio_table
 from diffusion.model.io import resolve_checkpoint
+from diffusion.paths import repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
 
-DEFAULT_CONFIG = "configs/lcm/tiny_lcm.py"  # the embedded default: committed teacher (load_from) and student
-DEFAULT_LCM = "assets/tiny_lcm/model.safetensors"
+DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (load_from), student
+DEFAULT_LCM = repo_path("assets/tiny_lcm/model.safetensors")
 SAMPLER_LABELS = {"lcm": "LCM student", "dpm": "teacher, DPM-Solver++"}
 STEP_LIMITS = {"lcm": (1, 8), "dpm": (1, 100)}  # LCM: PixArt-delta's 1-4 steps and a little beyond
 CFG_LIMITS = (1.0, 20.0)
@@ -65,7 +66,7 @@ class Models:
     lcm: Pipeline | None
     sizes: dict[str, tuple[int, int]]
     name: str = ""
-    control: object | None = None  # tools.app_control.Control: the ControlNet tab's pipelines
+    control: object | None = None  # diffusion.app.control.Control: the ControlNet tab's pipelines
     paths: dict[str, str] | None = None  # "teacher" / "lcm" -> the weights file each was loaded from
 
     @property
@@ -121,8 +122,9 @@ def load_models(
         cfg.codec = dict(type="AutoencoderKLCodec", path=_require(vae, "--vae"), scale_factor=scale)
     if config is None:
         ensure_tiny_text_encoder(cfg.text_encoder.path)  # deterministic and fast; data are not needed
-        if "lcm" not in checkpoints and not Path(DEFAULT_LCM).is_file():
-            raise SystemExit(f"the embedded default's LCM student {DEFAULT_LCM} is missing: run make lcm-student")
+        if "lcm" not in checkpoints and not DEFAULT_LCM.is_file():
+            missing = shown(DEFAULT_LCM)
+            raise SystemExit(f"the embedded default's LCM student {missing} is missing: run make lcm-student")
         checkpoints.setdefault("lcm", DEFAULT_LCM)
     _require(cfg.text_encoder.path, "text encoder (text_encoder.path / --text-encoder)")
     for kind, path in checkpoints.items():

@@ -1,4 +1,5 @@
-"""The web app's page (gradio Blocks): one tab per use, each a thin form over a function of ``tools/app_core.py``.
+"""The web app's page (gradio Blocks): one tab per use, each a thin form over a function of ``diffusion/app/core.py``;
+:func:`serve` builds it and serves it until interrupted.
 
 Element ids (``t2i-*``, ``cmp-*``, ``cn-*``) are what the browser tests drive; api names (``/text_to_image``,
 ``/teacher_vs_lcm``, ``/controlnet``) are what ``gradio_client`` calls.
@@ -13,8 +14,7 @@ from collections.abc import Callable
 import gradio as gr
 import numpy as np
 
-from diffusion.pipeline import SAMPLER_DEFAULTS
-from tools.app_core import (
+from diffusion.app.core import (
     CFG_LIMITS,
     MAX_BATCH,
     MAX_SEED,
@@ -24,6 +24,7 @@ from tools.app_core import (
     teacher_vs_lcm,
     text_to_image,
 )
+from diffusion.pipeline import SAMPLER_DEFAULTS
 
 INTRO = """# PixArt-δ: 4-step generation with a consistency-distilled PixArt-α
 The **LCM student** (PixArt-δ §3) samples in 1–8 steps without guidance; the **teacher** is PixArt-α with
@@ -184,7 +185,7 @@ def controlnet_tab(models: Models) -> None:
     if control is None:
         gr.Markdown("This tab needs a ControlNet: start the app with `--controlnet PATH --controlnet-config CONFIG`.")
         return
-    from tools.app_control import ANNOTATORS, CANNY_LIMITS, controlled
+    from diffusion.app.control import ANNOTATORS, CANNY_LIMITS, controlled
 
     first = "lcm" if control.lcm is not None else "dpm"
     with gr.Row():
@@ -284,3 +285,11 @@ def build_demo(models: Models) -> gr.Blocks:
         with gr.Tab("ControlNet", id="cn"):
             controlnet_tab(models)
     return demo
+
+
+def serve(models: Models, host: str, port: int, concurrency: int = 1) -> None:
+    """Build the page and serve it until interrupted; ``concurrency`` requests run at once, the rest are queued."""
+    demo = build_demo(models)
+    demo.queue(default_concurrency_limit=concurrency, max_size=64)
+    print(f"[app] {models.summary()}", flush=True)
+    demo.launch(server_name=host, server_port=port, ssr_mode=False, show_error=False, css=page_css(models))

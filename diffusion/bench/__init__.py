@@ -15,14 +15,16 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from diffusion.build import build_model
 from diffusion.data.text_encoder import TextEncoder
+from diffusion.paths import repo_path
 
-LCM_CONFIG = "configs/lcm/pixartms_xl2_img1024_lcm.py"
+LCM_CONFIG = repo_path("configs/lcm/pixartms_xl2_img1024_lcm.py")
 # T5-v1.1-XXL encoder (the PixArt caption encoder, 4.76B parameters) and the SD VAE (sd-vae-ft-ema, 83.7M).
 T5_XXL = dict(vocab_size=32128, d_model=4096, d_kv=64, num_heads=64, d_ff=10240, num_layers=24)
 SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
@@ -77,7 +79,7 @@ def get_size(name: str, depth: int | None = None, resolution: int | None = None)
     return size
 
 
-def random_pixart(size: Size, config: str = LCM_CONFIG, **overrides) -> nn.Module:
+def random_pixart(size: Size, config: str | Path = LCM_CONFIG, **overrides) -> nn.Module:
     """The config's transformer (PixArtMS-XL/2 for the LCM config) at ``size`` with N(0, 0.02) weights.
 
     Below 1024 px the fixed-resolution PixArt is built: diffusers' ``PixArtAlphaPipeline`` feeds micro-conditions
@@ -85,7 +87,7 @@ def random_pixart(size: Size, config: str = LCM_CONFIG, **overrides) -> nn.Modul
     """
     from mmengine.config import Config
 
-    cfg = Config.fromfile(config)
+    cfg = Config.fromfile(str(config))
     model_cfg = dict(cfg.model)
     latent = size.resolution // 8
     if latent != 128:

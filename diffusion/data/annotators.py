@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffusion.data.images import load_image
+
 ANNOTATORS = ("hed", "canny", "image")
 HED_HINT = "output/pretrained_models/ControlNetHED.pth"
 # (in, out, convs) of the five VGG-style stages; stages 2-5 start with a 2x2 max-pool.
@@ -177,12 +179,10 @@ def load_control(
 ) -> torch.Tensor:
     """A control image -> (1, 3, height, width) uint8 control map for ``Pipeline(control=...)``, with training's
     geometry: read as displayed (EXIF orientation, alpha, 16-bit: :func:`diffusion.data.images.open_rgb`), resized to
-    cover the sampling size keeping its aspect ratio and centre-cropped (:func:`diffusion.data.features.load_image`,
+    cover the sampling size keeping its aspect ratio and centre-cropped (:func:`diffusion.data.images.load_image`,
     the very function feature extraction uses), then run through ``annotator`` ('image' keeps it as it is; 'canny';
     'hed' with ``hed_path``). ``path``: a file, or an open binary file object (the app's uploads). A missing file is
     ``FileNotFoundError``, an unreadable one (truncated, not an image) ``OSError``, both naming it."""
-    from diffusion.data.features import load_image  # lazy: features imports this module
-
     if isinstance(path, (str, Path)):
         path = Path(path)
         if not path.is_file():

@@ -10,16 +10,20 @@ with transparency, CMYK scans, grayscale. ``open_rgb`` turns each into the 8-bit
 - every other mode (CMYK, P, L, 1, YCbCr, ...) through Pillow's conversion.
 
 ``oriented_size`` reads only the header and gives the (h, w) after orientation, for checking data_info.json.
+``load_image`` is the one geometry of training (feature extraction) and sampling (a control image): cover the size,
+centre-crop.
 """
 
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 BACKGROUND = (255, 255, 255)
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (transpose, rotate 270, ...)
 _EXIF_ORIENTATION = 0x0112
+RATIO_TOLERANCE = 0.02  # relative h/w difference between data_info.json and the image; rounding of a resized copy
 
 
 def oriented_size(path: str | Path) -> tuple[int, int]:
@@ -54,3 +58,28 @@ def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) ->
         img.load()
         oriented = ImageOps.exif_transpose(img)
         return to_rgb(oriented, background)
+
+
+def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
+    """Read an image as displayed (EXIF-oriented RGB, :func:`open_rgb`), resize it (bicubic) to cover ``size`` = (h, w)
+    and centre-crop: (3, h, w) in [-1, 1].
+
+    ``declared`` (h, w) from data_info.json must have the oriented image's aspect ratio (within
+    ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original sizes, which
+    stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is refused."""
+    img = open_rgb(path)
+    if declared is not None and abs(declared[0] / declared[1] * img.width / img.height - 1) > RATIO_TOLERANCE:
+        raise ValueError(
+            f"data_info.json declares height {declared[0]}, width {declared[1]}, but the image is "
+            f"{img.height}x{img.width} (h x w) after EXIF orientation; fix the entry (tools/make_data_info.py "
+            "reads real sizes)"
+        )
+    h, w = size
+    if (img.height, img.width) != (h, w):
+        scale = max(h / img.height, w / img.width)
+        new_w, new_h = max(w, round(img.width * scale)), max(h, round(img.height * scale))
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+        left, top = (new_w - w) // 2, (new_h - h) // 2
+        img = img.crop((left, top, left + w, top + h))
+    array = np.asarray(img, dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0

@@ -1,35 +1,28 @@
-"""The faults the drill (tools/fault_drill.py) injects from inside a training process, and its probes of a run dir.
+"""The faults the drill injects from inside a training process: the drill's training child.
 
-    python tools/fault_inject.py SPEC_JSON CONFIG [train.py arguments]     # also as torchrun's script
+    python -m diffusion.drill.inject SPEC_JSON CONFIG [train_scripts/train.py arguments]
+    python -m torch.distributed.run --nproc_per_node 2 ... -m diffusion.drill.inject SPEC_JSON CONFIG ...
 
 ``SPEC_JSON`` keys: ``kill_at_step`` (send ``signal``, default SIGKILL, as that optimizer step starts; with ``rank``
 on that rank only; on the first torchrun attempt only), ``kill_in_save`` (SIGKILL after the first file of that step's
-checkpoint is written), ``nan_steps`` (step attempts of this process, from 1, made NaN),
-``sleep`` (seconds per step, so that
-an outside signal or limit lands mid-run) and ``ignore_sigxfsz`` (a file-size limit then fails the write with EFBIG
-instead of killing the process).
+checkpoint is written), ``nan_steps`` (step attempts of this process, from 1, made NaN), ``sleep`` (seconds per step,
+so that an outside signal or limit lands mid-run) and ``ignore_sigxfsz`` (a file-size limit then fails the write with
+EFBIG instead of killing the process). A module run with ``-m``, so it starts the same from any folder and under
+torchrun.
 """
 
 import json
 import os
-import re
-import shutil
 import signal
-import subprocess
 import sys
 import time
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-PROGRESS_BAR = re.compile(r"\d+(\.\d+)?(it/s|s/it)\]")  # a tqdm line
 
 
 def run_child(spec: dict, argv: list[str]) -> None:
-    """Install the faults of ``spec`` into the trainer, then run ``train_scripts/train.py`` with ``argv``."""
+    """Install the faults of ``spec`` into the trainer, then train as ``train_scripts/train.py argv`` would."""
     from diffusion.engine import checkpoint as ckpt
+    from diffusion.engine.launch import train
     from diffusion.engine.trainer import Trainer
-    from train_scripts.train import main
 
     first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
     on_this_rank = spec.get("rank") is None or int(os.environ.get("RANK", 0)) == spec["rank"]
@@ -63,92 +56,7 @@ def run_child(spec: dict, argv: list[str]) -> None:
             os.kill(os.getpid(), signal.SIGKILL)  # one file of the checkpoint written, the rest not
 
     Trainer.train_step, Trainer.__init__, ckpt.save_tensors = step_with_faults, init_with_nans, save_then_die
-    main(argv)
-
-
-class CodeCarrier:
-    """Unpickling this runs ``open(marker, 'w')``: a checkpoint that carries code."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
-def losses(work: Path) -> list[float]:
-    path = Path(work) / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    losses = []
-    for line in path.read_text().splitlines():
-        try:
-            losses.append(json.loads(line)["loss"])
-        except (ValueError, KeyError):  # the line a running process is writing
-            continue
-    return losses
-
-
-def last_metric(work: Path, key: str):
-    """``key`` of the last complete line of ``metrics.jsonl`` (None when absent)."""
-    path = Path(work) / "metrics.jsonl"
-    for line in reversed(path.read_text().splitlines() if path.is_file() else []):
-        try:
-            return json.loads(line)[key]
-        except (ValueError, KeyError):
-            continue
-    return None
-
-
-def feature_file(root: Path, image_path: str, pattern: str) -> Path:
-    """The cache file of the data_info item ``image_path`` (its file stem is in the feature name)."""
-    stem = Path(image_path).stem
-    found = [p for p in root.glob(pattern) if stem in p.name]
-    if len(found) != 1:
-        raise SystemExit(f"drill: expected one {pattern} file for {image_path}, found {found}")
-    return found[0]
-
-
-def hashes(folder: Path) -> dict[str, str]:
-    import hashlib
-
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
-
-
-def du(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
-def mount_tmpfs(path: Path, size: int) -> bool:
-    path.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        return False
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
-    return result.returncode == 0
-
-
-def kill_tree(pid: int) -> None:
-    """SIGKILL ``pid`` and every process below it (torchrun starts its workers in sessions of their own, so a
-    process-group kill would leave them running)."""
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = root.children(recursive=True) + [root]
-    except psutil.NoSuchProcess:
-        return
-    for proc in procs:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            continue
-
-
-def tail(result: subprocess.CompletedProcess, chars: int = 600) -> str:
-    """The return code and the last ``chars`` of stderr, progress bars left out."""
-    lines = (result.stderr or "").splitlines()
-    text = "\n".join(line for line in lines if not PROGRESS_BAR.search(line))
-    return f"rc {result.returncode}: {text[-chars:]}"
+    train(argv)
 
 
 if __name__ == "__main__":

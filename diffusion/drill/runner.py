@@ -1,6 +1,7 @@
-"""The fault drill's runner (tools/fault_drill.py): its dataset and config, the training runs it starts, each in a
-subprocess bounded by ``RUN_TIMEOUT`` (a hang is killed with every process it started), the uninterrupted reference
-run and the checks that a faulted run lost nothing against it. The faults themselves are tools/fault_scenarios.py.
+"""The fault drill's runner (``tools/fault_drill.py``): its dataset and config, the training runs it starts (the
+training child ``python -m diffusion.drill.inject``), each in a subprocess bounded by ``RUN_TIMEOUT`` (a hang is
+killed with every process it started), the uninterrupted reference run and the checks that a faulted run lost nothing
+against it. The faults themselves are :mod:`diffusion.drill.scenarios`.
 """
 
 import json
@@ -9,9 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import fault_inject as inject
-
-REPO = Path(__file__).resolve().parents[1]
+from diffusion.drill import probes
+from diffusion.paths import ROOT, repo_path
 
 # seconds one training run may take (the longest, the 2-rank torchrun with its restart, took 60-100 s on the 2 cores
 # shared with other jobs and a busy loop); a run still going then is a hang, killed and recorded as a failure
@@ -42,7 +42,6 @@ class Drill:
         self.out, self.results, self.mount, self.runs = out, [], mount, 0
         self.env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
         self.env.update(WANDB_MODE="disabled", HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
-        self.env["PYTHONPATH"] = str(REPO)
 
     def prepare(self) -> None:
         """The drill's dataset and config (``out/data``, ``out/t5``, ``out/config.py``)."""
@@ -53,7 +52,7 @@ class Drill:
 
         t5 = ensure_tiny_text_encoder(self.out / "t5")
         data = ensure_embedded_default(root=self.out / "data", num=48, text_encoder_path=t5, control=False)
-        cfg = Config.fromfile(str(REPO / "configs" / "pixart" / "tiny_teacher.py"))
+        cfg = Config.fromfile(str(repo_path("configs/pixart/tiny_teacher.py")))
         cfg.merge_from_dict({**OVERRIDES, "data.root": str(data), "text_encoder.path": str(t5)})
         cfg.validation.sampler = {"name": "ddim", "steps": 2, "cfg_scale": 1.0}  # a base None takes no dict merge
         cfg.dump(str(self.out / "config.py"))
@@ -63,7 +62,7 @@ class Drill:
         if ranks > 1:
             cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--max-restarts", "1"]
             cmd += ["--standalone"]
-        cmd += [str(REPO / "tools" / "fault_inject.py"), json.dumps(spec or {}), str(self.out / "config.py")]
+        cmd += ["-m", "diffusion.drill.inject", json.dumps(spec or {}), str(self.out / "config.py")]
         cmd += ["--work-dir", str(work)] + (["--resume", resume] if resume else [])
         if options:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
@@ -76,7 +75,7 @@ class Drill:
         logs = self.out / "logs" / f"{Path(work).name}.{self.runs}"
         logs.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
-            proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=out, stderr=err)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err)
         proc.logs = logs
         return proc
 
@@ -90,10 +89,10 @@ class Drill:
         except subprocess.TimeoutExpired:
             hung = True
         except BaseException:
-            inject.kill_tree(proc.pid)
+            probes.kill_tree(proc.pid)
             raise
         if hung:
-            inject.kill_tree(proc.pid)
+            probes.kill_tree(proc.pid)
             proc.wait()
         out, err = (Path(f"{proc.logs}.{name}").read_text(errors="replace") for name in ("out", "err"))
         if hung:
@@ -114,7 +113,7 @@ class Drill:
         from diffusion.engine import checkpoint as ckpt
 
         ref = ref or self.out / "reference"
-        got, want = inject.losses(work), inject.losses(ref)
+        got, want = probes.losses(work), probes.losses(ref)
         if got != want:
             return False, f"losses differ: {got} vs {want}"
         for name in ("model", "ema"):
@@ -129,7 +128,7 @@ class Drill:
         missing = [s for s in kept if not (work / "checkpoints" / f"step_{s:07d}" / "training_state.pt").is_file()]
         result = self.train(work, resume="auto", **train)
         tmp_left = sorted(p.name for p in (work / "checkpoints").glob("*.tmp"))
-        same, detail = self.same_as_reference(work, ref) if result.returncode == 0 else (False, inject.tail(result))
+        same, detail = self.same_as_reference(work, ref) if result.returncode == 0 else (False, probes.tail(result))
         detail = f"kept {kept}{' MISSING ' + str(missing) if missing else ''}; resumed: {detail}"
         return bool(missing) or bool(tmp_left) or not same, detail + (f"; tmp left: {tmp_left}" if tmp_left else "")
 
@@ -143,5 +142,5 @@ class Drill:
     def reference(self) -> None:
         """The uninterrupted run every scenario is compared with (not a fault)."""
         result = self.train(self.out / "reference", options={"checkpoint.keep_last": 0})  # keeps every checkpoint
-        if result.returncode != 0 or len(inject.losses(self.out / "reference")) != STEPS:
-            raise SystemExit(f"the reference run failed:\n{inject.tail(result)}")
+        if result.returncode != 0 or len(probes.losses(self.out / "reference")) != STEPS:
+            raise SystemExit(f"the reference run failed:\n{probes.tail(result)}")

@@ -1,5 +1,6 @@
-"""The fault drill's scenarios (tools/fault_drill.py): each injects its faults into training runs of a ``Drill``
-(tools/fault_runner.py) and records per fault whether it was survived and whether anything finished was lost.
+"""The fault drill's scenarios (``tools/fault_drill.py``): each injects its faults into training runs of a
+:class:`~diffusion.drill.runner.Drill` and records per fault whether it was survived and whether anything finished was
+lost. :func:`run` runs the drill: the reference run, then the scenarios of :data:`SCENARIOS` (or some of them).
 """
 
 import json
@@ -10,8 +11,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tools import fault_inject as inject
-from tools.fault_runner import EVERY, RUN_TIMEOUT, STEPS, Drill
+from diffusion.drill import probes
+from diffusion.drill.runner import EVERY, RUN_TIMEOUT, STEPS, Drill
 
 
 def sigkill_mid_run(drill: Drill) -> None:
@@ -45,16 +46,16 @@ def sigterm(drill: Drill) -> None:
     work = drill.out / "sigterm"
     proc = drill.start(drill.command(work, {"sleep": 0.5}, {}, None, 1), work)
     deadline = time.time() + RUN_TIMEOUT
-    while len(inject.losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
+    while len(probes.losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
     result = drill.finish(proc)
-    stopped_at = len(inject.losses(work))
+    stopped_at = len(probes.losses(work))
     saved = (work / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
     ok = result.returncode == 0 and saved and "stopped by SIGTERM" in log
     cause = f"rc {result.returncode}, checkpoint at stop step {stopped_at}: {saved}"
-    drill.resume_check("SIGTERM", work, ok, cause + ("" if ok else f" ({inject.tail(result)})"), [stopped_at])
+    drill.resume_check("SIGTERM", work, ok, cause + ("" if ok else f" ({probes.tail(result)})"), [stopped_at])
 
 
 def torchrun_rank_killed(drill: Drill) -> None:
@@ -67,9 +68,9 @@ def torchrun_rank_killed(drill: Drill) -> None:
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
     restarted = result.returncode == 0 and f"resumed from {work / 'checkpoints' / 'step_0000003'}" in log
     if first.returncode != 0:
-        same, detail = False, f"the 2-rank reference failed: {inject.tail(first)}"
+        same, detail = False, f"the 2-rank reference failed: {probes.tail(first)}"
     elif result.returncode != 0:
-        same, detail = False, inject.tail(result, 1500)
+        same, detail = False, probes.tail(result, 1500)
     else:
         same, detail = drill.same_as_reference(work, ref)
     kept = (work / "checkpoints" / "step_0000006").is_dir()
@@ -90,10 +91,10 @@ def disk_full(drill: Drill) -> None:
     """Room for one checkpoint (a tmpfs, else a file-size limit): the step-6 save fails naming its path, step 3 is
     kept and the run dir, moved to a bigger disk, resumes exactly; on a tmpfs too small for one checkpoint the run is
     refused before step 1."""
-    ckpt_bytes = inject.du(drill.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")
+    ckpt_bytes = probes.du(drill.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")
     work = drill.out / "disk_full"
     work.mkdir(parents=True)
-    mounted = drill.mount and inject.mount_tmpfs(work, int(ckpt_bytes * 1.6) + (256 << 10))
+    mounted = drill.mount and probes.mount_tmpfs(work, int(ckpt_bytes * 1.6) + (256 << 10))
     if mounted:  # room for the step-3 checkpoint, not for step 6 next to it
         result = drill.train(work)
     else:  # not allowed to mount: a file-size limit on the running process once step 3 is saved
@@ -113,20 +114,20 @@ def disk_full(drill: Drill) -> None:
         moved,
         result.returncode != 0 and said and kept == ["step_0000003"],
         f"{how}: rc {result.returncode}, error names the path: {said}, left {kept}"
-        + ("" if said else inject.tail(result)),
+        + ("" if said else probes.tail(result)),
         [3],
     )
     if mounted:  # a disk that cannot hold one checkpoint is refused before step 1
         tiny = drill.out / "disk_too_small"
-        inject.mount_tmpfs(tiny, int(ckpt_bytes * 0.5))
+        probes.mount_tmpfs(tiny, int(ckpt_bytes * 0.5))
         try:
             result = drill.train(tiny)
             refused = result.returncode != 0 and "no space left on device for a checkpoint" in result.stderr
             drill.record(
                 "disk too small for one checkpoint",
-                refused and not inject.losses(tiny),
+                refused and not probes.losses(tiny),
                 False,
-                "refused before step 1" if refused else inject.tail(result),
+                "refused before step 1" if refused else probes.tail(result),
             )
         finally:
             subprocess.run(["umount", str(tiny)], check=False)
@@ -155,7 +156,7 @@ def unwritable_work_dir(drill: Drill) -> None:
         "unwritable work dir",
         result.returncode != 0 and said,
         False,
-        "refused before step 1, naming the path" if said else inject.tail(result),
+        "refused before step 1, naming the path" if said else probes.tail(result),
     )
 
 
@@ -164,7 +165,7 @@ def nan_losses(drill: Drill) -> None:
     and a resume equals the reference."""
     work = drill.out / "nan_skipped"
     result = drill.train(work, spec={"nan_steps": [2, 5]})
-    losses, skips = inject.losses(work), inject.last_metric(work, "nan_skipped")
+    losses, skips = probes.losses(work), probes.last_metric(work, "nan_skipped")
     finite = all(x == x for x in losses)
     skipped = result.returncode == 0 and skips == 2 and finite and len(losses) == STEPS
     drill.record(
@@ -189,10 +190,10 @@ def bad_features(drill: Drill) -> None:
     shutil.copytree(drill.out / "data", data, ignore=shutil.ignore_patterns("images", "edges"))
     entries = [e["path"] for e in json.loads((data / "data_info.json").read_text())]
     truncated, garbage, deleted, wrong = (
-        inject.feature_file(data, entries[1], "vae_features_32/*.npy"),
-        inject.feature_file(data, entries[2], "caption_features/*.npz"),
-        inject.feature_file(data, entries[3], "vae_features_32/*.npy"),
-        inject.feature_file(data, entries[4], "vae_features_32/*.npy"),
+        probes.feature_file(data, entries[1], "vae_features_32/*.npy"),
+        probes.feature_file(data, entries[2], "caption_features/*.npz"),
+        probes.feature_file(data, entries[3], "vae_features_32/*.npy"),
+        probes.feature_file(data, entries[4], "vae_features_32/*.npy"),
     )
     truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     garbage.write_bytes(os.urandom(garbage.stat().st_size))
@@ -202,7 +203,7 @@ def bad_features(drill: Drill) -> None:
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
     files = (truncated, garbage, deleted)
     named = [f.name for f, entry in zip(files, entries[1:4]) if f.name in log or entry in log]
-    ok = result.returncode == 0 and len(named) == 3 and len(inject.losses(work)) == STEPS
+    ok = result.returncode == 0 and len(named) == 3 and len(probes.losses(work)) == STEPS
     drill.record(
         "truncated / corrupt / deleted features",
         ok,
@@ -212,7 +213,7 @@ def bad_features(drill: Drill) -> None:
     np.save(wrong, np.zeros((3, 2, 2), dtype=np.float32))
     result = drill.train(drill.out / "wrong_shape_features", options={"data.root": str(data)})
     said = result.returncode != 0 and (wrong.name in result.stderr or entries[4] in result.stderr)
-    drill.record("wrong-shape feature", said, False, "error names the file" if said else inject.tail(result))
+    drill.record("wrong-shape feature", said, False, "error names the file" if said else probes.tail(result))
 
 
 def _victim(drill: Drill) -> Path:
@@ -236,7 +237,7 @@ def config_and_checkpoint_errors(drill: Drill) -> None:
     work = _victim(drill)
     marker = drill.out / "code_was_executed"
     evil = drill.out / "evil.pth"
-    torch.save({"state_dict": inject.CodeCarrier(str(marker))}, evil)
+    torch.save({"state_dict": probes.CodeCarrier(str(marker))}, evil)
     other = drill.out / "other_arch"
     shutil.copytree(work / "checkpoints" / "step_0000003", other / "checkpoints" / "step_0000003", dirs_exist_ok=True)
     weights = ckpt.load_tensors(other / "checkpoints" / "step_0000003" / "model.safetensors")
@@ -253,11 +254,11 @@ def config_and_checkpoint_errors(drill: Drill) -> None:
         (".pth carrying code as load_from", {"load_from": str(evil)}, None, "weights_only"),
         (".pth carrying code as a resume state", {}, str(evil_ckpt), "never code"),
     ]
-    before = inject.hashes(work / "checkpoints" / "step_0000003")
+    before = probes.hashes(work / "checkpoints" / "step_0000003")
     outcomes = []
     for name, options, resume, needle in cases:
         result = _in_process(drill.env, drill.out / "config.py", work, options, resume or "auto")
-        intact = inject.hashes(work / "checkpoints" / "step_0000003") == before
+        intact = probes.hashes(work / "checkpoints" / "step_0000003") == before
         outcomes.append((name, needle in result and not marker.exists(), intact, result))
     lost, detail = drill.verify_resume(work, [3])  # then the run dir still resumes, exactly
     for name, said, intact, result in outcomes:
@@ -279,3 +280,36 @@ def _in_process(env: dict, config: Path, work: Path, options: dict, resume: str)
     except Exception as error:  # the drill wants the message, whatever the type
         return f"{type(error).__name__}: {error}"
     return ""
+
+
+SCENARIOS = {  # name (as in --only) -> scenario, in the order the drill runs them
+    "sigkill_mid_run": sigkill_mid_run,
+    "sigkill_mid_checkpoint": sigkill_mid_checkpoint,
+    "sigterm": sigterm,
+    "torchrun_rank_killed": torchrun_rank_killed,
+    "disk_full": disk_full,
+    "unwritable_work_dir": unwritable_work_dir,
+    "nan_losses": nan_losses,
+    "bad_features": bad_features,
+    "config_and_checkpoint_errors": config_and_checkpoint_errors,
+}
+
+
+def run(out: Path, only: list[str] | None = None, mount: bool = True) -> tuple[int, int, int]:
+    """Run the drill (or the ``only`` scenarios) under ``out``; returns (injected, survived, lost).
+    ``mount=False``: simulate the full disk with a file-size limit even where a tmpfs could be mounted."""
+    unknown = sorted(set(only or ()) - set(SCENARIOS))
+    if unknown:
+        raise ValueError(f"unknown scenario(s) {unknown}; known: {list(SCENARIOS)}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    drill = Drill(out, mount)
+    drill.prepare()
+    drill.reference()
+    for name in only or SCENARIOS:
+        SCENARIOS[name](drill)
+    injected = len(drill.results)
+    survived = sum(1 for _, ok, lost, _ in drill.results if ok and not lost)
+    lost = sum(1 for _, _, lost, _ in drill.results if lost)
+    print(f"faults injected: {injected}, survived: {survived}, data lost: {lost}")
+    return injected, survived, lost

@@ -1,26 +1,29 @@
-"""Entry point for every training run (teacher, PixArt-δ LCM distillation §3, ControlNet §4): parse, load the config,
-hand over to the trainer.
+"""A training run from its command line: parse, load the config, hand over to the trainer. Shared by the training
+commands (``train_scripts/train.py``, ``train_lcm.py``, ``train_controlnet.py``: each a default config over this),
+the fault drill's training child and the ControlNet ablation, so that every run starts exactly the same way.
 
     python train_scripts/train.py CONFIG [--work-dir DIR] [--resume auto|PATH] [--cfg-options k=v ...]
     torchrun --nproc_per_node N [--nnodes M ...] train_scripts/train.py CONFIG ...
 """
 
+from __future__ import annotations
+
 import argparse
-import sys
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing the repo
-
-from diffusion.engine import Trainer, dist  # noqa: E402
+from diffusion.engine import Trainer, dist
 
 DEFAULT_OUTPUT_ROOT = "output"
 
 
-def parse_args(argv: list[str] | None = None, default_config: str | None = None) -> argparse.Namespace:
-    """Command-line arguments; ``default_config`` makes CONFIG optional (for thin wrappers such as train_lcm.py)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(
+    argv: list[str] | None = None, default_config: str | Path | None = None, description: str | None = __doc__
+) -> argparse.Namespace:
+    """Command-line arguments; ``default_config`` makes CONFIG optional (``train_lcm.py``, ``train_controlnet.py``);
+    ``description``: the command's usage (its docstring)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?" if default_config else None, default=default_config, help="config file")
     parser.add_argument("--work-dir", default=None, help=f"default {DEFAULT_OUTPUT_ROOT}/<config stem>")
     parser.add_argument("--resume", default=None, help="'auto' or a checkpoint dir")
@@ -30,24 +33,22 @@ def parse_args(argv: list[str] | None = None, default_config: str | None = None)
 
 def build_config(args: argparse.Namespace) -> Config:
     """The config a run of ``args`` trains: ``args.config`` with ``args.cfg_options`` merged in."""
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(str(args.config))
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)
     return cfg
 
 
-def main(argv: list[str] | None = None, default_config: str | None = None) -> bool:
+def train(
+    argv: list[str] | None = None, default_config: str | Path | None = None, description: str | None = __doc__
+) -> bool:
     """Parse ``argv`` (default ``sys.argv[1:]``), build the config and train; single process without torchrun.
     Returns whether the run reached ``max_steps`` (False: stopped by SIGTERM / SIGINT after a checkpoint; the
     command still exits 0, as a launcher expects)."""
-    args = parse_args(argv, default_config)
+    args = parse_args(argv, default_config, description)
     cfg = build_config(args)
     work_dir = args.work_dir or str(Path(DEFAULT_OUTPUT_ROOT) / Path(args.config).stem)
     try:
         return Trainer(cfg, work_dir, resume=args.resume).train()
     finally:
         dist.cleanup()
-
-
-if __name__ == "__main__":
-    main()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.engine.config import check_codec, resolve_section
+from diffusion.config import check_codec, resolve_section
 from diffusion.registry import METHODS, MODELS, SAMPLERS, check_keys
 
 GIB = 2**30

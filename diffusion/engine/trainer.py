@@ -18,10 +18,10 @@ import torch
 from mmengine.config import Config
 
 from diffusion.build import build_model
+from diffusion.config import check_top_level, resolve_section
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine import resume as on_resume
-from diffusion.engine.config import check_top_level, resolve_section
 from diffusion.engine.data_loop import BatchStream, EpochBatchSampler, describe_data, epoch_report, to_device
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
@@ -39,7 +39,7 @@ class Trainer(RunValidation, RunCheckpoint):
     and resume from :class:`RunCheckpoint`.
 
     Args:
-        cfg: mmengine ``Config`` (or plain dict) with the keys of ``diffusion.engine.config.TOP_LEVEL_KEYS``.
+        cfg: mmengine ``Config`` (or plain dict) with the keys of ``diffusion.config.TOP_LEVEL_KEYS``.
         work_dir: run directory (checkpoints, logs, samples, dumped config).
         resume: None, ``'auto'`` (latest checkpoint of ``work_dir`` if any) or a checkpoint directory.
     """

@@ -1,41 +1,41 @@
-"""Train the embedded default's teacher from scratch and publish it as ``assets/tiny_teacher/`` (``make teacher``).
+"""The committed tiny assets of the embedded default (``assets/tiny_teacher``, ``assets/tiny_lcm``,
+``assets/tiny_controlnet``): how each is trained and published, and the hashes that tie it to its config.
 
-The tiny teacher stands in for the released PixArt-alpha checkpoint: ``make demo`` starts from it as a real user
-starts from PixArt-XL-2-1024-MS. The published file is the final checkpoint's trained weights (the end of a cosine
-schedule; the run's EMA stays in its checkpoints), stored in fp16 to stay small, with ``meta.json`` recording the
-config hash (a test checks it against ``configs/pixart/tiny_teacher.py``), the text-encoder hash, the wall time and
-the measured throughput.
-
-    python tools/make_teacher.py [--config configs/pixart/tiny_teacher.py] [--work-dir output/tiny_teacher_run]
+Each stands in for a released checkpoint (PixArt-XL-2-1024-MS, PixArt-LCM, the PixArt-δ ControlNet) so that
+``make demo`` and ``make app`` start from trained weights as a real user does. One recipe, :func:`train_and_publish`:
+make the embedded data, train the config through the one trainer, publish the final checkpoint's trained weights in
+fp16 (to stay small) with ``meta.json`` recording the config hash (tests check it against the config), the hashes of
+what it was trained from, the wall time and the measured throughput. The commands are ``tools/make_teacher.py``,
+``tools/make_lcm_student.py`` and ``tools/make_controlnet.py`` (``make teacher``, ``make lcm-student``,
+``make controlnet``).
 """
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import inspect
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
+from safetensors.torch import load_file, save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffusion.config import SECTION_DEFAULTS, resolve_section
+from diffusion.data import ensure_embedded_default
+from diffusion.engine import Trainer, dist, find_latest, require_finished
+from diffusion.engine.checkpoint import claim_run_dir
+from diffusion.paths import repo_path, shown
+from diffusion.registry import METHODS, MODELS
 
-from mmengine.config import Config  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
-
-from diffusion.data import ensure_embedded_default  # noqa: E402
-from diffusion.engine import Trainer, dist, find_latest, require_finished  # noqa: E402
-from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
-from diffusion.engine.config import SECTION_DEFAULTS, resolve_section  # noqa: E402
-from diffusion.registry import METHODS, MODELS  # noqa: E402
-
-DEFAULT_CONFIG = "configs/pixart/tiny_teacher.py"
-ASSET_DIR = Path("assets/tiny_teacher")
-
+TEACHER_CONFIG = repo_path("configs/pixart/tiny_teacher.py")
+TEACHER_DIR = repo_path("assets/tiny_teacher")
+LCM_CONFIG = repo_path("configs/lcm/tiny_lcm_student.py")  # make demo's distillation cut at 100 steps
+LCM_DIR = repo_path("assets/tiny_lcm")
+CONTROLNET_CONFIG = repo_path("configs/controlnet/tiny_controlnet.py")
+CONTROLNET_DIR = repo_path("assets/tiny_controlnet")
 
 UNHASHED_SECTIONS = ("validation", "log")  # what a run shows (sample grids, logs), not what it trains
 
@@ -86,26 +86,26 @@ def publish(
     cfg: Config,
     out_dir: Path,
     extra: dict,
-    config_path: str = DEFAULT_CONFIG,
+    config_path: str | Path = TEACHER_CONFIG,
     only_prefix: str | None = None,
 ) -> Path:
     """Trained weights of ``checkpoint`` -> ``out_dir/model.safetensors`` (fp16) + ``meta.json`` (names
-    ``config_path``, the file ``cfg`` was read from). ``only_prefix``: every key must start with it (a ControlNet's
-    trainable-only checkpoint holds ``controlnet.*``)."""
+    ``config_path``, the file ``cfg`` was read from, relative to the checkout when inside it). ``only_prefix``: every
+    key must start with it (a ControlNet's trainable-only checkpoint holds ``controlnet.*``)."""
     source = checkpoint / "model.safetensors"
     state = {k: v.to(torch.float16) if v.is_floating_point() else v for k, v in load_file(str(source)).items()}
     if only_prefix is not None and (not state or not all(k.startswith(only_prefix) for k in state)):
         raise ValueError(f"{source} is not the expected checkpoint (only {only_prefix}* keys)")
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file(state, str(out_dir / "model.safetensors"), metadata={"config_sha256": config_hash(cfg)})
-    meta = dict(config=config_path, config_sha256=config_hash(cfg), source=str(source), **extra)
+    meta = dict(config=shown(config_path), config_sha256=config_hash(cfg), source=str(source), **extra)
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     return out_dir / "model.safetensors"
 
 
 def train_and_publish(
     cfg: Config,
-    config_path: str,
+    config_path: str | Path,
     work_dir: str | Path,
     out_dir: str | Path,
     digest: str,
@@ -142,16 +142,47 @@ def train_and_publish(
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--work-dir", default="output/tiny_teacher_run")
-    parser.add_argument("--out", default=str(ASSET_DIR))
-    args = parser.parse_args(argv)
-    cfg = Config.fromfile(args.config)
+def make_teacher(
+    config: str | Path = TEACHER_CONFIG,
+    work_dir: str | Path = "output/tiny_teacher_run",
+    out: str | Path = TEACHER_DIR,
+) -> Path:
+    """Train the tiny teacher (PixArt-α on the embedded default) from scratch and publish it to ``out``."""
+    cfg = Config.fromfile(str(config))
     inputs = lambda: dict(text_encoder_sha256=file_hash(Path(cfg.text_encoder.path) / "model.safetensors"))  # noqa: E731
-    train_and_publish(cfg, args.config, args.work_dir, args.out, config_hash(cfg), inputs)
+    return train_and_publish(cfg, config, work_dir, out, config_hash(cfg), inputs)
 
 
-if __name__ == "__main__":
-    main()
+def lcm_run_digest(cfg: Config) -> str:
+    """What the student depends on: the resolved config and the teacher file it distils (``cfg.load_from``)."""
+    return hashlib.sha256((config_hash(cfg) + file_hash(cfg.load_from)).encode()).hexdigest()
+
+
+def make_lcm_student(
+    config: str | Path = LCM_CONFIG, work_dir: str | Path = "output/tiny_lcm_run", out: str | Path = LCM_DIR
+) -> Path:
+    """Distil the committed teacher (the config's ``load_from``) into the 4-step LCM student (PixArt-δ §3) and
+    publish it to ``out``."""
+    cfg = Config.fromfile(str(config))
+    if not Path(cfg.load_from).is_file():
+        raise SystemExit(f"teacher {cfg.load_from} (load_from of {config}) is missing: run make teacher first")
+
+    def inputs() -> dict:
+        text_encoder = Path(cfg.text_encoder.path) / "model.safetensors"
+        return dict(
+            teacher=cfg.load_from, teacher_sha256=file_hash(cfg.load_from), text_encoder_sha256=file_hash(text_encoder)
+        )
+
+    return train_and_publish(cfg, config, work_dir, out, lcm_run_digest(cfg), inputs)
+
+
+def make_controlnet(
+    config: str | Path = CONTROLNET_CONFIG,
+    work_dir: str | Path = "output/tiny_controlnet_run",
+    out: str | Path = CONTROLNET_DIR,
+) -> Path:
+    """Train the ControlNet-Transformer (PixArt-δ §4) on the committed teacher and publish its trainable weights
+    (``controlnet.*``; the frozen base is the config's ``load_from``) to ``out``."""
+    cfg = Config.fromfile(str(config))
+    inputs = lambda: dict(teacher_sha256=file_hash(cfg.load_from))  # noqa: E731
+    return train_and_publish(cfg, config, work_dir, out, config_hash(cfg), inputs, only_prefix="controlnet.")

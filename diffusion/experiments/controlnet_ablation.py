@@ -1,7 +1,7 @@
 """The rows of the ControlNet ablation (PixArt-delta §4.2-4.3) and their training, for ``tools/reproduce_controlnet.py
 --train``: each row is ``configs/controlnet/tiny_controlnet.py`` with a few ``--cfg-options``, trained at the same
 number of steps through the one trainer, exactly as ``train_scripts/train_controlnet.py CONFIG --cfg-options ...``
-would (``train_scripts.train.main``, not a second loop).
+would (``diffusion.engine.launch.train``, not a second loop).
 
 A row's work dir is ``<work_root>/<row name>``. A row whose final checkpoint exists and whose dumped ``config.py``
 is the config asked for is not retrained; an interrupted one resumes from its latest checkpoint; a dir holding a run
@@ -18,17 +18,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mmengine.config import Config
 
-from mmengine.config import Config  # noqa: E402
+from diffusion.data import ensure_embedded_default
+from diffusion.engine import dist, launch
+from diffusion.engine.checkpoint import find_latest
+from diffusion.experiments.assets import config_hash
+from diffusion.paths import repo_path, shown
 
-from diffusion.data import ensure_embedded_default  # noqa: E402
-from diffusion.engine import dist  # noqa: E402
-from diffusion.engine.checkpoint import find_latest  # noqa: E402
-from tools.make_teacher import config_hash  # noqa: E402
-from train_scripts import train  # noqa: E402
-
-DEFAULT_CONFIG = "configs/controlnet/tiny_controlnet.py"
+DEFAULT_CONFIG = repo_path("configs/controlnet/tiny_controlnet.py")
 
 
 @dataclass(frozen=True)
@@ -38,7 +36,7 @@ class Row:
     name: str
     label: str
     overrides: dict = field(default_factory=dict)
-    config: str = DEFAULT_CONFIG
+    config: str | Path = DEFAULT_CONFIG
 
 
 # The committed tiny teacher has 6 blocks, so the paper's N in {1, depth/4, depth/2, depth - 1} (1, 7, 13, 27 of 28)
@@ -53,7 +51,7 @@ ROWS = [
     Row(
         "b",
         "route (b): controlled LCD of the ControlNet on the LCM student",
-        config="configs/controlnet/tiny_controlnet_lcm.py",
+        config=repo_path("configs/controlnet/tiny_controlnet_lcm.py"),
     ),
 ]
 ROW_NAMES = [r.name for r in ROWS]
@@ -72,7 +70,7 @@ def train_argv(row: Row, work_dir: Path, steps: int, batch_size: int | None, cfg
     ``cfg_options`` (``k=v`` strings) shared by every row, which win."""
     schedule = {"train.max_steps": steps} | ({} if batch_size is None else {"train.batch_size": batch_size})
     pairs = [f"{k}={v}" for k, v in (row.overrides | schedule).items()]
-    return [row.config, "--work-dir", str(work_dir), "--resume", "auto", "--cfg-options", *pairs, *cfg_options]
+    return [str(row.config), "--work-dir", str(work_dir), "--resume", "auto", "--cfg-options", *pairs, *cfg_options]
 
 
 def config_diff(found: Config, wanted: Config) -> list[str]:
@@ -132,12 +130,12 @@ def train_rows(
     for i, row in enumerate(rows, 1):
         work_dir = work_root / row.name
         argv = train_argv(row, work_dir, steps, batch_size, cfg_options)
-        cfg = train.build_config(train.parse_args(argv))
+        cfg = launch.build_config(launch.parse_args(argv))
         note = dist.portable_precision(cfg)  # bf16 autocast on a CPU without it: fp32, said once per row
         if note:
             print(f"[ablation] {row.name}: {note}", file=sys.stderr, flush=True)
             argv = train_argv(row, work_dir, steps, batch_size, [*cfg_options, "train.mixed_precision=no"])
-            cfg = train.build_config(train.parse_args(argv))
+            cfg = launch.build_config(launch.parse_args(argv))
         state = run_state(work_dir, cfg, replace_stale)
         head = f"[ablation] {i}/{len(rows)} {row.name} ({row.label})"
         if state == "done":
@@ -146,10 +144,10 @@ def train_rows(
             ensure_data(cfg)
             latest = find_latest(work_dir)
             start_step = int(latest.name.split("_")[-1]) if state == "partial" else 0
-            command = shlex.join(["python", "train_scripts/train_controlnet.py", *argv])
+            command = shlex.join(["python", "train_scripts/train_controlnet.py", shown(argv[0]), *argv[1:]])
             print(f"{head}: training steps {start_step}..{steps}: {command}", file=sys.stderr, flush=True)
             start = time.time()
-            if not train.main(argv):
+            if not launch.train(argv):
                 raise SystemExit(f"{head}: stopped by a signal (checkpoint kept); run the same command to resume")
             print(f"{head}: trained in {time.time() - start:.0f} s", file=sys.stderr, flush=True)
         trained.append((row, work_dir))

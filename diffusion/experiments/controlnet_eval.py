@@ -1,4 +1,4 @@
-"""The evaluation of a ControlNet setting for tools/reproduce_controlnet.py (PixArt-delta §4.2-4.4): the rendered
+"""The evaluation of a ControlNet setting for ``tools/reproduce_controlnet.py`` (PixArt-delta §4.2-4.4): the rendered
 evaluation set, sampling with and without control, edge F1 / FID / attribute accuracy of one pipeline, the 4-step
 controllable LCM group of a route-(b) run, and edge F1 against training step over a run's checkpoints.
 """

@@ -1,10 +1,10 @@
-"""``make demo``: the main job on the embedded default, end to end on a CPU.
+"""``make demo`` (``tools/demo.py``): the main job on the embedded default, end to end on a CPU.
 
 1. make the embedded data (32x32 captioned shapes, tiny T5, feature caches) if missing;
 2. load the committed tiny teacher (``assets/tiny_teacher``; trained by ``make teacher`` if absent);
 3. PixArt-delta LCM distillation of that teacher with the shared trainer (``configs/lcm/tiny_lcm.py``);
 4. a comparison grid (teacher DPM-Solver++ 20 and 4 steps with CFG 4.5 next to LCM 1, 2, 4 steps, no CFG) and the
-   small-scale reproduction table (``tools/reproduce_lcm.py``);
+   small-scale reproduction table (:mod:`diffusion.experiments.lcm_quality`, ``tools/reproduce_lcm.py``);
 5. controllable generation (§4): the committed tiny ControlNet-Transformer (``assets/tiny_controlnet``, trained on the
    teacher by ``make controlnet``) on the teacher (DPM-Solver++ 20, CFG 4.5) and, as it is, on the freshly distilled
    4-step LCM student, from edge maps of shapes drawn off the prompts' usual positions; all under ``output/demo/``.
@@ -12,30 +12,27 @@
 
 from __future__ import annotations
 
-import argparse
-import sys
 import time
 from pathlib import Path
 
 import torch
+from mmengine.config import Config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from diffusion.build import load_pipeline
+from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default
+from diffusion.data.embedded import prompt_edges
+from diffusion.engine import Trainer, dist, find_latest, require_finished
+from diffusion.engine.checkpoint import claim_run_dir
+from diffusion.engine.validation import save_grid
+from diffusion.experiments.assets import file_hash, make_teacher
+from diffusion.experiments.lcm_quality import reproduce
+from diffusion.paths import repo_path, shown
+from diffusion.pipeline import Pipeline
 
-from mmengine.config import Config  # noqa: E402
-
-from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default  # noqa: E402
-from diffusion.data.embedded import prompt_edges  # noqa: E402
-from diffusion.engine import Trainer, dist, find_latest, require_finished  # noqa: E402
-from diffusion.engine.checkpoint import claim_run_dir  # noqa: E402
-from diffusion.engine.validation import save_grid  # noqa: E402
-from diffusion.pipeline import Pipeline  # noqa: E402
-from tools.make_teacher import file_hash  # noqa: E402
-
-TEACHER = Path("assets/tiny_teacher/model.safetensors")
-LCM_CONFIG = "configs/lcm/tiny_lcm.py"
-CONTROLNET = Path("assets/tiny_controlnet/model.safetensors")
-CONTROLNET_CONFIG = "configs/controlnet/tiny_controlnet.py"
+TEACHER = repo_path("assets/tiny_teacher/model.safetensors")
+LCM_CONFIG = repo_path("configs/lcm/tiny_lcm.py")
+CONTROLNET = repo_path("assets/tiny_controlnet/model.safetensors")
+CONTROLNET_CONFIG = repo_path("configs/controlnet/tiny_controlnet.py")
 CONTROL_OFFSET = (3, -3)  # (row, col) px: the edges sit off the prompt's usual spot, so following them shows
 COLUMNS = [  # (label, sampler settings)
     ("teacher DPM-Solver++ 20 steps, CFG 4.5", dict(name="dpm", steps=20, cfg_scale=4.5)),
@@ -65,7 +62,7 @@ def comparison_grid(cfg: Config, teacher: Path, student: Path, out: Path) -> Pat
 def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
     """Rows: validation prompts; columns: the edge map, the teacher with the ControlNet (DPM-Solver++ 20, CFG 4.5) and
     the 4-step LCM student with the same ControlNet applied as it is (route (a) of issue 8: no re-training)."""
-    cfg = Config.fromfile(CONTROLNET_CONFIG)
+    cfg = Config.fromfile(str(CONTROLNET_CONFIG))
     teacher = load_pipeline(cfg, CONTROLNET, like=teacher_pipe)
     lcm_cfg = Config({**cfg.to_dict(), "load_from": str(student)})  # the same ControlNet weights on the student base
     lcm = load_pipeline(lcm_cfg, CONTROLNET, like=teacher_pipe)
@@ -84,23 +81,18 @@ def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
     return path
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="output/demo")
-    parser.add_argument("--steps", type=int, default=None, help="override the LCM distillation steps")
-    parser.add_argument("--eval-images", type=int, default=240, help="images per row of the reproduction table")
-    args = parser.parse_args(argv)
-    out, start = Path(args.out), time.time()
-    cfg = Config.fromfile(LCM_CONFIG)
+def run(out: str | Path = "output/demo", steps: int | None = None, eval_images: int = 240) -> None:
+    """The whole demo into ``out`` (module docstring); ``steps`` overrides the distillation's ``train.max_steps``,
+    ``eval_images`` is the number of images per row of the reproduction table."""
+    out, start = Path(out), time.time()
+    cfg = Config.fromfile(str(LCM_CONFIG))
     ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
     print(f"[demo] embedded data ready ({time.time() - start:.0f} s)")
     if not TEACHER.is_file():
-        print(f"[demo] {TEACHER} missing: training the tiny teacher (make teacher)")
-        from tools.make_teacher import main as make_teacher
-
-        make_teacher([])
-    if args.steps:
-        cfg.merge_from_dict({"train.max_steps": args.steps})
+        print(f"[demo] {shown(TEACHER)} missing: training the tiny teacher (make teacher)")
+        make_teacher()
+    if steps:
+        cfg.merge_from_dict({"train.max_steps": steps})
     note = dist.portable_precision(cfg)
     if note:
         print(f"[demo] {note}")
@@ -113,30 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[demo] LCM distillation done ({time.time() - start:.0f} s); student: {student}")
     grid = comparison_grid(cfg, TEACHER, student, out / "teacher_vs_lcm.png")
     print(f"[demo] comparison grid: {grid} ({time.time() - start:.0f} s)")
-    from tools.reproduce_lcm import main as reproduce
-
-    reproduce(
-        [
-            "--teacher",
-            str(TEACHER),
-            "--student",
-            str(student),
-            "--config",
-            LCM_CONFIG,
-            "--num-images",
-            str(args.eval_images),
-            "--out",
-            str(out / "reproduce_lcm"),
-        ]
-    )
+    table_cfg = Config.fromfile(str(LCM_CONFIG))  # as tools/reproduce_lcm.py reads it
+    reproduce(table_cfg, TEACHER, student, out / "reproduce_lcm", num_images=eval_images)
     if CONTROLNET.is_file():
         teacher_pipe = load_pipeline(cfg, TEACHER)
         grid = controlnet_grid(teacher_pipe, student, out / "controlnet.png")
         print(f"[demo] ControlNet grid: {grid} ({time.time() - start:.0f} s)")
     else:
-        print(f"[demo] {CONTROLNET} missing (make controlnet trains it): no ControlNet grid")
+        print(f"[demo] {shown(CONTROLNET)} missing (make controlnet trains it): no ControlNet grid")
     print(f"[demo] finished in {(time.time() - start) / 60:.1f} min; see {out}/")
-
-
-if __name__ == "__main__":
-    main()

@@ -10,33 +10,27 @@ Part 2 samples the teacher at 4, 14 and 20 steps for each ``--cfg-scales`` value
 mistaken for a guidance effect. The two conventions: the teacher's CFG ``uncond + s (cond - uncond)`` and LCM's
 ``cond + w (cond - uncond)`` are the same guidance at s = w + 1, so the LCM w = 4.5 is CFG 5.5 here.
 
-    python tools/sweep_lcm.py --steps 150 --every 50 --num-images 160   # output/sweep_lcm/{table.md,sweep.png}
-
 FID is the embedded FID (features of the attribute classifier, see ``diffusion/eval/attribute_net.py``): comparable
-between rows of this sweep only.
+between rows of this sweep only. The command is ``tools/sweep_lcm.py``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from mmengine.config import Config
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from mmengine.config import Config  # noqa: E402
-
-from diffusion.build import load_pipeline  # noqa: E402
-from diffusion.data import ensure_embedded_default  # noqa: E402
-from diffusion.engine import Trainer, dist, require_finished  # noqa: E402
-from diffusion.engine.checkpoint import list_checkpoints  # noqa: E402
-from diffusion.eval import (  # noqa: E402
+from diffusion.build import load_pipeline
+from diffusion.data import ensure_embedded_default
+from diffusion.engine import Trainer, dist, require_finished
+from diffusion.engine.checkpoint import list_checkpoints
+from diffusion.eval import (
     attribute_accuracy,
     build_feature_extractor,
     compute_statistics,
@@ -44,8 +38,8 @@ from diffusion.eval import (  # noqa: E402
     frechet_distance,
     statistics_of,
 )
-from diffusion.pipeline import Pipeline  # noqa: E402
-from tools.reproduce_lcm import eval_prompts, generate  # noqa: E402
+from diffusion.experiments.lcm_quality import eval_prompts, generate
+from diffusion.pipeline import Pipeline
 
 # (name, label, config overrides, guidance the student is sampled at: None = no w-embedding)
 VARIANTS = [
@@ -130,31 +124,36 @@ def distil(
     return [(int(p.name.split("_")[-1]), p / "model.safetensors") for p in list_checkpoints(work_dir / "checkpoints")]
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/lcm/tiny_lcm.py")
-    parser.add_argument("--steps", type=int, default=150, help="distillation steps per variant")
-    parser.add_argument("--every", type=int, default=50, help="evaluate the student every K steps")
-    parser.add_argument("--train-batch-size", type=int, default=None, help="default: the config's train.batch_size")
-    parser.add_argument("--num-images", type=int, default=160, help="generated images per point (and real for FID)")
-    parser.add_argument("--cfg-scales", type=float, nargs="+", default=[1.0, 2.5, 4.5, 5.5, 7.5])
-    parser.add_argument("--batch-size", type=int, default=80)
-    parser.add_argument("--out", default="output/sweep_lcm")
-    args = parser.parse_args(argv)
-    out, start = Path(args.out), time.time()
+def sweep(
+    config: str | Path,
+    out: str | Path,
+    steps: int = 150,
+    every: int = 50,
+    train_batch_size: int | None = None,
+    num_images: int = 160,
+    cfg_scales: Sequence[float] = (1.0, 2.5, 4.5, 5.5, 7.5),
+    batch_size: int = 80,
+) -> dict:
+    """Both parts of the sweep (module docstring): distil each of :data:`VARIANTS` for ``steps`` steps (``config``
+    with a ``train_batch_size``, None: the config's), scoring the 4-step student every ``every`` steps on
+    ``num_images`` prompts; then the teacher at :data:`TEACHER_STEPS` x ``cfg_scales``. Writes ``results.json``,
+    ``table.md`` and ``sweep.png`` under ``out``; returns the results."""
+    settings = dict(config=str(config), steps=steps, every=every, train_batch_size=train_batch_size)
+    settings.update(num_images=num_images, cfg_scales=list(cfg_scales), batch_size=batch_size, out=str(out))
+    out, start = Path(out), time.time()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = Config.fromfile(args.config)
+    cfg = Config.fromfile(str(config))
     ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=False)
     torch.manual_seed(0)
-    score = Scorer(cfg.data.root, args.num_images, args.batch_size)
-    prompts = eval_prompts(args.num_images)
+    score = Scorer(cfg.data.root, num_images, batch_size)
+    prompts = eval_prompts(num_images)
     teacher = load_pipeline(cfg)  # cfg.load_from: the committed tiny teacher
     lcm4 = dict(name="lcm", steps=4)
 
     curves: list[dict] = []
-    base = dict(step=0, **score(generate(teacher, prompts, lcm4, args.batch_size)[0], prompts))
+    base = dict(step=0, **score(generate(teacher, prompts, lcm4, batch_size)[0], prompts))
     for name, label, overrides, w in VARIANTS:
-        checkpoints = distil(cfg, overrides, out / name, args.steps, args.every, args.train_batch_size)
+        checkpoints = distil(cfg, overrides, out / name, steps, every, train_batch_size)
         variant_cfg = Config(cfg.to_dict())
         variant_cfg.merge_from_dict(overrides)
         points = [base]
@@ -164,23 +163,23 @@ def main(argv: list[str] | None = None) -> dict:
                 pipe = pipe.with_model(WithGuidance(pipe.model, w))
                 gap = check_guidance_reaches(pipe.model, pipe)
                 print(f"[sweep] {name} step {step}: mean |out(w={w}) - out(no w)| = {gap:.2e}", flush=True)
-            points.append(dict(step=step, **score(generate(pipe, prompts, lcm4, args.batch_size)[0], prompts)))
+            points.append(dict(step=step, **score(generate(pipe, prompts, lcm4, batch_size)[0], prompts)))
             print(json.dumps(dict(variant=name, **points[-1])), flush=True)
         curves.append(dict(name=name, label=label, points=points))
         print(f"[sweep] {name} done ({time.time() - start:.0f} s)", flush=True)
 
     teacher_rows = []
-    for steps in TEACHER_STEPS:
-        for scale in args.cfg_scales:
+    for teacher_steps in TEACHER_STEPS:
+        for scale in cfg_scales:
             images, sec, nfe = generate(
-                teacher, prompts, dict(name="dpm", steps=steps, cfg_scale=scale), args.batch_size
+                teacher, prompts, dict(name="dpm", steps=teacher_steps, cfg_scale=scale), batch_size
             )
             teacher_rows.append(
-                dict(steps=steps, cfg_scale=scale, nfe=nfe, sec_per_image=sec, **score(images, prompts))
+                dict(steps=teacher_steps, cfg_scale=scale, nfe=nfe, sec_per_image=sec, **score(images, prompts))
             )
             print(json.dumps(teacher_rows[-1]), flush=True)
 
-    result = dict(args=vars(args), curves=curves, teacher=teacher_rows, wall_seconds=round(time.time() - start, 1))
+    result = dict(args=settings, curves=curves, teacher=teacher_rows, wall_seconds=round(time.time() - start, 1))
     (out / "results.json").write_text(json.dumps(result, indent=2))
     table = format_tables(result)
     (out / "table.md").write_text(table)
@@ -250,7 +249,3 @@ def plot(result: dict, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-if __name__ == "__main__":
-    main()

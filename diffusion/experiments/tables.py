@@ -1,24 +1,10 @@
-"""Rebuild every table of the README on this machine: ``output/tables/<name>.md``, each stamped with the machine, the
-commit and the exact command that produced it, plus ``output/tables/index.md`` listing what ran and what was skipped.
+"""Rebuild every table of the README on this machine (``tools/reproduce_tables.py``): one :class:`Job` per table,
+each a command run in the checkout whose markdown table(s) on stdout become ``<out>/<name>.md``, stamped with the
+machine, the commit and the exact command.
 
-Tables (PixArt-δ: Table 2 / Fig. 7 quality, Fig. 2 guidance, Table 1 / §3.3 memory, §4 ControlNet, Table 2 speed):
-
-- ``lcm``: ``tools/reproduce_lcm.py`` on a distilled student (``--student``, else ``assets/tiny_lcm`` or the latest
-  ``make demo`` checkpoint; skipped with a line saying so when there is none).
-- ``sweep``: ``tools/sweep_lcm.py`` (Fig. 2 at small scale); the slowest job, run only with ``--sweep``.
-- ``controlnet``: ``tools/reproduce_controlnet.py --train``, which trains the ablation rows itself
-  (``--controlnet-steps`` each, 150 by default: about an hour on 2 shared cores; finished rows in
-  ``OUT/_cn_ablation/`` are reused) and
-  evaluates them on ``--controlnet-images`` edge maps.
-- ``speed``, ``memory``: ``tools/benchmark_speed.py``, ``tools/benchmark_memory.py`` with their defaults for this
-  machine (each skipped with a clear line if absent).
-
-Contract with the tools: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
-kept); progress goes to stderr. A failing tool is reported in its table file and the index, and the others still run.
-Whatever a sub-tool writes goes under ``--out`` (``OUT/_lcm``, ``OUT/_sweep``, ``OUT/_controlnet``, ...).
-
-    python tools/reproduce_tables.py                    # everything but the sweep
-    python tools/reproduce_tables.py --only lcm speed --student output/demo/lcm/checkpoints/step_0000300
+Contract with the commands: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
+kept); progress goes to stderr. A failing command is reported in its table file and the index, and the others still
+run. Whatever a command writes goes under ``out`` (``OUT/_lcm``, ``OUT/_sweep``, ``OUT/_controlnet``, ...).
 """
 
 from __future__ import annotations
@@ -35,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from diffusion.paths import ROOT, repo_path
 
 
 @dataclass
 class Job:
-    """One table: ``tool`` (a script path relative to the repo) run with ``args`` writes ``<name>.md``."""
+    """One table: ``tool`` (a command's path relative to the checkout, or absolute) run with ``args`` writes
+    ``<name>.md``."""
 
     name: str
     title: str
@@ -50,17 +37,21 @@ class Job:
 
 
 def find_student(explicit: str | None) -> Path | None:
-    """``--student``, else the published tiny LCM student, else the latest ``make demo`` checkpoint."""
+    """``--student``, else the published tiny LCM student, else the latest ``make demo`` checkpoint (under this
+    folder's ``output/demo``)."""
     if explicit:
-        return Path(explicit)
-    if (REPO / "assets/tiny_lcm/model.safetensors").is_file():
-        return REPO / "assets/tiny_lcm/model.safetensors"
-    checkpoints = sorted((REPO / "output/demo/lcm/checkpoints").glob("step_*/model.safetensors"))
+        return Path(explicit).resolve()
+    if repo_path("assets/tiny_lcm/model.safetensors").is_file():
+        return repo_path("assets/tiny_lcm/model.safetensors")
+    checkpoints = sorted(Path("output/demo/lcm/checkpoints").resolve().glob("step_*/model.safetensors"))
     return checkpoints[-1] if checkpoints else None
 
 
-def default_jobs(args: argparse.Namespace, out: Path = REPO / "output/tables") -> list[Job]:
-    """The jobs; every output folder a sub-tool takes (``--out``, ``--work-root``) is under ``out``."""
+def default_jobs(args: argparse.Namespace, out: Path | None = None) -> list[Job]:
+    """The jobs of the command line ``args`` (``student``, ``num_images``, ``sweep``, ``controlnet_steps``,
+    ``controlnet_images``); every output folder a command takes (``--out``, ``--work-root``) is under ``out``
+    (default: this folder's ``output/tables``)."""
+    out = Path(out or "output/tables").resolve()
     student = find_student(args.student)
     lcm = Job("lcm", "LCM vs teacher quality (PixArt-δ Table 2 / Fig. 7, small scale)", "tools/reproduce_lcm.py")
     if student is None:
@@ -105,8 +96,8 @@ def machine() -> str:
 def commit() -> str:
     """``git describe``-like stamp: the HEAD hash, ``+dirty`` when tracked files differ from it."""
     try:
-        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=REPO, capture_output=True, text=True)
+        head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=ROOT, capture_output=True, text=True)
     except OSError:
         return "unknown (no git)"
     return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "") if head.returncode == 0 else "unknown"
@@ -128,7 +119,7 @@ def extract_tables(stdout: str) -> str:
 
 def run_job(job: Job, out: Path, stamp: str) -> str:
     """Run one job, write ``out/<name>.md``; returns its index line."""
-    tool = REPO / job.tool
+    tool = ROOT / job.tool
     if job.skip is None and not tool.is_file():
         job.skip = f"{job.tool} does not exist in this checkout"
     if job.skip is not None:
@@ -138,7 +129,7 @@ def run_job(job: Job, out: Path, stamp: str) -> str:
     shown = shlex.join(["python", job.tool, *job.args])
     print(f"[tables] {job.name}: {shown}", flush=True)
     start = time.time()
-    result = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
+    result = subprocess.run(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)  # stderr (progress) passes through
     wall = time.time() - start
     body = extract_tables(result.stdout)
     ok = result.returncode == 0 and bool(body)
@@ -153,27 +144,9 @@ def run_job(job: Job, out: Path, stamp: str) -> str:
     return f"- [{job.name}]({job.name}.md): {status}, {wall:.0f} s, `{shown}`"
 
 
-def main(argv: list[str] | None = None, jobs: list[Job] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="output/tables")
-    parser.add_argument("--only", nargs="+", default=None, help="names of the tables to rebuild")
-    parser.add_argument("--student", default=None, help="LCM student weights for the lcm table")
-    parser.add_argument("--num-images", type=int, default=240, help="images per row of the lcm table")
-    parser.add_argument("--sweep", action="store_true", help="also run the Fig. 2 sweep (slow)")
-    parser.add_argument(
-        "--controlnet-steps", type=int, default=150, help="training steps of each ControlNet ablation row (batch 16)"
-    )
-    parser.add_argument("--controlnet-images", type=int, default=64, help="edge maps per row of the controlnet table")
-    args = parser.parse_args(argv)
-    out = Path(args.out) if Path(args.out).is_absolute() else REPO / args.out
-    out.mkdir(parents=True, exist_ok=True)
-    jobs = default_jobs(args, out) if jobs is None else jobs
-    if args.only:
-        unknown = set(args.only) - {j.name for j in jobs}
-        if unknown:
-            raise SystemExit(f"unknown table(s) {sorted(unknown)}; expected some of {[j.name for j in jobs]}")
-        jobs = [j for j in jobs if j.name in args.only]
-    run_by = shlex.join(["python", "tools/reproduce_tables.py", *(argv if argv is not None else sys.argv[1:])])
+def rebuild(jobs: list[Job], out: Path, run_by: str) -> int:
+    """Run ``jobs`` into ``out`` and write ``out/index.md`` (what ran, what was skipped), stamped with the machine, the
+    commit, the date and ``run_by`` (the command line); the exit code: 1 when a job failed, else 0."""
     stamp = "\n".join(
         [
             f"- machine: {machine()}",
@@ -186,7 +159,3 @@ def main(argv: list[str] | None = None, jobs: list[Job] | None = None) -> int:
     (out / "index.md").write_text("# Tables\n\n" + stamp + "\n\n" + "\n".join(lines) + "\n")
     print((out / "index.md").read_text())
     return 1 if any("FAILED" in line for line in lines) else 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
+from diffusion.app.browser import find_chromium, launch_chromium, offline_env, offline_page, serve_app, set_number
 from diffusion.data.embedded import render
-from tests.tools.app_fixtures import (
+from tests.app.fixtures import (
     PROMPT,
     make_tiny_app,
     make_tiny_controlnet,
@@ -20,7 +21,6 @@ from tests.tools.app_fixtures import (
     reference_control_pipelines,
     reference_pipelines,
 )
-from tools.app_browser import find_chromium, launch_chromium, offline_env, offline_page, serve_app, set_number
 
 CHROMIUM = find_chromium()
 pytestmark = pytest.mark.skipif(

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion.app.control import check_image, control_map, controlled, load_control
+from diffusion.app.core import InputError, load_models
 from diffusion.data.embedded import edge_map, render
-from tests.tools.app_fixtures import (
+from tests.app.fixtures import (
     PROMPT,
     make_tiny_app,
     make_tiny_controlnet,
@@ -14,8 +16,6 @@ from tests.tools.app_fixtures import (
     reference_control_pipelines,
     reference_pipelines,
 )
-from tools.app_control import check_image, control_map, controlled, load_control
-from tools.app_core import InputError, load_models
 
 SHAPE = dict(shape="triangle", color="red", size="large", position="top left", background="white")
 
@@ -109,7 +109,7 @@ def test_control_map_crops_a_wide_upload_like_training(tmp_path):
     import cv2
     from PIL import Image
 
-    from diffusion.data.features import load_image
+    from diffusion.data.images import load_image
 
     wide = np.zeros((64, 128, 3), np.uint8)
     cv2.circle(wide, (64, 32), 21, (255, 255, 255), 2)

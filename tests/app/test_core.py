@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from tests.tools.app_fixtures import PROMPT, make_tiny_app, reference, reference_pipelines
-from tools.app import parse_checkpoints
-from tools.app_core import InputError, Models, load_models, size_choices, teacher_vs_lcm, text_to_image
+from diffusion.app.core import InputError, Models, load_models, size_choices, teacher_vs_lcm, text_to_image
+from tests.app.fixtures import PROMPT, make_tiny_app, reference, reference_pipelines
+from tests.commands import load_command
 
 
 @pytest.fixture(scope="module")
@@ -78,6 +78,7 @@ def test_unknown_size_and_missing_network(tiny):
 
 
 def test_checkpoint_flags_and_missing_files(tiny, tmp_path):
+    parse_checkpoints = load_command("tools/app.py").parse_checkpoints
     assert parse_checkpoints(["teacher=a.pth", "lcm=b"]) == {"teacher": "a.pth", "lcm": "b"}
     for bad in (["a.pth"], ["student=a"], ["lcm="], ["lcm=a", "lcm=b"]):
         with pytest.raises(SystemExit):
@@ -95,9 +96,10 @@ def test_checkpoint_flags_and_missing_files(tiny, tmp_path):
 
 
 def test_controlnet_flags_need_their_config(tiny, monkeypatch):
-    import tools.app as app
+    from diffusion.app import ui
 
-    monkeypatch.setattr(app, "serve", lambda *a, **k: pytest.fail("must not serve"))
+    app = load_command("tools/app.py")
+    monkeypatch.setattr(ui, "serve", lambda *a, **k: pytest.fail("must not serve"))
     argv = ["--config", str(tiny["config"]), "--checkpoint", f"lcm={tiny['lcm']}", "--controlnet", str(tiny["lcm"])]
     with pytest.raises(SystemExit, match="--controlnet needs --controlnet-config"):
         app.main([*argv, "--device", "cpu"])

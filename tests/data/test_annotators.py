@@ -93,7 +93,7 @@ def test_load_control_crops_a_wide_image_like_training(tmp_path):
     from PIL import Image
 
     from diffusion.data.annotators import load_control
-    from diffusion.data.features import load_image
+    from diffusion.data.images import load_image
 
     Image.fromarray(circle_image(64, 128)).save(tmp_path / "wide.png")
     control = load_control(tmp_path / "wide.png", 32, 32)
@@ -108,7 +108,7 @@ def test_load_control_honours_exif_orientation(tmp_path):
     from PIL import Image
 
     from diffusion.data.annotators import load_control
-    from diffusion.data.features import load_image
+    from diffusion.data.images import load_image
 
     stored = np.zeros((32, 64, 3), np.uint8)
     stored[:, :16] = 255  # the stored left quarter; orientation 6 (rotate 270) shows it at the top

@@ -13,7 +13,8 @@ from PIL import Image
 from diffusion.data import AutoencoderKLCodec, PixelCodec, TextEncoder, extract_features, feature_name, make_tiny_vae
 from diffusion.data.annotators import CannyAnnotator, HEDAnnotator, to_control_image
 from diffusion.data.embedded import make_embedded_data
-from diffusion.data.features import latent_dir, load_image
+from diffusion.data.features import latent_dir
+from diffusion.data.images import load_image
 from tests.data.helpers import write_random_hed
 
 MAX_LENGTH = 66

@@ -20,6 +20,7 @@ from diffusion.data.embedded import (
     make_embedded_data,
     max_prompt_words,
 )
+from tests.commands import load_command
 
 FOUR_NEIGHBOURS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
@@ -114,7 +115,7 @@ def test_config_max_length_fits_the_longest_caption():
 
 
 def test_cli_writes_the_dataset(tmp_path, capsys):
-    from tools.make_embedded_data import main
+    main = load_command("tools/make_embedded_data.py").main
 
     main(["--out", str(tmp_path / "cli"), "--num", "5", "--size", "16", "--seed", "2"])
     make_embedded_data(tmp_path / "api", num=5, size=16, seed=2)

@@ -9,6 +9,7 @@ from PIL import Image
 
 from diffusion.data import AutoencoderKLCodec, PixelCodec, TextEncoder, extract_features
 from diffusion.data.codec import make_tiny_vae
+from tests.commands import load_command
 
 MAX_LENGTH = 8
 
@@ -127,7 +128,8 @@ def test_text_and_vae_batch_sizes_are_separate(tmp_path, encoder):
 
 
 def test_cli_strict_and_skipped_list(tmp_path, tiny_text_encoder_dir, capsys):
-    from tools.extract_features import main, parse_args
+    command = load_command("tools/extract_features.py")
+    main, parse_args = command.main, command.parse_args
 
     _folder(tmp_path, ["a.png", "b.png", "c.png"])
     (tmp_path / "b.png").write_bytes(b"broken")

@@ -10,7 +10,9 @@ from PIL import Image
 
 from diffusion.data import PixelCodec, TextEncoder, extract_features, feature_name
 from diffusion.data.embedded import make_embedded_data
-from diffusion.data.features import latent_dir, load_image
+from diffusion.data.features import latent_dir
+from diffusion.data.images import load_image
+from tests.commands import load_command
 
 MAX_LENGTH = 66
 
@@ -121,7 +123,7 @@ def test_missing_field_names_file_and_field(folder, encoder):
 
 
 def test_cli_runs_and_resumes(folder, tiny_text_encoder_dir, capsys):
-    from tools.extract_features import main
+    main = load_command("tools/extract_features.py").main
 
     args = ["--data-root", str(folder), "--text-encoder", str(tiny_text_encoder_dir), "--codec", "pixel"]
     args += ["--resolution", "32", "--max-length", str(MAX_LENGTH), "--control", "--device", "cpu"]

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion.data.features import load_image
-from diffusion.data.images import open_rgb, oriented_size
+from diffusion.data.images import load_image, open_rgb, oriented_size
 
 
 def _pixels(path):

@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from diffusion.data.codec import make_tiny_vae
+from tests.commands import load_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -56,10 +57,10 @@ def make_photo_folder(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_own_images_end_to_end(tmp_path, tiny_text_encoder_dir, capsys):
-    from tools.extract_features import main as extract
-    from tools.make_data_info import main as make_data_info
-    from tools.sample import main as sample
-    from train_scripts.train import main as train
+    extract = load_command("tools/extract_features.py").main
+    make_data_info = load_command("tools/make_data_info.py").main
+    sample = load_command("tools/sample.py").main
+    train = load_command("train_scripts/train.py").main
 
     photos = tmp_path / "my photos"
     sizes = make_photo_folder(photos)

@@ -8,11 +8,12 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tools import fault_drill
+from diffusion.drill.runner import HUNG, Drill
+from diffusion.drill.scenarios import run
 
 
 def _drill(tmp_path, capsys, only):
-    injected, survived, lost = fault_drill.run(tmp_path / "drill", only)
+    injected, survived, lost = run(tmp_path / "drill", only)
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[-1] == f"faults injected: {injected}, survived: {injected}, data lost: 0", lines
     assert survived == injected and lost == 0
@@ -33,14 +34,14 @@ def test_a_hung_run_is_killed_with_its_workers(tmp_path):
     # a launcher whose worker sits in a session of its own, as torchrun's do, and neither ever exits
     worker = "import os, time; os.setsid(); print(os.getpid(), flush=True); time.sleep(600)"
     launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {worker!r}]); time.sleep(600)"
-    drill = fault_drill.Drill(tmp_path)
+    drill = Drill(tmp_path)
     proc = drill.start([sys.executable, "-c", launcher], tmp_path / "hang")
     deadline = time.time() + 20
     while not Path(f"{proc.logs}.out").read_text().strip() and time.time() < deadline:
         time.sleep(0.05)
     worker_pid = int(Path(f"{proc.logs}.out").read_text())
     result = drill.finish(proc, timeout=1)
-    assert result.returncode == fault_drill.HUNG and "no exit after 1 s (a hang), killed" in result.stderr
+    assert result.returncode == HUNG and "no exit after 1 s (a hang), killed" in result.stderr
     deadline = time.time() + 10
     while psutil.pid_exists(worker_pid) and psutil.Process(worker_pid).status() != psutil.STATUS_ZOMBIE:
         assert time.time() < deadline, "the worker outlived the drill's kill"

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from diffusion.config import resolve_section
 from diffusion.data import (
     AutoencoderKLCodec,
     FeatureDataset,
@@ -18,7 +19,6 @@ from diffusion.data import (
     make_tiny_vae,
 )
 from diffusion.engine import Trainer, preflight
-from diffusion.engine.config import resolve_section
 from tests.engine.standins import tiny_config
 
 MAX_LENGTH = 6

@@ -24,7 +24,7 @@ from diffusion.engine import checkpoint as ckpt
 from tests.engine.standins import tiny_config
 
 REPO = Path(__file__).resolve().parents[2]
-ENTRY = Path(__file__).resolve().parent / "train_entry.py"
+ENTRY = ["-m", "tests.engine.train_entry"]  # run in the checkout (cwd=REPO): see train_entry.py
 STEPS = 3
 
 
@@ -55,7 +55,7 @@ def test_two_processes_match_one(tmp_path, parallel):
     env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
     cmd += [
-        str(ENTRY),
+        *ENTRY,
         str(cfg_path),
         "--work-dir",
         str(tmp_path / "ddp"),

@@ -23,7 +23,7 @@ from tests.engine.standins import LATENT_CHANNELS, LATENT_SIZE, TEXT_CHANNELS, T
 from tests.model.helpers import randomize
 
 REPO = Path(__file__).resolve().parents[2]
-ENTRY = Path(__file__).resolve().parent / "train_entry.py"
+ENTRY = ["-m", "tests.engine.train_entry"]  # run in the checkout (cwd=REPO): see train_entry.py
 MODEL = dict(
     type="PixArt_tiny",
     input_size=LATENT_SIZE,
@@ -76,7 +76,7 @@ def _torchrun(
     if crash_after is not None:
         env["TRAIN_ENTRY_CRASH_AFTER_STEP"] = str(crash_after)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port())]
-    cmd += [str(ENTRY), str(cfg_path), "--work-dir", str(work_dir), *extra]
+    cmd += [*ENTRY, str(cfg_path), "--work-dir", str(work_dir), *extra]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
 
 

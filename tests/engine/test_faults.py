@@ -152,19 +152,17 @@ def test_tools_that_go_on_after_training_stop_when_a_signal_ended_it(tmp_path, m
     checkpoint, no evaluation runs on it; the command says how to resume."""
     from mmengine.config import Config
 
-    import tools.make_teacher as make_teacher
     from diffusion.engine import require_finished
+    from diffusion.experiments import assets
 
     require_finished(True, "unused")
     with pytest.raises(SystemExit, match="stopped by a signal.*resume"):
         require_finished(False, "run it again to resume")
-    monkeypatch.setattr(make_teacher, "ensure_embedded_default", lambda **kw: None)
-    monkeypatch.setattr(
-        make_teacher, "Trainer", lambda cfg, work_dir, resume: type("T", (), {"train": lambda s: False})()
-    )
+    monkeypatch.setattr(assets, "ensure_embedded_default", lambda **kw: None)
+    monkeypatch.setattr(assets, "Trainer", lambda cfg, work_dir, resume: type("T", (), {"train": lambda s: False})())
     cfg = Config(dict(data=dict(root=str(tmp_path / "data")), text_encoder=dict(path=str(tmp_path / "t5"))))
     with pytest.raises(SystemExit, match="nothing was published"):
-        make_teacher.train_and_publish(cfg, "x.py", tmp_path / "run", tmp_path / "asset", "digest", dict)
+        assets.train_and_publish(cfg, "x.py", tmp_path / "run", tmp_path / "asset", "digest", dict)
     assert not (tmp_path / "asset").exists()
 
 

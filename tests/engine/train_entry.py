@@ -1,4 +1,6 @@
-"""``train_scripts/train.py`` with the engine stand-ins registered (for torchrun launches in the tests).
+"""``train_scripts/train.py`` with the engine stand-ins registered, for torchrun launches in the tests: run from the
+checkout as ``python -m torch.distributed.run ... -m tests.engine.train_entry CONFIG ...`` (``-m`` puts the checkout,
+the current folder, on the workers' import path, so ``tests`` imports without any path edit).
 
 ``TRAIN_ENTRY_CRASH_AFTER_STEP=N`` kills every rank (``os._exit``, no cleanup) right after the checkpoint of step N is
 written, as a preempted job would die. ``TRAIN_ENTRY_FORWARD_PIPELINE=1`` replaces the validation pipeline (T5,
@@ -7,17 +9,13 @@ image of its mean output.
 """
 
 import os
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-import tests.engine.standins  # noqa: E402, F401  (registers the stand-ins)
-from diffusion.engine import Trainer  # noqa: E402
-from tests.engine.standins import LATENT_SIZE, TEXT_CHANNELS, TEXT_LEN  # noqa: E402
-from train_scripts.train import main  # noqa: E402
+import tests.engine.standins  # noqa: F401  (registers the stand-ins)
+from diffusion.engine import Trainer
+from diffusion.engine.launch import train
+from tests.engine.standins import LATENT_SIZE, TEXT_CHANNELS, TEXT_LEN
 
 CRASH_AFTER = int(os.environ.get("TRAIN_ENTRY_CRASH_AFTER_STEP", -1))
 
@@ -48,4 +46,4 @@ if __name__ == "__main__":
         Trainer.save_checkpoint = _crashing_save
     if os.environ.get("TRAIN_ENTRY_FORWARD_PIPELINE"):
         Trainer.build_pipeline = lambda self, model: ForwardPipeline(model)
-    main()
+    train()

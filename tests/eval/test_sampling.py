@@ -15,6 +15,7 @@ from PIL import Image
 
 from diffusion.data.embedded import VALIDATION_PROMPTS
 from diffusion.eval.sampling import image_name, read_prompts, shard_batches
+from tests.commands import load_command
 from tests.eval.helpers import tiny_checkpoint
 
 NUM, BATCH = 10, 2
@@ -34,7 +35,8 @@ def _rank(rank: int, world: int, port: int, argv: list[str], log_dir: str, die_a
     torch.set_num_threads(1)
     from diffusion.eval import sampling
     from diffusion.pipeline import Pipeline
-    from tools import eval_fid
+
+    eval_fid = load_command("tools/eval_fid.py")
 
     save = sampling._save_atomic
 
@@ -85,7 +87,7 @@ def test_two_gloo_ranks_write_each_index_once_and_resume_after_a_kill(tmp_path):
     assert read_prompts(out / "prompts.txt") == read_prompts(tmp_path / "prompts.txt")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
-    from tools.eval_fid import main
+    main = load_command("tools/eval_fid.py").main
 
     main(["sample", *common, "--out", str(tmp_path / "single")])  # one process, no process group
     for i in range(NUM):
@@ -94,7 +96,7 @@ def test_two_gloo_ranks_write_each_index_once_and_resume_after_a_kill(tmp_path):
 
 
 def test_control_folder_needs_a_pipeline_that_takes_control(tmp_path):
-    from tools.eval_fid import main
+    main = load_command("tools/eval_fid.py").main
 
     config, weights = tiny_checkpoint(tmp_path)
     (tmp_path / "prompts.txt").write_text(VALIDATION_PROMPTS[0] + "\n")
@@ -124,7 +126,7 @@ def test_control_folder_needs_a_pipeline_that_takes_control(tmp_path):
 
 def test_control_folder_feeds_a_controlnet(tmp_path):
     """A ControlNet config (the base from ``load_from``, one trainable copy) samples one image per control image."""
-    from tools.eval_fid import main
+    main = load_command("tools/eval_fid.py").main
 
     config, weights = tiny_checkpoint(tmp_path, depth=2)  # a ControlNet copies at most depth - 1 blocks
     controlnet_config = tmp_path / "tiny_controlnet.py"

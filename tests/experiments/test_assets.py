@@ -1,11 +1,11 @@
-"""``tools.make_teacher.config_hash``: the asset tests' notion of "the config that trained this" — it moves with every
-value that trains and with nothing else."""
+"""``diffusion.experiments.assets.config_hash``: the asset tests' notion of "the config that trained this" — it moves
+with every value that trains and with nothing else."""
 
 from pathlib import Path
 
 from mmengine.config import Config
 
-from tools.make_teacher import config_hash
+from diffusion.experiments.assets import config_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = str(ROOT / "configs/lcm/tiny_lcm.py")

@@ -4,8 +4,8 @@ tables and plot are written from a results dict."""
 import torch
 
 from diffusion.data import EMBEDDED_MAX_LENGTH
+from diffusion.experiments.lcm_sweep import WithGuidance, format_tables, plot
 from diffusion.registry import MODELS
-from tools.sweep_lcm import WithGuidance, format_tables, plot
 
 
 def test_with_guidance_feeds_w_to_the_w_embedding():

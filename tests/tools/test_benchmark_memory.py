@@ -18,7 +18,9 @@ from mmengine.config import Config
 from diffusion.bench.memory import MIB, TRAINER_OWNERS, rows_markdown, tensor_bytes
 from diffusion.bench.memory_rows import PAPER
 from diffusion.registry import MODELS
-from tools.benchmark_memory import main
+from tests.commands import load_command
+
+main = load_command("tools/benchmark_memory.py").main
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = "configs/lcm/tiny_lcm.py"

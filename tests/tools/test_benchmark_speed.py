@@ -5,7 +5,10 @@ our pipeline with compiled blocks, its first call timed apart; ``--cuda-graphs``
 import pytest
 
 from diffusion.model.compile import cpp_compiler_missing
-from tools.benchmark_speed import PAPER, main, parse_args
+from tests.commands import load_command
+
+command = load_command("tools/benchmark_speed.py")
+PAPER, main, parse_args = command.PAPER, command.main, command.parse_args
 
 
 def test_benchmark_speed_tiny(tmp_path, capsys):
@@ -20,7 +23,7 @@ def test_benchmark_speed_tiny(tmp_path, capsys):
 
 
 def test_benchmark_caption_reuse_tiny():
-    from tools.benchmark_caption_reuse import main as reuse_main
+    reuse_main = load_command("tools/benchmark_caption_reuse.py").main
 
     result = reuse_main(["--size", "tiny", "--runs", "1", "--precisions", "fp32"])
     assert result["fp32"]["diff"] < 1e-5  # the cached path computes the same output

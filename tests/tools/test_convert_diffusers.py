@@ -9,8 +9,10 @@ from safetensors.torch import load_file
 
 from diffusion.data import make_tiny_text_encoder
 from diffusion.data.codec import make_tiny_vae
+from tests.commands import load_command
 from tests.model.helpers import tiny
-from tools.convert_diffusers import main
+
+main = load_command("tools/convert_diffusers.py").main
 
 
 def test_cli_round_trip(tmp_path):

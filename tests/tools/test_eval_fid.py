@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 
 from diffusion.data.embedded import VALIDATION_PROMPTS, make_embedded_data
+from tests.commands import load_command
 from tests.eval.helpers import render_folder, save_tiny_clip, tiny_attribute_net, tiny_checkpoint
-from tools.eval_fid import main
+
+main = load_command("tools/eval_fid.py").main
 
 REPO = Path(__file__).resolve().parents[2]
 

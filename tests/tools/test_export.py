@@ -12,8 +12,10 @@ from diffusion.data import AutoencoderKLCodec, TextEncoder, make_tiny_text_encod
 from diffusion.export import export_pipeline, lcm_timesteps
 from diffusion.model.io import load_state
 from diffusion.pipeline import Pipeline, SamplerConfig
+from tests.commands import load_command
 from tests.model.helpers import tiny
-from tools.convert_diffusers import main as convert_main
+
+convert_main = load_command("tools/convert_diffusers.py").main
 
 MAX_LENGTH = 40
 SIZE = 16  # pixels = latent size: the tiny VAE does not downsample

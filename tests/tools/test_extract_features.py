@@ -10,9 +10,13 @@ import torch
 from diffusion.data import PixelCodec, feature_name, make_tiny_text_encoder
 from diffusion.data.annotators import HEDAnnotator, to_control_image
 from diffusion.data.embedded import make_embedded_data
-from diffusion.data.features import latent_dir, load_image
+from diffusion.data.features import latent_dir
+from diffusion.data.images import load_image
+from tests.commands import load_command
 from tests.data.helpers import write_random_hed
-from tools.extract_features import main, parse_args
+
+command = load_command("tools/extract_features.py")
+main, parse_args = command.main, command.parse_args
 
 MAX_LENGTH = 66
 N = 3

@@ -2,7 +2,10 @@
 
 import pytest
 
-from tools.gpu_report import main, steps
+from tests.commands import load_command
+
+command = load_command("tools/gpu_report.py")
+main, steps = command.main, command.steps
 
 
 @pytest.mark.slow  # five subprocesses, each importing torch and diffusers, one compiling: ~2-3 min on two cores

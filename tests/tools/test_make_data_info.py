@@ -6,7 +6,9 @@ import json
 import pytest
 from PIL import Image
 
-from tools.make_data_info import main
+from tests.commands import load_command
+
+main = load_command("tools/make_data_info.py").main
 
 
 def _image(path, size=(30, 20)):

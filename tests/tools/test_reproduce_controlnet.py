@@ -1,22 +1,26 @@
-"""tools/reproduce_controlnet.py --train: the ablation rows are trained through the one trainer (train_scripts.train
-.main) and land in the table, a second invocation finds them finished and does not retrain, a dir of another config
-is refused naming the key, and reproduce_tables' controlnet job needs no --run."""
+"""tools/reproduce_controlnet.py --train: the ablation rows are trained through the one trainer
+(diffusion.engine.launch.train, as train_scripts/train.py) and land in the table, a second invocation finds them
+finished and does not retrain, a dir of another config is refused naming the key, and reproduce_tables' controlnet
+job needs no --run."""
 
 import argparse
 import math
-from pathlib import Path
 
 import pytest
 from mmengine.config import Config
 from safetensors.torch import save_file
 
-import tools.controlnet_ablation as ablation
-import tools.reproduce_controlnet as rc
 from diffusion.data import EMBEDDED_MAX_LENGTH, ensure_embedded_default
+from diffusion.engine import launch
 from diffusion.eval import build_feature_extractor
+from diffusion.experiments import controlnet_ablation as ablation
+from diffusion.experiments.tables import default_jobs
+from diffusion.paths import repo_path
 from diffusion.registry import MODELS
+from tests.commands import load_command
 from tests.eval.helpers import tiny_attribute_net
-from tools.reproduce_tables import default_jobs
+
+rc = load_command("tools/reproduce_controlnet.py")
 
 # the tiny teacher's 6 blocks (so every row's N fits) at 32 wide, random weights: seconds, not minutes, per row
 BASE = dict(type="PixArt_tiny", input_size=16, patch_size=2, in_channels=12, hidden_size=32, depth=6, num_heads=2,
@@ -37,8 +41,8 @@ def tiny(tmp_path_factory):
 def spy(monkeypatch, tiny):
     """Counts the trainer runs and gives the tool the tiny attribute net."""
     calls = []
-    train_main = ablation.train.main
-    monkeypatch.setattr(ablation.train, "main", lambda argv: (calls.append(argv), train_main(argv))[1])
+    train = launch.train
+    monkeypatch.setattr(launch, "train", lambda argv: (calls.append(argv), train(argv))[1])
     net = tiny[2]
     monkeypatch.setattr(rc, "build_feature_extractor", lambda name: build_feature_extractor(name, net))
     return calls
@@ -78,7 +82,7 @@ def test_train_rows_then_reuse_them(tiny, spy, capsys):
 def test_finished_partial_and_foreign_run_dirs(tiny, tmp_path):
     _, options, _ = tiny
     (row,) = ablation.select_rows(["n1"])
-    cfg = ablation.train.build_config(ablation.train.parse_args(ablation.train_argv(row, tmp_path, 2, 2, options)))
+    cfg = launch.build_config(launch.parse_args(ablation.train_argv(row, tmp_path, 2, 2, options)))
     (tmp_path / "n1").mkdir()
     cfg.dump(str(tmp_path / "n1" / "config.py"))
     assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "new"  # no checkpoint yet: (re)start
@@ -86,7 +90,7 @@ def test_finished_partial_and_foreign_run_dirs(tiny, tmp_path):
     assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "partial"  # resumed by the trainer
     (tmp_path / "n1" / "checkpoints" / "step_0000002").mkdir()
     assert ablation.run_state(tmp_path / "n1", cfg, replace_stale=False) == "done"
-    other = ablation.train.build_config(ablation.train.parse_args(ablation.train_argv(row, tmp_path, 3, 2, options)))
+    other = launch.build_config(launch.parse_args(ablation.train_argv(row, tmp_path, 3, 2, options)))
     with pytest.raises(SystemExit, match=r"another config \(train.max_steps: 2 -> 3\)"):
         ablation.run_state(tmp_path / "n1", other, replace_stale=False)
     assert ablation.run_state(tmp_path / "n1", other, replace_stale=True) == "new"
@@ -99,8 +103,7 @@ def test_finished_partial_and_foreign_run_dirs(tiny, tmp_path):
 
 def test_rows_are_the_papers_n_on_the_tiny_teacher():
     """N in {1, depth/4, depth/2, depth - 1} of the config's teacher, and the UNet baseline."""
-    repo = Path(__file__).resolve().parents[2]
-    depth = Config.fromfile(str(repo / ablation.DEFAULT_CONFIG)).model.depth
+    depth = Config.fromfile(str(ablation.DEFAULT_CONFIG)).model.depth
     copies = [r.overrides["controlnet.copy_blocks"] for r in ablation.ROWS if "controlnet.copy_blocks" in r.overrides]
     assert copies == [1, math.ceil(depth / 4), depth // 2, depth - 1]
     assert [r.name for r in ablation.ROWS if r.overrides == {"controlnet.topology": "unet"}] == ["unet"]
@@ -119,14 +122,14 @@ def test_a_route_b_run_gets_the_controllable_lcm_rows(tiny, spy, tmp_path):
     randomize(start.controlnet, std=0.02, seed=4)
     save_file(start.trainable_state_dict(), str(tmp_path / "controlnet.safetensors"))
     (row,) = ablation.select_rows(["b"])
-    assert row.config == "configs/controlnet/tiny_controlnet_lcm.py"
+    assert row.config == repo_path("configs/controlnet/tiny_controlnet_lcm.py")
     shared = [o for o in options if not o.startswith("load_from=")]
     route = [
         f"load_from={tmp_path / 'student.safetensors'}",
         f"controlnet.load_from={tmp_path / 'controlnet.safetensors'}",
         f"method.teacher_load_from={root / 'base.safetensors'}",
     ]
-    ablation.train.main([row.config, "--work-dir", str(tmp_path / "b"), "--cfg-options", *shared, *route,
+    launch.train([str(row.config), "--work-dir", str(tmp_path / "b"), "--cfg-options", *shared, *route,
                          "train.max_steps=2", "train.batch_size=2", "validation.every=100"])  # fmt: skip
     run = str(tmp_path / "b")
     result = rc.main(["--run", f"route (b)={run}", "--num-images", "4", "--batch-size", "4", "--curve", run,

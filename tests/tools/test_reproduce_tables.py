@@ -3,10 +3,14 @@ command; failing and missing tools are reported, not hidden."""
 
 import pytest
 
-from tools.reproduce_tables import Job, main
+from diffusion.experiments.tables import Job, default_jobs
+from tests.commands import load_command
+
+main = load_command("tools/reproduce_tables.py").main
 
 TABLE_TOOL = """
 import json, sys
+from tests.commands import load_command
 print(json.dumps({"progress": 1}))
 print("Caption: numbers from " + " ".join(sys.argv[1:]))
 print()
@@ -55,8 +59,6 @@ def test_only_selects_and_rejects_unknown_names(tmp_path):
 def test_every_sub_tool_writes_under_out(tmp_path):
     """Before: --out /tmp/x still sent the lcm, sweep and controlnet tools' outputs into output/tables/ in the repo."""
     import argparse
-
-    from tools.reproduce_tables import default_jobs
 
     args = argparse.Namespace(
         student=str(tmp_path / "s.safetensors"), num_images=8, sweep=True, controlnet_steps=2, controlnet_images=2

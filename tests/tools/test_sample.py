@@ -15,8 +15,11 @@ from diffusion.data import ensure_tiny_text_encoder
 from diffusion.engine.validation import make_grid
 from diffusion.model.io import resolve_checkpoint
 from diffusion.registry import MODELS
+from tests.commands import load_command
 from tests.model.helpers import randomize
-from tools.sample import main, parse_args
+
+command = load_command("tools/sample.py")
+main, parse_args = command.main, command.parse_args
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PROMPTS = ["a large red circle at the top left on a gray background", "a small blue square in the center"]
@@ -194,7 +197,7 @@ def test_cuda_graphs_need_cuda_and_exclude_compile():
 )
 def test_default_sampler_follows_the_configs_method(config, expected):
     """No --sampler: the sampler the trainer's grids use for that config's method (``method.sampler_defaults()``)."""
-    from tools.sample import choose_sampler
+    choose_sampler = load_command("tools/sample.py").choose_sampler
 
     cfg = Config.fromfile(str(CONFIGS / config))
     assert choose_sampler(cfg, parse_args(["--config", "c.py", "--prompts", "p", "--out", "o"])) == expected

@@ -9,16 +9,15 @@ from mmengine.config import Config
 from safetensors import safe_open
 
 from diffusion.build import load_model
-from tools.make_controlnet import ASSET_DIR, DEFAULT_CONFIG
-from tools.make_teacher import config_hash, file_hash
+from diffusion.experiments.assets import CONTROLNET_CONFIG, CONTROLNET_DIR, config_hash, file_hash
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_asset_matches_config_and_loads(monkeypatch):
     monkeypatch.chdir(ROOT)  # the config's load_from is relative to the repository
-    weights, meta = ROOT / ASSET_DIR / "model.safetensors", json.loads((ROOT / ASSET_DIR / "meta.json").read_text())
-    cfg = Config.fromfile(str(ROOT / DEFAULT_CONFIG))
+    weights, meta = CONTROLNET_DIR / "model.safetensors", json.loads((CONTROLNET_DIR / "meta.json").read_text())
+    cfg = Config.fromfile(str(CONTROLNET_CONFIG))
     assert meta["config_sha256"] == config_hash(cfg), (
         "config changed since the ControlNet was trained: make controlnet"
     )

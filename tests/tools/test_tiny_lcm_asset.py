@@ -8,18 +8,17 @@ import torch
 from mmengine.config import Config
 from safetensors import safe_open
 
+from diffusion.experiments.assets import LCM_CONFIG, LCM_DIR, config_hash, file_hash
 from diffusion.model.io import load_model_weights
 from diffusion.registry import MODELS
-from tools.make_lcm_student import ASSET_DIR, DEFAULT_CONFIG
-from tools.make_teacher import config_hash, file_hash
 
 ROOT = Path(__file__).resolve().parents[2]
-WEIGHTS = ROOT / ASSET_DIR / "model.safetensors"
+WEIGHTS = LCM_DIR / "model.safetensors"
 
 
 def test_asset_matches_config_and_teacher_and_loads():
-    cfg = Config.fromfile(str(ROOT / DEFAULT_CONFIG))
-    meta = json.loads((ROOT / ASSET_DIR / "meta.json").read_text())
+    cfg = Config.fromfile(str(LCM_CONFIG))
+    meta = json.loads((LCM_DIR / "meta.json").read_text())
     assert meta["config_sha256"] == config_hash(cfg), "config changed since distillation: make lcm-student"
     assert meta["teacher_sha256"] == file_hash(ROOT / cfg.load_from), "teacher changed: make lcm-student"
     with safe_open(str(WEIGHTS), "pt") as f:  # the hash it was trained under (see meta "restamped")

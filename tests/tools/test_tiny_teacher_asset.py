@@ -1,22 +1,19 @@
 """The committed tiny teacher is exactly what `make teacher` produces from configs/pixart/tiny_teacher.py."""
 
 import json
-from pathlib import Path
 
 import torch
 from mmengine.config import Config
 from safetensors import safe_open
 
+from diffusion.experiments.assets import TEACHER_CONFIG, TEACHER_DIR, config_hash
 from diffusion.model.io import load_model_weights
 from diffusion.registry import MODELS
-from tools.make_teacher import ASSET_DIR, DEFAULT_CONFIG, config_hash
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_asset_matches_config_and_loads():
-    weights, meta_path = ROOT / ASSET_DIR / "model.safetensors", ROOT / ASSET_DIR / "meta.json"
-    cfg = Config.fromfile(str(ROOT / DEFAULT_CONFIG))
+    weights, meta_path = TEACHER_DIR / "model.safetensors", TEACHER_DIR / "meta.json"
+    cfg = Config.fromfile(str(TEACHER_CONFIG))
     meta = json.loads(meta_path.read_text())
     assert meta["config_sha256"] == config_hash(cfg), "config changed since the teacher was trained: run make teacher"
     with safe_open(str(weights), "pt") as f:

@@ -1,5 +1,5 @@
 # Real scale, multi-scale 1024 (PixArt-δ LCM recipe: InternalDataMS + ASPECT_RATIO_1024 buckets, facts §3.5, §6):
-# T5-XXL 120 tokens, SD VAE. Features from tools/extract_features.py --resolution 1024 --multi-scale --codec vae.
+# T5-XXL 120 tokens, SD VAE. Features made by tools/extract_features.py --resolution 1024 --multi-scale --codec vae.
 # The trainer adds batch_size, seed, rank and world_size to data_sampler.
 data = dict(
     type="FeatureDataset",

@@ -1,5 +1,5 @@
 # Real scale, single resolution 512 (PixArt-δ ControlNet 512 recipe; PixArt-α 512 model): T5-XXL 120 tokens,
-# SD VAE (sd-vae-ft-ema). Features from tools/extract_features.py --resolution 512 --codec vae.
+# SD VAE (sd-vae-ft-ema). Features made by tools/extract_features.py --resolution 512 --codec vae.
 data = dict(
     type="FeatureDataset",
     root="data/InternData",

@@ -1,5 +1,5 @@
-# Your own images (docs/data.md, "Train on your own images"): data_info.json from tools/make_data_info.py,
-# features from tools/extract_features.py --multi-scale --codec vae. Keys to change for real data:
+# Your own images (docs/data.md, "Train on your own images"): data_info.json by tools/make_data_info.py,
+# features by tools/extract_features.py --multi-scale --codec vae. Keys to change for real data:
 #   data.root, data.resolution (+ data_sampler.table), data.max_length = text_encoder.max_length (120 for T5-XXL),
 #   codec.path (e.g. output/pretrained_models/sd-vae-ft-ema), text_encoder.path (t5-v1_1-xxl).
 data = dict(
