@@ -9,9 +9,12 @@ export TOKENIZERS_PARALLELISM := false
 
 .PHONY: venv test test-slow lint demo teacher controlnet drill lcm-student app app-screenshots gpu-wheels gpu-report clean-venv
 
-$(STAMP): requirements.txt
+# The venv with the pinned stack, and this checkout installed into it in editable mode (pyproject.toml; no dependency
+# resolution beyond requirements.txt), so `import diffusion` and every tools/*.py work from any folder.
+$(STAMP): requirements.txt pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install --quiet -r requirements.txt
+	$(PYTHON) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -54,7 +57,7 @@ app: $(STAMP)
 
 # Screenshots of the app's tabs (docs/images/app_*.png), taken in headless Chromium.
 app-screenshots: $(STAMP)
-	GRADIO_ANALYTICS_ENABLED=False $(PYTHON) tools/app_browser.py --out docs/images $(ARGS)
+	GRADIO_ANALYTICS_ENABLED=False $(PYTHON) tools/app_screenshots.py --out docs/images $(ARGS)
 
 # What a bare GPU machine (CPython 3.12, x86_64, torch preinstalled) lacks for tools/gpu_report.py, as wheels in .whl/.
 GPU_WHEELS := mmengine==0.10.7 addict==2.4.0 termcolor==3.3.0 yapf==0.43.0 platformdirs==4.14.9 \
@@ -66,7 +69,7 @@ gpu-wheels: $(STAMP)
 
 # Every GPU measurement in one run (< 8 min), written to output/gpu_report/report.md.
 gpu-report:
-	python3 tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
+	PYTHONPATH=$(CURDIR) python3 tools/gpu_report.py --out output/gpu_report --wheels .whl --compile --cuda-graphs
 
 clean-venv:
 	rm -rf $(VENV)
