@@ -44,6 +44,7 @@ class RunCheckpoint:
                     "lr_scheduler": self.lr_scheduler.state_dict(),
                     "data": self.stream.state_dict(),
                     "nan_total": self.nan_total,
+                    "overflow_total": self.overflow_total,
                     "world_size": self.world,
                     "run": self.run_record,
                 }
@@ -60,6 +61,7 @@ class RunCheckpoint:
     def _load_state(self, resume_dir: Path) -> None:
         state = ckpt.load_object(resume_dir / "training_state.pt")
         self.step, self.nan_total = state["step"], state["nan_total"]
+        self.overflow_total = state.get("overflow_total", 0)  # checkpoints before fp16 overflows were counted apart
         parallel.load_optimizer_state_dict(parallel.unwrap(self.model), self.optimizer, state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])

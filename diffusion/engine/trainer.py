@@ -114,7 +114,9 @@ class Trainer(RunValidation, RunCheckpoint):
                     "(on a CPU ~10-25x slower than fp32); consider train.mixed_precision='no'",
                 )
             )
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=tc["mixed_precision"] == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            self.device.type, init_scale=tc["loss_scale_init"], enabled=tc["mixed_precision"] == "fp16"
+        )
         self.lr, self.run_record = lr, on_resume.run_record(tc, self.world, lr)
         size = preflight.checkpoint_bytes(
             parallel.unwrap(self.model).state_dict().values(), self.params, bool(self.ema)
@@ -126,7 +128,7 @@ class Trainer(RunValidation, RunCheckpoint):
         self.stream = self._build_data()
         self.generator = torch.Generator(self.device).manual_seed(tc["seed"] + self.rank)
         ckpt.seed_everything(tc["seed"] + self.rank)  # a different noise stream per rank
-        self.step, self.nan_total, self.nan_streak = 0, 0, 0
+        self.step, self.nan_total, self.nan_streak, self.overflow_total = 0, 0, 0, 0
         if resume_dir is not None:
             self._load_state(resume_dir)
 
@@ -222,14 +224,18 @@ class Trainer(RunValidation, RunCheckpoint):
         max_norm = self.train_cfg["grad_clip"] or math.inf
         grad_norm = parallel.full_tensor(torch.nn.utils.clip_grad_norm_(self.params, max_norm))
         # Same value on every rank (gradients are all-reduced first), so every rank takes the same branch. A finite
-        # loss can still have non-finite gradients (a bf16 overflow, an fp16 step the GradScaler skips).
+        # loss can still have non-finite gradients: a bf16 overflow (divergence), or with fp16 the GradScaler's
+        # overflow, its normal way of finding the loss scale (reported, not divergence).
         finite = bool(torch.isfinite(grad_norm))
-        if self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # skips the update itself when unscale_ found inf/NaN gradients
-            self.scaler.update()  # ... and lowers the loss scale
-        elif finite:
-            self.optimizer.step()
+        scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
+        if not finite and self.scaler.is_enabled():
+            mark_overflow(self.scaler, self.optimizer)
+        if finite:
+            self.scaler.step(self.optimizer)  # without a scaler (fp32, bf16): optimizer.step()
+        self.scaler.update()  # fp16: halves the scale after an overflow, doubles it after 2000 clean steps
         self.optimizer.zero_grad(set_to_none=True)
+        if not finite and self.scaler.is_enabled():
+            return self._overflow_step(scale)
         if not finite:
             return self._skip_step(f"non-finite gradient norm {grad_norm.item()}")
         self.nan_streak = 0
@@ -252,6 +258,26 @@ class Trainer(RunValidation, RunCheckpoint):
             raise FloatingPointError(
                 f"{self.nan_streak} consecutive steps skipped (last: {reason}); stopping at step {self.step}. "
                 f"Last good checkpoint: {last or 'none written yet'} (lower the lr or change precision, then resume)"
+            )
+        return None
+
+    def _overflow_step(self, scale: float) -> None:
+        """An fp16 step whose scaled gradients overflowed: the GradScaler skipped it and lowered the scale. Reported,
+        not divergence (it ends a streak of non-finite losses); the run stops only when the scale falls below
+        ``train.loss_scale_min``."""
+        self.overflow_total, self.nan_streak = self.overflow_total + 1, 0
+        new = self.scaler.get_scale()
+        self.logger.info(
+            f"step {self.step + 1}: fp16 gradient overflow, loss scale {scale:g} -> {new:g}: optimizer step skipped "
+            f"(GradScaler calibration, {self.overflow_total} overflow(s) so far)"
+        )
+        floor = self.train_cfg["loss_scale_min"]
+        if new < floor:
+            last = ckpt.find_latest(self.work_dir)
+            raise FloatingPointError(
+                f"the fp16 loss scale fell to {new:g}, below train.loss_scale_min={floor:g}: the gradients overflow "
+                f"even barely scaled; stopping at step {self.step}. "
+                f"Last good checkpoint: {last or 'none written yet'} (lower the lr or use bf16 / fp32, then resume)"
             )
         return None
 
@@ -313,8 +339,17 @@ class Trainer(RunValidation, RunCheckpoint):
         metrics.setdefault("lr", self.optimizer.param_groups[0]["lr"])
         elapsed = time.perf_counter() - self._window_start
         metrics.update(img_per_s=self.global_batch * self._window_steps / elapsed, nan_skipped=self.nan_total)
+        if self.scaler.is_enabled():
+            metrics.update(loss_scale=self.scaler.get_scale(), overflow_skipped=self.overflow_total)
         self.logger.log(self.step, metrics)
         self._reset_window()
+
+
+def mark_overflow(scaler: torch.amp.GradScaler, optimizer: torch.optim.Optimizer) -> None:
+    """Make the scaler skip this step and lower its scale: ``unscale_`` flags inf/NaN gradients itself (over all ranks
+    under FSDP too, DTensor's reduction of found_inf), but not finite gradients whose norm overflows float32."""
+    for found_inf in scaler._found_inf_per_device(optimizer).values():
+        found_inf.fill_(1.0)
 
 
 def require_finished(finished: bool, resume_hint: str) -> None:
