@@ -29,7 +29,7 @@ def test_a_run_started_with_a_very_high_loss_scale_finishes(tmp_path):
     lr schedule, EMA, method state, step counter); it is counted and the scale is logged."""
     trainer = Trainer(_fp16(max_steps=4, loss_scale_init=HIGH, max_nan_steps=2), tmp_path / "high")
     trainer.train()
-    state = trainer
+    state = trainer.state
     assert state.step == 4 and state.nan_total == 0
     assert state.overflow_total >= 10  # 2^40 down to where the tiny net's fp16 gradients fit
     assert trainer.method.steps.item() == 4 and trainer.lr_scheduler.last_epoch == 4
@@ -66,7 +66,7 @@ def test_a_collapsing_loss_scale_stops_the_run_naming_the_step(tmp_path):
         Trainer(cfg, tmp_path).train()
     assert find_latest(tmp_path).name == "step_0000003"
     resumed = Trainer(cfg, tmp_path, resume="auto")
-    assert resumed.step == 3 and resumed.scaler.get_scale() == 16.0
+    assert resumed.state.step == 3 and resumed.scaler.get_scale() == 16.0
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import tests.engine.standins  # noqa: E402, F401  (registers the stand-ins)
 from diffusion.engine import Trainer  # noqa: E402
+from diffusion.engine.validation import Validator  # noqa: E402
 from tests.engine.standins import LATENT_SIZE, TEXT_CHANNELS, TEXT_LEN  # noqa: E402
 from train_scripts.train import main  # noqa: E402
 
@@ -47,5 +48,5 @@ if __name__ == "__main__":
     if CRASH_AFTER >= 0:
         Trainer.save_checkpoint = _crashing_save
     if os.environ.get("TRAIN_ENTRY_FORWARD_PIPELINE"):
-        Trainer.build_pipeline = lambda self, model: ForwardPipeline(model)
+        Validator.build_pipeline = lambda self, model: ForwardPipeline(model)
     main()
