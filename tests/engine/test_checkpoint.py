@@ -117,3 +117,9 @@ def test_a_checkpoint_written_before_the_train_state_resumes_into_the_same_state
     for name in ("model", "ema", "method"):
         assert _same(*(ckpt.load_tensors(d / f"{name}.safetensors") for d in (OLD_CHECKPOINT, again))), name
     assert trainer.train() and trainer.state.step == 6 and trainer.method.steps.item() == 6
+
+
+def test_one_name_for_a_step_folder_and_its_parsing():
+    assert ckpt.step_name(5000) == "step_0005000" and ckpt.step_dir("r", 3) == Path("r") / "step_0000003"
+    assert ckpt.parse_step("step_0005000") == 5000 and ckpt.parse_step(ckpt.step_name(12345678)) == 12345678
+    assert ckpt.parse_step("step_0005000.tmp") is None and ckpt.parse_step("samples") is None
