@@ -77,7 +77,6 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
 VALUE_RANGES: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "loss_scale_init"): (lambda v: v > 0, "> 0"),
     ("train", "loss_scale_min"): (lambda v: v >= 0, ">= 0"),
-    ("train", "max_nan_steps"): (lambda v: v >= 1, ">= 1"),
 }
 
 
