@@ -42,6 +42,12 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
         parallel="ddp",
         auto_lr=None,
         max_nan_steps=5,
+        # fp16 only (train.mixed_precision='fp16', the official V100 setting): the GradScaler's first loss scale
+        # (2^16, torch's and accelerate's default) and its floor: a scale below it means the gradients overflow even
+        # barely scaled, and the run stops (torch's GradScaler doc: "if the scale falls below 1 ... something is
+        # likely wrong"; DeepSpeed's min_loss_scale is 1 too). A checkpoint's scale replaces loss_scale_init on resume.
+        loss_scale_init=2.0**16,
+        loss_scale_min=1.0,
     ),
     "lr_schedule": dict(type="constant", warmup_steps=0, min_lr_ratio=0.0),
     "checkpoint": dict(every=1000, keep_last=2),
@@ -69,6 +75,13 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
 }
 
 
+# numeric keys with a range: (section, key) -> (test, what the value must be)
+VALUE_RANGES: dict[tuple[str, str], tuple[Any, str]] = {
+    ("train", "loss_scale_init"): (lambda v: v > 0, "> 0"),
+    ("train", "loss_scale_min"): (lambda v: v >= 0, ">= 0"),
+}
+
+
 def resolve_section(name: str, values: dict | None) -> dict[str, Any]:
     """``values`` for section ``name`` completed with defaults; unknown, missing or invalid keys raise ``KeyError``."""
     defaults = SECTION_DEFAULTS[name]
@@ -83,6 +96,9 @@ def resolve_section(name: str, values: dict | None) -> dict[str, Any]:
     for (section, key), allowed in ALLOWED_VALUES.items():
         if section == name and resolved[key] not in allowed:
             raise KeyError(f"config key '{name}.{key}' = {resolved[key]!r} is not one of {allowed}")
+    for (section, key), (valid, what) in VALUE_RANGES.items():
+        if section == name and not valid(resolved[key]):
+            raise KeyError(f"config key '{name}.{key}' = {resolved[key]!r} must be {what}")
     return resolved
 
 

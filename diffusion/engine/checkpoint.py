@@ -33,9 +33,21 @@ FULL_DISK_MARGIN = 1 << 20
 NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
+def step_name(step: int) -> str:
+    """``step_XXXXXXX``: the name of a step's checkpoint folder (and of its sample grid, ``.png`` added); 7 digits, so
+    names sort by step."""
+    return f"step_{step:07d}"
+
+
+def parse_step(name: str) -> int | None:
+    """The step a checkpoint folder's name holds (``step_0005000`` -> 5000), None for any other name (a ``.tmp``)."""
+    match = STEP_DIR.match(name)
+    return int(match.group(1)) if match else None
+
+
 def step_dir(root: str | os.PathLike, step: int) -> Path:
-    """``root/step_XXXXXXX`` (7 digits, so names sort by step)."""
-    return Path(root) / f"step_{step:07d}"
+    """``root/step_XXXXXXX``, the checkpoint folder of ``step``."""
+    return Path(root) / step_name(step)
 
 
 def begin_save(root: str | os.PathLike, step: int) -> Path:
@@ -117,8 +129,8 @@ def list_checkpoints(root: str | os.PathLike) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if p.is_dir() and STEP_DIR.match(p.name)]
-    return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
+    found = [p for p in root.iterdir() if p.is_dir() and parse_step(p.name) is not None]
+    return sorted(found, key=lambda p: parse_step(p.name))
 
 
 def prune(root: str | os.PathLike, keep_last: int) -> None:

@@ -137,6 +137,31 @@ class BatchStream:
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
 
 
+def build_stream(dataset: Dataset, sampler_cfg: dict | None, train_cfg: dict, rank: int, world: int) -> BatchStream:
+    """The training batches of this rank: the config's ``data_sampler`` (e.g. the aspect-ratio buckets) when given,
+    else :class:`EpochBatchSampler`; collated by the dataset's own ``collate`` when it has one (test stand-ins do),
+    else the data package's contract one. ``train_cfg``: the resolved ``train`` section."""
+    import diffusion.data
+    from diffusion.registry import SAMPLERS
+
+    batch_size, seed = train_cfg["batch_size"], train_cfg["seed"]
+    if sampler_cfg:
+        batch_sampler = SAMPLERS.build(
+            dict(
+                sampler_cfg,
+                dataset_ratios=dataset.aspect_ratios,
+                batch_size=batch_size,
+                seed=seed,
+                rank=rank,
+                world_size=world,
+            )
+        )
+    else:
+        batch_sampler = EpochBatchSampler(dataset, batch_size, world, rank, seed)
+    collate = getattr(dataset, "collate", diffusion.data.collate)
+    return BatchStream(dataset, batch_sampler, collate, train_cfg["num_workers"], seed + rank)
+
+
 # names under which a batch sampler may count the items it leaves out of an epoch (drop_last)
 DROPPED_ATTRS = ("dropped", "num_dropped", "dropped_last", "dropped_items")
 

@@ -9,10 +9,7 @@ import math
 import torch
 from torch import nn
 
-
-def _full(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor, gathering a sharded (FSDP2 DTensor) one; plain tensors pass through."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+from diffusion.engine.parallel import full_tensor, is_dtensor
 
 
 class EMA:
@@ -74,7 +71,7 @@ class EMA:
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Full (gathered) float32 shadow tensors by parameter name; collective under FSDP."""
-        return {name: _full(tensor) for name, tensor in self.shadow.items()}
+        return {name: full_tensor(tensor) for name, tensor in self.shadow.items()}
 
     @torch.no_grad()
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -84,7 +81,7 @@ class EMA:
             raise KeyError(f"EMA state mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}")
         for name, shadow in self.shadow.items():
             value = state[name].to(device=shadow.device, dtype=torch.float32)
-            if hasattr(shadow, "full_tensor"):  # sharded shadow: keep only this rank's shard of the full tensor
+            if is_dtensor(shadow):  # sharded shadow: keep only this rank's shard of the full tensor
                 from torch.distributed.tensor import distribute_tensor
 
                 value = distribute_tensor(value, shadow.device_mesh, shadow.placements)

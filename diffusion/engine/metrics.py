@@ -10,7 +10,9 @@ wandb mode: ``WANDB_MODE`` when set (``disabled`` skips wandb entirely), else ``
 
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -44,50 +46,90 @@ def truncate_metrics(path: str | os.PathLike, last_step: int) -> int:
     return dropped
 
 
+class MetricWindow:
+    """The metrics of the steps since the last log line: :meth:`flush` averages those of the finished steps and adds
+    ``img_per_s`` over every step attempted (skipped ones included: they took the time too)."""
+
+    def __init__(self, images_per_step: int) -> None:
+        self.images_per_step = images_per_step
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums, self.finished, self.attempted, self.start = {}, 0, 0, time.perf_counter()
+
+    def attempt(self) -> None:
+        """Count a step attempt (finished or skipped)."""
+        self.attempted += 1
+
+    def add(self, metrics: dict[str, float]) -> None:
+        """The metrics of a finished step."""
+        self.finished += 1
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+
+    def flush(self) -> dict[str, float]:
+        """Averages since the last flush (``loss`` NaN when every step was skipped), then start a new window."""
+        metrics = {k: v / self.finished for k, v in self.sums.items()}
+        metrics.setdefault("loss", math.nan)
+        metrics["img_per_s"] = self.images_per_step * self.attempted / (time.perf_counter() - self.start)
+        self._reset()
+        return metrics
+
+
 class MetricLogger:
-    """Sink for scalars, messages and images of one run.
+    """Sink for scalars, messages and images of one run; it exists before anything needs to log.
+
+    Messages (:meth:`info`, :meth:`warning`) work from construction: ``train.log`` is opened at the first one, so a
+    run that fails to start before logging anything leaves its new work dir empty (and removable). Scalars, images
+    and the progress bar start with :meth:`start`, once the step a resumed run continues from is known.
 
     Args:
-        work_dir: run directory; ``train.log`` and ``metrics.jsonl`` are appended to there (``metrics.jsonl`` first
-            cut back to ``initial_step``; ``dropped_lines`` says how many lines that removed).
+        work_dir: run directory; ``train.log`` and ``metrics.jsonl`` are appended to there.
         enabled: False on non-main ranks (everything becomes a no-op except raising).
-        total_steps: length of the progress bar.
-        initial_step: where a resumed run starts.
-        wandb_project / wandb_name: wandb run identity.
-        config: plain dict stored as the wandb run config.
     """
 
-    def __init__(
+    def __init__(self, work_dir: str | os.PathLike, enabled: bool) -> None:
+        self.enabled, self.work_dir = enabled, Path(work_dir)
+        self.logger = logging.getLogger(f"diffusion.engine.{self.work_dir.resolve()}")
+        self.logger.setLevel(logging.INFO)
+        self.logger.propagate = False
+        self.wandb_run = None
+        self.bar = None
+        self.metrics_path = self.work_dir / "metrics.jsonl"
+        self.logger.handlers = []
+        if enabled:
+            handler = logging.FileHandler(self.work_dir / "train.log", delay=True)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            self.logger.handlers = [handler]
+
+    def start(
         self,
-        work_dir: str | os.PathLike,
-        enabled: bool,
         total_steps: int,
         initial_step: int = 0,
         wandb_project: str = "pixart-delta",
         wandb_name: str | None = None,
         config: dict | None = None,
     ) -> None:
-        self.enabled = enabled
-        self.logger = logging.getLogger(f"diffusion.engine.{Path(work_dir).resolve()}")
-        self.logger.setLevel(logging.INFO)
-        self.logger.propagate = False
-        self.wandb_run = None
-        self.bar = None
-        self.metrics_path = Path(work_dir) / "metrics.jsonl"
-        self.dropped_lines = 0
-        if not enabled:
+        """Begin the scalar sinks at ``initial_step`` (where a resumed run starts): ``metrics.jsonl`` is cut back to
+        it (the lines dropped are counted in ``train.log``), the progress bar runs to ``total_steps``, and wandb
+        starts a run named ``wandb_project`` / ``wandb_name`` with ``config`` (a plain dict) as its config."""
+        if not self.enabled:
             return
-        self.dropped_lines = truncate_metrics(self.metrics_path, initial_step)
-        handler = logging.FileHandler(Path(work_dir) / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        self.logger.handlers = [handler]
+        dropped = truncate_metrics(self.metrics_path, initial_step)
+        if dropped:
+            self.info(f"metrics.jsonl: dropped {dropped} line(s) after step {initial_step}")
         self.bar = tqdm(total=total_steps, initial=initial_step, dynamic_ncols=True, desc="train")
         mode = wandb_mode()
         if mode != "disabled":
             import wandb
 
             self.wandb_run = wandb.init(
-                project=wandb_project, name=wandb_name, dir=str(work_dir), config=config, mode=mode, resume="allow"
+                project=wandb_project,
+                name=wandb_name,
+                dir=str(self.work_dir),
+                config=config,
+                mode=mode,
+                resume="allow",
             )
 
     def info(self, message: str) -> None:
@@ -110,6 +152,8 @@ class MetricLogger:
         """Record scalars for ``step`` in every sink."""
         if not self.enabled:
             return
+        if self.bar is None:
+            raise RuntimeError("MetricLogger.log() before start(): the scalar sinks start once the step is known")
         line = {"step": step, **metrics}
         with open(self.metrics_path, "a") as f:
             f.write(json.dumps(line) + "\n")

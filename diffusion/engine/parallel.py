@@ -80,14 +80,25 @@ def no_sync(model: nn.Module, skip: bool):
             yield
 
 
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """True for a sharded FSDP2 tensor (a DTensor; the class is not imported, torch.distributed may be absent)."""
+    return hasattr(tensor, "full_tensor")
+
+
 def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     """The whole tensor, gathering a sharded (FSDP2 DTensor) one (collective); plain tensors pass through."""
-    return tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor
+    return tensor.full_tensor() if is_dtensor(tensor) else tensor
+
+
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 DTensor (a view: in-place updates reach the sharded tensor); plain tensors pass
+    through."""
+    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 def is_sharded(model: nn.Module) -> bool:
     """True when the parameters are FSDP2 DTensors."""
-    return any(hasattr(p, "full_tensor") for p in model.parameters())
+    return any(is_dtensor(p) for p in model.parameters())
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

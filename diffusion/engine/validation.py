@@ -1,5 +1,6 @@
 """Sample grids written during training (the qualitative progress of PixArt-δ Fig. 8 / Fig. 12 style snapshots), and
-the memory-light way the trainer samples them: prompts encoded once, EMA weights swapped into the trained network."""
+the memory-light way the trainer samples them (:class:`Validator`): prompts encoded once, the codec built before
+step 1, EMA weights swapped into the trained network (no second copy of it)."""
 
 import math
 import os
@@ -9,6 +10,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 from torch import nn
+
+from diffusion.engine import checkpoint as ckpt
+from diffusion.engine import dist, parallel, preflight
+from diffusion.engine.ema import EMA
+from diffusion.engine.metrics import MetricLogger
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None) -> torch.Tensor:
@@ -96,10 +102,6 @@ def control_grid(control: torch.Tensor, images: torch.Tensor) -> tuple[torch.Ten
     return torch.stack([control, images], dim=1).flatten(0, 1), 2 * math.ceil(math.sqrt(images.shape[0]))
 
 
-def _local(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
-
-
 @contextmanager
 def swapped_in(module: nn.Module, shadow: dict[str, torch.Tensor] | None):
     """Run the block with ``shadow`` (EMA weights, same names and shards as ``module``'s tensors) loaded into
@@ -110,10 +112,10 @@ def swapped_in(module: nn.Module, shadow: dict[str, torch.Tensor] | None):
         return
     tensors = dict(module.named_parameters())
     tensors.update({n: b for n, b in module.named_buffers() if b.is_floating_point()})
-    backup = {n: _local(t).detach().to("cpu", copy=True) for n, t in tensors.items() if n in shadow}
+    backup = {n: parallel.local_tensor(t).detach().to("cpu", copy=True) for n, t in tensors.items() if n in shadow}
     with torch.no_grad():
         for name in backup:
-            _local(tensors[name]).copy_(_local(shadow[name]))
+            parallel.local_tensor(tensors[name]).copy_(parallel.local_tensor(shadow[name]))
     try:
         yield module
     finally:
@@ -121,4 +123,93 @@ def swapped_in(module: nn.Module, shadow: dict[str, torch.Tensor] | None):
             module.reshard()
         with torch.no_grad():
             for name, value in backup.items():
-                _local(tensors[name]).copy_(value)
+                parallel.local_tensor(tensors[name]).copy_(value)
+
+
+class Validator:
+    """The trainer's sample grids: ``validate(step, ema)`` samples the validation prompts with the EMA (else the
+    current) weights of the trained network and saves ``samples/step_XXXXXXX.png``.
+
+    Built before step 1 (the control maps read, the text encoder and codec checked by a one-step dry run). Under FSDP
+    every rank samples (the forward is collective) and rank 0 saves; under DDP only rank 0 samples.
+
+    Args:
+        cfg: the run's config: ``text_encoder`` and ``codec`` build the pipeline, ``data.resolution`` sizes it.
+        val_cfg: the resolved ``validation`` section.
+        model: the trained network, unwrapped (FSDP2 shards it in place); the pipeline samples with it.
+        sampler: sampler arguments when ``val_cfg['sampler']`` is None (the method's ``sampler_defaults()``).
+        generator: the training noise stream, left where it was by sampling.
+        work_dir: the run directory (grids go to ``samples/``).
+        logger: the run's logger (a ControlNet without validation control warns; grids go to wandb).
+        device: where the prompts are encoded.
+    """
+
+    def __init__(
+        self,
+        cfg,
+        val_cfg: dict,
+        model: nn.Module,
+        sampler: dict,
+        generator: torch.Generator,
+        work_dir: str | os.PathLike,
+        logger: MetricLogger,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.val_cfg, self.model, self.generator = cfg, val_cfg, model, generator
+        self.work_dir, self.logger, self.device = Path(work_dir), logger, device
+        self.prompts = list(val_cfg["prompts"])
+        self.sampler = dict(val_cfg["sampler"] or sampler)
+        self.control = self._control()
+        self.pipeline = None
+        if self._samples():  # text encoder, codec and prompts now, not at the first grid after hours of training
+            self.pipeline = self.build_pipeline(model)
+            preflight.check_sampling(self.pipeline, self.prompts, self.sampler, val_cfg["seed"], self.control)
+            if hasattr(model, "reshard"):  # FSDP2 keeps the root's weights gathered after a no-grad forward
+                model.reshard()
+
+    def _samples(self) -> bool:
+        return dist.is_main() or parallel.is_sharded(self.model)
+
+    def _control(self) -> torch.Tensor | None:
+        """The control maps of a ControlNet run's grids (``validation.control``), read before step 1."""
+        controlled = getattr(self.model, "accepts_control", False)
+        if self.val_cfg["control"] is not None and not controlled:
+            raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
+        if self.val_cfg["control"] is None:
+            if controlled:
+                self.logger.warning("validation.control is not set: validation grids sample without control")
+            return None
+        resolution = self.cfg["data"]["resolution"]
+        height, width = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        return validation_control(self.val_cfg, self.prompts, height, width)
+
+    def build_pipeline(self, model: nn.Module):
+        """The sampling pipeline of the grids (override or monkeypatch in tests): the validation prompts are encoded
+        once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
+        from diffusion.build import build_codec
+        from diffusion.pipeline import Pipeline
+
+        prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
+        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
+
+    @torch.no_grad()
+    def validate(self, step: int, ema: EMA | None) -> Path | None:
+        """Sample the grid of ``step`` with ``ema``'s weights swapped into the network (its own wait on the CPU);
+        the path of the saved PNG on rank 0, else None. Collective (a barrier; every rank samples under FSDP)."""
+        path = None
+        if self._samples():
+            rng = ckpt.rng_state(self.generator)  # sampling must not shift the training noise stream
+            if self.pipeline is None:
+                self.pipeline = self.build_pipeline(self.model)
+            control = {} if self.control is None else {"control": self.control}
+            with swapped_in(self.model, ema.shadow if ema is not None else None):
+                images = self.pipeline(self.prompts, seed=self.val_cfg["seed"], **self.sampler, **control)
+            columns = None
+            if self.control is not None:  # each sample beside the control map it follows
+                images, columns = control_grid(self.control, images)
+            if dist.is_main():
+                path = save_grid(images, self.work_dir / "samples" / f"{ckpt.step_name(step)}.png", columns)
+                self.logger.image(step, path, caption=" | ".join(self.prompts))
+            ckpt.set_rng_state(rng, self.generator)
+        dist.barrier()
+        return path

@@ -1,15 +1,17 @@
 """Checkpoint files: atomic commit, pruning, latest lookup, ``load_from`` weights and RNG state round trips."""
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
 
+from diffusion.engine import Trainer
 from diffusion.engine import checkpoint as ckpt
 from diffusion.model.io import load_model_weights
-from tests.engine.standins import TinyNet
+from tests.engine.standins import TinyNet, tiny_config
 
 
 def test_commit_is_atomic_and_latest_ignores_tmp(tmp_path):
@@ -83,3 +85,41 @@ def test_claim_run_dir_resumes_only_runs_of_the_same_inputs(tmp_path):
     assert len(stale) == 1 and (stale[0] / "checkpoints" / "step_0000250").is_dir()
     with pytest.raises(ValueError, match="on_other"):
         claim_run_dir(run, "b" * 64, on_other="delete")
+
+
+# The step-3 checkpoint of tiny_config(train=dict(mixed_precision="fp16")) (the stand-ins, 6 steps, a checkpoint every
+# 3) written on a CPU by the trainer of commit e22e861, before TrainState and the Checkpointer existed and before fp16
+# overflows were counted apart (its training_state.pt has no overflow_total).
+OLD_CHECKPOINT = Path(__file__).resolve().parent / "fixtures" / "step_0000003_e22e861"
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the checkpoint's noise generator state is a CPU generator's")
+def test_a_checkpoint_written_before_the_train_state_resumes_into_the_same_state(tmp_path):
+    """Resumed by today's trainer and saved again at once, it gives back the same files, every tensor and value equal
+    (training_state.pt gains only overflow_total); training then goes on from step 3."""
+    trainer = Trainer(tiny_config(train=dict(mixed_precision="fp16")), tmp_path, resume=str(OLD_CHECKPOINT))
+    assert trainer.state.step == 3 and trainer.scaler.get_scale() == 65536.0
+    again = trainer.save_checkpoint()
+    assert sorted(p.name for p in again.iterdir()) == sorted(p.name for p in OLD_CHECKPOINT.iterdir())
+    old, new = (torch.load(d / "training_state.pt", weights_only=True) for d in (OLD_CHECKPOINT, again))
+    assert new.pop("overflow_total") == 0 and _same(old, new)
+    assert _same(*(torch.load(d / "rng_rank0.pt", weights_only=True) for d in (OLD_CHECKPOINT, again)))
+    for name in ("model", "ema", "method"):
+        assert _same(*(ckpt.load_tensors(d / f"{name}.safetensors") for d in (OLD_CHECKPOINT, again))), name
+    assert trainer.train() and trainer.state.step == 6 and trainer.method.steps.item() == 6
+
+
+def test_one_name_for_a_step_folder_and_its_parsing():
+    assert ckpt.step_name(5000) == "step_0005000" and ckpt.step_dir("r", 3) == Path("r") / "step_0000003"
+    assert ckpt.parse_step("step_0005000") == 5000 and ckpt.parse_step(ckpt.step_name(12345678)) == 12345678
+    assert ckpt.parse_step("step_0005000.tmp") is None and ckpt.parse_step("samples") is None

@@ -116,12 +116,12 @@ def test_validation_grids_sample_under_the_control_beside_it(setup):
     with torch.no_grad():  # non-zero projections: the control changes the samples
         for p in trainer.model.controlnet.parameters():
             p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)) * 0.05)
-    path = trainer.validate(0)
+    path = trainer.validate()  # the grid of step 0
     grid = torch.from_numpy(np.array(Image.open(path))).permute(2, 0, 1)
     edges = torch.from_numpy(prompt_edges(PROMPTS, 32)).permute(0, 3, 1, 2)
     sampler = trainer.method.sampler_defaults()
-    controlled = trainer.pipeline(PROMPTS, seed=0, control=edges, **sampler)
-    plain = trainer.pipeline(PROMPTS, seed=0, **sampler)
+    controlled = trainer.validator.pipeline(PROMPTS, seed=0, control=edges, **sampler)
+    plain = trainer.validator.pipeline(PROMPTS, seed=0, **sampler)
     assert not torch.equal(controlled, plain)
     want = make_grid(torch.stack([edges, controlled], 1).flatten(0, 1), columns=4)
     assert torch.equal(grid, want)  # (edge map | sample) pairs, ⌈√2⌉ = 2 pairs a row

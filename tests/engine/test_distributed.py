@@ -69,8 +69,8 @@ def test_two_processes_match_one(tmp_path, parallel):
     single_cfg["train"]["max_steps"] = STEPS
     Trainer(single_cfg, tmp_path / "single").train()
 
-    multi_dir = tmp_path / "ddp" / "checkpoints" / f"step_{STEPS:07d}"
-    single_dir = tmp_path / "single" / "checkpoints" / f"step_{STEPS:07d}"
+    multi_dir = ckpt.step_dir(tmp_path / "ddp" / ckpt.CHECKPOINT_SUBDIR, STEPS)
+    single_dir = ckpt.step_dir(tmp_path / "single" / ckpt.CHECKPOINT_SUBDIR, STEPS)
     assert (multi_dir / "rng_rank0.pt").is_file() and (multi_dir / "rng_rank1.pt").is_file()
     for name in ("model", "ema"):
         multi = ckpt.load_tensors(multi_dir / f"{name}.safetensors")

@@ -100,7 +100,7 @@ def _assert_close(a: dict, b: dict, atol: float) -> None:
 
 
 def _step_dir(work_dir: Path, step: int) -> Path:
-    return work_dir / ckpt.CHECKPOINT_SUBDIR / f"step_{step:07d}"
+    return ckpt.step_dir(work_dir / ckpt.CHECKPOINT_SUBDIR, step)
 
 
 def _resume_on_one_rank(tmp_path: Path, run: str, new_run: str) -> Trainer:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from diffusion.engine import Trainer, find_latest
 from diffusion.engine import checkpoint as ckpt
+from diffusion.engine.validation import Validator
 from tests.engine.standins import tiny_config
 
 DETERMINISTIC = dict(method=dict(type="EngineMSELoss", noise=False), data=dict(type="EngineMemDataset", size=8, std=0))
@@ -152,18 +153,21 @@ def test_nan_loss_skips_step(tmp_path):
 
 @pytest.mark.parametrize("precision", ["no", "fp16"])
 def test_non_finite_gradients_skip_everything(tmp_path, precision):
-    """A finite loss with infinite gradients (bf16 overflow; fp16: the GradScaler skips): the optimizer, lr
-    schedule, EMA, method state and step counter do not move; the run still does its 4 real steps."""
+    """A finite loss with infinite gradients (bf16 overflow: divergence; fp16: a GradScaler overflow, counted apart):
+    the optimizer, lr schedule, EMA, method state and step counter do not move; the run still does its 4 real
+    steps."""
     cfg = tiny_config(method=dict(inf_grad_calls=(0, 2)), train=dict(max_steps=4, mixed_precision=precision))
     trainer = _train(cfg, tmp_path / "skip")
     _train(tiny_config(train=dict(max_steps=4, mixed_precision=precision)), tmp_path / "clean")
-    assert trainer.step == 4 and trainer.nan_total == 2
+    skipped = (trainer.state.nan_total, trainer.state.overflow_total)
+    assert trainer.step == 4 and skipped == ((0, 2) if precision == "fp16" else (2, 0))
     assert trainer.method.steps.item() == 4 and trainer.lr_scheduler.last_epoch == 4
     assert trainer.optimizer.state[trainer.params[0]]["step"].item() == 4
     assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     assert all(torch.isfinite(v).all() for v in trainer.ema.shadow.values())
     assert [m["lr"] for m in _metrics(tmp_path / "skip")] == [m["lr"] for m in _metrics(tmp_path / "clean")]
-    assert "non-finite gradient norm" in (tmp_path / "skip" / "train.log").read_text()
+    reported = "fp16 gradient overflow" if precision == "fp16" else "non-finite gradient norm"
+    assert reported in (tmp_path / "skip" / "train.log").read_text()
 
 
 def test_consecutive_nan_losses_abort(tmp_path):
@@ -200,7 +204,7 @@ def test_validation_grids_use_ema_and_keep_training_stream(tmp_path, monkeypatch
         built.append(_FakePipeline(model))
         return built[-1]
 
-    monkeypatch.setattr(Trainer, "build_pipeline", build_pipeline)
+    monkeypatch.setattr(Validator, "build_pipeline", build_pipeline)
     val = dict(every=2, prompts=["a", "b", "c"], seed=7)
     trainer = _train(tiny_config(validation=val, checkpoint=dict(every=100)), tmp_path / "val")
     _train(tiny_config(checkpoint=dict(every=100)), tmp_path / "plain")

@@ -9,8 +9,8 @@ import torch
 
 from diffusion.build import load_pipeline
 from diffusion.data import make_tiny_text_encoder
-from diffusion.engine import EMA, Trainer
-from diffusion.engine.validation import EncodedPrompts, swapped_in
+from diffusion.engine import EMA
+from diffusion.engine.validation import EncodedPrompts, Validator, swapped_in
 from tests.model.helpers import randomize, tiny
 
 PROMPTS = ["a red circle", "a small blue square at the top", "a green cross"]
@@ -54,8 +54,8 @@ def test_ema_is_swapped_in_and_put_back():
 
 def test_trainer_pipeline_samples_like_load_pipeline(cfg):
     model = tiny(False, in_channels=12, input_size=8, pe_interpolation=1.0, model_max_length=16)
-    fake_trainer = SimpleNamespace(cfg=cfg, val_cfg=dict(prompts=PROMPTS), device=torch.device("cpu"))
-    pipe = Trainer.build_pipeline(fake_trainer, model)
+    fake_validator = SimpleNamespace(cfg=cfg, val_cfg=dict(prompts=PROMPTS), device=torch.device("cpu"))
+    pipe = Validator.build_pipeline(fake_validator, model)
     assert isinstance(pipe.text_encoder, EncodedPrompts)  # no T5 kept
     for sampler in (dict(name="lcm", steps=2), dict(name="dpm", steps=3, cfg_scale=3.0)):
         want = load_pipeline(cfg, model=model)(PROMPTS, seed=4, **sampler)

@@ -15,6 +15,7 @@ import torch
 import tests.engine.standins  # noqa: F401  (registers the stand-ins)
 from diffusion.engine import Trainer
 from diffusion.engine.launch import train
+from diffusion.engine.validation import Validator
 from tests.engine.standins import LATENT_SIZE, TEXT_CHANNELS, TEXT_LEN
 
 CRASH_AFTER = int(os.environ.get("TRAIN_ENTRY_CRASH_AFTER_STEP", -1))
@@ -45,5 +46,5 @@ if __name__ == "__main__":
     if CRASH_AFTER >= 0:
         Trainer.save_checkpoint = _crashing_save
     if os.environ.get("TRAIN_ENTRY_FORWARD_PIPELINE"):
-        Trainer.build_pipeline = lambda self, model: ForwardPipeline(model)
+        Validator.build_pipeline = lambda self, model: ForwardPipeline(model)
     train()
