@@ -15,6 +15,7 @@ from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel
 from diffusion.engine.validation import EncodedPrompts, control_grid, save_grid, swapped_in, validation_control
 from diffusion.pipeline import Pipeline
+from diffusion.schedulers import DiffusionProcess
 
 
 class RunValidation:
@@ -41,7 +42,8 @@ class RunValidation:
         """The sampling pipeline used for validation grids (override or monkeypatch in tests): the validation prompts
         are encoded once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
         prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
-        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
+        codec, process = build_codec(self.cfg, self.device), DiffusionProcess.from_config(self.cfg)
+        return Pipeline(model, prompts, codec, self.cfg["data"]["resolution"], process=process)
 
     @torch.no_grad()
     def validate(self, step: int) -> Path | None:

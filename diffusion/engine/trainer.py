@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import build_model
+from diffusion.build import build_method, build_model
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine import resume as on_resume
@@ -29,7 +29,7 @@ from diffusion.engine.optim import build_lr_scheduler, build_optimizer, scaled_l
 from diffusion.engine.run_checkpoint import RunCheckpoint
 from diffusion.engine.run_validation import RunValidation
 from diffusion.engine.signals import StopSignal
-from diffusion.registry import CODECS, DATASETS, METHODS, SAMPLERS
+from diffusion.registry import CODECS, DATA_SAMPLERS, DATASETS, METHODS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -79,7 +79,7 @@ class Trainer(RunValidation, RunCheckpoint):
 
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
         model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
-        self.method = METHODS.build(dict(cfg.method, model=model))
+        self.method = build_method(cfg, model)  # under the config's diffusion process (the one way in)
         if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is cfg.load_from)
             ckpt.load_trainable(model, ckpt.load_tensors(resume_dir / "model.safetensors"), resume_dir)
         model.to(self.device)
@@ -174,7 +174,7 @@ class Trainer(RunValidation, RunCheckpoint):
         dataset = DATASETS.build(cfg.data)
         self._notes += [("warning", note) for note in preflight.check_caches(cfg, dataset)]  # before step 1
         if cfg.get("data_sampler"):
-            batch_sampler = SAMPLERS.build(
+            batch_sampler = DATA_SAMPLERS.build(
                 dict(
                     cfg.data_sampler,
                     dataset_ratios=dataset.aspect_ratios,
