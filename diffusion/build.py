@@ -224,17 +224,20 @@ def load_pipeline(
     lean: bool = False,
     compile: bool = False,
     cuda_graphs: bool = False,
+    process: DiffusionProcess | None = None,
 ) -> Pipeline:
     """A :class:`Pipeline` over the network of :func:`load_model` (or ``model`` as it is, e.g. the trainer's
     validation copy), the config's text encoder and codec, at ``cfg.data.resolution``, sampling under the config's
-    diffusion process (``DiffusionProcess.from_config(cfg)``; also with ``like``).
+    diffusion process (``DiffusionProcess.from_config(cfg)``; also with ``like``). ``process``: another config's
+    instead, for a network trained under that one (route (a) of the controllable LCM: the teacher's ControlNet config
+    on an LCM student is sampled with the student's LCM settings, ``DiffusionProcess.from_config(student_cfg)``).
 
     ``like``: reuse that pipeline's text encoder and codec (two models of one config, e.g. teacher and student).
     ``text_encoder_8bit``: T5 weights in int8 (PixArt-delta's 8 GB inference). ``lean``: T5 waits on the CPU
     between calls and the VAE decodes one image at a time, in tiles above its native size. ``compile`` /
     ``cuda_graphs``: regional ``torch.compile`` of the blocks / the whole step under CUDA graphs (:class:`Pipeline`).
     """
-    process = DiffusionProcess.from_config(cfg)  # before the weights: a bad section fails fast
+    process = DiffusionProcess.from_config(cfg) if process is None else process  # before the weights: fails fast
     if model is None:
         model = load_model(cfg, checkpoint, device, dtype, use_ema)
     if like is not None:

@@ -213,3 +213,14 @@ def test_bad_process_keys_are_named(base):
         build_method(dict(base.to_dict(), method=dict(base.method, schedule=dict(num_train_timesteps=10))), Stub())
     with pytest.raises(ValueError, match=r"num_ddim_steps must be in \[1, 40\]"):
         build_method(dict(base.to_dict(), diffusion=dict(num_train_timesteps=40)), Stub())
+
+
+def test_a_network_of_another_config_is_sampled_under_that_configs_process(base, default_pipe):
+    """Route (a) of the controllable LCM puts a teacher's ControlNet (a DiffusionLoss config) on an LCM student: the
+    student's LCM settings come from the student's config, passed as ``process``."""
+    student = variant(base, "sigma_data")
+    teacher_cfg = Config(dict(base.to_dict(), method=dict(type="DiffusionLoss")))
+    process = DiffusionProcess.from_config(student)
+    pipe = load_pipeline(teacher_cfg, model=default_pipe.model, like=default_pipe, process=process)
+    assert pipe.process == process != DiffusionProcess.from_config(teacher_cfg)
+    assert pipe.with_model(Stub().eval()).process == process  # with_model keeps it
