@@ -1,9 +1,12 @@
-"""The one way in: a config (and a checkpoint) -> the network -> a sampling pipeline.
+"""The one way in: a config (and a checkpoint) -> the network, its training method -> a sampling pipeline.
 
 The trainer, every tool (sample, eval_fid, demo, reproduce_*, benchmarks) and the web app build what they run through
 these functions, so each kind of checkpoint a run produces (a PixArt-alpha teacher, a full PixArt-delta LCM student,
-an LCM-LoRA or w-embedding student, a ControlNet) is taught to exactly one place: :func:`load_model`. The sampler
-defaults live in one table, ``diffusion.pipeline.SAMPLER_DEFAULTS``.
+an LCM-LoRA or w-embedding student, a ControlNet) is taught to exactly one place: :func:`load_model`. The diffusion
+process (T, betas, an LCM student's DDIM grid and boundary scalings) is read from the config by
+``DiffusionProcess.from_config`` for both the method (:func:`build_method`) and the pipeline (:func:`load_pipeline`),
+so a checkpoint is sampled under the process it was trained under. The sampler defaults live in one table,
+``diffusion.pipeline.SAMPLER_DEFAULTS``.
 
     cfg = Config.fromfile("configs/lcm/tiny_lcm.py")
     teacher = load_pipeline(cfg)                                  # cfg.load_from's weights (the teacher)
@@ -22,10 +25,12 @@ from torch import nn
 
 from diffusion.config import resolve_section
 from diffusion.data.text_encoder import TextEncoder
+from diffusion.methods import Method
 from diffusion.model import students
 from diffusion.model.io import check_fits, load_model_weights, load_state, load_state_into, resolve_checkpoint
 from diffusion.pipeline import Pipeline
-from diffusion.registry import CODECS, MODELS
+from diffusion.registry import CODECS, METHODS, MODELS, MOVED_KEYS, accepted_keys
+from diffusion.schedulers import DiffusionProcess
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -48,6 +53,27 @@ def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
         if load_from and section["load_from"]:
             load_controlnet_weights(model, section["load_from"], has_base=bool(cfg.get("load_from")))
     return model
+
+
+def build_method(cfg: Mapping, model: nn.Module) -> Method:
+    """The training method of ``cfg.method`` over ``model`` (the loaded network it trains, see docs/design.md
+    "Methods"), under the config's diffusion process: a method that takes ``schedule`` gets
+    ``DiffusionProcess.from_config(cfg).schedule`` (the top-level ``diffusion`` section, with older configs' method
+    keys moved in)."""
+    method = dict(cfg["method"])
+    if "schedule" in method:
+        raise KeyError(
+            "method.schedule is not a config key: the noise schedule is the top-level section 'diffusion' "
+            "(diffusion=dict(num_train_timesteps=..., beta_schedule=..., beta_start=..., beta_end=...))"
+        )
+    schedule = DiffusionProcess.from_config(cfg).schedule
+    for old in MOVED_KEYS["method"]:
+        method.pop(old, None)  # read into the schedule above
+    cls = METHODS.get(method.get("type"))
+    accepted = accepted_keys(cls) if cls is not None else None
+    if accepted is None or "schedule" in accepted[0]:  # a method without a noise schedule (a test stand-in) gets none
+        method["schedule"] = schedule
+    return METHODS.build(dict(method, model=model))
 
 
 def load_controlnet_weights(
@@ -198,19 +224,24 @@ def load_pipeline(
     lean: bool = False,
     compile: bool = False,
     cuda_graphs: bool = False,
+    process: DiffusionProcess | None = None,
 ) -> Pipeline:
     """A :class:`Pipeline` over the network of :func:`load_model` (or ``model`` as it is, e.g. the trainer's
-    validation copy), the config's text encoder and codec, at ``cfg.data.resolution``.
+    validation copy), the config's text encoder and codec, at ``cfg.data.resolution``, sampling under the config's
+    diffusion process (``DiffusionProcess.from_config(cfg)``; also with ``like``). ``process``: another config's
+    instead, for a network trained under that one (route (a) of the controllable LCM: the teacher's ControlNet config
+    on an LCM student is sampled with the student's LCM settings, ``DiffusionProcess.from_config(student_cfg)``).
 
     ``like``: reuse that pipeline's text encoder and codec (two models of one config, e.g. teacher and student).
     ``text_encoder_8bit``: T5 weights in int8 (PixArt-delta's 8 GB inference). ``lean``: T5 waits on the CPU
     between calls and the VAE decodes one image at a time, in tiles above its native size. ``compile`` /
     ``cuda_graphs``: regional ``torch.compile`` of the blocks / the whole step under CUDA graphs (:class:`Pipeline`).
     """
+    process = DiffusionProcess.from_config(cfg) if process is None else process  # before the weights: fails fast
     if model is None:
         model = load_model(cfg, checkpoint, device, dtype, use_ema)
     if like is not None:
-        return like.with_model(model, compile=compile, cuda_graphs=cuda_graphs)
+        return like.with_model(model, compile=compile, cuda_graphs=cuda_graphs, process=process)
     text_device = "cpu" if lean else device
     text_encoder = build_text_encoder(cfg, text_device, int8=text_encoder_8bit)
     codec = build_codec(cfg, device)
@@ -224,4 +255,5 @@ def load_pipeline(
         offload_text_encoder=lean,
         compile=compile,
         cuda_graphs=cuda_graphs,
+        process=process,
     )

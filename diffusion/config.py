@@ -26,6 +26,7 @@ TOP_LEVEL_KEYS = (
     "log",
     "validation",
     "controlnet",
+    "diffusion",  # the noise schedule (diffusion.schedulers.DiffusionProcess.from_config checks its keys)
 )
 REQUIRED_TOP_LEVEL = ("model", "method", "data", "optimizer", "train")
 

@@ -6,8 +6,9 @@ Layout written (what ``from_pretrained`` reads, facts §3.5 / §6.3):
     model_index.json
     transformer/   config.json + diffusion_pytorch_model.safetensors (+ y_embedding.safetensors, the learned null
                    caption diffusers has no slot for; see diffusion/model/diffusers_format.py)
-    scheduler/     LCMScheduler (linear betas 1e-4 -> 0.02, timestep_scaling 10, 50 original steps) or
-                   DPMSolverMultistepScheduler (DPM-Solver++(2M), the PixArt-alpha default)
+    scheduler/     LCMScheduler or DPMSolverMultistepScheduler (DPM-Solver++(2M), the PixArt-alpha default), both on
+                   the model's diffusion process (``process``: DiffusionProcess.from_config of its config; PixArt's
+                   linear betas 1e-4 -> 0.02 over 1000 steps, timestep_scaling 10 and 50 original steps by default)
     text_encoder/  the T5 encoder files, copied from a local directory
     tokenizer/     its tokenizer, re-saved
     vae/           the AutoencoderKL files, copied from a local directory
@@ -32,10 +33,10 @@ from pathlib import Path
 from torch import nn
 
 from diffusion.model.diffusers_format import save_diffusers
-from diffusion.schedulers import LCMScheduler
+from diffusion.schedulers import LCM_SPACINGS, DiffusionProcess, NoiseSchedule
 
 SCHEDULER_CHOICES = ("lcm", "dpm")
-LCM_SCHEDULES = ("pixart", "diffusers")
+LCM_SCHEDULES = LCM_SPACINGS
 LCM_TIMESTEPS_FILE = "lcm_timesteps.json"
 # Files of a Hugging Face T5 directory that belong to the model (the rest is the tokenizer's).
 _MODEL_FILE_SUFFIXES = (".safetensors", ".bin", ".safetensors.index.json", ".bin.index.json")
@@ -43,23 +44,36 @@ _MODEL_FILE_NAMES = ("config.json", "generation_config.json")
 _SCHEDULER_CONFIG = "scheduler_config.json"
 
 
-def lcm_scheduler_config(
-    num_train_timesteps: int = 1000,
-    beta_start: float = 1e-4,
-    beta_end: float = 0.02,
-    original_inference_steps: int = 50,
-    timestep_scaling: float = 10.0,
-) -> dict:
-    """``scheduler_config.json`` of a diffusers ``LCMScheduler`` matching our :class:`LCMScheduler` (PixArt's linear
-    schedule, not diffusers' Stable Diffusion defaults)."""
+def diffusers_betas(schedule: NoiseSchedule) -> dict:
+    """The beta keys of a diffusers scheduler config giving ``schedule``'s betas. diffusers' "linear" is
+    ``linspace(beta_start, beta_end, T)`` without IDDPM's ``1000 / T`` rescale, so the ends are written rescaled;
+    explicit betas are written as ``trained_betas``."""
+    if schedule.beta_schedule is None:
+        return {"beta_schedule": "linear", "trained_betas": schedule.betas.tolist()}
+    scale = 1000.0 / schedule.num_train_timesteps if schedule.beta_schedule == "linear" else 1.0
+    return {
+        "beta_schedule": schedule.beta_schedule,
+        "beta_start": schedule.beta_start * scale,
+        "beta_end": schedule.beta_end * scale,
+    }
+
+
+def lcm_scheduler_config(process: DiffusionProcess | None = None) -> dict:
+    """``scheduler_config.json`` of a diffusers ``LCMScheduler`` that samples like our LCM sampler under ``process``
+    (None: PixArt-alpha's schedule, PixArt-delta's LCM settings; not diffusers' Stable Diffusion defaults). diffusers
+    fixes sigma_data = 0.5, so a student distilled with another one cannot be exported (``ValueError``)."""
+    process = DiffusionProcess() if process is None else process
+    if process.lcm.sigma_data != 0.5:
+        raise ValueError(
+            f"method.sigma_data = {process.lcm.sigma_data}: diffusers' LCMScheduler fixes sigma_data = 0.5, so this "
+            "student's consistency function cannot be exported to it"
+        )
     return {
         "_class_name": "LCMScheduler",
-        "num_train_timesteps": num_train_timesteps,
-        "beta_start": beta_start,
-        "beta_end": beta_end,
-        "beta_schedule": "linear",
-        "original_inference_steps": original_inference_steps,
-        "timestep_scaling": timestep_scaling,
+        "num_train_timesteps": process.schedule.num_train_timesteps,
+        **diffusers_betas(process.schedule),
+        "original_inference_steps": process.lcm.num_ddim_steps,
+        "timestep_scaling": process.lcm.timestep_scaling,
         "prediction_type": "epsilon",
         "clip_sample": False,
         "set_alpha_to_one": True,
@@ -68,14 +82,14 @@ def lcm_scheduler_config(
     }
 
 
-def dpm_scheduler_config(num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> dict:
-    """``scheduler_config.json`` of the PixArt-alpha teacher's DPM-Solver++(2M) (diffusers' hub config)."""
+def dpm_scheduler_config(process: DiffusionProcess | None = None) -> dict:
+    """``scheduler_config.json`` of the PixArt-alpha teacher's DPM-Solver++(2M) (diffusers' hub config) on
+    ``process``'s schedule (None: PixArt-alpha's)."""
+    process = DiffusionProcess() if process is None else process
     return {
         "_class_name": "DPMSolverMultistepScheduler",
-        "num_train_timesteps": num_train_timesteps,
-        "beta_start": beta_start,
-        "beta_end": beta_end,
-        "beta_schedule": "linear",
+        "num_train_timesteps": process.schedule.num_train_timesteps,
+        **diffusers_betas(process.schedule),
         "algorithm_type": "dpmsolver++",
         "solver_order": 2,
         "solver_type": "midpoint",
@@ -87,10 +101,11 @@ def dpm_scheduler_config(num_train_timesteps: int = 1000, beta_start: float = 1e
     }
 
 
-def lcm_timesteps(num_steps: int, schedule: str = "pixart", original_inference_steps: int = 50) -> list[int]:
-    """Descending LCM timesteps for ``num_steps`` under ``schedule`` ("pixart" official or "diffusers" spacing)."""
-    scheduler = LCMScheduler(original_steps=original_inference_steps, schedule=schedule)
-    return scheduler.set_timesteps(num_steps).tolist()
+def lcm_timesteps(num_steps: int, schedule: str = "pixart", process: DiffusionProcess | None = None) -> list[int]:
+    """Descending LCM timesteps for ``num_steps`` under ``schedule`` ("pixart" official or "diffusers" spacing) on
+    ``process``'s DDIM grid (None: 50 of 1000 steps)."""
+    process = DiffusionProcess() if process is None else process
+    return process.lcm_scheduler(schedule).set_timesteps(num_steps).tolist()
 
 
 def export_pipeline(
@@ -102,6 +117,7 @@ def export_pipeline(
     lcm_timesteps_schedule: str = "pixart",
     max_length: int | None = None,
     scaling_factor: float | None = None,
+    process: DiffusionProcess | None = None,
 ) -> Path:
     """Write ``model`` and its companions as a diffusers ``PixArtAlphaPipeline`` folder.
 
@@ -117,6 +133,8 @@ def export_pipeline(
         max_length: the caption length the model was trained with (stored as the tokenizer's ``model_max_length``;
             pass the same value as ``max_sequence_length`` to the pipeline). Defaults to ``model.model_max_length``.
         scaling_factor: if given, overrides the VAE config's ``scaling_factor`` (must equal the codec's).
+        process: the diffusion process the model was trained under (``DiffusionProcess.from_config(cfg)``), written
+            into the scheduler config; None: PixArt-alpha's schedule and PixArt-delta's LCM settings.
     Returns: ``out_dir`` as a Path.
     """
     from transformers import AutoTokenizer
@@ -125,6 +143,8 @@ def export_pipeline(
         raise ValueError(f"unknown scheduler {scheduler!r}; expected one of {SCHEDULER_CHOICES}")
     if lcm_timesteps_schedule not in LCM_SCHEDULES:
         raise ValueError(f"unknown LCM schedule {lcm_timesteps_schedule!r}; expected one of {LCM_SCHEDULES}")
+    process = DiffusionProcess() if process is None else process
+    scheduler_config = lcm_scheduler_config(process) if scheduler == "lcm" else dpm_scheduler_config(process)
     if bool(model.use_micro_conditions) != (model.input_size == 128):
         raise ValueError(
             f"{type(model).__name__} with input_size {model.input_size}: PixArtAlphaPipeline feeds micro-conditions "
@@ -146,7 +166,7 @@ def export_pipeline(
         vae_config = json.loads((out_dir / "vae" / "config.json").read_text())
         vae_config["scaling_factor"] = scaling_factor
         (out_dir / "vae" / "config.json").write_text(json.dumps(vae_config, indent=2))
-    _write_scheduler(out_dir / "scheduler", scheduler, lcm_timesteps_schedule)
+    _write_scheduler(out_dir / "scheduler", scheduler_config, lcm_timesteps_schedule, process)
 
     import diffusers
 
@@ -163,12 +183,11 @@ def export_pipeline(
     return out_dir
 
 
-def _write_scheduler(directory: Path, scheduler: str, schedule: str) -> None:
+def _write_scheduler(directory: Path, config: dict, schedule: str, process: DiffusionProcess) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    config = lcm_scheduler_config() if scheduler == "lcm" else dpm_scheduler_config()
     (directory / _SCHEDULER_CONFIG).write_text(json.dumps(config, indent=2))
-    if scheduler == "lcm":
-        steps = {str(n): lcm_timesteps(n, schedule) for n in range(1, 9)}
+    if config["_class_name"] == "LCMScheduler":
+        steps = {str(n): lcm_timesteps(n, schedule, process) for n in range(1, min(8, process.lcm.num_ddim_steps) + 1)}
         (directory / LCM_TIMESTEPS_FILE).write_text(json.dumps({"schedule": schedule, "timesteps": steps}, indent=2))
 
 

@@ -2,7 +2,9 @@
 
 Teacher sampling (PixArt-alpha): DPM-Solver++(2M) or DDIM with classifier-free guidance, whose unconditional input
 is the model's learned null caption ``y_embedding`` with the prompt's own mask (as the official code). LCM sampling
-(PixArt-delta §3): the multistep consistency sampler, one model evaluation per step and no guidance.
+(PixArt-delta §3): the multistep consistency sampler, one model evaluation per step and no guidance. Every sampler
+runs on the pipeline's :class:`DiffusionProcess` (T, betas, and an LCM student's DDIM grid and boundary scalings),
+which ``diffusion.build.load_pipeline`` reads from the checkpoint's config.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from torch import nn
 
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.model.compile import compile_blocks, graphed_step
-from diffusion.schedulers import LCMScheduler, NoiseSchedule, ddim_sample, dpm_solver_pp_sample
+from diffusion.schedulers import DiffusionProcess, ddim_sample, dpm_solver_pp_sample
 
-SAMPLERS = ("dpm", "ddim", "lcm")
+SAMPLERS = ("dpm", "ddim", "lcm")  # the diffusion samplers (diffusion.registry.DATA_SAMPLERS: the batch samplers)
 # The one table of sampler defaults (PixArt-alpha: DPM-Solver++ 20 steps with CFG 4.5; PixArt-delta: LCM 4 steps, no
 # CFG). Every tool, the trainer's sample grids and the app fill what the user left out from here.
 SAMPLER_DEFAULTS = {
@@ -71,6 +73,8 @@ class Pipeline:
             (``diffusion.model.compile.compile_blocks``; the first call of each shape compiles).
         cuda_graphs: the whole denoiser step compiled with CUDA graphs (``mode="reduce-overhead"``; static shapes,
             CUDA only: a model on another device is a ``RuntimeError``). Not together with ``compile``.
+        process: the diffusion process the model was trained under (``DiffusionProcess.from_config(cfg)``); None:
+            PixArt-alpha's schedule and PixArt-delta's LCM settings.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class Pipeline:
         offload_text_encoder: bool = False,
         compile: bool = False,
         cuda_graphs: bool = False,
+        process: DiffusionProcess | None = None,
     ):
         if compile and cuda_graphs:
             raise ValueError("cuda_graphs compiles the whole step already: pass compile or cuda_graphs, not both")
@@ -93,11 +98,19 @@ class Pipeline:
             compile_blocks(model)
         self._step_model = graphed_step(model) if cuda_graphs else model
         self.reuse_caption = True  # caption projection + cross-attention K/V once per call, not once per step
-        self.schedule = NoiseSchedule()
+        self.process = DiffusionProcess() if process is None else process
+        self.schedule = self.process.schedule
         self.nfe = 0  # model evaluations per image of the last call (CFG counts two)
 
-    def with_model(self, model: nn.Module, compile: bool = False, cuda_graphs: bool = False) -> Pipeline:
-        """A pipeline over ``model`` that shares this one's text encoder, codec and resolution."""
+    def with_model(
+        self,
+        model: nn.Module,
+        compile: bool = False,
+        cuda_graphs: bool = False,
+        process: DiffusionProcess | None = None,
+    ) -> Pipeline:
+        """A pipeline over ``model`` that shares this one's text encoder, codec and resolution; its process is
+        ``process`` (another config's model) or this one's."""
         return Pipeline(
             model,
             self.text_encoder,
@@ -106,6 +119,7 @@ class Pipeline:
             self.offload_text_encoder,
             compile=compile,
             cuda_graphs=cuda_graphs,
+            process=self.process if process is None else process,
         )
 
     @property
@@ -242,7 +256,7 @@ class Pipeline:
         self.nfe = 0
         try:
             if sampler.name == "lcm":
-                lcm = LCMScheduler(schedule=sampler.lcm_schedule)
+                lcm = self.process.lcm_scheduler(sampler.lcm_schedule)
                 steps = None if sampler.timesteps is not None else sampler.steps
                 z = lcm.sample(eps_fn, x_T, steps, generator=generator, timesteps=sampler.timesteps)
             elif sampler.name == "ddim":

@@ -3,7 +3,8 @@
 Each registry lists the modules that register into it (``locations``), so ``REGISTRY.build(cfg)`` works without the
 caller importing those modules first. The ``model``, ``method`` and ``data_sampler`` sections are checked against the
 constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the known keys (not
-a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike.
+a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike. Keys that moved to another section
+(``MOVED_KEYS``) are still accepted where they were and handed to their new home.
 """
 
 from __future__ import annotations
@@ -13,6 +14,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mmengine.registry import Registry, build_from_cfg
+
+# section -> {old key: its new "section.key"}: T and the betas used to be method keys (two names for T); they are the
+# top-level ``diffusion`` section now (diffusion.schedulers.process), read from the old place with a FutureWarning.
+MOVED_KEYS = {
+    "method": {
+        "num_steps": "diffusion.num_train_timesteps",  # DiffusionLoss
+        "num_train_steps": "diffusion.num_train_timesteps",  # LCMDistillation
+        "beta_start": "diffusion.beta_start",
+        "beta_end": "diffusion.beta_end",
+    }
+}
 
 
 def accepted_keys(obj: Callable) -> tuple[set[str], set[str]] | None:
@@ -55,7 +67,7 @@ def check_keys(registry: Registry, values: Mapping[str, Any], section: str, chec
     if accepted is None:
         return
     known, required = accepted
-    unknown = sorted(values.keys() - known - {"type"})
+    unknown = sorted(values.keys() - known - {"type"} - MOVED_KEYS.get(section, {}).keys())
     if unknown:
         raise KeyError(f"unknown key(s) {unknown} in config section '{section}' ({obj_type}); known: {sorted(known)}")
     missing = sorted(required - values.keys())
@@ -71,9 +83,27 @@ def _checked_build(section: str) -> Callable:
     return build
 
 
+def _build_method(cfg: Mapping, registry: Registry, default_args: Mapping | None = None) -> Any:
+    """``_checked_build("method")`` that also reads the schedule keys of older method sections into ``schedule``
+    (diffusion.build.build_method passes the config's schedule and no old keys)."""
+    values = {**(default_args or {}), **cfg}
+    check_keys(registry, values, "method")
+    moved = {k: values.pop(k) for k in list(values) if k in MOVED_KEYS["method"]}
+    if moved:
+        from diffusion.schedulers.noise_schedule import NoiseSchedule  # lazy: the schedulers import this module
+        from diffusion.schedulers.process import moved_schedule_keys
+
+        schedule = NoiseSchedule(**moved_schedule_keys(moved))
+        if values.get("schedule") is not None and values["schedule"] != schedule:
+            raise ValueError(f"method keys {sorted(moved)} disagree with the schedule passed as method.schedule")
+        values["schedule"] = schedule
+    return build_from_cfg(values, registry)
+
+
 MODELS = Registry("models", build_func=_checked_build("model"), locations=["diffusion.model"])
-METHODS = Registry("methods", build_func=_checked_build("method"), locations=["diffusion.methods"])
+METHODS = Registry("methods", build_func=_build_method, locations=["diffusion.methods"])
 SCHEDULERS = Registry("schedulers", locations=["diffusion.schedulers"])
 DATASETS = Registry("datasets", locations=["diffusion.data"])
-SAMPLERS = Registry("data samplers", build_func=_checked_build("data_sampler"), locations=["diffusion.data"])
+# the ``data_sampler`` section's batch samplers (diffusion.pipeline.SAMPLERS names the diffusion samplers)
+DATA_SAMPLERS = Registry("data samplers", build_func=_checked_build("data_sampler"), locations=["diffusion.data"])
 CODECS = Registry("codecs", locations=["diffusion.data"])

@@ -4,7 +4,7 @@ section, the key and the known keys (not a raw TypeError from deep inside the co
 import pytest
 from torch import nn
 
-from diffusion.registry import METHODS, MODELS, SAMPLERS
+from diffusion.registry import DATA_SAMPLERS, METHODS, MODELS
 
 
 @pytest.mark.parametrize(
@@ -12,9 +12,9 @@ from diffusion.registry import METHODS, MODELS, SAMPLERS
     [
         (MODELS, dict(type="PixArt_tiny", hiden_size=48), "model", "hidden_size"),  # a factory over PixArt(**kwargs)
         (MODELS, dict(type="PixArtMS", hiden_size=48), "model", "caption_channels"),  # PixArtMS(*args, **kwargs)
-        (METHODS, dict(type="DiffusionLoss", model=nn.Linear(1, 1), num_step=3), "method", "num_steps"),
+        (METHODS, dict(type="DiffusionLoss", model=nn.Linear(1, 1), pred_sigm=True), "method", "pred_sigma"),
         (
-            SAMPLERS,
+            DATA_SAMPLERS,
             dict(type="AspectRatioBatchSampler", dataset_ratios=[1.0], batch_size=1, sed=0),
             "data_sampler",
             "seed",
@@ -29,7 +29,7 @@ def test_unknown_key_is_named_with_its_section(registry, cfg, section, known):
 
 def test_missing_required_key_is_named():
     with pytest.raises(KeyError, match="missing.*'batch_size'.*'data_sampler'"):
-        SAMPLERS.build(dict(type="AspectRatioBatchSampler", dataset_ratios=[1.0]))
+        DATA_SAMPLERS.build(dict(type="AspectRatioBatchSampler", dataset_ratios=[1.0]))
 
 
 def test_valid_keys_still_build():

@@ -1,6 +1,7 @@
 """Data: datasets over cached features, aspect-ratio buckets, codecs, the text encoder and the embedded default.
 
-Importing this package registers FeatureDataset (DATASETS), AspectRatioBatchSampler (SAMPLERS) and the codecs (CODECS).
+Importing this package registers FeatureDataset (DATASETS), AspectRatioBatchSampler (DATA_SAMPLERS) and the codecs
+(CODECS).
 """
 
 from diffusion.data.buckets import (

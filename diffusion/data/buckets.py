@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from diffusion.registry import SAMPLERS
+from diffusion.registry import DATA_SAMPLERS
 
 # ratio key (h/w) -> (height, width) in pixels, official values.
 ASPECT_RATIO_1024: dict[str, tuple[int, int]] = {
@@ -64,7 +64,7 @@ def closest_bucket(
     return key, table[key]
 
 
-@SAMPLERS.register_module()
+@DATA_SAMPLERS.register_module()
 class AspectRatioBatchSampler:
     """Batches of dataset indices that all fall in one aspect-ratio bucket, split across ranks.
 

@@ -142,11 +142,11 @@ def build_stream(dataset: Dataset, sampler_cfg: dict | None, train_cfg: dict, ra
     else :class:`EpochBatchSampler`; collated by the dataset's own ``collate`` when it has one (test stand-ins do),
     else the data package's contract one. ``train_cfg``: the resolved ``train`` section."""
     import diffusion.data
-    from diffusion.registry import SAMPLERS
+    from diffusion.registry import DATA_SAMPLERS
 
     batch_size, seed = train_cfg["batch_size"], train_cfg["seed"]
     if sampler_cfg:
-        batch_sampler = SAMPLERS.build(
+        batch_sampler = DATA_SAMPLERS.build(
             dict(
                 sampler_cfg,
                 dataset_ratios=dataset.aspect_ratios,

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from diffusion.config import check_codec, resolve_section
-from diffusion.registry import METHODS, MODELS, SAMPLERS, check_keys
+from diffusion.registry import DATA_SAMPLERS, METHODS, MODELS, check_keys
 
 GIB = 2**30
 
@@ -29,7 +29,7 @@ def check_sections(cfg) -> tuple[dict | None, dict]:
     check them again at build time, with the arguments the trainer adds), so a misspelt one fails before the work dir
     is created.
     """
-    for section, registry in (("model", MODELS), ("method", METHODS), ("data_sampler", SAMPLERS)):
+    for section, registry in (("model", MODELS), ("method", METHODS), ("data_sampler", DATA_SAMPLERS)):
         if cfg.get(section):
             check_keys(registry, cfg[section], section, check_missing=False)
     if cfg.get("codec") is None:

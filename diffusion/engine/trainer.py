@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import build_model
+from diffusion.build import build_method, build_model
 from diffusion.config import check_top_level, resolve_section
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
@@ -95,7 +95,7 @@ class Trainer:
 
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
         model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
-        self.method = METHODS.build(dict(cfg.method, model=model))
+        self.method = build_method(cfg, model)  # under the config's diffusion process (the one way in)
         if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is cfg.load_from)
             self.checkpointer.load_weights(resume_dir, model)
         model.to(self.device)

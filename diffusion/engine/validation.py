@@ -188,9 +188,11 @@ class Validator:
         once (T5 in bf16 on the device, then freed) and the codec is built; no T5 stays resident."""
         from diffusion.build import build_codec
         from diffusion.pipeline import Pipeline
+        from diffusion.schedulers import DiffusionProcess
 
         prompts = EncodedPrompts.from_config(self.cfg, list(self.val_cfg["prompts"]), self.device)
-        return Pipeline(model, prompts, build_codec(self.cfg, self.device), self.cfg["data"]["resolution"])
+        codec, process = build_codec(self.cfg, self.device), DiffusionProcess.from_config(self.cfg)
+        return Pipeline(model, prompts, codec, self.cfg["data"]["resolution"], process=process)
 
     @torch.no_grad()
     def validate(self, step: int, ema: EMA | None) -> Path | None:

@@ -2,12 +2,24 @@
 
 from collections.abc import Mapping
 
-from diffusion.methods.base import Method
+from diffusion.methods.base import Draws, Method
 from diffusion.methods.diffusion_loss import DiffusionLoss
-from diffusion.methods.lcm_distillation import LCMDistillation, consistency_fn
+from diffusion.methods.lcm_distillation import LCDDraws, LCMDistillation, consistency_fn
+from diffusion.methods.lcm_targets import EMATarget, StudentTarget
 from diffusion.registry import METHODS
 
-__all__ = ["DiffusionLoss", "LCMDistillation", "Method", "configured_method", "consistency_fn", "method_sampler"]
+__all__ = [
+    "DiffusionLoss",
+    "Draws",
+    "EMATarget",
+    "LCDDraws",
+    "LCMDistillation",
+    "Method",
+    "StudentTarget",
+    "configured_method",
+    "consistency_fn",
+    "method_sampler",
+]
 
 
 def configured_method(cfg: Mapping) -> type[Method]:

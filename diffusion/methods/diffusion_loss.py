@@ -4,7 +4,7 @@ ControlNet-Transformer with exactly the teacher's loss: eps MSE + VB for the lea
 import torch
 from torch import Tensor, nn
 
-from diffusion.methods.base import Method
+from diffusion.methods.base import Method, checked_schedule
 from diffusion.registry import METHODS
 from diffusion.schedulers import NoiseSchedule, hybrid_loss
 
@@ -17,7 +17,8 @@ class DiffusionLoss(Method):
 
     Args:
         model: the network to train (only checked for ``pred_sigma`` consistency; not stored).
-        num_steps, beta_start, beta_end: the linear noise schedule.
+        schedule: the noise schedule (the config's ``diffusion`` section, passed by ``diffusion.build.build_method``;
+            None: PixArt-alpha's).
         pred_sigma: the model outputs [eps | v] and the VB term trains the learned variance.
         snr_loss: PixArt's optional x0 target for small t (see ``hybrid_loss``).
         snr_gamma: Min-SNR-gamma weighting of the eps MSE (see ``hybrid_loss``); None = PixArt's uniform weight.
@@ -26,14 +27,14 @@ class DiffusionLoss(Method):
             else from U{0..T-1} (0 = PixArt's uniform t). The high-noise steps are where a sampler decides the
             composition from the caption; the tiny teacher oversamples them to learn captions within a CPU budget.
         sampler: what ``sampler_defaults`` returns; PixArt-alpha's DPM-Solver++, 20 steps, guidance 4.5 by default.
+        generator: where t and the noise are drawn from (see :class:`diffusion.methods.base.Draws`); None: the
+            global RNG, as PixArt's ``randint`` (the trainer seeds and checkpoints it per rank).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        num_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
+        schedule: NoiseSchedule | None = None,
         pred_sigma: bool = True,
         snr_loss: bool = False,
         snr_gamma: float | None = None,
@@ -41,12 +42,13 @@ class DiffusionLoss(Method):
         high_noise_prob: float = 0.0,
         high_noise_from: int = 700,
         sampler: dict | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(generator)
         model_pred_sigma = getattr(model, "pred_sigma", pred_sigma)
         if model_pred_sigma != pred_sigma:
             raise ValueError(f"method pred_sigma={pred_sigma} but the model has pred_sigma={model_pred_sigma}")
-        self.schedule = NoiseSchedule(num_steps, beta_start, beta_end)
+        self.schedule = checked_schedule(schedule)
         self.pred_sigma = pred_sigma
         self.snr_loss = snr_loss
         if snr_gamma is not None and snr_gamma <= 0:
@@ -55,10 +57,11 @@ class DiffusionLoss(Method):
         if snr_floor is not None and not (snr_floor > 0 and (snr_gamma is None or snr_floor <= snr_gamma)):
             raise ValueError(f"snr_floor must be positive and <= snr_gamma, got {snr_floor} (gamma {snr_gamma})")
         self.snr_floor = snr_floor
-        if not 0.0 <= high_noise_prob <= 1.0 or not 0 <= high_noise_from < num_steps:
+        num_steps = self.schedule.num_train_timesteps
+        if not 0.0 <= high_noise_prob <= 1.0 or (high_noise_prob > 0 and not 0 <= high_noise_from < num_steps):
             raise ValueError(
-                f"need 0 <= high_noise_prob <= 1 and 0 <= high_noise_from < {num_steps}, "
-                f"got {high_noise_prob} and {high_noise_from}"
+                f"need 0 <= high_noise_prob <= 1 and 0 <= high_noise_from < {num_steps} (diffusion."
+                f"num_train_timesteps), got {high_noise_prob} and {high_noise_from}"
             )
         self.high_noise_prob, self.high_noise_from = high_noise_prob, high_noise_from
         self.sampler = dict(DEFAULT_SAMPLER if sampler is None else sampler)
@@ -73,7 +76,7 @@ class DiffusionLoss(Method):
         """
         x0 = batch["x0"]
         t = self.sample_timesteps(x0.shape[0], x0.device)
-        eps = torch.randn_like(x0)
+        eps = self.draws.randn_like(x0)
         xt = self.schedule.q_sample(x0, t, eps)
         extra = {"c": batch["c"]} if batch.get("c") is not None else {}
         out = model(xt, t, batch["y"], batch["y_mask"], batch["data_info"], **extra)
@@ -93,13 +96,14 @@ class DiffusionLoss(Method):
         return terms["loss"].mean(), logs
 
     def sample_timesteps(self, batch_size: int, device: torch.device) -> Tensor:
-        """(B,) int64 timesteps: uniform, or the high-noise mixture. Global RNG on ``device``, so seeding the process
-        seeds the loss; the uniform case draws exactly what PixArt's ``randint`` draws."""
-        num_steps = self.schedule.num_steps
-        t = torch.randint(0, num_steps, (batch_size,), device=device)
+        """(B,) int64 timesteps: uniform, or the high-noise mixture. Without a generator the global RNG on
+        ``device``, so seeding the process seeds the loss; the uniform case draws exactly what PixArt's ``randint``
+        draws."""
+        num_steps = self.schedule.num_train_timesteps
+        t = self.draws.randint(0, num_steps, batch_size, device)
         if self.high_noise_prob > 0:
-            high = torch.randint(self.high_noise_from, num_steps, (batch_size,), device=device)
-            t = torch.where(torch.rand(batch_size, device=device) < self.high_noise_prob, high, t)
+            high = self.draws.randint(self.high_noise_from, num_steps, batch_size, device)
+            t = torch.where(self.draws.rand(batch_size, device) < self.high_noise_prob, high, t)
         return t
 
     @classmethod

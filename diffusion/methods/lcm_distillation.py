@@ -11,6 +11,12 @@ updated only after a real optimizer step). Per step:
 
 Variants the paper compares: sampled w in [w_min, w_max] (optionally fed to a w-embedding of the student, LCM's
 default), and LCM-LoRA (a ``peft`` LoRA on the student; the target is the student itself, as the official LoRA script).
+The target is a strategy object (``diffusion.methods.lcm_targets``: an EMA copy, or the student under stop-gradient).
+
+The schedule (T, betas) is the config's ``diffusion`` section and N, the timestep scaling and sigma_data are this
+method's keys: together the ``DiffusionProcess`` that ``diffusion.build.load_pipeline`` samples the student with.
+Random draws (n, the noise, a sampled w) come from ``Draws`` (the global RNG, or a generator given to the method), or
+are passed in (``forward(..., draws=LCDDraws(...))``, as consistency_models passes ``noise``).
 
 With a ControlNet model (``accepts_control``: the config's ``controlnet`` section) and a control latent ``c`` in the
 batch, the same objective distils a *controlled* teacher into a controlled 4-step student, route (b) of PixArt-delta's
@@ -23,16 +29,17 @@ guidance batch and the target; only the copies train, and the target EMA and its
 from __future__ import annotations
 
 import contextlib
-import copy
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from diffusion.methods.base import Method
+from diffusion.methods.base import Method, checked_schedule
+from diffusion.methods.lcm_targets import EMATarget, StudentTarget, frozen_copy
 from diffusion.registry import METHODS
-from diffusion.schedulers import DDIMSolver, NoiseSchedule, boundary_scalings
+from diffusion.schedulers import DiffusionProcess, LCMSettings, NoiseSchedule, boundary_scalings
 
 DEFAULT_SAMPLER = dict(name="lcm", steps=4)  # PixArt-delta: 4 LCM steps, no CFG
 
@@ -47,22 +54,14 @@ def consistency_fn(schedule: NoiseSchedule, xt: Tensor, t: Tensor, eps: Tensor, 
     return c_skip.to(xt.dtype).view(shape) * xt + c_out.to(xt.dtype).view(shape) * x0
 
 
-def _frozen_copy(model: nn.Module, dtype: str | None, load_from: str | None = None) -> nn.Module:
-    """A frozen eval-mode copy of ``model`` (in bf16 when ``dtype == 'bf16'``), holding ``load_from``'s weights when
-    given (see :func:`diffusion.build.load_teacher_weights`)."""
-    if dtype not in (None, "bf16"):
-        raise ValueError(f"frozen network dtype must be None or 'bf16', got {dtype!r}")
-    net = copy.deepcopy(model).eval().requires_grad_(False)
-    if load_from is not None:
-        from diffusion.build import load_teacher_weights  # lazy: diffusion.build imports the registry
+@dataclass
+class LCDDraws:
+    """The random part of one LCD step: grid indices ``index`` (B,) int64 in [0, N), the ``noise`` (B,C,H,W) of
+    z_{t_{n+k}} ~ q(z_t | z) and the guidance scales ``w`` (B,)."""
 
-        load_teacher_weights(net, load_from)
-    return net.to(torch.bfloat16) if dtype == "bf16" else net
-
-
-def _local(tensor: Tensor) -> Tensor:
-    """This rank's shard of an FSDP2 DTensor (a view: in-place updates reach the parameter); else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+    index: Tensor
+    noise: Tensor
+    w: Tensor
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None, targets: tuple[str, ...]) -> None:
@@ -83,13 +82,16 @@ class LCMDistillation(Method):
 
     Args:
         model: the student (trained in place); the teacher and the target are copies taken here.
+        schedule: the teacher's noise schedule (the config's ``diffusion`` section, passed by
+            ``diffusion.build.build_method``; None: PixArt-alpha's).
         w: the fixed guidance scale (paper: 4.5). ``w_range=(w_min, w_max)`` samples w per example instead.
         guidance_embedding: feed w to the student's/target's w-embedding (``data_info['guidance']``); the model must
             have been built with ``guidance_embedding=True``.
         ema_decay: mu of the target EMA (paper 0.95).
         loss_type, huber_c: 'huber' with c = 0.001 (paper) or 'l2'.
-        num_ddim_steps: N of the DDIM grid (50; skip k = 1000 // N = 20).
-        sigma_data, timestep_scaling: boundary-scaling arguments (0.5, 10), shared with the LCM sampler.
+        num_ddim_steps: N of the DDIM grid (50; skip k = T // N = 20).
+        sigma_data, timestep_scaling: boundary-scaling arguments (0.5, 10). With N, the :class:`LCMSettings` the
+            LCM sampler of this student's config uses (``DiffusionProcess.from_config``).
         null_caption: 'learned' (the model's y_embedding: the official full script) or a .safetensors file holding
             ``y`` (1,1,L,C) = T5("") (the official LoRA script's ``pipe.encode_prompt("")``; written by
             ``tools/make_null_caption.py``), used under each caption's own mask as the official scripts do, or under
@@ -102,6 +104,8 @@ class LCMDistillation(Method):
         teacher_load_from: None (the teacher is the loaded ``model`` itself, the usual case) or a weights file loaded
             into the teacher copy: for a ControlNet, a plain PixArt-alpha file becomes the teacher's base under the
             student's (trained) copies, an official full ControlNet file the whole teacher; else the whole network.
+        generator: where n, the noise and a sampled w are drawn from (:class:`diffusion.methods.base.Draws`); None:
+            the global RNG, which the trainer seeds and checkpoints per rank (exact resume needs nothing else).
     """
 
     requires_load_from = True  # a random teacher is never distilled
@@ -109,35 +113,34 @@ class LCMDistillation(Method):
     def __init__(
         self,
         model: nn.Module,
+        schedule: NoiseSchedule | None = None,
         w: float = 4.5,
         w_range: tuple[float, float] | None = None,
         guidance_embedding: bool = False,
         ema_decay: float = 0.95,
         loss_type: str = "huber",
         huber_c: float = 0.001,
-        num_train_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        num_ddim_steps: int = 50,
-        sigma_data: float = 0.5,
-        timestep_scaling: float = 10.0,
+        num_ddim_steps: int = LCMSettings.num_ddim_steps,
+        sigma_data: float = LCMSettings.sigma_data,
+        timestep_scaling: float = LCMSettings.timestep_scaling,
         null_caption: str = "learned",
         lora: dict | None = None,
         sampler: dict | None = None,
         teacher_dtype: str | None = None,
         target_dtype: str | None = None,
         teacher_load_from: str | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(generator)
         if loss_type not in ("huber", "l2"):
             raise ValueError(f"loss_type must be 'huber' or 'l2', got {loss_type!r}")
         if guidance_embedding and getattr(model, "w_embedder", None) is None:
             raise ValueError("guidance_embedding=True needs a model built with guidance_embedding=True")
         self.w, self.w_range, self.guidance_embedding = w, w_range, guidance_embedding
         self.ema_decay, self.loss_type, self.huber_c = ema_decay, loss_type, huber_c
-        self.scalings = dict(sigma_data=sigma_data, timestep_scaling=timestep_scaling)
-        self.schedule = NoiseSchedule(num_train_steps, beta_start, beta_end)
-        self.solver = DDIMSolver(self.schedule.alphas_cumprod, num_train_steps, num_ddim_steps)
+        self.lcm = LCMSettings(num_ddim_steps, timestep_scaling, sigma_data)
+        self.process = DiffusionProcess(checked_schedule(schedule), self.lcm)
+        self.schedule, self.solver = self.process.schedule, self.process.ddim_solver()
         self.sampler = dict(sampler or DEFAULT_SAMPLER)
         self.null, self.null_path = None, None
         if null_caption != "learned":
@@ -151,14 +154,14 @@ class LCMDistillation(Method):
             if "y" not in self.null:
                 raise KeyError(f"method.null_caption: {self.null_path} holds no 'y' tensor (keys: {list(self.null)})")
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
-        self._teacher = [_frozen_copy(model, teacher_dtype, teacher_load_from)]
+        self._teacher = [frozen_copy(model, teacher_dtype, teacher_load_from)]
         # The learned null caption, kept whole: under FSDP the teacher's own y_embedding is a shard between forwards.
         self.register_buffer("null_y", self.teacher.y_embedder.y_embedding.detach().clone(), persistent=False)
         if lora is not None:
             add_lora(model, lora.get("rank", 32), lora.get("alpha"), tuple(lora.get("targets", LORA_TARGETS)))
-            self._target = None  # LCM-LoRA: the student is its own target
+            self.target_strategy = StudentTarget(model)  # LCM-LoRA: the student is its own target
         else:
-            self._target = [_frozen_copy(model, target_dtype)]
+            self.target_strategy = EMATarget(model, ema_decay, target_dtype)
         self._student = [model]
 
     @property
@@ -167,16 +170,15 @@ class LCMDistillation(Method):
 
     @property
     def target(self) -> nn.Module:
-        return self._student[0] if self._target is None else self._target[0]
+        return self.target_strategy.network
 
     def _apply(self, fn, recurse=True):  # .to(device) / .half() reach the frozen copies too
         self._teacher[0]._apply(fn)
-        if self._target is not None:
-            self._target[0]._apply(fn)
+        self.target_strategy.apply(fn)
         return super()._apply(fn, recurse)
 
     def frozen_networks(self) -> list[nn.Module]:
-        return [self.teacher] + ([] if self._target is None else [self._target[0]])
+        return [self.teacher, *self.target_strategy.frozen_networks()]
 
     def _uncond(self, y: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         b = y.shape[0]
@@ -200,24 +202,40 @@ class LCMDistillation(Method):
         with torch.autocast(xt.device.type, dtype=dtype) if low else contextlib.nullcontext():
             return net(xt, t, y, mask, info, **control)[:, : xt.shape[1]].float()
 
-    def forward(self, model: nn.Module, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+    def draw(self, x0: Tensor) -> LCDDraws:
+        """Step 1's random part for a batch like ``x0`` (B,C,H,W): n ~ U{0..N-1}, the noise, and w (the fixed
+        guidance, or w ~ U[w_min, w_max)), drawn in that order from ``self.draws``."""
+        b, device = x0.shape[0], x0.device
+        index = self.draws.randint(0, self.lcm.num_ddim_steps, b, device)
+        noise = self.draws.randn_like(x0)
+        if self.w_range is None:
+            w = torch.full((b,), self.w, device=device)
+        else:
+            w = self.draws.uniform(b, *self.w_range, device)
+        return LCDDraws(index, noise, w)
+
+    def _f(self, xt: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        return consistency_fn(
+            self.schedule, xt, t, eps, sigma_data=self.lcm.sigma_data, timestep_scaling=self.lcm.timestep_scaling
+        )
+
+    def forward(
+        self, model: nn.Module, batch: dict, draws: LCDDraws | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """One LCD loss evaluation (Algorithm 1) on a prepared batch; ``draws``: given ones instead of
+        :meth:`draw`'s. Returns (scalar loss, {"mse_to_target", "w"})."""
         x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], dict(batch["data_info"])
         c = batch.get("c")  # a ControlNet's control latent (B, C, H, W), or None
         if c is not None and not getattr(model, "accepts_control", False):
             raise ValueError("the batch carries a control latent (data.load_control) but the model is no ControlNet")
-        b = x0.shape[0]
         # 1. n ~ U[0, N), t_{n+k} = start_t, t_n = t; z_{t_{n+k}} ~ q(z_t | z).
-        index, start_t, t = self.solver.sample_lcd_timesteps(b, device=x0.device)
-        xt = self.schedule.q_sample(x0, start_t, torch.randn_like(x0))
-        if self.w_range is None:
-            w = torch.full((b,), self.w, device=x0.device)
-        else:
-            w = torch.empty(b, device=x0.device).uniform_(*self.w_range)
+        draws = self.draw(x0) if draws is None else draws
+        index, w = draws.index, draws.w
+        start_t, t = self.solver.timesteps_of(index)
+        xt = self.schedule.q_sample(x0, start_t, draws.noise)
         student_info = dict(info, guidance=w) if self.guidance_embedding else info
         # 2. Student prediction f_theta(z_{t_{n+k}}, w, c, t_{n+k}).
-        pred = consistency_fn(
-            self.schedule, xt, start_t, self._eps(model, xt, start_t, y, mask, student_info, c), **self.scalings
-        )
+        pred = self._f(xt, start_t, self._eps(model, xt, start_t, y, mask, student_info, c))
         with torch.no_grad():
             # 3. Teacher: guided DDIM step t_{n+k} -> t_n (LCM form: cond + w (cond - uncond), on x0 and eps).
             y_u, mask_u = self._uncond(y, mask)
@@ -241,7 +259,7 @@ class LCMDistillation(Method):
             target_net.eval()
             eps_t = self._eps(target_net, x_prev, t, y, mask, student_info, c)
             target_net.train(was_training)
-            target = consistency_fn(self.schedule, x_prev, t, eps_t, **self.scalings)
+            target = self._f(x_prev, t, eps_t)
         diff = pred.float() - target.float()
         if self.loss_type == "huber":
             loss = (torch.sqrt(diff.square() + self.huber_c**2) - self.huber_c).mean()
@@ -249,53 +267,26 @@ class LCMDistillation(Method):
             loss = diff.square().mean()
         return loss, {"mse_to_target": diff.square().mean().detach(), "w": w.mean().detach()}
 
-    @torch.no_grad()
     def after_optimizer_step(self, model: nn.Module) -> None:
-        """theta^- <- mu theta^- + (1 - mu) theta, after each real optimizer step (not after accumulation steps)."""
-        if self._target is None:
-            return
-        student = dict(model.named_parameters())
-        target, source = [], []
-        for name, p in self._target[0].named_parameters():
-            if not student[name].requires_grad:  # a ControlNet's frozen base: equal in both, nothing to average
-                continue
-            # FSDP: both are DTensors sharded alike on one mesh, so the EMA is a shard-local update.
-            target.append(_local(p))
-            source.append(_local(student[name].detach()).to(p.dtype))
-        torch._foreach_lerp_(target, source, 1.0 - self.ema_decay)
+        """The target's update after each real optimizer step (not after accumulation steps): the EMA of Algorithm 1,
+        theta^- <- mu theta^- + (1 - mu) theta; nothing for a student that is its own target."""
+        self.target_strategy.update(model)
 
     def extra_state(self) -> dict[str, Tensor]:
-        """The target network, gathered under FSDP (collective) so a checkpoint fits any world size; of a model with
-        frozen parameters (a ControlNet's base) only the trained ones, as the trainer saves the student."""
-        if self._target is None:
-            return {}
-        from diffusion.engine.checkpoint import trainable_only
-        from diffusion.engine.parallel import full_state_dict
-
-        state = trainable_only(self._student[0], full_state_dict(self._target[0]))
-        return {f"target.{k}": v for k, v in state.items()}
+        """The target's weights as ``target.*`` (collective under FSDP); ``{}`` for a student that is its own."""
+        return {f"target.{k}": v for k, v in self.target_strategy.state_dict(self._student[0]).items()}
 
     def load_extra_state(self, state: dict[str, Tensor]) -> None:
-        if self._target is None:
-            super().load_extra_state(state)
-            return
-        from diffusion.engine.parallel import load_full_state_dict
-
-        state = {k[len("target.") :]: v for k, v in state.items()}
-        params = dict(self._student[0].named_parameters())
-        trained = {name for name, p in params.items() if p.requires_grad}
-        missing = sorted(trained - set(state))
-        if missing:
-            raise KeyError(f"the checkpoint's target lacks trained parameters {missing[:5]} (of {len(missing)})")
-        # as extra_state wrote it: whole for a fully trained student, the trained names only otherwise
-        load_full_state_dict(self._target[0], state, strict=len(trained) == len(params))
+        other = sorted(k for k in state if not k.startswith("target."))
+        if other:
+            raise KeyError(f"unexpected LCM method state {other[:5]} (expected target.*)")
+        self.target_strategy.load_state_dict({k[len("target.") :]: v for k, v in state.items()}, self._student[0])
 
     def train(self, mode: bool = True):
         """The teacher and target always stay in eval mode (no caption dropout)."""
         super().train(mode)
         self.teacher.eval()
-        if self._target is not None:
-            self._target[0].eval()
+        self.target_strategy.eval()
         return self
 
     @classmethod

@@ -7,6 +7,7 @@ f(x, t) = c_skip(t) x + c_out(t) x0(x, t) is the same function at training and a
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,9 +16,37 @@ from torch import Tensor
 from diffusion.registry import SCHEDULERS
 from diffusion.schedulers.noise_schedule import NoiseSchedule
 
+LCM_SPACINGS = ("pixart", "diffusers")
+
+
+@dataclass(frozen=True)
+class LCMSettings:
+    """What a latent consistency student learns besides its weights (PixArt-delta §3.1): the DDIM grid of
+    distillation (``num_ddim_steps`` N of the T training steps, skip k = T // N; also the LCM sampler's "original
+    steps") and the boundary scalings (``timestep_scaling``, ``sigma_data``). The config's ``method`` section sets them
+    (``LCMDistillation``'s keys of the same names); distillation and sampling read them from there."""
+
+    num_ddim_steps: int = 50
+    timestep_scaling: float = 10.0
+    sigma_data: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.num_ddim_steps < 1:
+            raise ValueError(f"num_ddim_steps must be >= 1, got {self.num_ddim_steps}")
+        if not (self.timestep_scaling > 0 and self.sigma_data > 0):
+            raise ValueError(
+                f"timestep_scaling and sigma_data must be positive, got {self.timestep_scaling} and {self.sigma_data}"
+            )
+
+    def scalings(self, t: Tensor | int | float) -> tuple[Tensor, Tensor]:
+        """(c_skip, c_out) at ``t``: :func:`boundary_scalings` with these settings."""
+        return boundary_scalings(t, self.sigma_data, self.timestep_scaling)
+
 
 def boundary_scalings(
-    t: Tensor | int | float, sigma_data: float = 0.5, timestep_scaling: float = 10.0
+    t: Tensor | int | float,
+    sigma_data: float = LCMSettings.sigma_data,
+    timestep_scaling: float = LCMSettings.timestep_scaling,
 ) -> tuple[Tensor, Tensor]:
     """Consistency-model boundary scalings on discrete timesteps (c_skip(0) = 1, c_out(0) = 0 exactly).
 
@@ -39,18 +68,20 @@ class DDIMSolver:
     """The deterministic DDIM jump from t_{n+k} to t_n used as the ODE solver Psi in LCD.
 
     Args:
-        alphas_cumprod: (T,) cumulative alphas of the teacher's schedule.
-        num_train_steps: T.
+        schedule: the teacher's noise schedule (T = ``schedule.num_train_timesteps``).
         num_ddim_steps: N; the skip is k = T // N.
 
-    ``ddim_timesteps`` (N,) = [k-1, 2k-1, ..., T-1]; ``alphas_cumprod_prev`` (N,) holds a at t_i - k, with a[0] for
-    index 0 (whose target timestep 19 - 20 is clamped to 0).
+    ``ddim_timesteps`` (N,) = [k-1, 2k-1, ..., Nk-1]; ``alphas_cumprod_prev`` (N,) holds a at t_i - k, with a[0] for
+    index 0 (whose target timestep k - 1 - k is clamped to 0).
     """
 
-    def __init__(self, alphas_cumprod: Tensor, num_train_steps: int = 1000, num_ddim_steps: int = 50) -> None:
-        self.skip = num_train_steps // num_ddim_steps
+    def __init__(self, schedule: NoiseSchedule, num_ddim_steps: int = LCMSettings.num_ddim_steps) -> None:
+        num_train_timesteps = schedule.num_train_timesteps
+        if not 1 <= num_ddim_steps <= num_train_timesteps:
+            raise ValueError(f"num_ddim_steps must be in [1, {num_train_timesteps}], got {num_ddim_steps}")
+        self.skip = num_train_timesteps // num_ddim_steps
         self.num_ddim_steps = num_ddim_steps
-        ac = torch.as_tensor(alphas_cumprod, dtype=torch.float64)
+        ac = schedule.alphas_cumprod
         self.ddim_timesteps = torch.arange(1, num_ddim_steps + 1, dtype=torch.int64) * self.skip - 1
         self.alphas_cumprod_prev = torch.cat([ac[:1], ac[self.ddim_timesteps[:-1]]])
 
@@ -59,18 +90,10 @@ class DDIMSolver:
         a_prev = NoiseSchedule.gather(self.alphas_cumprod_prev, index, x0)
         return a_prev.sqrt() * x0 + (1.0 - a_prev).sqrt() * eps
 
-    def sample_lcd_timesteps(
-        self, batch: int, generator: torch.Generator | None = None, device: torch.device | str | None = None
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """Draw LCD timesteps: index ~ U{0..N-1}, start_t = ddim_timesteps[index], t = max(start_t - k, 0).
-
-        Returns: (index, start_t, t), each (batch,) int64 on ``device`` (drawn on the generator's device).
-        """
-        draw_device = generator.device if generator is not None else device
-        index = torch.randint(0, self.num_ddim_steps, (batch,), generator=generator, device=draw_device)
-        index = index.to(device) if device is not None else index
+    def timesteps_of(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        """(start_t, t) of grid indices ``index`` (B,): start_t = ddim_timesteps[index], t = max(start_t - k, 0)."""
         start_t = self.ddim_timesteps.to(index.device)[index]
-        return index, start_t, (start_t - self.skip).clamp(min=0)
+        return start_t, (start_t - self.skip).clamp(min=0)
 
 
 @SCHEDULERS.register_module()
@@ -78,33 +101,28 @@ class LCMScheduler:
     """Multistep latent-consistency sampler (eps-prediction), written after diffusers' ``LCMScheduler`` semantics.
 
     Args:
-        num_train_steps, beta_start, beta_end: the teacher's linear schedule.
-        original_steps: number of DDIM timesteps seen in distillation (50 -> origin = [19, 39, ..., 999]).
-        timestep_scaling, sigma_data: arguments of ``boundary_scalings``.
-        schedule: default timesteps for ``num_steps``: "pixart" (official PixArt, origin[::-(50 // n)][:n],
+        noise_schedule: the teacher's schedule (None: PixArt-alpha's, ``NoiseSchedule()``).
+        lcm: the student's :class:`LCMSettings` (None: PixArt-delta's); ``lcm.num_ddim_steps`` is the number of DDIM
+            timesteps seen in distillation (50 -> origin = [19, 39, ..., 999]).
+        spacing: default timesteps for ``num_steps``: "pixart" (official PixArt, origin[::-(50 // n)][:n],
             4 -> [999, 759, 519, 279]) or "diffusers" (evenly spaced origin indices, 4 -> [999, 759, 499, 259]).
+    Build it from a config with ``DiffusionProcess.from_config(cfg).lcm_scheduler(spacing)``.
     """
 
     def __init__(
         self,
-        num_train_steps: int = 1000,
-        beta_start: float = 1e-4,
-        beta_end: float = 0.02,
-        original_steps: int = 50,
-        timestep_scaling: float = 10.0,
-        sigma_data: float = 0.5,
-        schedule: str = "pixart",
+        noise_schedule: NoiseSchedule | None = None,
+        lcm: LCMSettings | None = None,
+        spacing: str = "pixart",
     ) -> None:
-        if schedule not in ("pixart", "diffusers"):
-            raise ValueError(f"unknown LCM schedule {schedule!r}; expected 'pixart' or 'diffusers'")
-        self.noise_schedule = NoiseSchedule(num_train_steps, beta_start, beta_end)
-        self.num_train_steps = num_train_steps
-        self.original_steps = original_steps
-        self.timestep_scaling = timestep_scaling
-        self.sigma_data = sigma_data
-        self.schedule = schedule
-        solver = DDIMSolver(self.noise_schedule.alphas_cumprod, num_train_steps, original_steps)
-        self.origin_timesteps = solver.ddim_timesteps
+        if spacing not in LCM_SPACINGS:
+            raise ValueError(f"unknown LCM schedule {spacing!r}; expected one of {LCM_SPACINGS}")
+        self.noise_schedule = NoiseSchedule() if noise_schedule is None else noise_schedule
+        self.lcm = LCMSettings() if lcm is None else lcm
+        self.num_train_timesteps = self.noise_schedule.num_train_timesteps
+        self.original_steps = self.lcm.num_ddim_steps
+        self.spacing = spacing
+        self.origin_timesteps = DDIMSolver(self.noise_schedule, self.original_steps).ddim_timesteps
         self.timesteps: Tensor | None = None
 
     def set_timesteps(self, num_steps: int | None = None, timesteps: Tensor | list[int] | None = None) -> Tensor:
@@ -117,13 +135,13 @@ class LCMScheduler:
                 raise ValueError("timesteps must not be empty")
             if bool((steps[1:] >= steps[:-1]).any()):
                 raise ValueError(f"timesteps must be strictly descending, got {steps.tolist()}")
-            if int(steps.min()) < 0 or int(steps.max()) >= self.num_train_steps:
-                raise ValueError(f"timesteps must lie in [0, {self.num_train_steps}), got {steps.tolist()}")
+            if int(steps.min()) < 0 or int(steps.max()) >= self.num_train_timesteps:
+                raise ValueError(f"timesteps must lie in [0, {self.num_train_timesteps}), got {steps.tolist()}")
         else:
             if not 1 <= num_steps <= self.original_steps:
                 raise ValueError(f"num_steps must be in [1, {self.original_steps}], got {num_steps}")
             origin = self.origin_timesteps.flip(0)
-            if self.schedule == "pixart":
+            if self.spacing == "pixart":
                 steps = origin[:: self.original_steps // num_steps][:num_steps]
             else:
                 # numpy's linspace, as diffusers uses it: torch's rounds differently and flips some floors.
@@ -159,7 +177,7 @@ class LCMScheduler:
         a_t = ac[t].item()
         x0 = (sample - math.sqrt(1.0 - a_t) * model_output) / math.sqrt(a_t)
         # 2. Consistency function f(x, t) = c_skip x + c_out x0 (shared with distillation).
-        c_skip, c_out = boundary_scalings(t, self.sigma_data, self.timestep_scaling)
+        c_skip, c_out = self.lcm.scalings(t)
         denoised = c_out.item() * x0 + c_skip.item() * sample
         # 3. Re-noise to the next timestep, except after the last step.
         if index == len(self.timesteps) - 1:

@@ -24,35 +24,35 @@ from diffusion.schedulers.noise_schedule import NoiseSchedule
 DenoiseFn = Callable[[Tensor, Tensor], Tensor]
 
 
-def ddim_timesteps(num_steps: int, num_train_steps: int = 1000, spacing: str = "leading") -> Tensor:
+def ddim_timesteps(num_steps: int, num_train_timesteps: int, spacing: str = "leading") -> Tensor:
     """Descending (num_steps,) int64 DDIM timesteps ("leading" or "trailing", as diffusers' DDIMScheduler)."""
-    if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"num_steps must be in [1, {num_train_steps}], got {num_steps}")
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
     if spacing == "leading":
-        steps = np.arange(num_steps)[::-1] * (num_train_steps // num_steps)
+        steps = np.arange(num_steps)[::-1] * (num_train_timesteps // num_steps)
     elif spacing == "trailing":
-        steps = np.round(np.arange(num_train_steps, 0, -num_train_steps / num_steps)) - 1
+        steps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / num_steps)) - 1
     else:
         raise ValueError(f"unknown DDIM spacing {spacing!r}; expected 'leading' or 'trailing'")
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
-def dpm_solver_timesteps(num_steps: int, num_train_steps: int = 1000) -> Tensor:
+def dpm_solver_timesteps(num_steps: int, num_train_timesteps: int) -> Tensor:
     """Descending (num_steps,) int64 timesteps with diffusers' "linspace" spacing (999 first)."""
-    if not 1 <= num_steps <= num_train_steps:
-        raise ValueError(f"num_steps must be in [1, {num_train_steps}], got {num_steps}")
-    steps = np.linspace(0, num_train_steps - 1, num_steps + 1).round()[::-1][:-1]
+    if not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(f"num_steps must be in [1, {num_train_timesteps}], got {num_steps}")
+    steps = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1]
     return torch.from_numpy(steps.astype(np.int64).copy())
 
 
-def _check_timesteps(timesteps: Tensor, num_train_steps: int) -> Tensor:
+def _check_timesteps(timesteps: Tensor, num_train_timesteps: int) -> Tensor:
     timesteps = torch.as_tensor(timesteps, dtype=torch.int64).flatten()
     if len(timesteps) == 0:
         raise ValueError("timesteps must not be empty")
     if bool((timesteps[1:] >= timesteps[:-1]).any()):
         raise ValueError(f"timesteps must be strictly descending, got {timesteps.tolist()}")
-    if int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train_steps:
-        raise ValueError(f"timesteps must lie in [0, {num_train_steps}), got {timesteps.tolist()}")
+    if int(timesteps.min()) < 0 or int(timesteps.max()) >= num_train_timesteps:
+        raise ValueError(f"timesteps must lie in [0, {num_train_timesteps}), got {timesteps.tolist()}")
     return timesteps
 
 
@@ -83,8 +83,8 @@ def ddim_sample(
     """
     ac = schedule.alphas_cumprod
     if timesteps is None:
-        timesteps = ddim_timesteps(num_steps, schedule.num_steps, spacing)
-    timesteps = _check_timesteps(timesteps, schedule.num_steps).tolist()
+        timesteps = ddim_timesteps(num_steps, schedule.num_train_timesteps, spacing)
+    timesteps = _check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
     x = x_T
     for i, t in enumerate(timesteps):
         eps = denoise_fn(x, _batch_t(t, x))
@@ -129,8 +129,8 @@ def dpm_solver_pp_sample(
     """
     ac = schedule.alphas_cumprod
     if timesteps is None:
-        timesteps = dpm_solver_timesteps(num_steps, schedule.num_steps)
-    timesteps = _check_timesteps(timesteps, schedule.num_steps).tolist()
+        timesteps = dpm_solver_timesteps(num_steps, schedule.num_train_timesteps)
+    timesteps = _check_timesteps(timesteps, schedule.num_train_timesteps).tolist()
     x = x_T
     prev_x0, prev_lambda = None, None
     for i, t in enumerate(timesteps):

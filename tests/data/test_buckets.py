@@ -11,7 +11,7 @@ from diffusion.data import (
     aspect_ratio_table,
     closest_bucket,
 )
-from diffusion.registry import SAMPLERS
+from diffusion.registry import DATA_SAMPLERS
 
 
 def test_official_tables():
@@ -43,7 +43,9 @@ def _ratios(n=203, seed=0):
 
 def test_batches_are_single_bucket_and_complete():
     ratios = _ratios()
-    sampler = SAMPLERS.build(dict(type="AspectRatioBatchSampler", dataset_ratios=ratios, batch_size=8, table=1024))
+    sampler = DATA_SAMPLERS.build(
+        dict(type="AspectRatioBatchSampler", dataset_ratios=ratios, batch_size=8, table=1024)
+    )
     batches = list(sampler)
     assert len(batches) == len(sampler) > 0
     for batch in batches:

@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 
 from diffusion.data import EMBEDDED_MAX_LENGTH
-from diffusion.registry import CODECS, DATASETS, SAMPLERS
+from diffusion.registry import CODECS, DATA_SAMPLERS, DATASETS
 
 TRAINER_KEYS = {"data", "data_sampler", "codec", "text_encoder"}
 
@@ -20,7 +20,7 @@ def test_config_keys(name):
     assert cfg.data.type == "FeatureDataset" and cfg.data.max_length == cfg.text_encoder.max_length
     assert DATASETS.get(cfg.data.type) is not None and CODECS.get(cfg.codec.type) is not None
     if "data_sampler" in cfg:
-        assert SAMPLERS.get(cfg.data_sampler.type) is not None
+        assert DATA_SAMPLERS.get(cfg.data_sampler.type) is not None
         assert cfg.data.multi_scale
 
 
@@ -35,5 +35,5 @@ def test_embedded_config_builds(embedded_root):
 def test_ms_sampler_builds_like_the_trainer():
     cfg = Config.fromfile(CONFIG_DIR / "internal_1024_ms.py")
     extra = dict(dataset_ratios=[1.0, 0.5, 1.0, 0.5], batch_size=2, seed=0, rank=0, world_size=1)
-    sampler = SAMPLERS.build(dict(cfg.data_sampler, **extra))
+    sampler = DATA_SAMPLERS.build(dict(cfg.data_sampler, **extra))
     assert sorted(map(sorted, sampler)) == [[0, 2], [1, 3]]

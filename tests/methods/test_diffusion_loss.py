@@ -109,3 +109,32 @@ def test_timesteps_uniform_by_default_and_high_noise_mixture():
         DiffusionLoss(StandIn(), snr_gamma=0.0)
     with pytest.raises(ValueError, match="snr_floor"):
         DiffusionLoss(StandIn(), snr_floor=1.0, snr_gamma=0.5)
+
+
+def test_the_configured_schedule_and_a_generator():
+    """T and the betas come from the schedule the method is given (the config's ``diffusion`` section): t ~ U{0..T-1}
+    and xt = q_sample on that schedule; a given generator makes the draws (t, then eps) alone."""
+    from diffusion.schedulers import NoiseSchedule
+
+    model = StandIn()
+    schedule = NoiseSchedule(num_train_timesteps=100, beta_end=0.012)
+    method = DiffusionLoss(model, schedule=schedule, generator=torch.Generator().manual_seed(4))
+    assert method.schedule is schedule
+    batch = _batch()
+    before = torch.get_rng_state()
+    method(model, batch)
+    assert torch.equal(torch.get_rng_state(), before)
+    g = torch.Generator().manual_seed(4)
+    t = torch.randint(0, 100, (3,), generator=g)
+    eps = torch.randn(batch["x0"].shape, generator=g)
+    assert torch.equal(model.seen["t"], t)
+    betas = torch.linspace(1e-3, 0.12, 100, dtype=torch.float64)  # IDDPM's linear betas x 1000 / T
+    a = torch.cumprod(1 - betas, 0)[t].float().view(-1, 1, 1, 1)
+    torch.testing.assert_close(model.seen["x"], a.sqrt() * batch["x0"] + (1 - a).sqrt() * eps)
+    t = DiffusionLoss(model, schedule=schedule).sample_timesteps(5000, torch.device("cpu"))
+    assert int(t.max()) == 99
+    DiffusionLoss(model, schedule=schedule, high_noise_from=700)  # unused without high_noise_prob
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        DiffusionLoss(model, schedule=schedule, high_noise_prob=0.5, high_noise_from=700)
+    with pytest.raises(TypeError, match="'diffusion'"):
+        DiffusionLoss(model, schedule=dict(num_train_timesteps=100))

@@ -1,9 +1,13 @@
-"""LCMDistillation (PixArt-delta Algorithm 1): frozen teacher, EMA target, loss, LoRA and w-embedding variants."""
+"""LCMDistillation (PixArt-delta Algorithm 1): frozen teacher, EMA target, loss, LoRA and w-embedding variants, on
+any diffusion process. Random draws come from a generator given to the method, or are passed in: no test patches the
+global RNG functions."""
 
 import pytest
 import torch
 
 from diffusion.methods import LCMDistillation, consistency_fn
+from diffusion.methods.lcm_distillation import LCDDraws
+from diffusion.methods.lcm_targets import EMATarget, StudentTarget
 from diffusion.schedulers import NoiseSchedule
 from tests.model.helpers import inputs, tiny
 
@@ -56,8 +60,7 @@ def test_teacher_frozen_target_moves_only_after_optimizer_step():
 def test_teacher_step_is_guided_ddim():
     """With a teacher whose eps ignores the caption, guidance cancels and x_prev is the plain DDIM jump."""
     model = _model()
-    method = LCMDistillation(model)
-    torch.manual_seed(3)
+    method = LCMDistillation(model, generator=torch.Generator().manual_seed(3))
     _, logs = method(model, _batch())
     assert torch.isfinite(logs["mse_to_target"])
     sched, solver = method.schedule, method.solver
@@ -71,13 +74,13 @@ def test_teacher_step_is_guided_ddim():
 
 def test_distillation_loss_decreases():
     """Same draws (t, noise) every step: the Huber consistency loss must fall as the student learns."""
-    torch.manual_seed(0)
     model = _model()
-    method = LCMDistillation(model)
+    generator = torch.Generator()
+    method = LCMDistillation(model, generator=generator)
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4)
     batch, losses = _batch(4), []
     for _ in range(20):
-        torch.manual_seed(1)
+        generator.manual_seed(1)
         losses.append(_step(method, model, opt, batch))
     assert losses[-1] < 0.3 * losses[0]
 
@@ -99,7 +102,11 @@ def test_lora_trains_adapters_only_and_is_its_own_target():
     method = LCMDistillation(model, lora=dict(rank=4))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
+    assert isinstance(method.target_strategy, StudentTarget) and method.frozen_networks() == [method.teacher]
     assert method.target is model and method.extra_state() == {}
+    method.load_extra_state({})
+    with pytest.raises(ValueError, match="its own target"):
+        method.load_extra_state({"target.x": torch.zeros(1)})
     before = {n: p.clone() for n, p in model.named_parameters() if not p.requires_grad}
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(2):
@@ -125,15 +132,21 @@ def test_guidance_embedding_student_starts_equal_to_teacher():
         LCMDistillation(_model(), guidance_embedding=True)
 
 
-def _algorithm1_loss(method, model, batch, index, noise, w, c=None):
-    """PixArt-delta Algorithm 1 / LCM's train_lcm_distill, written from the paper: linear betas, DDIM skip k = 20,
-    guided teacher step cond + w (cond - uncond) on x0 and eps from the learned null caption, boundary scalings
-    with sigma_data 0.5 and timestep scaling 10, Huber c = 0.001. Uses only the three networks of ``method``; ``c``:
-    the control latent every network sees (route (b) of the controllable LCM)."""
+PIXART = dict(T=1000, beta_start=1e-4, beta_end=0.02, N=50, timestep_scaling=10.0, sigma_data=0.5)
+
+
+def _algorithm1_loss(method, model, batch, index, noise, w, c=None, process=PIXART):
+    """PixArt-delta Algorithm 1 / LCM's train_lcm_distill, written from the paper: IDDPM's linear betas (rescaled by
+    1000 / T), DDIM skip k = T // N, guided teacher step cond + w (cond - uncond) on x0 and eps from the learned null
+    caption, boundary scalings c_skip = sd^2 / ((s t)^2 + sd^2), c_out = s t / sqrt((s t)^2 + sd^2), Huber c = 0.001.
+    ``process``: those constants (PixArt-delta's by default). Uses only the three networks of ``method``; ``c``: the
+    control latent every network sees (route (b) of the controllable LCM)."""
     x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], batch["data_info"]
-    ac = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)
-    start = (index + 1) * 20 - 1  # t_{n+k} on the 50-step grid [19, 39, ..., 999]
-    prev = (start - 20).clamp(min=0)  # t_n
+    T, k, s, sd = process["T"], process["T"] // process["N"], process["timestep_scaling"], process["sigma_data"]
+    betas = torch.linspace(process["beta_start"], process["beta_end"], T, dtype=torch.float64) * (1000 / T)
+    ac = torch.cumprod(1 - betas, 0)
+    start = (index + 1) * k - 1  # t_{n+k} on the N-step grid [k - 1, 2k - 1, ..., Nk - 1]
+    prev = (start - k).clamp(min=0)  # t_n
 
     def col(v):
         return v.float().view(-1, 1, 1, 1)
@@ -142,8 +155,8 @@ def _algorithm1_loss(method, model, batch, index, noise, w, c=None):
         return (xt - col((1 - ac[t]).sqrt()) * eps) / col(ac[t].sqrt())
 
     def f(xt, t, eps):  # c_skip(t) x_t + c_out(t) x0
-        s = 10.0 * t.double()
-        return col(0.25 / (s**2 + 0.25)) * xt + col(s / (s**2 + 0.25).sqrt()) * x0_of(xt, t, eps)
+        st = s * t.double()
+        return col(sd**2 / (st**2 + sd**2)) * xt + col(st / (st**2 + sd**2).sqrt()) * x0_of(xt, t, eps)
 
     def eps_of(net, xt, t, yy):
         return net(xt, t, yy, mask, info, **({} if c is None else {"c": c}))[:, : xt.shape[1]]
@@ -160,8 +173,14 @@ def _algorithm1_loss(method, model, batch, index, noise, w, c=None):
     return (torch.sqrt((pred - target) ** 2 + 0.001**2) - 0.001).mean()
 
 
-def test_one_lcd_step_matches_algorithm_1(monkeypatch):
-    """Fixed draws (n, noise, w = 4.5) and three different networks (teacher, drifted target, trained student)."""
+def _draws(batch, index, w=4.5):
+    noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(5))
+    return LCDDraws(index, noise, torch.full((len(index),), w))
+
+
+def test_one_lcd_step_matches_algorithm_1():
+    """Given draws (n, noise, w = 4.5), as consistency_models passes its noise, and three different networks
+    (teacher, drifted target, trained student)."""
     from tests.model.helpers import randomize
 
     model = _model()
@@ -170,17 +189,102 @@ def test_one_lcd_step_matches_algorithm_1(monkeypatch):
     randomize(method.target, std=0.05, seed=12)  # ... and the target is neither
     batch = _batch(3)
     index = torch.tensor([0, 23, 49])
-    noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(5))
-    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: index.clone())
-    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: noise.clone())
-    loss, logs = method(model, batch)
-    want = _algorithm1_loss(method, model, batch, index, noise, 4.5)
+    draws = _draws(batch, index)
+    loss, logs = method(model, batch, draws=draws)
+    want = _algorithm1_loss(method, model, batch, index, draws.noise, 4.5)
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-7)
     for wrong in (-4.5, 5.5):  # the test can tell a flipped guidance sign or the CFG convention apart
-        assert abs(_algorithm1_loss(method, model, batch, index, noise, wrong).item() - loss.item()) > 1e-4
+        assert abs(_algorithm1_loss(method, model, batch, index, draws.noise, wrong).item() - loss.item()) > 1e-4
     loss.backward()
-    want_grad = torch.autograd.grad(_algorithm1_loss(method, model, batch, index, noise, 4.5), model.t_block[1].weight)
+    want = _algorithm1_loss(method, model, batch, index, draws.noise, 4.5)
+    want_grad = torch.autograd.grad(want, model.t_block[1].weight)
     torch.testing.assert_close(model.t_block[1].weight.grad, want_grad[0], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        dict(T=500),
+        dict(beta_end=0.012),
+        dict(N=25),
+        dict(timestep_scaling=0.05),
+        dict(sigma_data=100.0),
+    ],
+)
+def test_one_lcd_step_follows_the_configured_process(changed):
+    """Each setting of the process (T and the betas: the ``schedule`` built from the config's ``diffusion``
+    section; N, timestep_scaling, sigma_data: method keys) enters the loss as Algorithm 1 says, and changes it.
+    (The boundary scalings move away from c_skip = 0, c_out = 1 only where s t is not >> sigma_data: with the paper's
+    values below t ~ 1, hence the large changes here.)"""
+    from tests.model.helpers import randomize
+
+    process = dict(PIXART, **changed)
+    model = _model()
+    schedule = NoiseSchedule(process["T"], "linear", process["beta_start"], process["beta_end"])
+    lcm = {k: process[k] for k in ("timestep_scaling", "sigma_data")}
+    method = LCMDistillation(model, schedule=schedule, num_ddim_steps=process["N"], **lcm)
+    randomize(model, std=0.05, seed=11)
+    randomize(method.target, std=0.05, seed=12)
+    batch = _batch(3)
+    index = torch.tensor([0, 7, process["N"] - 1])
+    draws = _draws(batch, index)
+    loss, _ = method(model, batch, draws=draws)
+    want = _algorithm1_loss(method, model, batch, index, draws.noise, 4.5, process=process)
+    torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-7)
+    default = _algorithm1_loss(method, model, batch, index, draws.noise, 4.5)
+    assert abs(default.item() - loss.item()) > 1e-4 * loss.item()  # the setting matters
+
+
+def test_draws_come_from_the_given_generator_only():
+    """Equal generators give equal steps, the global RNG is neither used nor moved, and a generator restored from
+    its state continues exactly (what a checkpoint of it would give); w ~ U[w_min, w_max) is drawn from it too."""
+    batch = _batch(4)
+
+    def loss_of(seed_or_state, w_range=None):
+        generator = torch.Generator()
+        if isinstance(seed_or_state, int):
+            generator.manual_seed(seed_or_state)
+        else:
+            generator.set_state(seed_or_state)
+        model = _model()
+        method = LCMDistillation(model, w_range=w_range, generator=generator)
+        before = torch.get_rng_state()
+        loss, logs = method(model, batch)
+        assert torch.equal(torch.get_rng_state(), before)  # nothing drawn from the global RNG
+        return loss, logs, generator
+
+    a, _, gen = loss_of(7)
+    assert torch.equal(loss_of(7)[0], a) and not torch.equal(loss_of(8)[0], a)
+    state = gen.get_state()
+    model = _model()
+    method = LCMDistillation(model, generator=gen)
+    second, _ = method(model, batch)
+    assert torch.equal(loss_of(state)[0], second)  # the restored generator draws what the live one drew
+    _, logs, _ = loss_of(3, w_range=(3.0, 15.0))
+    assert 3.0 <= logs["w"] <= 15.0 and logs["w"] != loss_of(4, w_range=(3.0, 15.0))[1]["w"]
+
+
+def test_without_a_generator_the_draws_are_the_global_rngs():
+    """None (the trainer's case): the global RNG, which the trainer seeds and checkpoints per rank, in PixArt's
+    order: randint for n, then the noise."""
+    model = _model()
+    method = LCMDistillation(model)
+    x0 = _batch(3)["x0"]
+    torch.manual_seed(5)
+    draws = method.draw(x0)
+    torch.manual_seed(5)
+    assert torch.equal(draws.index, torch.randint(0, 50, (3,)))
+    assert torch.equal(draws.noise, torch.randn_like(x0))
+    assert torch.equal(draws.w, torch.full((3,), 4.5))
+
+
+def test_the_target_is_an_ema_strategy_object():
+    model = _model()
+    method = LCMDistillation(model, ema_decay=0.9)
+    assert isinstance(method.target_strategy, EMATarget) and method.target_strategy.decay == 0.9
+    assert method.frozen_networks() == [method.teacher, method.target]
+    with pytest.raises(KeyError, match="expected target"):
+        method.load_extra_state({"ema.x": torch.zeros(1)})
 
 
 def test_lcm_config_without_load_from_is_an_error(tmp_path):
@@ -194,14 +298,12 @@ def test_lcm_config_without_load_from_is_an_error(tmp_path):
 
 def test_bf16_teacher_option_halves_its_memory_and_keeps_the_loss():
     model = _model()
-    fp32 = LCMDistillation(model)
-    bf16 = LCMDistillation(model, teacher_dtype="bf16")
+    fp32 = LCMDistillation(model, generator=torch.Generator().manual_seed(2))
+    bf16 = LCMDistillation(model, teacher_dtype="bf16", generator=torch.Generator().manual_seed(2))
     assert all(p.dtype == torch.bfloat16 for p in bf16.teacher.parameters())
     assert all(p.dtype == torch.float32 for p in bf16.target.parameters())
     batch = _batch()
-    torch.manual_seed(2)
     want, _ = fp32(model, batch)
-    torch.manual_seed(2)
     got, _ = bf16(model, batch)  # the same draws: only the teacher's precision differs
     assert torch.isfinite(got) and abs(got.item() - want.item()) <= 0.05 * want.item()
     with pytest.raises(ValueError, match="bf16"):
@@ -237,7 +339,7 @@ def test_controlled_distillation_teacher_has_its_base_and_the_students_copies(tm
     assert all(torch.equal(p, copies[n]) for n, p in method.teacher.controlnet.named_parameters())
 
 
-def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere(tmp_path, monkeypatch):
+def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere(tmp_path):
     from tests.model.helpers import randomize
 
     student, teacher_file = _controlnet_student(tmp_path)
@@ -247,14 +349,13 @@ def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere
     c = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(6)).expand(3, -1, -1, -1).contiguous()
     batch["c"] = c
     index = torch.tensor([0, 23, 49])
-    noise = torch.randn(batch["x0"].shape, generator=torch.Generator().manual_seed(5))
-    monkeypatch.setattr(torch, "randint", lambda low, high, size, **kw: index.clone())
-    monkeypatch.setattr(torch, "randn_like", lambda x, **kw: noise.clone())
-    loss, _ = method(student, batch)
-    want = _algorithm1_loss(method, student, batch, index, noise, 4.5, c=c)
+    draws = _draws(batch, index)
+    loss, _ = method(student, batch, draws=draws)
+    want = _algorithm1_loss(method, student, batch, index, draws.noise, 4.5, c=c)
     torch.testing.assert_close(loss, want.float(), rtol=1e-5, atol=1e-7)
     for wrong in (None, c.flip(-1)):  # the test tells a dropped or a different control apart
-        assert abs(_algorithm1_loss(method, student, batch, index, noise, 4.5, c=wrong).item() - loss.item()) > 1e-5
+        got = _algorithm1_loss(method, student, batch, index, draws.noise, 4.5, c=wrong)
+        assert abs(got.item() - loss.item()) > 1e-5
 
 
 def test_controlled_distillation_trains_only_the_copies_and_checkpoints_only_them(tmp_path):

@@ -37,7 +37,7 @@ def test_boundary_scalings_values():
 
 def test_ddim_solver_tables_step_and_sampling():
     schedule = NoiseSchedule()
-    solver = DDIMSolver(schedule.alphas_cumprod)
+    solver = DDIMSolver(schedule)
     assert solver.ddim_timesteps.tolist() == list(range(19, 1000, 20))
     assert solver.alphas_cumprod_prev[0] == schedule.alphas_cumprod[0]
     torch.testing.assert_close(solver.alphas_cumprod_prev[1:], schedule.alphas_cumprod[19:980:20])
@@ -56,11 +56,21 @@ def test_ddim_solver_tables_step_and_sampling():
     torch.testing.assert_close(
         solver.ddim_step(x0_hat, eps.double(), index), schedule.q_sample(x0.double(), target_t, eps.double())
     )
-    index, start_t, t = solver.sample_lcd_timesteps(1000, torch.Generator().manual_seed(1))
-    assert index.shape == (1000,) and int(index.min()) == 0 and int(index.max()) == 49
+    index = torch.arange(50)
+    start_t, t = solver.timesteps_of(index)
     assert torch.equal(start_t, index * 20 + 19) and torch.equal(t, (start_t - 20).clamp(min=0))
-    again = solver.sample_lcd_timesteps(1000, torch.Generator().manual_seed(1))[0]
-    assert torch.equal(again, index)
+
+
+def test_ddim_solver_on_another_grid_and_chain():
+    """k = T // N on any schedule: N = 25 of 1000 steps skips 40; N = 50 of 500 skips 10 (t = 9, 19, ..., 499)."""
+    coarse = DDIMSolver(NoiseSchedule(), 25)
+    assert coarse.skip == 40 and coarse.ddim_timesteps.tolist() == list(range(39, 1000, 40))
+    short = NoiseSchedule(num_train_timesteps=500)
+    solver = DDIMSolver(short, 50)
+    assert solver.ddim_timesteps.tolist() == list(range(9, 500, 10))
+    torch.testing.assert_close(solver.alphas_cumprod_prev[1:], short.alphas_cumprod[9:490:10])
+    with pytest.raises(ValueError, match=r"num_ddim_steps must be in \[1, 500\]"):
+        DDIMSolver(short, 501)
 
 
 @pytest.mark.parametrize(
@@ -73,14 +83,14 @@ def test_ddim_solver_tables_step_and_sampling():
     ],
 )  # fmt: skip
 def test_schedules(schedule, expected):
-    sched = SCHEDULERS.build(dict(type="LCMScheduler", schedule=schedule))
+    sched = SCHEDULERS.build(dict(type="LCMScheduler", spacing=schedule))
     for n, steps in expected.items():
         assert sched.set_timesteps(n).tolist() == steps
     assert sched.set_timesteps(50).tolist() == list(range(999, 0, -20))
 
 
 def test_diffusers_flavour_matches_diffusers_set_timesteps():
-    ours, ref = LCMScheduler(schedule="diffusers"), DiffusersLCMScheduler(**LINEAR)
+    ours, ref = LCMScheduler(spacing="diffusers"), DiffusersLCMScheduler(**LINEAR)
     for n in range(1, 51):
         ref.set_timesteps(n)
         assert ours.set_timesteps(n).tolist() == ref.timesteps.tolist()
@@ -99,7 +109,7 @@ def test_set_timesteps_errors():
     with pytest.raises(ValueError, match=r"\[0, 1000\)"):
         sched.set_timesteps(timesteps=[1000, 500])
     with pytest.raises(ValueError, match="unknown LCM schedule"):
-        LCMScheduler(schedule="karras")
+        LCMScheduler(spacing="karras")
     with pytest.raises(RuntimeError, match="set_timesteps"):
         LCMScheduler().step(torch.zeros(1), 999, torch.zeros(1))
     sched.set_timesteps(timesteps=[999, 500])
@@ -110,7 +120,7 @@ def test_set_timesteps_errors():
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 50])
 @pytest.mark.parametrize("flavour", ["pixart", "diffusers"])
 def test_step_parity_with_diffusers(n, flavour):
-    ours = LCMScheduler(schedule=flavour)
+    ours = LCMScheduler(spacing=flavour)
     timesteps = ours.set_timesteps(n).tolist()
     ref = DiffusersLCMScheduler(**LINEAR)
     ref.alphas_cumprod = ours.noise_schedule.alphas_cumprod.clone()  # identical fp64 tables

@@ -19,7 +19,7 @@ def test_linear_betas_match_pixart_definition():
 
 def test_registered_and_alphas_cumprod_match_diffusers():
     schedule = SCHEDULERS.build(dict(type="NoiseSchedule"))
-    assert isinstance(schedule, NoiseSchedule) and schedule.num_steps == 1000
+    assert isinstance(schedule, NoiseSchedule) and schedule.num_train_timesteps == 1000
     ref = DDPMScheduler(beta_schedule="linear", beta_start=1e-4, beta_end=0.02).alphas_cumprod.double()
     torch.testing.assert_close(schedule.alphas_cumprod, ref, rtol=1e-5, atol=0)
     assert schedule.alphas_cumprod_prev[0] == 1.0

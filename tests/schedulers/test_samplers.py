@@ -39,14 +39,14 @@ def _x_T(seed=0):
 def test_ddim_timesteps_match_diffusers(spacing, n):
     ref = DDIMScheduler(**LINEAR, timestep_spacing=spacing)
     ref.set_timesteps(n)
-    assert ddim_timesteps(n, spacing=spacing).tolist() == ref.timesteps.tolist()
+    assert ddim_timesteps(n, 1000, spacing=spacing).tolist() == ref.timesteps.tolist()
 
 
 @pytest.mark.parametrize("n", [1, 5, 20])
 def test_dpm_timesteps_match_diffusers(n):
     ref = DPMSolverMultistepScheduler(**LINEAR)
     ref.set_timesteps(n)
-    assert dpm_solver_timesteps(n).tolist() == ref.timesteps.tolist()
+    assert dpm_solver_timesteps(n, 1000).tolist() == ref.timesteps.tolist()
 
 
 @pytest.mark.parametrize("eta", [0.0, 1.0])
