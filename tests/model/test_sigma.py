@@ -3,6 +3,8 @@ PixArtTransformer2DModel under a Σ config, the KV-compression invariants agains
 init, strided slice, nearest interpolation, odd grids, Q never compressed), qk-norm, the official XL key layout, and
 what α blocks do kept for Σ blocks (caption K/V reuse, gradient checkpointing, ControlNet copies, LoRA, FSDP)."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,6 +13,7 @@ from diffusers import PixArtTransformer2DModel
 from diffusion.methods.lcm_distillation import LORA_TARGETS, add_lora
 from diffusion.model import PixArtMS, PixArtSigma_XL_2, PixArtSigmaMS_XL_2
 from diffusion.model.attention import SelfAttention, kv_compress_plan
+from diffusion.model.compile import blocks_compiled, compile_blocks, cpp_compiler_missing
 from diffusion.model.controlnet import PixArtControlNet, PixArtControlNetUNet
 from diffusion.model.diffusers_format import diffusers_forward, save_diffusers
 from diffusion.registry import MODELS
@@ -283,3 +286,14 @@ def test_fsdp_shards_sigma_blocks_and_keeps_the_output(tmp_path):
         dist.destroy_process_group()
     with torch.no_grad():
         assert (out.detach() - ref(x, t, y, mask)).abs().max() <= 1e-5
+
+
+@pytest.mark.skipif(cpp_compiler_missing() is not None, reason="no C++ compiler for inductor")
+@pytest.mark.slow  # inductor builds C++ kernels for a compressed and an uncompressed block
+def test_regional_compile_of_sigma_blocks_holds_the_output():
+    model = tiny_sigma(**SIGMA_OPTIONS)
+    compiled = copy.deepcopy(model)
+    assert compile_blocks(compiled) == 3 and blocks_compiled(compiled)
+    x, t, y, mask = sigma_inputs()
+    with torch.no_grad():
+        assert (compiled(x, t, y, mask) - model(x, t, y, mask)).abs().max() <= 1e-4
