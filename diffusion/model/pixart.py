@@ -263,20 +263,21 @@ class PixArt(nn.Module):
     def _initial_compression(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The mean-pool init of every compressing block whose ``sr``/``norm`` weights ``state_dict`` lacks
         entirely (warns naming them); a block with only some of them stays an error of ``load_state_dict``."""
-        filled = {}
+        filled = []
         for i, block in enumerate(self.blocks):
             keys = [f"blocks.{i}.attn.{k}" for k in block.attn.compression_keys()]
             if keys and not any(k in state_dict for k in keys):
                 block.attn.reset_compression()
-                own = self.state_dict()
-                filled.update({k: own[k] for k in keys})
-        if filled:
-            warnings.warn(
-                f"the checkpoint has no KV-compression weights for {sorted(filled)}: they start from their "
-                "mean-pool initialisation (depthwise conv 1/sr², default LayerNorm)",
-                stacklevel=3,
-            )
-        return filled
+                filled += keys
+        if not filled:
+            return {}
+        warnings.warn(
+            f"the checkpoint has no KV-compression weights for {sorted(filled)}: they start from their mean-pool "
+            "initialisation (depthwise conv 1/sr², default LayerNorm)",
+            stacklevel=3,
+        )
+        own = self.state_dict()
+        return {k: own[k] for k in filled}
 
 
 def _parse_micro_condition(value, batch_size: int, width: int, name: str, device) -> torch.Tensor:

@@ -183,3 +183,11 @@ def test_qk_norm_is_refused_both_ways_with_the_reason(tmp_path):
     per_head = {"transformer_blocks.0.attn1.norm_q.weight": torch.ones(20)}
     with pytest.raises(ValueError, match=r"norm_q.*LayerNorm\(head_dim\)"):
         diffusers_to_official(per_head, None)
+
+
+def test_another_compression_factor_is_named(tmp_path):
+    src = tiny_sigma(kv_compress_config=dict(KV_CONV, scale_factor=3))
+    with pytest.raises(
+        ValueError, match=r"attn\.sr\.weight: checkpoint \(40, 1, 3, 3\), model \(40, 1, 2, 2\).*kv_compress"
+    ):
+        load_model_weights(tiny_sigma(kv_compress_config=KV_CONV), _official(src, tmp_path / "sr3.pth"))
