@@ -27,7 +27,15 @@ from diffusion.config import resolve_section
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.methods import Method
 from diffusion.model import students
-from diffusion.model.io import check_fits, load_model_weights, load_state, load_state_into, resolve_checkpoint
+from diffusion.model.io import (
+    check_fits,
+    key_hints,
+    load_model_weights,
+    load_state,
+    load_state_into,
+    resolve_checkpoint,
+    set_null_caption,
+)
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, METHODS, MODELS, MOVED_KEYS, accepted_keys
 from diffusion.schedulers import DiffusionProcess
@@ -41,10 +49,17 @@ def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
     This is what the trainer starts from (the teacher weights of an LCM or ControlNet run). With a ``controlnet``
     section the base is wrapped in the ControlNet of that section (PixArt-delta §4), whose copies start from the loaded
     base blocks, and ``controlnet.load_from`` (when ``load_from``) is then loaded into it.
+
+    ``cfg.null_caption`` (PixArt-Sigma: T5("") from ``tools/make_null_caption.py``) is the model's null caption
+    ``y_embedding``: over ``load_from``'s (:func:`diffusion.model.io.with_null_caption`), or written into a model
+    trained from scratch (then the file must exist).
     """
     model = MODELS.build(dict(cfg["model"]))
+    null_caption = cfg.get("null_caption")
     if load_from and cfg.get("load_from"):
-        load_model_weights(model, cfg["load_from"])
+        load_model_weights(model, cfg["load_from"], null_caption=null_caption)
+    elif load_from and null_caption:
+        set_null_caption(model, null_caption)
     if cfg.get("controlnet") is not None:
         from diffusion.model.controlnet import wrap_controlnet
 
@@ -103,7 +118,10 @@ def load_controlnet_weights(
     try:
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError) as err:
-        raise KeyError(f"{path}: {err}") from err
+        hints = key_hints(str(err).replace('"', " ").split())
+        raise KeyError(
+            f"{path}: {err}" + (f" Config keys that likely differ: {'; '.join(hints)}" if hints else "")
+        ) from err
 
 
 def _warn_if_base_differs(model: nn.Module, state: Mapping[str, torch.Tensor], path: str | Path) -> None:
@@ -151,7 +169,7 @@ def load_model(
     """The network a run of ``cfg`` produced, ready to sample: eval mode, frozen, on ``device`` in ``dtype``.
 
     Args:
-        cfg: the run's config (``model``, ``load_from``).
+        cfg: the run's config (``model``, ``load_from``, ``null_caption``: see :func:`build_model`).
         checkpoint: a weights file (``.safetensors`` / official ``.pth``), a diffusers transformer folder or a trainer
             step folder (its ``ema.safetensors`` when ``use_ema`` and present, else ``model.safetensors``). None:
             ``cfg.load_from`` (for an LCM config, that is its teacher). With a ``controlnet`` section: the official
@@ -173,7 +191,7 @@ def load_model(
     else:
         model = build_model(cfg, load_from=False)
         path = resolve_checkpoint(checkpoint, use_ema)
-        load_state_into(model, _merged_lora(cfg, load_state(path), path), path)
+        load_state_into(model, _merged_lora(cfg, load_state(path), path), path, null_caption=cfg.get("null_caption"))
     return model.to(device=device, dtype=dtype).eval().requires_grad_(False)
 
 

@@ -14,6 +14,7 @@ REQUIRED = object()
 TOP_LEVEL_KEYS = (
     "model",
     "load_from",
+    "null_caption",  # PixArt-Sigma: T5("") file that is the model's y_embedding (diffusion.build.build_model)
     "method",
     "data",
     "data_sampler",

@@ -1,5 +1,6 @@
-"""Export a PixArt model as a complete diffusers ``PixArtAlphaPipeline`` folder (a PixArt-delta §3 LCM student, or a
-PixArt-alpha teacher), loadable offline with ``PixArtAlphaPipeline.from_pretrained(out_dir)``.
+"""Export a PixArt model as a complete diffusers ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` folder (a
+PixArt-delta §3 LCM student, or a PixArt-alpha / Sigma teacher), loadable offline with
+``PixArtAlphaPipeline.from_pretrained(out_dir)`` (``PixArtSigmaPipeline`` for a Σ model).
 
 Layout written (what ``from_pretrained`` reads, facts §3.5 / §6.3):
 
@@ -20,8 +21,14 @@ requested through ``pipe(..., timesteps=...)``. The timesteps for 1..8 steps of 
 
 Sampling the exported folder reproduces our ``Pipeline`` (tests/tools/test_export.py) with ``guidance_scale=0``,
 ``use_resolution_binning=False``, ``clean_caption=False`` and ``max_sequence_length`` = our caption length (120 for
-the real model). Differences to keep in mind: diffusers lower-cases prompts, and its CFG null is T5("") rather than
-the learned ``y_embedding``.
+the real model). Differences to keep in mind: diffusers lower-cases prompts, and its CFG null is T5("") under its own
+mask rather than ``y_embedding`` under the prompt's mask (pass ``negative_prompt_embeds`` = ``y_embedding`` and
+``negative_prompt_attention_mask`` = the prompt's mask to get ours).
+
+PixArt-Sigma: ``PixArtSigmaPipeline`` never passes micro-conditions (the transformer is written with
+``use_additional_conditions: false``), tokenizes to ``max_sequence_length`` 300 by default and bins resolutions with
+the 256 / 512 / 1024 / 2048 tables; a KV-compressed or qk-norm model cannot be exported (see
+``diffusion/model/diffusers_format.py``).
 """
 
 from __future__ import annotations
@@ -32,10 +39,12 @@ from pathlib import Path
 
 from torch import nn
 
-from diffusion.model.diffusers_format import save_diffusers
+from diffusion.model.diffusers_format import diffusers_config, save_diffusers
 from diffusion.schedulers import LCM_SPACINGS, DiffusionProcess, NoiseSchedule
 
 SCHEDULER_CHOICES = ("lcm", "dpm")
+PIPELINES = ("PixArtAlphaPipeline", "PixArtSigmaPipeline")
+SIGMA_MAX_LENGTH = 300
 LCM_SCHEDULES = LCM_SPACINGS
 LCM_TIMESTEPS_FILE = "lcm_timesteps.json"
 # Files of a Hugging Face T5 directory that belong to the model (the rest is the tokenizer's).
@@ -118,12 +127,14 @@ def export_pipeline(
     max_length: int | None = None,
     scaling_factor: float | None = None,
     process: DiffusionProcess | None = None,
+    pipeline: str | None = None,
 ) -> Path:
-    """Write ``model`` and its companions as a diffusers ``PixArtAlphaPipeline`` folder.
+    """Write ``model`` and its companions as a diffusers ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` folder.
 
     Args:
-        model: our ``PixArt`` / ``PixArtMS``. diffusers' pipeline passes micro-conditions exactly when the
-            transformer's ``sample_size`` is 128, so a PixArtMS must have ``input_size`` 128 and a PixArt must not.
+        model: our ``PixArt`` / ``PixArtMS``. ``PixArtAlphaPipeline`` passes micro-conditions exactly when the
+            transformer's ``sample_size`` is 128, so a model with micro-conditions must have ``input_size`` 128;
+            ``PixArtSigmaPipeline`` never passes them, so its model must have none.
         out_dir: the folder to create (an existing folder is overwritten file by file).
         text_encoder_dir: a local T5 encoder directory (``T5EncoderModel`` + tokenizer files, what ``TextEncoder``
             loads).
@@ -135,6 +146,8 @@ def export_pipeline(
         scaling_factor: if given, overrides the VAE config's ``scaling_factor`` (must equal the codec's).
         process: the diffusion process the model was trained under (``DiffusionProcess.from_config(cfg)``), written
             into the scheduler config; None: PixArt-alpha's schedule and PixArt-delta's LCM settings.
+        pipeline: one of :data:`PIPELINES`; None: ``PixArtSigmaPipeline`` for a PixArt-Sigma model (no
+            micro-conditions and 300-token captions), else ``PixArtAlphaPipeline``.
     Returns: ``out_dir`` as a Path.
     """
     from transformers import AutoTokenizer
@@ -145,11 +158,21 @@ def export_pipeline(
         raise ValueError(f"unknown LCM schedule {lcm_timesteps_schedule!r}; expected one of {LCM_SCHEDULES}")
     process = DiffusionProcess() if process is None else process
     scheduler_config = lcm_scheduler_config(process) if scheduler == "lcm" else dpm_scheduler_config(process)
-    if bool(model.use_micro_conditions) != (model.input_size == 128):
+    pipeline = pipeline or default_pipeline(model)
+    if pipeline not in PIPELINES:
+        raise ValueError(f"unknown pipeline {pipeline!r}; expected one of {PIPELINES}")
+    micro = bool(model.use_micro_conditions)
+    if pipeline == "PixArtSigmaPipeline" and micro:
+        raise ValueError(
+            f"{type(model).__name__} has micro-conditions (size / aspect-ratio embedders) and PixArtSigmaPipeline "
+            "never passes them: export it as a PixArtAlphaPipeline, or build the model with micro_condition=False"
+        )
+    if pipeline == "PixArtAlphaPipeline" and micro and model.input_size != 128:
         raise ValueError(
             f"{type(model).__name__} with input_size {model.input_size}: PixArtAlphaPipeline feeds micro-conditions "
-            "iff sample_size == 128, so only a PixArtMS at 128 (1024 px) or a PixArt at another size can be exported"
+            "iff sample_size == 128, so a model with micro-conditions can only be exported at 128 (1024 px)"
         )
+    diffusers_config(model)  # a KV-compressed / qk-norm model is refused before anything is written
     text_encoder_dir, vae_dir, out_dir = Path(text_encoder_dir), Path(vae_dir), Path(out_dir)
     for directory in (text_encoder_dir, vae_dir):
         if not (directory / "config.json").is_file():
@@ -171,7 +194,7 @@ def export_pipeline(
     import diffusers
 
     model_index = {
-        "_class_name": "PixArtAlphaPipeline",
+        "_class_name": pipeline,
         "_diffusers_version": diffusers.__version__,
         "scheduler": ["diffusers", "LCMScheduler" if scheduler == "lcm" else "DPMSolverMultistepScheduler"],
         "text_encoder": ["transformers", "T5EncoderModel"],
@@ -181,6 +204,13 @@ def export_pipeline(
     }
     (out_dir / "model_index.json").write_text(json.dumps(model_index, indent=2))
     return out_dir
+
+
+def default_pipeline(model: nn.Module) -> str:
+    """``PixArtSigmaPipeline`` for a PixArt-Sigma model (no micro-conditions, 300-token captions), else
+    ``PixArtAlphaPipeline``."""
+    sigma = not model.use_micro_conditions and model.model_max_length == SIGMA_MAX_LENGTH
+    return "PixArtSigmaPipeline" if sigma else "PixArtAlphaPipeline"
 
 
 def _write_scheduler(directory: Path, config: dict, schedule: str, process: DiffusionProcess) -> None:

@@ -56,9 +56,10 @@ def zero_linear(width: int) -> nn.Linear:
 class ControlBlock(nn.Module):
     """A trainable copy of one base block with its zero projections (official ``ControlT2IDitBlockHalf``).
 
-    forward(x (B,N,D) | None, y (B,L,D) | None, t0 (B,6D), mask, c (B,N,D), kv) -> (c_out (B,N,D), skip (B,N,D));
+    forward(x (B,N,D) | None, y (B,L,D) | None, t0 (B,6D), mask, c (B,N,D), kv, hw) -> (c_out (B,N,D), skip (B,N,D));
     copy 0 (``first``) runs on ``x + before_proj(c)``, later copies on the previous copy's output ``c``; ``kv``: the
-    copy's cross-attention K/V computed beforehand (then ``y`` is not used).
+    copy's cross-attention K/V computed beforehand (then ``y`` is not used); ``hw``: the (h, w) token grid. The copy
+    is a deep copy of its base block, so it carries that block's PixArt-Sigma options (qk-norm, KV compression).
     """
 
     def __init__(self, block: nn.Module, width: int, first: bool):
@@ -75,10 +76,11 @@ class ControlBlock(nn.Module):
         mask: torch.Tensor | None,
         c: torch.Tensor,
         kv: torch.Tensor | None = None,
+        hw: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if self.before_proj is not None:
             c = x + self.before_proj(c)
-        c = self.copied_block(c, y, t0, mask, kv)
+        c = self.copied_block(c, y, t0, mask, kv, hw)
         return c, self.after_proj(c)
 
 
@@ -212,7 +214,7 @@ class _ControlWrapper(nn.Module):
                 y = base.y_embedder.drop(y)  # the base is in eval mode, so its own embed does not drop captions
             tokens, t, t0, y_tokens, attn_mask = base.embed(x, timestep, y, mask, data_info)
         c_tokens = None if c is None else self.embed_control(c, x, tokens)
-        tokens = self.run_blocks(tokens, y_tokens, t0, attn_mask, c_tokens, caption)
+        tokens = self.run_blocks(tokens, y_tokens, t0, attn_mask, c_tokens, caption, base.token_grid(x))
         return base.head(tokens, t, x.shape[-2], x.shape[-1])
 
     def _kv(self, caption: ControlCaption | None) -> tuple[list, list]:
@@ -221,7 +223,7 @@ class _ControlWrapper(nn.Module):
             return [None] * len(self.base_model.blocks), [None] * self.copy_blocks
         return caption.kv, caption.copy_kv
 
-    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None, hw=None) -> torch.Tensor:
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------------------------- checkpoints
@@ -269,16 +271,16 @@ class PixArtControlNet(_ControlWrapper):
     def __init__(self, base_model: PixArt, copy_blocks: int = 13):
         super().__init__(base_model, copy_blocks, max_blocks=len(base_model.blocks) - 1)
 
-    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
-        """x: (B,N,D) after the base's embedding; c: (B,N,D) control tokens or None."""
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None, hw=None) -> torch.Tensor:
+        """x: (B,N,D) after the base's embedding; c: (B,N,D) control tokens or None; hw: the (h, w) token grid."""
         blocks = self.base_model.blocks
         kv, copy_kv = self._kv(caption)
-        x = self._call(blocks[0], x, y, t0, mask, kv[0])
+        x = self._call(blocks[0], x, y, t0, mask, kv[0], hw)
         for index in range(1, len(blocks)):
             if c is not None and index <= self.copy_blocks:
-                c, skip = self._call(self.controlnet[index - 1], x, y, t0, mask, c, copy_kv[index - 1])
+                c, skip = self._call(self.controlnet[index - 1], x, y, t0, mask, c, copy_kv[index - 1], hw)
                 x = x + skip
-            x = self._call(blocks[index], x, y, t0, mask, kv[index])
+            x = self._call(blocks[index], x, y, t0, mask, kv[index], hw)
         return x
 
 
@@ -291,17 +293,17 @@ class PixArtControlNetUNet(_ControlWrapper):
         half = len(base_model.blocks) // 2
         super().__init__(base_model, half if copy_blocks is None else copy_blocks, max_blocks=half)
 
-    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None) -> torch.Tensor:
+    def run_blocks(self, x, y, t0, mask, c, caption: ControlCaption | None = None, hw=None) -> torch.Tensor:
         blocks, depth = self.base_model.blocks, len(self.base_model.blocks)
         kv, copy_kv = self._kv(caption)
         skips = {}
         if c is not None:
             for i, control in enumerate(self.controlnet):
-                c, skips[depth - 1 - i] = self._call(control, x, y, t0, mask, c, copy_kv[i])
+                c, skips[depth - 1 - i] = self._call(control, x, y, t0, mask, c, copy_kv[i], hw)
         for index in range(depth):
             if index in skips:
                 x = x + skips[index]
-            x = self._call(blocks[index], x, y, t0, mask, kv[index])
+            x = self._call(blocks[index], x, y, t0, mask, kv[index], hw)
         return x
 
 

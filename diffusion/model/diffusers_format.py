@@ -3,6 +3,11 @@
 The map is pure tensor bookkeeping (diffusers is not imported): fused ``qkv``/``kv_linear`` are split into
 ``to_q/to_k/to_v`` and back. diffusers has no slot for the learned null caption ``y_embedding`` nor for the position
 table, so ``y_embedding`` travels as a side file (``y_embedding.safetensors``) and the position table is recomputed.
+
+PixArt-Sigma: a checkpoint without micro-conditions is written with ``use_additional_conditions: false`` explicitly
+(diffusers turns it on by itself at ``sample_size`` 128) and its ``interpolation_scale`` (0.5 at 256 px). Two Σ
+options have no diffusers equivalent and are refused with the reason (:data:`KV_COMPRESS_REFUSAL`,
+:data:`QK_NORM_REFUSAL`) rather than written as a model that computes something else.
 """
 
 from __future__ import annotations
@@ -47,9 +52,35 @@ _BLOCK_SPLITS = [
 _OFFICIAL_BLOCK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _DIFFUSERS_BLOCK = re.compile(r"^transformer_blocks\.(\d+)\.(.+)$")
 
+KV_COMPRESS_REFUSAL = (
+    "diffusers' PixArtTransformer2DModel has no KV-compressed self-attention (PixArt-Sigma kv_compress_config: "
+    "keys and values pooled on the token grid), so it cannot hold this model; keep it in the official format"
+)
+QK_NORM_REFUSAL = (
+    "official PixArt-Sigma qk_norm is one LayerNorm(hidden_size) over all heads' q and k together, while diffusers' "
+    "norm_q / norm_k (Attention(qk_norm='layer_norm')) normalise each head with LayerNorm(head_dim), a different "
+    "function, and PixArtTransformer2DModel has no qk_norm option; refusing rather than writing a wrong model"
+)
+_OFFICIAL_REFUSED = [
+    (re.compile(r"\.attn\.(?:sr|norm)\."), KV_COMPRESS_REFUSAL),
+    (re.compile(r"\.attn\.[qk]_norm\."), QK_NORM_REFUSAL),
+]
+_DIFFUSERS_REFUSED = [(re.compile(r"\.attn1\.(?:norm_q|norm_k|q_norm|k_norm)\."), QK_NORM_REFUSAL)]
+
+
+def _refuse(keys, rules, what: str) -> None:
+    for pattern, reason in rules:
+        found = sorted(k for k in keys if pattern.search(k))
+        if found:
+            raise ValueError(f"{what} has {found[:4]}{' ...' if len(found) > 4 else ''}: {reason}")
+
 
 def official_to_diffusers(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
-    """Official state dict -> (diffusers state dict, y_embedding or None). ``pos_embed`` is dropped."""
+    """Official state dict -> (diffusers state dict, y_embedding or None). ``pos_embed`` is dropped.
+
+    A KV-compression (``attn.sr`` / ``attn.norm``) or qk-norm key is a ``ValueError`` saying why diffusers cannot
+    hold it."""
+    _refuse(state, _OFFICIAL_REFUSED, "the checkpoint")
     out, y_embedding = {}, None
     for key, value in state.items():
         if key == "pos_embed":
@@ -66,7 +97,9 @@ def official_to_diffusers(state: dict[str, torch.Tensor]) -> tuple[dict[str, tor
 
 
 def diffusers_to_official(state: dict[str, torch.Tensor], y_embedding: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Inverse of :func:`official_to_diffusers` (q/k/v concatenated back into ``qkv`` and ``kv_linear``)."""
+    """Inverse of :func:`official_to_diffusers` (q/k/v concatenated back into ``qkv`` and ``kv_linear``); a
+    per-head qk-norm (``attn1.norm_q`` / ``norm_k``) is refused: it is not PixArt-Sigma's qk-norm."""
+    _refuse(state, _DIFFUSERS_REFUSED, "the diffusers checkpoint")
     out, split_parts = {}, {}
     for key, value in state.items():
         match = _DIFFUSERS_BLOCK.match(key)
@@ -109,7 +142,13 @@ def _rename(key: str, table: list[tuple[str, str]]) -> str:
 
 
 def diffusers_config(model) -> dict:
-    """The ``config.json`` of a ``PixArtTransformer2DModel`` equivalent to our ``PixArt``/``PixArtMS`` ``model``."""
+    """The ``config.json`` of a ``PixArtTransformer2DModel`` equivalent to our ``PixArt``/``PixArtMS`` ``model``.
+
+    A KV-compressing or qk-norm model (PixArt-Sigma options diffusers lacks) is a ``ValueError`` saying why."""
+    if getattr(model, "kv_compress_config", None):
+        raise ValueError(f"kv_compress_config={model.kv_compress_config}: {KV_COMPRESS_REFUSAL}")
+    if getattr(model, "qk_norm", False):
+        raise ValueError(f"qk_norm=True: {QK_NORM_REFUSAL}")
     head_dim = model.hidden_size // model.blocks[0].attn.num_heads
     return {
         "_class_name": "PixArtTransformer2DModel",
@@ -128,7 +167,7 @@ def diffusers_config(model) -> dict:
         "norm_elementwise_affine": False,
         "norm_eps": 1e-6,
         "interpolation_scale": model.pe_interpolation,
-        "use_additional_conditions": model.use_micro_conditions,
+        "use_additional_conditions": bool(model.use_micro_conditions),  # explicit: None means True at 128
         "caption_channels": model.caption_channels,
     }
 
@@ -156,13 +195,14 @@ def model_kwargs_from_diffusers_config(config: dict) -> tuple[str, dict]:
 def save_diffusers(model, directory: str | Path, state: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``model`` (or ``state`` in official format with ``model``'s architecture) as a diffusers folder."""
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = model.state_dict() if state is None else state
+    config = diffusers_config(model)  # refusals before anything is written
     weights, y_embedding = official_to_diffusers(state)
+    directory.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in weights.items()}, str(directory / DIFFUSERS_WEIGHTS))
     if y_embedding is not None:
         save_file({"y_embedding": y_embedding.contiguous()}, str(directory / NULL_CAPTION_FILE))
-    (directory / "config.json").write_text(json.dumps(diffusers_config(model), indent=2))
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
 
 

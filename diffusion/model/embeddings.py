@@ -7,6 +7,7 @@ the caption projection with its learned null caption for classifier-free guidanc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import lru_cache
 
 import torch
@@ -142,3 +143,32 @@ class Mlp(nn.Module):
         if isinstance(self.fc1, Linear):  # not wrapped (a LoRA adapter is): the GELU runs inside fc1's call
             return self.fc2(linear(x, self.fc1.weight, self.fc1.bias, gelu=True))
         return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+@dataclass
+class EncodedCaption:
+    """What a prompt batch contributes to every step: projected tokens (B, L', D), attention mask (B,1,1,L') | None,
+    and each block's cross-attention keys/values (2, B, h, L', dh)."""
+
+    tokens: torch.Tensor
+    attn_mask: torch.Tensor | None
+    kv: list[torch.Tensor]
+
+
+def trim_caption_padding(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Drop trailing caption positions that no sample uses; return an attention mask (B,1,1,L') or None.
+
+    y: (B, 1, L, C); mask: (B, L) of 0/1 or None (all tokens valid).
+    """
+    if mask is None:
+        return y, None
+    if mask.ndim != 2 or mask.shape[0] != y.shape[0] or mask.shape[1] != y.shape[2]:
+        raise ValueError(f"caption mask must be (B, L) = {(y.shape[0], y.shape[2])}, got {tuple(mask.shape)}")
+    keep = mask.bool()
+    if not keep.any(dim=1).all():
+        raise ValueError("caption mask has a sample with no valid token")
+    used = keep.any(dim=0).nonzero()
+    length = int(used.max()) + 1
+    keep = keep[:, :length]
+    attn_mask = None if keep.all() else keep[:, None, None, :]  # (B, 1, 1, L')
+    return y[:, :, :length], attn_mask

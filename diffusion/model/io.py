@@ -1,11 +1,21 @@
 """Reading model weights from any of the formats users have: official ``.pth``, ``.safetensors``, diffusers folders.
 
 Everything is loaded without executing pickled code (``torch.load(weights_only=True)`` / safetensors).
+
+The null caption (``y_embedder.y_embedding``, the unconditional input of classifier-free guidance and of the LCM
+teacher): PixArt-alpha checkpoints carry their own. PixArt-Sigma's is T5("") at 300 tokens, which the official Σ
+loader writes over every checkpoint's ``y_embedding`` on each load from ``null_embed_diffusers_300token.pth``; a
+config names that file here with the top-level key ``null_caption`` (``tools/make_null_caption.py`` writes it, the
+format ``method.null_caption`` reads: ``y`` (1, 1, L, C) in a .safetensors file). The rule (:func:`with_null_caption`):
+the file, when it exists, is the null caption whatever the checkpoint holds (a checkpoint of another length, e.g.
+PixArt-alpha's 120 tokens, then loads too); a checkpoint without ``y_embedding`` (a diffusers folder) needs it (an
+error names the file); a missing file with a checkpoint that has one keeps the checkpoint's, with a warning.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -64,14 +74,20 @@ def _read(path: Path, kind: str, read: Callable[[Path], object]):
 
 
 def load_model_weights(
-    model: torch.nn.Module, path: str | Path, key: str | None = None, drop_suffixes: tuple[str, ...] = ("pos_embed",)
+    model: torch.nn.Module,
+    path: str | Path,
+    key: str | None = None,
+    drop_suffixes: tuple[str, ...] = ("pos_embed",),
+    null_caption: str | Path | None = None,
 ) -> None:
     """Load ``path`` (any format of :func:`load_state`) into ``model``; every key must match.
 
     Keys ending in ``drop_suffixes`` (the sin-cos ``pos_embed``, recomputed by the model for its grid) are ignored.
-    Raises ``KeyError`` naming every missing or unexpected key.
+    ``null_caption``: the config's null caption file (PixArt-Sigma), see :func:`with_null_caption`. A KV-compressed
+    model accepts a checkpoint without its compression weights (``PixArt.load_state_dict``: mean-pool init, warned).
+    Raises ``KeyError`` naming every missing or unexpected key and the config keys they point at.
     """
-    load_state_into(model, load_state(path, key), path, drop_suffixes)
+    load_state_into(model, load_state(path, key), path, drop_suffixes, null_caption)
 
 
 def load_state_into(
@@ -79,6 +95,7 @@ def load_state_into(
     state: dict[str, torch.Tensor],
     source: str | Path,
     drop_suffixes: tuple[str, ...] = ("pos_embed",),
+    null_caption: str | Path | None = None,
 ) -> None:
     """:func:`load_model_weights` for a state dict already read from ``source`` (named in errors)."""
     path = source
@@ -88,16 +105,111 @@ def load_state_into(
             f"{path} is a ControlNet checkpoint (controlnet.* keys) but the network is a plain PixArt: use a config "
             "with a controlnet section (e.g. configs/controlnet/tiny_controlnet.py)"
         )
+    if null_caption is not None and hasattr(model, "y_embedder"):
+        state = with_null_caption(model, state, null_caption, path)
     check_fits(model.state_dict(), state, path)
-    if "y_embedder.y_embedding" not in state and hasattr(model, "y_embedder"):
+    if NULL_KEY not in state and hasattr(model, "y_embedder"):
         raise KeyError(
-            f"{path} has no 'y_embedder.y_embedding' (the learned null caption); a diffusers folder needs the "
-            "y_embedding.safetensors side file written by tools/convert_diffusers.py"
+            f"{path} has no '{NULL_KEY}' (the null caption); a diffusers folder needs the y_embedding.safetensors "
+            "side file written by tools/convert_diffusers.py, or a config naming a null_caption file (T5(''), "
+            "tools/make_null_caption.py)"
         )
     result = model.load_state_dict(state, strict=False)
     missing = [k for k in result.missing_keys if not k.endswith(drop_suffixes)]
     if missing or result.unexpected_keys:
-        raise KeyError(f"{path}: missing keys {missing}, unexpected keys {list(result.unexpected_keys)}")
+        hints = key_hints([*missing, *result.unexpected_keys])
+        raise KeyError(
+            f"{path}: missing keys {missing}, unexpected keys {list(result.unexpected_keys)}"
+            + (f". Config keys that likely differ: {'; '.join(hints)}" if hints else "")
+        )
+
+
+NULL_KEY = "y_embedder.y_embedding"
+# Key families that only some architectures have -> the config key that adds them.
+_KEY_FAMILIES = [
+    (
+        r"(?:^|\.)(?:csize|ar)_embedder\.",
+        "model.micro_condition (PixArt-alpha MS checkpoints have size/aspect-ratio embedders, PixArt-Sigma's do not)",
+    ),
+    (r"\.attn\.[qk]_norm\.", "model.qk_norm"),
+    (r"\.attn\.(?:sr|norm)\.", "model.kv_compress_config"),
+    (r"(?:^|\.)w_embedder\.", "model.guidance_embedding"),
+]
+
+
+def key_hints(keys: list[str]) -> list[str]:
+    """The config keys that add or remove the families of ``keys`` (missing or unexpected state-dict keys)."""
+    return [hint for pattern, hint in _KEY_FAMILIES if any(re.search(pattern, k) for k in keys)]
+
+
+def read_null_caption(path: str | Path, length: int, channels: int) -> torch.Tensor:
+    """The null caption ``y`` (L, C) of a file written by ``tools/make_null_caption.py`` (``y`` (1, 1, L, C)).
+
+    A missing file is a ``FileNotFoundError``, another length / width a ``ValueError`` naming the file and the
+    config keys (``model.model_max_length``, ``model.caption_channels``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"null caption file {path} not found ({_WRITE_NULL.format(length=length, out=path)})")
+    tensors = _read(path, "a .safetensors null caption file", lambda p: load_file(str(p)))
+    if "y" not in tensors:
+        raise KeyError(f"null caption file {path} holds no 'y' tensor (keys: {sorted(tensors)})")
+    y = tensors["y"]
+    if tuple(y.shape[-2:]) != (length, channels) or y.numel() != length * channels:
+        raise ValueError(
+            f"null caption file {path} holds y of shape {tuple(y.shape)}; the model needs (1, 1, {length}, "
+            f"{channels}) (model.model_max_length, model.caption_channels): "
+            + _WRITE_NULL.format(length=length, out=path)
+        )
+    return y.reshape(length, channels).float()
+
+
+_WRITE_NULL = (
+    "write T5('') there with tools/make_null_caption.py --text-encoder T5_DIR --max-length {length} --out {out}"
+)
+
+
+def with_null_caption(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], null_caption: str | Path, source: str | Path
+) -> dict[str, torch.Tensor]:
+    """``state`` whose ``y_embedding`` is the config's null caption file (the official PixArt-Sigma loader's rule).
+
+    - the file exists: its ``y`` replaces the checkpoint's ``y_embedding`` (or fills a missing one, a diffusers
+      folder); a checkpoint value of another shape or clearly other values (> 5% of the largest entry: not only fp16
+      rounding) is reported with a warning;
+    - the file is missing and the checkpoint has a ``y_embedding``: kept, with a warning naming the file;
+    - both missing: ``FileNotFoundError`` naming the file and how to write it.
+    """
+    length, channels = model.y_embedder.y_embedding.shape
+    path, ours = Path(null_caption), state.get(NULL_KEY)
+    if not path.is_file():
+        if ours is None:
+            raise FileNotFoundError(
+                f"{source} has no '{NULL_KEY}' (a diffusers folder) and the config's null_caption file {path} does "
+                f"not exist: {_WRITE_NULL.format(length=length, out=path)}"
+            )
+        warnings.warn(
+            f"null_caption file {path} not found: the null caption stays {source}'s y_embedding "
+            f"({_WRITE_NULL.format(length=length, out=path)})",
+            stacklevel=3,
+        )
+        return state
+    null = read_null_caption(path, length, channels)
+    if ours is not None:
+        scale = float(null.abs().max().clamp_min(1e-12))
+        if ours.shape != null.shape or float((ours.float() - null).abs().max()) > 0.05 * scale:
+            warnings.warn(
+                f"{source}'s y_embedding {tuple(ours.shape)} differs from the null caption file {path}; the file "
+                "replaces it (PixArt-Sigma's null caption is T5(''), as the official loader does)",
+                stacklevel=3,
+            )
+    return {**state, NULL_KEY: null}
+
+
+def set_null_caption(model: torch.nn.Module, null_caption: str | Path) -> None:
+    """Write the null caption file into ``model``'s ``y_embedding`` (a model trained from scratch)."""
+    y_embedding = model.y_embedder.y_embedding
+    with torch.no_grad():
+        y_embedding.copy_(read_null_caption(null_caption, *y_embedding.shape))
 
 
 # The tensors whose dims are config keys: dim -> the ``model`` key that sets it. Any other tensor of another shape
@@ -107,6 +219,7 @@ DIM_KEYS = {
     "y_embedder.y_embedding": {0: "model_max_length", 1: "caption_channels"},
     "y_embedder.y_proj.fc1.weight": {0: "hidden_size", 1: "caption_channels"},
     "final_layer.linear.weight": {0: "in_channels", 1: "hidden_size"},
+    "attn.sr.weight": {0: "hidden_size", 2: "kv_compress_config", 3: "kv_compress_config"},
 }
 STACKS = {r"(?:base_model\.)?blocks\.(\d+)\.": "model.depth", r"controlnet\.(\d+)\.": "controlnet.copy_blocks"}
 

@@ -1,8 +1,14 @@
-"""PixArt-alpha Diffusion Transformer: ``PixArt`` (fixed resolution) and ``PixArtMS`` (multi-scale).
+"""PixArt-alpha / PixArt-Sigma Diffusion Transformer: ``PixArt`` (fixed resolution) and ``PixArtMS`` (multi-scale).
 
 PixArt-alpha §2.3 / PixArt-delta §2: adaLN-single conditioning, cross-attention to T5 caption features, learned-sigma
-output. Parameter names and shapes equal the official checkpoints (``PixArt-XL-2-*.pth``), so they load with
-``load_state_dict`` directly; the position table is recomputed for every latent size and never stored.
+output. Parameter names and shapes equal the official checkpoints (``PixArt-XL-2-*.pth``, ``PixArt-Sigma-XL-2-*.pth``),
+so they load with ``load_state_dict`` directly; the position table is recomputed for every latent size and never
+stored.
+
+PixArt-Sigma (arXiv 2403.04692) is the same network with keyword arguments, as the official Σ code extends α's:
+``model_max_length=300`` (T5 tokens), ``pe_interpolation`` 0.5 / 1 / 2 / 4 at 256 / 512 / 1024 / 2K px (α's
+``lewei_scale``), ``PixArtMS(micro_condition=False)`` (no size / aspect-ratio embedders), ``qk_norm`` and
+``kv_compress_config`` (self-attention options of the blocks, ``diffusion/model/attention.py``).
 
 One speed-up over a literal port: caption tokens that are padding for *every* sample of the batch are sliced away
 before the caption projection, so cross-attention costs the batch's longest caption instead of ``model_max_length``
@@ -13,56 +19,41 @@ prompt batch, and ``forward(..., caption=...)`` reuses them at every step (they 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffusion.model.attention import kv_compress_plan
 from diffusion.model.blocks import PixArtBlock, T2IFinalLayer
-from diffusion.model.embeddings import CaptionEmbedder, PatchEmbed, SizeEmbedder, TimestepEmbedder, sincos_pos_embed
+from diffusion.model.embeddings import (
+    CaptionEmbedder,
+    EncodedCaption,
+    PatchEmbed,
+    SizeEmbedder,
+    TimestepEmbedder,
+    sincos_pos_embed,
+    trim_caption_padding,
+)
 from diffusion.model.onednn import Linear
 from diffusion.registry import MODELS
 
 Embedded = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]
-
-
-@dataclass
-class EncodedCaption:
-    """What a prompt batch contributes to every step: projected tokens (B, L', D), attention mask (B,1,1,L') | None,
-    and each block's cross-attention keys/values (2, B, h, L', dh)."""
-
-    tokens: torch.Tensor
-    attn_mask: torch.Tensor | None
-    kv: list[torch.Tensor]
-
-
-def trim_caption_padding(y: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Drop trailing caption positions that no sample uses; return an attention mask (B,1,1,L') or None.
-
-    y: (B, 1, L, C); mask: (B, L) of 0/1 or None (all tokens valid).
-    """
-    if mask is None:
-        return y, None
-    if mask.ndim != 2 or mask.shape[0] != y.shape[0] or mask.shape[1] != y.shape[2]:
-        raise ValueError(f"caption mask must be (B, L) = {(y.shape[0], y.shape[2])}, got {tuple(mask.shape)}")
-    keep = mask.bool()
-    if not keep.any(dim=1).all():
-        raise ValueError("caption mask has a sample with no valid token")
-    used = keep.any(dim=0).nonzero()
-    length = int(used.max()) + 1
-    keep = keep[:, :length]
-    attn_mask = None if keep.all() else keep[:, None, None, :]  # (B, 1, 1, L')
-    return y[:, :, :length], attn_mask
+__all__ = ["EncodedCaption", "PixArt", "PixArtMS", "trim_caption_padding"]
 
 
 @MODELS.register_module()
 class PixArt(nn.Module):
-    """PixArt-alpha transformer at a fixed base resolution (position table rebuilt for any H x W).
+    """PixArt-alpha / Sigma transformer at a fixed base resolution (position table rebuilt for any H x W).
 
     forward(x (B,C,H,W), timestep (B,), y (B,1,L,C_text), mask (B,L) 0/1 | None, data_info ignored)
     -> (B, 2C, H, W) when ``pred_sigma`` (eps ‖ variance value), else (B, C, H, W).
+
+    PixArt-Sigma options: ``qk_norm`` (LayerNorm of the full q and k in self-attention) and ``kv_compress_config``
+    (``dict(sampling='conv', scale_factor=2, kv_compress_layer=[14, ..., 27])``: keys and values of those blocks'
+    self-attention compressed on the token grid); both off for PixArt-alpha and every released Σ checkpoint.
     """
 
     use_micro_conditions = False
@@ -84,6 +75,8 @@ class PixArt(nn.Module):
         pe_interpolation: float = 1.0,
         grad_checkpointing: bool = False,
         guidance_embedding: bool = False,
+        qk_norm: bool = False,
+        kv_compress_config: Mapping | None = None,
     ):
         super().__init__()
         if hidden_size % num_heads:
@@ -99,6 +92,9 @@ class PixArt(nn.Module):
         self.pe_interpolation = pe_interpolation
         self.base_size = input_size // patch_size
         self.grad_checkpointing = grad_checkpointing
+        self.qk_norm = qk_norm
+        plan = kv_compress_plan(kv_compress_config, depth)  # (sampling, sr) per block
+        self.kv_compress_config = dict(kv_compress_config) if any(sr > 1 for _, sr in plan) else None
 
         self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size)
@@ -108,7 +104,9 @@ class PixArt(nn.Module):
         # LCM's w-embedding (a variant PixArt-delta compares against; off for the paper's fixed-w student).
         self.w_embedder = TimestepEmbedder(hidden_size) if guidance_embedding else None
         rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]  # stochastic depth grows with depth
-        self.blocks = nn.ModuleList(PixArtBlock(hidden_size, num_heads, mlp_ratio, rates[i]) for i in range(depth))
+        self.blocks = nn.ModuleList(
+            PixArtBlock(hidden_size, num_heads, mlp_ratio, rates[i], qk_norm, *plan[i]) for i in range(depth)
+        )
         self.final_layer = T2IFinalLayer(hidden_size, patch_size, self.out_channels)
         self.initialize_weights()
 
@@ -195,12 +193,24 @@ class PixArt(nn.Module):
         return EncodedCaption(tokens, attn_mask, [block.caption_kv(tokens) for block in self.blocks])
 
     def run_block(
-        self, index: int, x: torch.Tensor, y: torch.Tensor, t0: torch.Tensor, mask, kv: torch.Tensor | None = None
+        self,
+        index: int,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t0: torch.Tensor,
+        mask,
+        kv: torch.Tensor | None = None,
+        hw: tuple[int, int] | None = None,
     ) -> torch.Tensor:
+        """Block ``index`` on tokens x (B, N, D) of the (h, w) grid ``hw``, under gradient checkpointing if set."""
         block = self.blocks[index]
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, x, y, t0, mask, kv, use_reentrant=False)
-        return block(x, y, t0, mask, kv)
+            return checkpoint(block, x, y, t0, mask, kv, hw, use_reentrant=False)
+        return block(x, y, t0, mask, kv, hw)
+
+    def token_grid(self, x: torch.Tensor) -> tuple[int, int]:
+        """The (h, w) token grid of a latent x (B, C, H, W)."""
+        return x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
 
     def head(self, tokens: torch.Tensor, t: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Final layer + unpatchify: (B, N, D) -> (B, C_out, H, W)."""
@@ -226,25 +236,48 @@ class PixArt(nn.Module):
                 raise ValueError(f"caption batch {caption.tokens.shape[0]} != x batch {x.shape[0]}")
             tokens, t, t0, _, _ = self.embed(x, timestep, None, None, data_info)
             for i in range(len(self.blocks)):
-                tokens = self.run_block(i, tokens, None, t0, caption.attn_mask, caption.kv[i])
+                tokens = self.run_block(i, tokens, None, t0, caption.attn_mask, caption.kv[i], self.token_grid(x))
             return self.head(tokens, t, x.shape[-2], x.shape[-1])
         tokens, t, t0, y_tokens, attn_mask = self.embed(x, timestep, y, mask, data_info)
         for i in range(len(self.blocks)):
-            tokens = self.run_block(i, tokens, y_tokens, t0, attn_mask)
+            tokens = self.run_block(i, tokens, y_tokens, t0, attn_mask, None, self.token_grid(x))
         return self.head(tokens, t, x.shape[-2], x.shape[-1])
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def load_state_dict(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True, assign: bool = False):
         """Official checkpoints carry a ``pos_embed`` buffer; it is recomputed here, so it is dropped on load.
 
-        Every other key must match (with ``strict``): a missing or unexpected key raises an error naming it. A model
-        with a w-embedding accepts a checkpoint without one (LCM student initialised from its teacher).
+        Every other key must match (with ``strict``): a missing or unexpected key raises an error naming it. Two
+        exceptions start from their initialisation instead: a w-embedding missing from the checkpoint (LCM student
+        initialised from its teacher) and the ``conv`` KV-compression weights (``blocks.N.attn.sr.*`` /
+        ``blocks.N.attn.norm.*``) missing from a checkpoint of an uncompressed model (the official Σ kv-compress
+        recipe fine-tunes a released checkpoint): those are reset to the mean-pool init, with a warning naming them.
         """
         state_dict = {k: v for k, v in state_dict.items() if k != "pos_embed" and not k.endswith(".pos_embed")}
         if self.w_embedder is not None and not any(k.startswith("w_embedder.") for k in state_dict):
             # A teacher checkpoint has no w-embedding: the student keeps its zero-initialised one.
             state_dict.update({f"w_embedder.{k}": v for k, v in self.w_embedder.state_dict().items()})
+        state_dict.update(self._initial_compression(state_dict))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _initial_compression(self, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The mean-pool init of every compressing block whose ``sr``/``norm`` weights ``state_dict`` lacks
+        entirely (warns naming them); a block with only some of them stays an error of ``load_state_dict``."""
+        filled = []
+        for i, block in enumerate(self.blocks):
+            keys = [f"blocks.{i}.attn.{k}" for k in block.attn.compression_keys()]
+            if keys and not any(k in state_dict for k in keys):
+                block.attn.reset_compression()
+                filled += keys
+        if not filled:
+            return {}
+        warnings.warn(
+            f"the checkpoint has no KV-compression weights for {sorted(filled)}: they start from their mean-pool "
+            "initialisation (depthwise conv 1/sr², default LayerNorm)",
+            stacklevel=3,
+        )
+        own = self.state_dict()
+        return {k: own[k] for k in filled}
 
 
 def _parse_micro_condition(value, batch_size: int, width: int, name: str, device) -> torch.Tensor:
@@ -265,56 +298,39 @@ class PixArtMS(PixArt):
     """Multi-scale PixArt: adds micro-conditions on the original image size (h, w) and the aspect ratio (h/w).
 
     ``data_info = {'img_hw': (B, 2), 'aspect_ratio': (B, 1)}`` is required; (1, 2) / (1, 1) broadcast over the batch.
+    ``micro_condition=False`` (PixArt-Sigma): no size / aspect-ratio embedders, no data_info needed, and no
+    constraint on ``hidden_size``; the network is then the same as ``PixArt``'s (the Σ multi-scale checkpoints).
     """
 
     use_micro_conditions = True
 
-    def __init__(self, *args, hidden_size: int = 1152, **kwargs):
-        if hidden_size % 3:
+    def __init__(self, *args, hidden_size: int = 1152, micro_condition: bool = True, **kwargs):
+        if micro_condition and hidden_size % 3:
             raise ValueError(
-                f"PixArtMS needs hidden_size divisible by 3 (size embedders are D/3 wide), got {hidden_size}"
+                f"PixArtMS needs hidden_size divisible by 3 (size embedders are D/3 wide), got {hidden_size}; "
+                "or micro_condition=False"
             )
+        # read by build_condition_embedders during PixArt.__init__ (a plain attribute may be set before it)
+        self.use_micro_conditions = micro_condition
         super().__init__(*args, hidden_size=hidden_size, **kwargs)
 
     def build_condition_embedders(self) -> None:
-        self.csize_embedder = SizeEmbedder(self.hidden_size // 3)
-        self.ar_embedder = SizeEmbedder(self.hidden_size // 3)
+        if self.use_micro_conditions:
+            self.csize_embedder = SizeEmbedder(self.hidden_size // 3)
+            self.ar_embedder = SizeEmbedder(self.hidden_size // 3)
 
     def _embedder_linears(self) -> list[nn.Linear]:
+        if not self.use_micro_conditions:
+            return super()._embedder_linears()
         emb = [self.csize_embedder, self.ar_embedder]
         return super()._embedder_linears() + [e.mlp[i] for e in emb for i in (0, 2)]
 
     def embed_conditions(self, timestep: torch.Tensor, batch_size: int, data_info: Mapping | None) -> torch.Tensor:
+        if not self.use_micro_conditions:
+            return super().embed_conditions(timestep, batch_size, data_info)
         if not data_info or "img_hw" not in data_info or "aspect_ratio" not in data_info:
             raise ValueError("PixArtMS needs data_info={'img_hw': (B,2), 'aspect_ratio': (B,1)}")
         t = super().embed_conditions(timestep, batch_size, data_info)
         hw = _parse_micro_condition(data_info["img_hw"], batch_size, 2, "img_hw", t.device)
         ar = _parse_micro_condition(data_info["aspect_ratio"], batch_size, 1, "aspect_ratio", t.device)
         return t + torch.cat([self.csize_embedder(hw), self.ar_embedder(ar)], dim=1)
-
-
-XL_2 = dict(depth=28, hidden_size=1152, patch_size=2, num_heads=16)
-TINY = dict(depth=2, hidden_size=48, patch_size=2, num_heads=2, caption_channels=32, model_max_length=16)
-
-
-@MODELS.register_module()
-def PixArt_XL_2(**kwargs) -> PixArt:  # noqa: N802 (official factory name)
-    """PixArt-XL/2: 28 blocks, width 1152, 16 heads, patch 2 (~611M parameters)."""
-    return PixArt(**{**XL_2, **kwargs})
-
-
-@MODELS.register_module()
-def PixArtMS_XL_2(**kwargs) -> PixArtMS:  # noqa: N802
-    """Multi-scale PixArt-XL/2 (the 1024-MS checkpoints and PixArt-delta's LCM teacher)."""
-    return PixArtMS(**{**XL_2, **kwargs})
-
-
-@MODELS.register_module()
-def PixArt_tiny(**kwargs) -> PixArt:  # noqa: N802
-    """A tiny PixArt for tests and the embedded default; every size argument can be overridden."""
-    return PixArt(**{**TINY, **kwargs})
-
-
-@MODELS.register_module()
-def PixArtMS_tiny(**kwargs) -> PixArtMS:  # noqa: N802
-    return PixArtMS(**{**TINY, **kwargs})

@@ -44,3 +44,25 @@ def inputs(batch: int = 3, hw: tuple[int, int] = (8, 12), length: int = 16, chan
     hw_px = torch.tensor([[64.0, 96.0], [100.0, 150.0], [48.0, 80.0], [512.0, 512.0], [30.0, 40.0]][:batch])
     info = {"img_hw": hw_px, "aspect_ratio": hw_px[:, :1] / hw_px[:, 1:]}
     return x, t, y, mask, info
+
+
+# A tiny PixArt-Sigma: no micro-conditions, so the width need not be divisible by 3 (40 = 2 heads x 20); 30-token
+# captions stand for the 300 T5 tokens; pe_interpolation 0.5 as the 256 px checkpoint.
+SIGMA_ARCH = dict(TINY_ARCH, hidden_size=40, num_heads=2, model_max_length=30, pe_interpolation=0.5)
+KV_CONV = dict(sampling="conv", scale_factor=2, kv_compress_layer=[1, 2])
+
+
+def tiny_sigma(random: bool = True, std: float = 0.1, seed: int = 0, **kw) -> PixArtMS:
+    """A tiny multi-scale PixArt-Sigma (``micro_condition=False``); kw: e.g. ``kv_compress_config=KV_CONV``."""
+    model = PixArtMS(**{**SIGMA_ARCH, "depth": 3, "micro_condition": False, **kw})
+    return (randomize(model, std=std, seed=seed) if random else model).eval()
+
+
+def sigma_inputs(batch: int = 3, hw: tuple[int, int] = (10, 14), length: int = 30, channels: int = 32, seed: int = 1):
+    """Latents of an odd token grid (5 x 7 at patch 2) and 300-token-style masks: mostly padding, one of them the
+    single valid token of T5('') (its EOS)."""
+    x, t, y, _, _ = inputs(batch, hw, length, channels, seed)
+    mask = torch.zeros(batch, length, dtype=torch.long)
+    for i, n in enumerate([1, 9, 4, length, 2][:batch]):
+        mask[i, :n] = 1
+    return x, t, y, mask
