@@ -27,23 +27,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm import tqdm
 
 from diffusion.data.annotators import to_control_image
 from diffusion.data.buckets import closest_bucket
-from diffusion.data.images import open_rgb
+from diffusion.data.images import load_image, load_pixels, pixels_to_model
 from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_name, load_data_info
 from diffusion.data.provenance import annotator_meta, caption_meta, check_meta, codec_meta, read_meta, write_meta
 from diffusion.data.sources import SourceIndex, image_source, prompt_source
 
 __all__ = ["REQUIRED_FIELDS", "ExtractionInterrupted", "ExtractionReport", "caption_dir", "extract_features"]
 __all__ += ["feature_name", "latent_dir"]
-__all__ += ["load_data_info", "load_image", "target_size"]
-
-
-RATIO_TOLERANCE = 0.02  # relative h/w difference between data_info.json and the image; rounding of a resized copy
+__all__ += ["load_data_info", "load_image", "load_pixels", "pixels_to_model", "target_size"]
 
 
 def caption_dir(root: str | Path) -> Path:
@@ -60,31 +56,6 @@ def target_size(entry: dict, resolution: int, multi_scale: bool) -> tuple[int, i
     if multi_scale:
         return closest_bucket(float(entry["height"]), float(entry["width"]), resolution)[1]
     return resolution, resolution
-
-
-def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read an image as displayed (EXIF-oriented RGB, see images.py), resize it (bicubic) to cover ``size`` = (h, w)
-    and centre-crop: (3, h, w) in [-1, 1].
-
-    ``declared`` (h, w) from data_info.json must have the oriented image's aspect ratio (within
-    ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original sizes, which
-    stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is refused."""
-    img = open_rgb(path)
-    if declared is not None and abs(declared[0] / declared[1] * img.width / img.height - 1) > RATIO_TOLERANCE:
-        raise ValueError(
-            f"data_info.json declares height {declared[0]}, width {declared[1]}, but the image is "
-            f"{img.height}x{img.width} (h x w) after EXIF orientation; fix the entry (tools/make_data_info.py "
-            "reads real sizes)"
-        )
-    h, w = size
-    if (img.height, img.width) != (h, w):
-        scale = max(h / img.height, w / img.width)
-        new_w, new_h = max(w, round(img.width * scale)), max(h, round(img.height * scale))
-        img = img.resize((new_w, new_h), Image.BICUBIC)
-        left, top = (new_w - w) // 2, (new_h - h) // 2
-        img = img.crop((left, top, left + w, top + h))
-    array = np.asarray(img, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
 
 
 def _atomic_save(path: Path, write: Callable) -> None:
