@@ -1,8 +1,8 @@
 """Registries: every buildable thing in the project is looked up by its config ``type``.
 
 Each registry lists the modules that register into it (``locations``), so ``REGISTRY.build(cfg)`` works without the
-caller importing those modules first. The ``model``, ``method`` and ``data_sampler`` sections are checked against the
-constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the known keys (not
+caller importing those modules first. The ``model``, ``method``, ``data`` and ``data_sampler`` sections are checked
+against the constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the known keys (not
 a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike.
 """
 
@@ -74,6 +74,6 @@ def _checked_build(section: str) -> Callable:
 MODELS = Registry("models", build_func=_checked_build("model"), locations=["diffusion.model"])
 METHODS = Registry("methods", build_func=_checked_build("method"), locations=["diffusion.methods"])
 SCHEDULERS = Registry("schedulers", locations=["diffusion.schedulers"])
-DATASETS = Registry("datasets", locations=["diffusion.data"])
+DATASETS = Registry("datasets", build_func=_checked_build("data"), locations=["diffusion.data"])
 SAMPLERS = Registry("data samplers", build_func=_checked_build("data_sampler"), locations=["diffusion.data"])
 CODECS = Registry("codecs", locations=["diffusion.data"])

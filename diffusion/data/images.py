@@ -90,7 +90,7 @@ def load_pixels(
         img = img.resize((new_w, new_h), Image.BICUBIC)
         left, top = (new_w - w) // 2, (new_h - h) // 2
         img = img.crop((left, top, left + w, top + h))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on a read-only view)
 
 
 def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
