@@ -49,6 +49,7 @@ def test_partial_buckets_are_dropped_and_counted(shards):
     dropped = sum(stream.dropped for stream in ranks)
     assert len(seen[0] + seen[1]) == len(set(seen[0] + seen[1])) == N - dropped and dropped > 0
     assert "samples per rank per epoch (manifest): [16, 14] - uneven" in ranks[0].describe()  # 4 shards of 4; 3 + 2
+    assert f"{ranks[0].dropped} samples left in partial buckets (drop_last)" in ranks[0].epoch_report()
 
 
 def test_fewer_shards_than_readers_still_sees_every_sample_once(shards):
@@ -129,3 +130,52 @@ def test_config_keys_are_checked_by_the_registry(shards):
         DATASETS.build(dict(cfg, on_layout_change="maybe"))
     with pytest.raises(ValueError, match="names no shard"):
         DATASETS.build(dict(cfg, urls=[]))
+
+
+def test_awkward_photos_decode_through_shards_as_through_extraction(tmp_path, capsys):
+    """EXIF-rotated, 16-bit, RGBA, CMYK, palette, grayscale, very wide / tall photos (make_data_info's real sizes):
+    the shard items are the pixels extraction would encode; the truncated photo is caught by make_shards."""
+    from tests.data.test_own_images import make_photo_folder
+    from tools.make_data_info import main as make_data_info
+
+    sizes = make_photo_folder(tmp_path / "photos")
+    assert make_data_info([str(tmp_path / "photos")]) == 0
+    report = make_shards(tmp_path / "photos", tmp_path / "shards", per_shard=4, progress=False)
+    assert [path for path, _ in report.skipped] == ["broken/cut.jpg"]
+    entries = json.loads((tmp_path / "photos" / "data_info.json").read_text())
+    urls = str(tmp_path / "shards" / f"{{00000..{len(report.shards) - 1:05d}}}.tar")
+    batches = one_epoch(ShardDataset(urls, resolution=32, multi_scale=True).stream(batch_size=1, num_workers=2))
+    assert sorted(entries[int(key)]["path"] for key in keys(batches)) == sorted(sizes)
+    for batch in batches:
+        entry = entries[int(batch["key"][0])]
+        h, w = sizes[entry["path"]]
+        target = closest_bucket(h, w, 32)[1]
+        expected = load_image(tmp_path / "photos" / entry["path"], target, (h, w))
+        assert torch.equal(batch["image"][0].float() / 127.5 - 1, expected), entry["path"]
+
+
+def test_img2dataset_shards_read_as_they_are(tmp_path):
+    """img2dataset's layout: ``{key}.jpg`` resized, json with its size and the original one, ``<shard>_stats.json``."""
+    import io
+
+    from PIL import Image
+
+    samples = []
+    for i, (h, w) in enumerate([(24, 48), (48, 24), (24, 48)]):
+        buffer = io.BytesIO()
+        Image.new("RGB", (w, h), (9 * i, 50, 90)).save(buffer, "JPEG")
+        meta = {"key": f"{i:09d}", "caption": "c", "status": "success", "url": "http://x", "height": h, "width": w,
+                "original_height": 4 * h, "original_width": 4 * w}  # fmt: skip
+        samples.append(
+            {"__key__": f"{i:09d}", "jpg": buffer.getvalue(), "txt": b"a photo", "json": json.dumps(meta).encode()}
+        )
+    write_tar(tmp_path / "00000.tar", samples)
+    (tmp_path / "00000_stats.json").write_text(json.dumps({"count": 4, "successes": 3}))
+    dataset = ShardDataset(str(tmp_path / "{00000..00000}.tar"), resolution=32, multi_scale=True)
+    assert dataset.num_samples == 3
+    batches = one_epoch(dataset.stream(batch_size=1))
+    for batch in batches:
+        h, w = {"000000001": (48, 24)}.get(batch["key"][0], (24, 48))
+        assert batch["img_hw"][0].tolist() == [4 * h, 4 * w]  # the micro-condition: the original size
+        assert tuple(batch["image"].shape[2:]) == closest_bucket(h, w, 32)[1]
+    assert len(batches) == 3

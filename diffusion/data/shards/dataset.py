@@ -6,6 +6,7 @@ trainer iterates :meth:`ShardDataset.stream` (stream.py), which splits every epo
 (layout.py), reads, shuffles, buckets and decodes (reader.py) and remembers its exact position.
 """
 
+import json
 from pathlib import Path
 
 from webdataset.shardlists import expand_urls
@@ -34,6 +35,19 @@ def _is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
+def _img2dataset_counts(urls: list[str]) -> list[int] | None:
+    """Samples per shard from the ``<shard>_stats.json`` files img2dataset writes beside local shards (its
+    ``successes``), when every shard has one."""
+    counts = []
+    for url in urls:
+        stats = Path(url).with_name(Path(url).stem + "_stats.json") if _is_local(url) else None
+        try:
+            counts.append(int(json.loads(stats.read_text())["successes"]))
+        except (AttributeError, OSError, ValueError, KeyError, TypeError):
+            return None
+    return counts
+
+
 @DATASETS.register_module()
 class ShardDataset:
     """Images, captions (and control images) from tar shards, for the trainer's on-the-fly encoding path.
@@ -47,7 +61,7 @@ class ShardDataset:
         shuffle_buffer: samples in each reader's shuffle buffer (0 or 1: read order); shard order is always shuffled
             per epoch unless ``shuffle_shards`` is False.
         manifest: a ``manifest.json`` giving samples per shard (reports only); default: ``manifest.json`` beside
-            local shards when there is one.
+            local shards when there is one, else img2dataset's ``<shard>_stats.json`` files.
         on_layout_change: resuming a position saved with another number of ranks / workers, seed or shard list:
             ``'refuse'`` (an error saying what to do) or ``'next_epoch'`` (start the next epoch).
     """
@@ -89,15 +103,21 @@ class ShardDataset:
                 self.note_skipped([(url, "*", "missing shard (not a file)")])
 
     def _counts(self, manifest: str | None) -> list[int] | None:
-        """Samples per shard from a manifest, when it lists every shard."""
+        """Samples per shard from a manifest, when it lists every shard (an unreadable one found beside the shards
+        is ignored: the counts only feed reports; one named by ``data.manifest`` is an error)."""
         if manifest is None:
             folders = {str(Path(url).parent) for url in self.urls if _is_local(url)}
             if len(folders) != 1 or not (Path(folders.pop()) / MANIFEST).is_file():
+                return _img2dataset_counts(self.urls)
+            try:
+                shards = read_manifest(Path(self.urls[0]).parent / MANIFEST)["shards"]
+            except ValueError:
                 return None
-            manifest = str(Path(self.urls[0]).parent / MANIFEST)
-        counts = {entry["name"]: entry["samples"] for entry in read_manifest(manifest)["shards"]}
+        else:
+            shards = read_manifest(manifest)["shards"]
+        counts = {entry.get("name"): entry.get("samples") for entry in shards if isinstance(entry, dict)}
         names = [url.rsplit("/", 1)[-1] for url in self.urls]
-        return [counts[name] for name in names] if all(name in counts for name in names) else None
+        return [counts[name] for name in names] if all(isinstance(counts.get(n), int) for n in names) else None
 
     @property
     def num_samples(self) -> int | None:

@@ -25,11 +25,11 @@ from diffusion.data.shards.layout import Draws, Slot
 from diffusion.data.shards.samples import ReadSpec, Sample, decode, parse
 
 
-def message(slot: int, kind: str, state: dict, skipped: list, batch: dict | None = None, dropped: int = 0) -> dict:
+def message(slot: int, kind: str, state: dict, skipped: list, batch: dict | None = None) -> dict:
     """What a reader sends the main process: a ``batch`` (collated) or its ``end``; with the reader's ``state`` after
-    it, the samples ``skipped`` since its last message ((shard, key, reason)) and, at the end, how many samples were
-    ``dropped`` in partial buckets. A plain dict, so that the DataLoader pins the batch's tensors."""
-    return {"slot": slot, "kind": kind, "batch": batch, "state": state, "skipped": skipped, "dropped": dropped}
+    it (at the end its ``dropped``: samples left in partial buckets) and the samples ``skipped`` since its last
+    message ((shard, key, reason)). A plain dict, so that the DataLoader pins the batch's tensors."""
+    return {"slot": slot, "kind": kind, "batch": batch, "state": state, "skipped": skipped}
 
 
 def _flat(refs: list[tuple[int, int]]) -> list[int]:
@@ -70,7 +70,7 @@ class SlotReader:
         self.shard, self.member = state.get("shard", 0), state.get("member", 0)
         self.draws = Draws(seed, epoch, slot.index, count=state.get("draws", 0))
         self.batches, self.samples = state.get("batches", 0), state.get("samples", 0)
-        self.skipped_count = state.get("skipped", 0)
+        self.skipped_count, self.dropped = state.get("skipped", 0), state.get("dropped", 0)
         self._saved = state
         self.buffer: list[Sample] = []
         self.pending: dict[str, list[Sample]] = {}
@@ -87,6 +87,7 @@ class SlotReader:
             "batches": self.batches,
             "samples": self.samples,
             "skipped": self.skipped_count,
+            "dropped": self.dropped,
             "done": done,
         }
 
@@ -138,9 +139,9 @@ class SlotReader:
         for bucket, flat in pending.items():
             self.pending[bucket] = [found[ref] for ref in _pairs(flat) if found.get(ref) is not None]
 
-    def _message(self, kind: str, batch: dict | None = None, dropped: int = 0) -> dict:
+    def _message(self, kind: str, batch: dict | None = None) -> dict:
         skipped, self.skipped = self.skipped, []
-        return message(self.slot.index, kind, self.state(done=kind == "end"), skipped, batch, dropped)
+        return message(self.slot.index, kind, self.state(done=kind == "end"), skipped, batch)
 
     def _to_bucket(self, sample: Sample) -> Iterator[dict]:
         """Add ``sample`` to its bucket; a full bucket is decoded and emitted, its bad samples dropped (the bucket then
@@ -187,6 +188,6 @@ class SlotReader:
             self.shard, self.member = index + 1, 0
         while self.buffer:  # drain
             yield from self._to_bucket(self._take())
-        dropped = sum(len(group) for group in self.pending.values())
+        self.dropped = sum(len(group) for group in self.pending.values())  # drop_last
         self.pending = {}
-        yield self._message("end", dropped=dropped)
+        yield self._message("end")

@@ -72,7 +72,8 @@ class ShardStream:
 
     Attributes:
         epoch, batch_in_epoch: where this rank is; ``on_epoch(epoch)`` is called as each epoch starts.
-        dropped: samples left in partial buckets by the epochs finished so far (drop_last).
+        dropped: samples left in partial buckets by the epochs this process finished (drop_last).
+        last_epoch: ``{"epoch", "batches", "dropped"}`` of the last finished epoch (:meth:`epoch_report`).
         notes: what loading a position had to say (another layout with ``on_layout_change='next_epoch'``, a
             changed batch size).
     """
@@ -85,6 +86,7 @@ class ShardStream:
         self.num_workers, self.seed = num_workers, seed
         self.readers = max(1, num_workers)  # readers per rank; 0 workers: one, in this process
         self.epoch, self.batch_in_epoch, self.dropped = 0, 0, 0
+        self.last_epoch: dict | None = None
         self._states: list[dict | None] = [None] * self.readers
         self._next = 0
         self.on_epoch: Callable[[int], None] | None = None
@@ -95,6 +97,16 @@ class ShardStream:
             len(self.dataset.urls), self.world_size, self.num_workers, self.dataset.shard_samples
         )
         return f"ShardStream rank {self.rank}: batches of {self.batch_size}; {text}\n{self.dataset.report()}"
+
+    def epoch_report(self) -> str:
+        """One line on the last finished epoch of this rank: batches, samples drop_last left out, samples skipped."""
+        if self.last_epoch is None:
+            return f"rank {self.rank}: no epoch finished yet"
+        e = self.last_epoch
+        return (
+            f"epoch {e['epoch']} on rank {self.rank}: {e['batches']} batches of {self.batch_size}, {e['dropped']} "
+            f"samples left in partial buckets (drop_last), {self.dataset.skipped} skipped by the dataset so far"
+        )
 
     def _slots(self, epoch: int) -> list[Slot]:
         slots = epoch_slots(len(self.dataset.urls), self.world_size * self.readers, self.seed, epoch,
@@ -127,7 +139,6 @@ class ShardStream:
             self.dataset.note_skipped(message["skipped"])
             if message["kind"] == "end":
                 active.remove(current)
-                self.dropped += message["dropped"]
             current = self._next = _after(active, current)
             if message["kind"] == "batch":
                 self.batch_in_epoch += 1
@@ -142,6 +153,9 @@ class ShardStream:
             for batch in self._epoch():
                 produced = True
                 yield batch
+            dropped = sum(state["dropped"] for state in self._states if state)
+            self.last_epoch = {"epoch": self.epoch, "batches": self.batch_in_epoch, "dropped": dropped}
+            self.dropped += dropped
             empty_epochs = 0 if produced else empty_epochs + 1
             if empty_epochs > 1:
                 raise RuntimeError(
