@@ -2,8 +2,8 @@
 
 Each registry lists the modules that register into it (``locations``), so ``REGISTRY.build(cfg)`` works without the
 caller importing those modules first. The ``model``, ``method``, ``data`` and ``data_sampler`` sections are checked
-against the constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the known keys (not
-a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike.
+against the constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the
+known keys (not a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike.
 """
 
 from __future__ import annotations

@@ -57,6 +57,13 @@ def test_a_resumed_stream_continues_exactly(urls, tmp_path):
             _same(before[rank] + after[rank], whole[rank])
 
 
+def test_loading_leaves_the_global_torch_rng_alone(urls):
+    """The trainer's noise comes from torch's RNG: reading an epoch (DataLoader workers included) must not draw."""
+    before = torch.get_rng_state()
+    one_epoch(streams(urls, 1, 2, batch_size=2, seed=5, **OPTIONS)[0])
+    assert torch.equal(before, torch.get_rng_state())
+
+
 def test_a_stream_without_workers_resumes_too(urls, tmp_path):
     whole = take(streams(urls, 1, 0, batch_size=2, seed=5, **OPTIONS)[0], 12)
     stream = streams(urls, 1, 0, batch_size=2, seed=5, **OPTIONS)[0]

@@ -118,8 +118,11 @@ class ShardStream:
                              self.seed, self.epoch)  # fmt: skip
         if self.num_workers == 0:
             return iter(source)
+        # its own generator: a DataLoader without one draws its workers' base seed from the global torch RNG, which
+        # would shift the trainer's random stream at every epoch (and differently after a resume)
         loader = DataLoader(source, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
-                            pin_memory=torch.cuda.is_available())  # fmt: skip
+                            pin_memory=torch.cuda.is_available(),
+                            generator=torch.Generator().manual_seed(self.seed + self.epoch))  # fmt: skip
         return iter(loader)
 
     def _epoch(self) -> Iterator[dict]:
