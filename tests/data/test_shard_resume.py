@@ -106,8 +106,9 @@ def _free_port() -> int:
 
 
 def _gloo_rank(rank: int, port: int, urls: str, out: str) -> None:
-    """A rank of a 2-process gloo group: 3 batches, the gathered position (collective), 3 more batches. Without
-    loader workers: they would re-import everything in each spawned rank (the workers' part is tested above)."""
+    """A rank of a 2-process gloo group: 3 batches, the gathered position (collective), 3 more batches; a stream
+    seeded with seed + rank is refused. Without loader workers: they would re-import everything in each spawned rank
+    (the workers' part is tested above)."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
@@ -115,7 +116,13 @@ def _gloo_rank(rank: int, port: int, urls: str, out: str) -> None:
         take(stream, 3)
         state = stream.state_dict()  # every rank calls it
         rest = keys(take(stream, 3))
-        torch.save({"state": state, "rest": rest}, f"{out}/rank{rank}.pt")
+        per_rank_seed = ShardDataset(urls, resolution=32).stream(2, rank=rank, world_size=2, seed=5 + rank)
+        try:
+            next(iter(per_rank_seed))
+            refused = ""
+        except ValueError as error:
+            refused = str(error)
+        torch.save({"state": state, "rest": rest, "refused": refused}, f"{out}/rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
 
@@ -124,6 +131,7 @@ def test_state_dict_gathers_every_ranks_position_under_gloo(urls, tmp_path):
     mp.spawn(_gloo_rank, args=(_free_port(), urls, str(tmp_path)), nprocs=2, join=True)
     saved = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
     assert saved[0]["state"] == saved[1]["state"] and all(saved[0]["state"]["ranks"])
+    assert all("same seed (train.seed, not seed + rank)" in s["refused"] for s in saved)
     for rank, stream in enumerate(streams(urls, 2, 0, batch_size=2, seed=5, **OPTIONS)):
         stream.load_state_dict(saved[0]["state"])  # what rank 0 would write into the checkpoint
         assert keys(take(stream, 3)) == saved[rank]["rest"]

@@ -147,7 +147,27 @@ class ShardStream:
                 self.batch_in_epoch += 1
                 yield message["batch"]
 
+    def _check_ranks_agree(self) -> None:
+        """Under torch.distributed, every rank must split the same shard list with the same seed (a seed + rank, as
+        map-style samplers get, would give each rank another shard order: samples seen twice or never)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        actual = (torch.distributed.get_rank(), torch.distributed.get_world_size())
+        if actual != (self.rank, self.world_size):
+            raise ValueError(f"ShardStream built for rank {self.rank} of {self.world_size}, but this is {actual}")
+        if self.world_size > 1:
+            mine = (self.seed, self._layout()["shards"])
+            every: list = [None] * self.world_size
+            torch.distributed.all_gather_object(every, mine)
+            if any(other != mine for other in every):
+                seeds = [other[0] for other in every]
+                raise ValueError(
+                    f"the ranks' shard streams differ (seeds {seeds}, or the shard lists): every rank must pass the "
+                    "same seed (train.seed, not seed + rank) and the same data.urls"
+                )
+
     def __iter__(self) -> Iterator[dict]:
+        self._check_ranks_agree()  # a collective under torch.distributed: every rank starts iterating
         empty_epochs = 0
         while True:
             if self.on_epoch is not None:
