@@ -1,10 +1,10 @@
 """Registries: every buildable thing in the project is looked up by its config ``type``.
 
 Each registry lists the modules that register into it (``locations``), so ``REGISTRY.build(cfg)`` works without the
-caller importing those modules first. The ``model``, ``method`` and ``data_sampler`` sections are checked against the
-constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the known keys (not
-a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike. Keys that moved to another section
-(``MOVED_KEYS``) are still accepted where they were and handed to their new home.
+caller importing those modules first. The ``model``, ``method``, ``data`` and ``data_sampler`` sections are checked
+against the constructor before it is called: a misspelt key is a ``KeyError`` naming the section, the key and the
+known keys (not a ``TypeError`` from inside ``__init__``), for the trainer and every tool alike. Keys that moved to
+another section (``MOVED_KEYS``) are still accepted where they were and handed to their new home.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def _build_method(cfg: Mapping, registry: Registry, default_args: Mapping | None
 MODELS = Registry("models", build_func=_checked_build("model"), locations=["diffusion.model"])
 METHODS = Registry("methods", build_func=_build_method, locations=["diffusion.methods"])
 SCHEDULERS = Registry("schedulers", locations=["diffusion.schedulers"])
-DATASETS = Registry("datasets", locations=["diffusion.data"])
+DATASETS = Registry("datasets", build_func=_checked_build("data"), locations=["diffusion.data"])
 # the ``data_sampler`` section's batch samplers (diffusion.pipeline.SAMPLERS names the diffusion samplers)
 DATA_SAMPLERS = Registry("data samplers", build_func=_checked_build("data_sampler"), locations=["diffusion.data"])
 CODECS = Registry("codecs", locations=["diffusion.data"])

@@ -5,7 +5,8 @@ steps; PixArt-α/δ report zero-shot FID-30K on MS-COCO).
     python tools/eval_fid.py sample --config configs/pixart/tiny_teacher.py --checkpoint CKPT \
         --prompts prompts.txt --out output/eval/dpm20 --sampler dpm --steps 20 --cfg-scale 4.5
     torchrun --nproc_per_node 8 tools/eval_fid.py sample ...      # sharded by global index, resumable
-        # (a rerun resumes only with the settings in OUT/manifest.json; --overwrite starts over)
+        # (a rerun resumes only with the settings in OUT/manifest.json; --overwrite starts over; SIGTERM stops
+        # saying how many images are done, exit 143)
     python tools/eval_fid.py calc output/eval/ref.npz output/eval/dpm20      # last line: the FID
     python tools/eval_fid.py clip output/eval/dpm20 --clip PATH/clip-vit-large-patch14   # last line: CLIP score
     python tools/eval_fid.py attributes output/eval/dpm20
@@ -21,6 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -44,6 +48,7 @@ from diffusion.eval.attribute_net import DEFAULT_PATH
 from diffusion.eval.clip_score import CLIPScorer
 from diffusion.eval.images import list_images
 from diffusion.eval.manifest import check_sample_folder, config_sha256, file_identity
+from diffusion.eval.sampling import image_name, shard_batches
 from diffusion.pipeline import SAMPLERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -121,12 +126,24 @@ def log_wandb(args: argparse.Namespace, metrics: dict[str, float]) -> None:
     run.finish()
 
 
-def sample(args: argparse.Namespace) -> None:
-    """``sample`` on this rank of a torchrun job (or alone): its share of the prompts, then a check on rank 0."""
+class SamplingStopped(Exception):
+    """Raised by the SIGTERM handler of ``sample``: PNGs are written atomically, so the folder stays resumable."""
+
+
+def _raise_stopped(signum: int, frame) -> None:
+    raise SamplingStopped(signal.Signals(signum).name)
+
+
+def sample(args: argparse.Namespace) -> int:
+    """``sample`` on this rank of a torchrun job (or alone): its share of the prompts, then a check on rank 0.
+    SIGTERM stops it saying how many of this rank's images are done (exit 128 + 15); a rerun resumes."""
     from mmengine.config import Config
 
     device = dist.init()  # gloo on CPU, NCCL on CUDA; a no-op without torchrun
     rank, world = dist.rank(), dist.world_size()
+    in_main = threading.current_thread() is threading.main_thread()  # signal handlers can only be set there
+    previous = signal.signal(signal.SIGTERM, _raise_stopped) if in_main else None
+    prompts = []
     try:
         cfg = Config.fromfile(args.config)
         pipe = load_pipeline(cfg, args.checkpoint, args.device or device, use_ema=not args.no_ema)
@@ -147,8 +164,28 @@ def sample(args: argparse.Namespace) -> None:
             if found != len(prompts):
                 raise RuntimeError(f"{args.out} has {found} images for {len(prompts)} prompts after sampling")
             print(f"{args.out}: {found} images and prompts.txt")
+    except SamplingStopped as stopped:
+        print(f"[rank {rank}/{world}] stopped by {stopped}: {_progress(args, prompts, rank, world)}", file=sys.stderr)
+        return 128 + signal.SIGTERM
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         dist.cleanup()
+    return 0
+
+
+def _progress(args: argparse.Namespace, prompts: list[str], rank: int, world: int) -> str:
+    """Where this rank's share of ``sample`` stands on disk, and how to go on."""
+    if not prompts:
+        return "before sampling began; rerun the same command to resume"
+    mine = [i for batch in shard_batches(len(prompts), args.batch_size, rank, world) for i in batch]
+    done = [i for i in mine if (Path(args.out) / image_name(i)).is_file()]
+    missing = sorted(set(mine) - set(done))
+    where = f"; the next is {image_name(missing[0])}" if missing else ""
+    return (
+        f"{len(done)} of {len(mine)} images of this rank are in {args.out}{where}; rerun the same command to resume "
+        "(finished images are kept)"
+    )
 
 
 def feature_extractor(args: argparse.Namespace) -> torch.nn.Module:
@@ -177,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         print(report.summary())
         print(f"wrote {args.out}: mu {mu.shape}, sigma {sigma.shape} ({extractor.name} features)")
     elif args.command == "sample":
-        sample(args)
+        return sample(args)
     elif args.command == "calc":
         check_complete(args.a)
         check_complete(args.b)

@@ -19,7 +19,9 @@ codec; --control image encodes each item's control_path image as it is (a bare -
 Existing files are skipped, so rerunning resumes, except items whose caption or image changed since (re-extracted,
 reported as changed; see diffusion/data/sources.py); a cache made with another T5, --max-length, VAE, scale factor,
 resolution or control annotator (HED weights, Canny thresholds) is refused; --redo re-extracts the stale caches only
-(--redo all: every cache). Skipped images are always listed; --strict makes them exit 1.
+(--redo all: every cache). Skipped images are always listed; --strict makes them exit 1. SIGTERM / Ctrl-C stop
+at the next batch boundary, saying where (exit 128 + the signal number); every file written is recorded, so
+rerunning the same command resumes.
 """
 
 import argparse
@@ -31,8 +33,9 @@ import torch
 
 from diffusion.data.annotators import HED_HINT, build_annotator
 from diffusion.data.codec import AutoencoderKLCodec, PixelCodec
-from diffusion.data.features import extract_features
+from diffusion.data.features import ExtractionInterrupted, extract_features
 from diffusion.data.text_encoder import TextEncoder
+from diffusion.engine.signals import StopSignal
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 CONTROLS = ("hed", "canny", "image")
@@ -144,6 +147,21 @@ def build_control_annotator(args: argparse.Namespace, device: str) -> torch.nn.M
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    with StopSignal() as stop:  # SIGTERM / Ctrl-C: finish the batch, say where, exit 128 + signal
+        try:
+            return extract(args, should_stop=lambda: stop.received is not None)
+        except ExtractionInterrupted as interrupted:
+            print(
+                f"[rank {args.rank}/{args.world_size}] stopped by {stop.name} {interrupted.where}: "
+                f"{interrupted.report.summary()}\nevery file written so far is recorded; rerun the same command to "
+                "resume",
+                file=sys.stderr,
+            )
+            return 128 + int(stop.received)
+
+
+def extract(args: argparse.Namespace, should_stop=None) -> int:
+    """Build the codec, T5 (and annotator) of ``args`` and extract; the exit code."""
     device = args.device
     if device == "cuda" and "LOCAL_RANK" in os.environ:
         device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
@@ -177,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         redo=args.redo or False,
         check_sizes=args.check_sizes,
         workers=args.workers,
+        should_stop=should_stop,
     )
     print(f"[rank {args.rank}/{args.world_size}] {report.summary()}")
     if report.bad:

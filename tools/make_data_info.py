@@ -4,9 +4,10 @@ Captions come from a sidecar UTF-8 text file next to each image (``beach/IMG 01.
 from a CSV (columns ``path,caption``), JSON list or JSONL (``{"path": ..., "caption": ...}`` per line) with paths
 relative to FOLDER. Every image format Pillow opens here is used (.jpg, .png, .webp, .jfif, .tga, ...).
 Sizes are the real ones as displayed (after EXIF orientation), read from the image headers. Nested folders and
-spaces in names are fine. Images without a caption, captions that are not UTF-8, images that cannot be opened and
+spaces in names are fine; symlinked sub-folders are followed (a link back to a folder already walked is listed,
+not followed). Images without a caption, captions that are not UTF-8, images that cannot be opened and
 captions whose image is missing or in a format Pillow cannot open here are skipped and listed; two images
-whose feature files would collide (``a.jpg`` and ``a.png``) are refused, naming both.
+whose feature files would collide (``a.jpg`` and ``a.png``) are refused, naming both (exit 1, nothing written).
 
     python tools/make_data_info.py my_photos                        # sidecar .txt captions
     python tools/make_data_info.py my_photos --captions captions.csv --strict
@@ -15,9 +16,11 @@ Then: tools/extract_features.py --data-root my_photos ...  (see docs/data.md, "T
 
 import argparse
 import csv
+import errno
 import glob
 import io
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -73,17 +76,76 @@ def read_sidecar(image: Path) -> tuple[str | None, str | None]:
     return caption or None, None if caption else "no caption (sidecar .txt missing or empty)"
 
 
-def unmatched_sidecars(folder: Path, images: list[Path]) -> list[tuple[str, str]]:
-    """(path, reason) of every caption .txt whose image is missing or in a format Pillow cannot open here."""
+def walk_files(folder: Path) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Every regular file under ``folder``, following symlinked sub-folders (``Path.rglob`` does not), sorted; and
+    (path, reason) of each folder link already walked (a loop, or a second link to one folder) and of each broken or
+    looping symlink named like an image."""
+    files, skipped, walked = [], [], {}
+
+    def visit(directory: Path, rel: str) -> None:
+        stat = directory.stat()
+        walked[(stat.st_dev, stat.st_ino)] = rel
+        for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+            path, entry_rel = Path(entry.path), f"{rel}/{entry.name}" if rel != "." else entry.name
+            if _is(entry.is_dir):  # follows symlinks
+                target = path.stat()
+                first = walked.get((target.st_dev, target.st_ino))
+                if first is None:
+                    visit(path, entry_rel)
+                else:
+                    skipped.append((entry_rel, f"a symlink to a folder already listed ({first!r}): not walked again"))
+            elif _is(entry.is_file):
+                files.append(path)
+            elif entry.is_symlink() and path.suffix.lower() in IMAGE_SUFFIXES:
+                skipped.append((entry_rel, not_an_image(path)))
+
+    visit(folder, ".")
+    return sorted(files), skipped
+
+
+def _is(test) -> bool:
+    """``DirEntry.is_dir`` / ``is_file``, False for a symlink loop (they raise ELOOP for one)."""
+    try:
+        return test()
+    except OSError:
+        return False
+
+
+def not_an_image(path: Path) -> str:
+    """What a path that no image can be read from is (a folder, a symlink loop, a broken symlink, ...)."""
+    if path.is_symlink():
+        try:
+            path.resolve(strict=True)
+        except RuntimeError:  # Python 3.11 raises RuntimeError for a loop
+            return "a symlink loop"
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                return "a symlink loop"
+            return f"a broken symlink (to {os.readlink(path)})"
+    if path.is_dir():
+        return "a folder, not an image"
+    if not path.exists():
+        return "not found"
+    if not path.is_file():
+        return "not a regular file"
+    return f"Pillow here cannot open {path.suffix.lower()} files"
+
+
+def unmatched_sidecars(folder: Path, files: list[Path], images: list[Path], listed: set[str]) -> list[tuple[str, str]]:
+    """(path, reason) of every caption .txt among ``files`` whose image is missing, not an image (a folder, a broken
+    link) or in a format Pillow cannot open here; paths already in ``listed`` are not listed again."""
     stems = {image.with_suffix("") for image in images}
     skipped = []
-    for sidecar in sorted(folder.rglob(f"*{CAPTION_SUFFIX}")):
-        if not sidecar.is_file() or sidecar.with_suffix("") in stems:
+    for sidecar in files:
+        if sidecar.suffix != CAPTION_SUFFIX or sidecar.with_suffix("") in stems:
             continue
         others = sorted(p for p in sidecar.parent.glob(glob.escape(sidecar.stem) + ".*") if p != sidecar)
         if others:
-            rel, ext = others[0].relative_to(folder).as_posix(), others[0].suffix.lower()
-            skipped.append((rel, f"has a caption ({sidecar.name}) but Pillow here cannot open {ext} files"))
+            rel = others[0].relative_to(folder).as_posix()
+            if rel not in listed:
+                what = not_an_image(others[0])
+                what = what if what.startswith("Pillow") else f"{others[0].name} is {what}"
+                skipped.append((rel, f"has a caption ({sidecar.name}) but {what}"))
         else:
             skipped.append((sidecar.relative_to(folder).as_posix(), "a caption without an image"))
     return skipped
@@ -93,8 +155,9 @@ def build_items(
     folder: Path, captions: dict[str, str] | None = None, progress: bool = True
 ) -> tuple[list[dict], list[tuple[str, str]]]:
     """The data_info items of every image under ``folder`` and the (path, reason) of every skipped file."""
-    images = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    items, skipped = [], []
+    files, skipped = walk_files(folder)
+    images = [p for p in files if p.suffix.lower() in IMAGE_SUFFIXES]
+    items = []
     for image in tqdm(images, desc="images", disable=not progress):
         rel = image.relative_to(folder).as_posix()
         if captions is not None:
@@ -111,12 +174,12 @@ def build_items(
             continue
         items.append({"path": rel, "prompt": prompt, "height": height, "width": width, "ratio": height / width})
     if captions is None:
-        skipped += unmatched_sidecars(folder, images)
+        skipped += unmatched_sidecars(folder, files, images, {path for path, _ in skipped})
     else:
         found = {item["path"] for item in items} | {path for path, _ in skipped}
         for path in sorted(set(captions) - found):
-            exists = (folder / path).is_file()
-            skipped.append((path, "not an image format Pillow can open here" if exists else "listed but not found"))
+            exists = (folder / path).exists() or (folder / path).is_symlink()
+            skipped.append((path, not_an_image(folder / path) if exists else "listed but not found"))
     return items, skipped
 
 
@@ -132,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     captions = read_caption_table(args.captions) if args.captions else None
     items, skipped = build_items(args.folder, captions)
     out = args.out or args.folder / "data_info.json"
-    check_unique_names(items, out)
+    try:
+        check_unique_names(items, out)
+    except ValueError as error:  # two images sharing cache file names: the message names both
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     if not items:
         print(f"no captioned images found under {args.folder}", file=sys.stderr)
         return 1

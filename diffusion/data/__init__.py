@@ -1,7 +1,7 @@
 """Data: datasets over cached features, aspect-ratio buckets, codecs, the text encoder and the embedded default.
 
-Importing this package registers FeatureDataset (DATASETS), AspectRatioBatchSampler (DATA_SAMPLERS) and the codecs
-(CODECS).
+Importing this package registers FeatureDataset and ShardDataset (DATASETS), AspectRatioBatchSampler
+(DATA_SAMPLERS) and the codecs (CODECS).
 """
 
 from diffusion.data.buckets import (
@@ -18,7 +18,8 @@ from diffusion.data.dataset import FeatureDataset, collate, prepare_batch
 from diffusion.data.default import EMBEDDED_MAX_LENGTH, ensure_embedded_default
 from diffusion.data.embedded import VALIDATION_PROMPTS, attribute_vocab, caption, parse_prompt, render
 from diffusion.data.features import extract_features, feature_name
-from diffusion.data.images import open_rgb, oriented_size
+from diffusion.data.images import load_pixels, open_rgb, oriented_size, pixels_to_model
+from diffusion.data.shards import ShardDataset, ShardStream, make_shards
 from diffusion.data.text_encoder import TextEncoder, ensure_tiny_text_encoder, make_tiny_text_encoder
 
 __all__ = [
@@ -30,6 +31,8 @@ __all__ = [
     "AspectRatioBatchSampler",
     "AutoencoderKLCodec",
     "FeatureDataset",
+    "ShardDataset",
+    "ShardStream",
     "PixelCodec",
     "TextEncoder",
     "aspect_ratio_table",
@@ -42,11 +45,14 @@ __all__ = [
     "ensure_tiny_text_encoder",
     "extract_features",
     "feature_name",
+    "load_pixels",
+    "make_shards",
     "make_tiny_text_encoder",
     "make_tiny_vae",
     "open_rgb",
     "oriented_size",
     "parse_prompt",
+    "pixels_to_model",
     "prepare_batch",
     "render",
 ]

@@ -179,7 +179,8 @@ class FeatureDataset(Dataset):
         if edited:
             raise ValueError(
                 f"{caption_dir(self.root) / edited[0]}.npz was extracted from another prompt than {json_path}'s "
-                f"({len(edited)} caption(s) edited since extraction); rerun tools/extract_features.py on {self.root}"
+                f"({len(edited)} caption(s) edited since extraction, or written by an extraction that was killed); "
+                f"rerun tools/extract_features.py on {self.root}"
             )
 
     def _files(self, entry: dict) -> dict[str, Path]:

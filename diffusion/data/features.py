@@ -37,8 +37,8 @@ from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_nam
 from diffusion.data.provenance import annotator_meta, caption_meta, check_meta, codec_meta, read_meta, write_meta
 from diffusion.data.sources import SourceIndex, image_source, prompt_source
 
-__all__ = ["REQUIRED_FIELDS", "ExtractionReport", "caption_dir", "extract_features", "feature_name", "latent_dir"]
-__all__ += ["load_data_info", "target_size"]
+__all__ = ["REQUIRED_FIELDS", "ExtractionInterrupted", "ExtractionReport", "caption_dir", "extract_features"]
+__all__ += ["feature_name", "latent_dir", "load_data_info", "target_size"]
 
 
 def caption_dir(root: str | Path) -> Path:
@@ -92,6 +92,20 @@ class ExtractionReport:
         return text + "".join(f"\n  bad: {path}: {reason}" for path, reason in self.bad)
 
 
+class ExtractionInterrupted(Exception):
+    """``extract_features`` stopped at a batch boundary because ``should_stop()`` said so (a SIGTERM); ``report``
+    holds what was written, every file of it recorded (sources.py), so a rerun resumes."""
+
+    def __init__(self, report: ExtractionReport, where: str) -> None:
+        super().__init__(where)
+        self.report, self.where = report, where
+
+
+def _check_stop(should_stop: Callable[[], bool] | None, report: ExtractionReport, where: str) -> None:
+    if should_stop is not None and should_stop():
+        raise ExtractionInterrupted(report, where)
+
+
 @dataclass
 class _Job:
     image: Path
@@ -125,14 +139,16 @@ def _encode_images(
     desc: str,
     progress: bool,
     annotator: nn.Module | None = None,
-) -> int:
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
     """Encode jobs (their images, or ``annotator``'s control images of them), at most ``batch_size`` images of one
-    target size per codec call; returns files written."""
+    target size per codec call; counts the files written in ``report.<desc>``; checks ``should_stop`` after each
+    batch."""
     by_size: dict[tuple[int, int], list[_Job]] = defaultdict(list)
     for job in jobs:
         by_size[job.size].append(job)
     batches = [group[i : i + batch_size] for group in by_size.values() for i in range(0, len(group), batch_size)]
-    written = 0
+    done = 0
     with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, disable=not progress) as bar:
         for batch in batches:
             loaded = []
@@ -144,30 +160,41 @@ def _encode_images(
                     job.out.unlink(missing_ok=True)  # never leave a stale latent for an image that is now bad
                     index.record(job.out.stem, None)
             bar.update(len(batch))
-            if not loaded:  # every image of this batch was unreadable
-                continue
-            images = torch.stack([image for _, image in loaded]).to(device)
-            mean, std = codec.encode(images if annotator is None else _control_images(annotator, images))
-            features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
-            for feature, (job, _) in zip(features, loaded):
-                _atomic_save(job.out, lambda f, a=feature: np.save(f, a))
-                index.record(job.out.stem, job.source)
-            written += len(loaded)
-    return written
+            done += len(batch)
+            if loaded:  # else every image of this batch was unreadable
+                images = torch.stack([image for _, image in loaded]).to(device)
+                mean, std = codec.encode(images if annotator is None else _control_images(annotator, images))
+                features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
+                index.begin([job.out.stem for job, _ in loaded])  # a kill before each record: redone
+                for feature, (job, _) in zip(features, loaded):
+                    _atomic_save(job.out, lambda f, a=feature: np.save(f, a))
+                    index.record(job.out.stem, job.source)
+                setattr(report, desc, getattr(report, desc) + len(loaded))
+            _check_stop(should_stop, report, f"in the {desc} pass after {done} of {len(jobs)} images")
 
 
-def _encode_captions(text_encoder, todo: list[tuple[dict, str]], index: SourceIndex, batch_size: int, progress) -> int:
+def _encode_captions(
+    text_encoder,
+    todo: list[tuple[dict, str]],
+    index: SourceIndex,
+    batch_size: int,
+    progress: bool,
+    report: ExtractionReport,
+    should_stop: Callable[[], bool] | None,
+) -> None:
     out = index.path.parent
     chunks = range(0, len(todo), batch_size)
     for start in tqdm(chunks, desc="captions", disable=not progress):
         chunk = todo[start : start + batch_size]
         y, y_mask = text_encoder.encode([entry["prompt"] for entry, _ in chunk])
         y, y_mask = y.float().cpu().numpy(), y_mask.cpu().numpy()
+        index.begin([name for _, name in chunk])  # a kill before each record: redone
         for i, (_, name) in enumerate(chunk):
             arrays = {"caption_feature": y[i], "attention_mask": y_mask[i : i + 1]}  # [1,L,C], [1,L]
             _atomic_save(out / f"{name}.npz", lambda f, a=arrays: np.savez(f, **a))
             index.record(name, prompt_source(chunk[i][0]["prompt"]))
-    return len(todo)
+        report.captions += len(chunk)
+        _check_stop(should_stop, report, f"in the captions pass after {start + len(chunk)} of {len(todo)} captions")
 
 
 def extract_features(
@@ -188,6 +215,7 @@ def extract_features(
     redo: bool | str = False,
     check_sizes: bool = True,
     workers: int = 4,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ExtractionReport:
     """Cache caption and codec features for this rank's share (items ``rank::world_size``) of ``data_root``.
 
@@ -210,6 +238,8 @@ def extract_features(
             cache made with another annotator or other parameters is refused like another codec.
         text_batch_size, vae_batch_size: captions per T5 call, images per codec call.
         workers: threads decoding images.
+        should_stop: asked after every caption chunk and image batch (a SIGTERM handler's flag); when it says
+            True, :class:`ExtractionInterrupted` is raised with the report so far (everything written is recorded).
     """
     if annotator is not None and not control:
         raise ValueError("an annotator makes control latents: pass control=True with it")
@@ -244,8 +274,10 @@ def extract_features(
         for e, n in zip(entries, names)
         if _needs(index, captions, n, ".npz", prompt_source(e["prompt"]), report)
     ]
-    report.captions += _encode_captions(text_encoder, todo, index, text_batch_size, progress)
-    index.flush()
+    try:
+        _encode_captions(text_encoder, todo, index, text_batch_size, progress, report, should_stop)
+    finally:
+        index.flush()
 
     kinds = [("latent", "path", None)]
     if control:  # an annotator maps the item's own image; without one, control_path is the control image
@@ -262,11 +294,12 @@ def extract_features(
             )
             if _needs(index, rewrite[out], name, ".npy", job.source, report):
                 jobs.append(job)
-        written = _encode_images(
-            codec, jobs, index, vae_batch_size, device, report, workers, kind + "s", progress, net
-        )
-        setattr(report, kind + "s", getattr(report, kind + "s") + written)
-        index.flush()
+        try:
+            _encode_images(
+                codec, jobs, index, vae_batch_size, device, report, workers, kind + "s", progress, net, should_stop
+            )
+        finally:
+            index.flush()
     return report
 
 

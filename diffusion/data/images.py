@@ -10,15 +10,18 @@ with transparency, CMYK scans, grayscale. ``open_rgb`` turns each into the 8-bit
 - every other mode (CMYK, P, L, 1, YCbCr, ...) through Pillow's conversion.
 
 ``oriented_size`` reads only the header and gives the (h, w) after orientation, for checking data_info.json.
-``load_image`` is the one geometry of training (feature extraction) and sampling (a control image): cover the size,
-centre-crop.
+``load_pixels`` / ``load_image`` then resize and centre-crop to a training size, the one way feature extraction and
+the shard dataset read an image.
 """
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+RATIO_TOLERANCE = 0.02  # relative h/w difference between a declared size and the image; rounding of a resized copy
 
 BACKGROUND = (255, 255, 255)
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # EXIF orientations that rotate by 90° (transpose, rotate 270, ...)
@@ -52,25 +55,32 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = BACKGROUND) -> I
     return img.convert("RGB")
 
 
-def open_rgb(path: str | Path, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
-    """Decode the image at ``path`` fully (a truncated file raises here) as oriented 8-bit RGB."""
+def open_rgb(path: str | Path | BinaryIO, background: tuple[int, int, int] = BACKGROUND) -> Image.Image:
+    """Decode the image at ``path`` (or in a binary file object) fully (a truncated file raises here) as oriented
+    8-bit RGB."""
     with Image.open(path) as img:
         img.load()
         oriented = ImageOps.exif_transpose(img)
         return to_rgb(oriented, background)
 
 
-def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
-    """Read an image as displayed (EXIF-oriented RGB, :func:`open_rgb`), resize it (bicubic) to cover ``size`` = (h, w)
-    and centre-crop: (3, h, w) in [-1, 1].
+def load_pixels(
+    source: str | Path | BinaryIO,
+    size: tuple[int, int],
+    declared: tuple[int, int] | None = None,
+    declared_by: str = "data_info.json",
+) -> np.ndarray:
+    """Read an image (a path or a file object) as displayed (EXIF-oriented RGB, see images.py), resize it (bicubic)
+    to cover ``size`` = (h, w) and centre-crop: (h, w, 3) uint8.
 
-    ``declared`` (h, w) from data_info.json must have the oriented image's aspect ratio (within
-    ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original sizes, which
-    stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is refused."""
-    img = open_rgb(path)
+    ``declared`` (h, w), from ``declared_by`` (data_info.json, a shard's json), must have the oriented image's aspect
+    ratio (within ``RATIO_TOLERANCE``): a resized copy of the original is fine (the official lists give original
+    sizes, which stay the ``img_hw`` micro-condition), a swapped or wrong size that would pick another bucket is
+    refused (ValueError)."""
+    img = open_rgb(source)
     if declared is not None and abs(declared[0] / declared[1] * img.width / img.height - 1) > RATIO_TOLERANCE:
         raise ValueError(
-            f"data_info.json declares height {declared[0]}, width {declared[1]}, but the image is "
+            f"{declared_by} declares height {declared[0]}, width {declared[1]}, but the image is "
             f"{img.height}x{img.width} (h x w) after EXIF orientation; fix the entry (tools/make_data_info.py "
             "reads real sizes)"
         )
@@ -81,5 +91,14 @@ def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int
         img = img.resize((new_w, new_h), Image.BICUBIC)
         left, top = (new_w - w) // 2, (new_h - h) // 2
         img = img.crop((left, top, left + w, top + h))
-    array = np.asarray(img, dtype=np.float32)
-    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1.0
+    return np.array(img, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on a read-only view)
+
+
+def pixels_to_model(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 images (..., 3, h, w) → float32 in [-1, 1], what the codecs encode (exactly :func:`load_image`'s)."""
+    return pixels.float() / 127.5 - 1.0
+
+
+def load_image(path: str | Path, size: tuple[int, int], declared: tuple[int, int] | None = None) -> torch.Tensor:
+    """:func:`load_pixels` as (3, h, w) float32 in [-1, 1], what the codecs encode."""
+    return pixels_to_model(torch.from_numpy(load_pixels(path, size, declared)).permute(2, 0, 1))
