@@ -10,7 +10,6 @@ main = load_command("tools/reproduce_tables.py").main
 
 TABLE_TOOL = """
 import json, sys
-from tests.commands import load_command
 print(json.dumps({"progress": 1}))
 print("Caption: numbers from " + " ".join(sys.argv[1:]))
 print()
