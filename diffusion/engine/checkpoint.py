@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusion.model.io import describe_state
+
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TMP_DIR = re.compile(r"^step_(\d+)\.tmp$")
@@ -187,7 +189,10 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(k for k in result.missing_keys if k in trainable)
     if missing or result.unexpected_keys:
-        raise KeyError(f"{source}: missing trainable keys {missing}, unexpected keys {sorted(result.unexpected_keys)}")
+        raise KeyError(
+            f"{source} holds {describe_state(state)}: missing trainable keys {missing}, unexpected keys "
+            f"{sorted(result.unexpected_keys)}"
+        )
 
 
 def load_object(path: str | os.PathLike) -> dict:
