@@ -169,7 +169,7 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def trainable_only(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` reduced to ``model``'s trainable parameters when it has frozen ones (a ControlNet's copies, LoRA):
-    the frozen rest comes from the config's ``load_from``, so a checkpoint does not repeat it."""
+    the frozen rest comes from the config's ``weights.base``, so a checkpoint does not repeat it."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
     if len(names) == sum(1 for _ in model.named_parameters()):
         return state

@@ -5,7 +5,7 @@ Everything is loaded without executing pickled code (``torch.load(weights_only=T
 The null caption (``y_embedder.y_embedding``, the unconditional input of classifier-free guidance and of the LCM
 teacher): PixArt-alpha checkpoints carry their own. PixArt-Sigma's is T5("") at 300 tokens, which the official Σ
 loader writes over every checkpoint's ``y_embedding`` on each load from ``null_embed_diffusers_300token.pth``; a
-config names that file here with the top-level key ``null_caption`` (``tools/make_null_caption.py`` writes it, the
+config names that file here as ``weights.null_caption`` (``tools/make_null_caption.py`` writes it, the
 format ``method.null_caption`` reads: ``y`` (1, 1, L, C) in a .safetensors file). The rule (:func:`with_null_caption`):
 the file, when it exists, is the null caption whatever the checkpoint holds (a checkpoint of another length, e.g.
 PixArt-alpha's 120 tokens, then loads too); a checkpoint without ``y_embedding`` (a diffusers folder) needs it (an
@@ -130,7 +130,7 @@ def load_state_into(
     if NULL_KEY not in state and hasattr(model, "y_embedder"):
         raise KeyError(
             f"{path} has no '{NULL_KEY}' (the null caption); a diffusers folder needs the y_embedding.safetensors "
-            "side file written by tools/convert_diffusers.py, or a config naming a null_caption file (T5(''), "
+            "side file written by tools/convert_diffusers.py, or a config naming a weights.null_caption file (T5(''), "
             "tools/make_null_caption.py)"
         )
     result = model.load_state_dict(state, strict=False)
