@@ -47,8 +47,8 @@ def config_hash(cfg: Config) -> str:
     section defaults, the model's and method's constructor defaults). Moving a value between files, spelling out a
     default or the code gaining a new defaulted option does not change it; changing a value that trains does. The
     weight sources are hashed as resolved (:func:`hashed_weights`), so a config keeps its hash across their rename."""
-    sources = weight_sources(cfg)
     resolved = without_moved_weight_keys(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+    sources = weight_sources(resolved)
     resolved.pop("weights", None)
     for section in UNHASHED_SECTIONS:
         resolved.pop(section, None)
