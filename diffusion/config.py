@@ -7,14 +7,17 @@ An unknown or missing key is an error that names it (the official PixArt configs
 """
 
 import inspect
+import warnings
+from collections.abc import Mapping
 from typing import Any
 
 REQUIRED = object()
 
 TOP_LEVEL_KEYS = (
     "model",
-    "load_from",
-    "null_caption",  # PixArt-Sigma: T5("") file that is the model's y_embedding (diffusion.build.build_model)
+    "weights",  # the named weight sources (WEIGHT_KEYS), resolved by diffusion.build.weight_sources
+    "load_from",  # older configs: now weights.base (MOVED_WEIGHT_KEYS), read with a FutureWarning
+    "null_caption",  # older configs: now weights.null_caption
     "method",
     "data",
     "data_sampler",
@@ -60,9 +63,9 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "validation": dict(
         every=500, prompts=REQUIRED, seed=0, sampler=None, control=None, annotator="image", hed_path=None
     ),
-    # PixArt-delta §4: wrap cfg.model (holding cfg.load_from) in a ControlNet; load_from = ControlNet weights (the
-    # official full file or a training checkpoint of the trainable weights). copy_blocks None: depth // 2 for "unet".
-    "controlnet": dict(copy_blocks=13, topology="transformer", load_from=None),
+    # PixArt-delta §4: wrap cfg.model (holding weights.base) in a ControlNet of copy_blocks trainable copies; its
+    # weights are weights.controlnet. copy_blocks None: depth // 2 for "unet".
+    "controlnet": dict(copy_blocks=13, topology="transformer"),
     # diffusion.build.build_text_encoder reads these; the caption cache's meta.json must agree (preflight)
     "text_encoder": dict(path=REQUIRED, max_length=120, clean_caption=True),
 }
@@ -141,3 +144,75 @@ def check_codec(values: dict) -> dict[str, Any]:
     if missing:
         raise KeyError(f"missing required key(s) {missing} in config section 'codec' ({values['type']})")
     return values
+
+
+# The weight sources a config names, each with its own key of the top-level section ``weights`` (docs/design.md,
+# "Building"; diffusion.build.weight_sources resolves them):
+WEIGHT_KEYS = {
+    "base": "the network's own weights: what cfg.model starts from (a ControlNet's frozen base, a LoRA's base)",
+    "controlnet": "a ControlNet's weights: the official full file or a trainer checkpoint of its copies",
+    "teacher": "a distilling method's teacher (unset: weights.base; a student starts as its teacher)",
+    "null_caption": "PixArt-Sigma: a T5('') file (tools/make_null_caption.py) that is the model's y_embedding",
+}
+# Where older configs named them (one key, three meanings: the teacher of an LCM config, the base of a ControlNet,
+# the student's base of a LoRA): old dotted key -> its key in ``weights``.
+MOVED_WEIGHT_KEYS = {
+    "load_from": "base",
+    "controlnet.load_from": "controlnet",
+    "method.teacher_load_from": "teacher",
+    "null_caption": "null_caption",
+}
+
+
+def weights_section(cfg: Mapping) -> dict[str, Any]:
+    """``cfg.weights`` (every key of :data:`WEIGHT_KEYS`, None when unset) with the keys of older configs moved in.
+
+    Each old key set (:data:`MOVED_WEIGHT_KEYS`; a None value counts as unset) is read at its new key with a
+    ``FutureWarning`` naming both; an old and a new key set to different values is a ``ValueError`` naming both; an
+    unknown key of ``weights`` is a ``KeyError`` listing the known ones.
+    """
+    named = dict(cfg.get("weights") or {})
+    unknown = sorted(named.keys() - WEIGHT_KEYS.keys())
+    if unknown:
+        raise KeyError(f"unknown key(s) {unknown} in config section 'weights'; known: {list(WEIGHT_KEYS)}")
+    section = {key: named.get(key) for key in WEIGHT_KEYS}
+    for old, new in MOVED_WEIGHT_KEYS.items():
+        value = _dotted(cfg, old)
+        if value is None:
+            continue
+        if section[new] is not None and section[new] != value:
+            raise ValueError(
+                f"config keys {old} = {value!r} and weights.{new} = {section[new]!r} disagree: {old} is the older "
+                f"name of weights.{new}; set weights.{new} only"
+            )
+        warnings.warn(
+            f"config key {old} is now weights.{new} ({WEIGHT_KEYS[new]}); read as such",
+            FutureWarning,
+            stacklevel=2,
+        )
+        section[new] = value
+    return section
+
+
+def without_moved_weight_keys(cfg: Mapping) -> dict[str, Any]:
+    """A copy of ``cfg`` (top level and the sections it changes) in the current form: ``weights`` holds every weight
+    source (:func:`weights_section`, unset ones left out) and no old key of :data:`MOVED_WEIGHT_KEYS` remains."""
+    section = {k: v for k, v in weights_section(cfg).items() if v is not None}
+    out = {k: v for k, v in cfg.items() if k not in ("load_from", "null_caption", "weights")}
+    for old in MOVED_WEIGHT_KEYS:
+        if "." in old:
+            parent, key = old.split(".")
+            if isinstance(out.get(parent), Mapping) and key in out[parent]:
+                out[parent] = {k: v for k, v in out[parent].items() if k != key}
+    if section:
+        out["weights"] = section
+    return out
+
+
+def _dotted(cfg: Mapping, key: str) -> Any:
+    """``cfg``'s value at the dotted ``key`` (one level of nesting), None when absent (cfg: a dict or a Config)."""
+    parent, _, leaf = key.rpartition(".")
+    if not parent:
+        return cfg.get(leaf)
+    holder = cfg.get(parent)
+    return holder.get(leaf) if isinstance(holder, Mapping) else None

@@ -6,9 +6,9 @@ from the checkout and :data:`ROOT` is the checkout's root. Three kinds of path, 
 - a command's *default* that names a committed file (a config under ``configs/``, an asset under ``assets/``) is
   :func:`repo_path`: absolute, found wherever the command runs;
 - a path a person types (``--config``, ``--out``, a checkpoint) is relative to the current folder, as in any command;
-- a path written inside a config (``load_from = "assets/…"``, ``data.root = "output/…"``) is relative to the current
-  folder too: the repo's configs are run from the checkout (``make`` does), and a config hash that names a file stays
-  the same on every machine.
+- a path written inside a config (``weights = dict(base="assets/…")``, ``data.root = "output/…"``) is relative to the
+  current folder too: the repo's configs are run from the checkout (``make`` does), and a config hash that names a
+  file stays the same on every machine.
 
 Outputs (``output/…`` defaults: run dirs, tables, grids) land under the current folder.
 """

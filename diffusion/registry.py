@@ -67,12 +67,20 @@ def check_keys(registry: Registry, values: Mapping[str, Any], section: str, chec
     if accepted is None:
         return
     known, required = accepted
-    unknown = sorted(values.keys() - known - {"type"} - MOVED_KEYS.get(section, {}).keys())
+    moved = MOVED_KEYS.get(section, {}).keys() | _moved_weight_keys(section)
+    unknown = sorted(values.keys() - known - {"type"} - moved)
     if unknown:
         raise KeyError(f"unknown key(s) {unknown} in config section '{section}' ({obj_type}); known: {sorted(known)}")
     missing = sorted(required - values.keys())
     if check_missing and missing:
         raise KeyError(f"missing required key(s) {missing} in config section '{section}' ({obj_type})")
+
+
+def _moved_weight_keys(section: str) -> set[str]:
+    """The keys of ``section`` that older configs named weights with (now the ``weights`` section)."""
+    from diffusion.config import MOVED_WEIGHT_KEYS  # lazy: a leaf module, kept out of the registry's import
+
+    return {old.split(".", 1)[1] for old in MOVED_WEIGHT_KEYS if old.startswith(f"{section}.")}
 
 
 def _checked_build(section: str) -> Callable:

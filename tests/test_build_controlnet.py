@@ -1,5 +1,5 @@
-"""diffusion/build.py for ControlNet configs: the ``controlnet`` section wraps the base holding ``load_from``;
-``load_model`` reads the official full layout and a trainable-weights checkpoint on top of ``load_from``."""
+"""diffusion/build.py for ControlNet configs: the ``controlnet`` section wraps the base holding ``weights.base``;
+``load_model`` reads the official full layout and a trainable-weights checkpoint on top of ``weights.base``."""
 
 import pytest
 import torch
@@ -24,8 +24,9 @@ def base_file(tmp_path_factory):
     return path, base
 
 
-def _cfg(base_path, **controlnet):
-    return dict(model=MODEL, load_from=str(base_path), controlnet={"copy_blocks": 2, **controlnet})
+def _cfg(base_path, weights=None, **controlnet):
+    named = {"base": None if base_path is None else str(base_path), **(weights or {})}
+    return dict(model=MODEL, weights=named, controlnet={"copy_blocks": 2, **controlnet})
 
 
 def test_build_wraps_the_loaded_base_and_copies_its_blocks(base_file):
@@ -49,7 +50,7 @@ def test_controlnet_section_keys_are_checked():
         resolve_section("controlnet", dict(copy_block=3))
     with pytest.raises(KeyError, match="topology"):
         resolve_section("controlnet", dict(topology="resnet"))
-    assert resolve_section("controlnet", {}) == dict(copy_blocks=13, topology="transformer", load_from=None)
+    assert resolve_section("controlnet", {}) == dict(copy_blocks=13, topology="transformer")
 
 
 def _trained(path):
@@ -68,15 +69,15 @@ def test_load_model_reads_official_full_and_trainable_checkpoints(base_file, tmp
     torch.save({"state_dict": full}, tmp_path / "PixArt-ControlNet.pth")
     save_file(trained.trainable_state_dict(), str(tmp_path / "model.safetensors"))  # a trainer step folder
     expected = trained.state_dict()
-    no_base = dict(_cfg(path), load_from=None)
+    no_base = _cfg(None)
     for cfg, checkpoint in [(no_base, tmp_path / "PixArt-ControlNet.pth"), (_cfg(path), tmp_path)]:
         model = load_model(cfg, checkpoint)
         assert not model.training and not any(p.requires_grad for p in model.parameters())
         assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
-    # controlnet.load_from: the same weights, from the config alone
-    model = load_model(_cfg(path, load_from=str(tmp_path / "model.safetensors")))
+    # weights.controlnet: the same weights, from the config alone
+    model = load_model(_cfg(path, weights=dict(controlnet=str(tmp_path / "model.safetensors"))))
     assert all(torch.equal(model.state_dict()[k], v) for k, v in expected.items())
-    with pytest.raises(ValueError, match="trainable weights.*load_from"):
+    with pytest.raises(ValueError, match="trainable weights.*weights.base, which is not set"):
         load_model(no_base, tmp_path)
     partial = trained.trainable_state_dict()
     partial.pop("controlnet.1.after_proj.weight")
@@ -100,19 +101,20 @@ def test_export_writes_the_official_full_layout(base_file, tmp_path):
     state = torch.load(out, weights_only=True)["state_dict"]
     assert state.keys() == trained.state_dict().keys()
     assert any(k.startswith("base_model.") for k in state) and "controlnet.0.before_proj.weight" in state
-    model = load_model(dict(_cfg(path), load_from=None), out)  # the full file needs no base
+    model = load_model(_cfg(None), out)  # the full file needs no base
     assert all(torch.equal(model.state_dict()[k], v) for k, v in trained.state_dict().items())
 
 
-def test_a_full_controlnet_file_on_another_base_keeps_load_from_as_the_base(base_file, tmp_path):
+def test_a_full_controlnet_file_on_another_base_keeps_weights_base_as_the_base(base_file, tmp_path):
     """The controllable LCM: a ControlNet trained (and released in full) on PixArt-alpha, put on an LCM student's
-    base given as load_from. The base stays load_from's, the copies come from the file, and the swap is announced."""
+    base given as weights.base. The base stays weights.base, the copies come from the file, and the swap is
+    announced."""
     path, _ = base_file
     trained = _trained(path)  # copies trained on the base of base_file
     torch.save({"state_dict": trained.state_dict()}, tmp_path / "PixArt-ControlNet.pth")
     student = randomize(MODELS.build(dict(MODEL)), seed=9)
     save_file(student.state_dict(), str(tmp_path / "student.safetensors"))
-    cfg = dict(_cfg(path), load_from=str(tmp_path / "student.safetensors"))
+    cfg = _cfg(tmp_path / "student.safetensors")
     with pytest.warns(UserWarning, match="carries its own base.*only the file's ControlNet copies"):
         model = load_model(cfg, tmp_path / "PixArt-ControlNet.pth")
     assert all(torch.equal(model.base_model.state_dict()[k], v) for k, v in student.state_dict().items())
@@ -120,7 +122,7 @@ def test_a_full_controlnet_file_on_another_base_keeps_load_from_as_the_base(base
     assert all(torch.equal(model.state_dict()[k], v) for k, v in copies.items())
     with pytest.warns(UserWarning, match="carries its own base"):
         built = build_model(
-            {**cfg, "controlnet": {**cfg["controlnet"], "load_from": str(tmp_path / "PixArt-ControlNet.pth")}}
+            _cfg(tmp_path / "student.safetensors", weights=dict(controlnet=str(tmp_path / "PixArt-ControlNet.pth")))
         )
     assert all(torch.equal(built.state_dict()[k], v) for k, v in model.state_dict().items())
     import warnings

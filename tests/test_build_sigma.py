@@ -1,5 +1,5 @@
-"""diffusion/build.py with PixArt-Sigma configs: the top-level ``null_caption`` key (T5("") file) is the model's
-y_embedding for the trainer's start (``build_model``: over ``load_from``, or from scratch) and for sampling
+"""diffusion/build.py with PixArt-Sigma configs: ``weights.null_caption`` (a T5("") file) is the model's
+y_embedding for the trainer's start (``build_model``: over ``weights.base``, or from scratch) and for sampling
 (``load_model``: a diffusers Σ folder without y_embedding); a KV-compressed config fine-tunes from a released
 checkpoint (no sr / norm weights), its ControlNet copies included."""
 
@@ -25,27 +25,33 @@ def files(tmp_path):
     return tmp_path, released, null[0, 0]
 
 
-def test_null_caption_is_a_known_top_level_key():
+def test_null_caption_is_a_weight_source_and_the_old_top_level_key_still_reads():
     check_top_level(dict(model={}, method={}, data={}, optimizer={}, train={}, null_caption="null.safetensors"))
+    check_top_level(dict(model={}, method={}, data={}, optimizer={}, train={}, weights=dict(null_caption="n")))
 
 
-def test_build_model_takes_the_null_caption_over_load_from_and_from_scratch(files):
+def test_build_model_takes_the_null_caption_over_the_base_and_from_scratch(files):
     tmp, released, null = files
-    cfg = dict(model=MODEL, load_from=str(tmp / "sigma.pth"), null_caption=str(tmp / "null_caption.safetensors"))
+    null_file = str(tmp / "null_caption.safetensors")
+    cfg = dict(model=MODEL, weights=dict(base=str(tmp / "sigma.pth"), null_caption=null_file))
     with pytest.warns(UserWarning, match="differs from the null caption file"):
         model = build_model(cfg)
     assert torch.equal(model.y_embedder.y_embedding, null)
     assert torch.equal(model.blocks[0].attn.qkv.weight, released.blocks[0].attn.qkv.weight)
-    scratch = build_model({**cfg, "load_from": None})
+    scratch = build_model({**cfg, "weights": dict(null_caption=null_file)})
     assert torch.equal(scratch.y_embedder.y_embedding, null)
     with pytest.raises(FileNotFoundError, match="missing.safetensors.*make_null_caption"):
-        build_model({**cfg, "load_from": None, "null_caption": str(tmp / "missing.safetensors")})
-    assert not build_model({**cfg, "load_from": None}, load_from=False).y_embedder.y_embedding.equal(null)
+        build_model({**cfg, "weights": dict(null_caption=str(tmp / "missing.safetensors"))})
+    no_weights = build_model({**cfg, "weights": dict(null_caption=null_file)}, load_weights=False)
+    assert not no_weights.y_embedder.y_embedding.equal(null)
+    with pytest.warns(FutureWarning, match="config key null_caption is now weights.null_caption"):
+        old = build_model(dict(model=MODEL, load_from=str(tmp / "sigma.pth"), null_caption=null_file))
+    assert all(torch.equal(old.state_dict()[k], v) for k, v in model.state_dict().items())
 
 
 def test_kv_compressed_config_fine_tunes_a_released_checkpoint(files):
     tmp, released, _ = files
-    cfg = dict(model=dict(MODEL, kv_compress_config=KV_CONV), load_from=str(tmp / "sigma.pth"))
+    cfg = dict(model=dict(MODEL, kv_compress_config=KV_CONV), weights=dict(base=str(tmp / "sigma.pth")))
     with pytest.warns(UserWarning, match=r"blocks\.1\.attn\.sr\.weight.*mean-pool"):
         model = build_model(cfg)
     assert torch.equal(model.blocks[1].attn.sr.weight, torch.full((40, 1, 2, 2), 0.25))

@@ -8,6 +8,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from diffusion.build import weight_sources
 from diffusion.config import SECTION_DEFAULTS, check_top_level, resolve_section
 from diffusion.registry import DATASETS, METHODS, MODELS
 
@@ -32,18 +33,18 @@ def test_leaf_config_resolves_and_builds_on_meta(path):
     method_cls = METHODS.get(cfg.method["type"])
     assert method_cls is not None, cfg.method["type"]
     assert DATASETS.get(cfg.data["type"]) is not None, cfg.data["type"]
-    if getattr(method_cls, "requires_load_from", False):
-        assert cfg.get("load_from"), f"{path.name}: {cfg.method['type']} needs load_from"
+    if getattr(method_cls, "requires_teacher", False):
+        assert weight_sources(cfg).teacher, f"{path.name}: {cfg.method['type']} needs weights.teacher"
     with torch.device("meta"):
         model = MODELS.build(dict(cfg.model))
         if cfg.get("controlnet") is not None:
             from diffusion.model.controlnet import wrap_controlnet
 
-            section = resolve_section("controlnet", cfg.controlnet)
+            section = resolve_section("controlnet", cfg.controlnet)  # no weights key: they are weights.*
             model = wrap_controlnet(model, section["topology"], section["copy_blocks"])
     # LoRA injection and frozen copies of a meta model (weights files are not read here: a meta model holds none,
     # and a T5("") null caption file is made on the machine that trains)
-    files = {k: v for k, v in (("teacher_load_from", None), ("null_caption", "learned")) if k in cfg.method}
+    files = {k: v for k, v in (("null_caption", "learned"),) if k in cfg.method}
     method = METHODS.build({**cfg.method, "model": model, **files})
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) > 0
     assert method.sampler_defaults() is not None

@@ -59,7 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         nargs="+",
         metavar="KIND=PATH",
         help="teacher=PATH and/or lcm=PATH: .safetensors / .pth / diffusers or trainer step folder "
-        "(teacher default: the config's load_from; lcm default on the embedded config: assets/tiny_lcm)",
+        "(teacher default: the config's weights.teacher; lcm default on the embedded config: assets/tiny_lcm)",
     )
     parser.add_argument(
         "--controlnet",

@@ -82,6 +82,8 @@ def trainer_config(args):
     from mmengine.config import Config
     from safetensors.torch import save_file
 
+    from diffusion.build import with_weights
+    from diffusion.config import weights_section
     from diffusion.engine import dist
     from diffusion.engine.checkpoint import CHECKPOINT_SUBDIR
     from diffusion.registry import MODELS
@@ -108,8 +110,9 @@ def trainer_config(args):
     dist.barrier()
     if embedded:
         cfg.data.root = str(data_root)
-    if args.random_teacher:
-        cfg.load_from = str(work_dir / "teacher.safetensors")
+    if args.random_teacher:  # every PixArt weight source the config names (its base, its teacher) is the random one
+        named = [k for k, v in weights_section(cfg).items() if v is not None and k in ("base", "teacher")]
+        cfg = Config(with_weights(cfg, **dict.fromkeys(named or ["base"], str(work_dir / "teacher.safetensors"))))
     cfg.merge_from_dict({"train.max_steps": args.steps, "checkpoint.every": 10**9})
     if cfg.get("validation"):
         cfg.merge_from_dict({"validation.every": 10**9})  # only the final grid
@@ -155,7 +158,7 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--trainer", default=None, metavar="CONFIG", help="measure a short run of this config instead")
     run.add_argument("--steps", type=int, help="optimizer steps (one validation grid at the end); default 4")
     run.add_argument("--work-dir", help=f"default {TRAINER_DEFAULTS['work_dir']}")
-    run.add_argument("--random-teacher", action="store_true", help="a random cfg.model as load_from")
+    run.add_argument("--random-teacher", action="store_true", help="a random cfg.model as weights.base / .teacher")
     run.add_argument("--embedded-num", type=int, help="images of the embedded default, if used; default 256")
     run.add_argument("--cfg-options", nargs="+", action=DictAction)
     args = parser.parse_args(argv)

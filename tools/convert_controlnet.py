@@ -1,8 +1,8 @@
 """Export a ControlNet (PixArt-delta §4) as one official-layout ``.pth``: ``{"state_dict": {base_model.*,
 controlnet.{i}.copied_block.*, controlnet.0.before_proj.*, controlnet.{i}.after_proj.*}}``, the format of the released
-``PixArt-XL-2-{512,1024}-ControlNet.pth`` (loadable by the official code and by ``load_model`` with no ``load_from``).
+``PixArt-XL-2-{512,1024}-ControlNet.pth`` (loadable by the official code and by ``load_model``, no ``weights.base``).
 
-A training checkpoint holds only the trainable weights; the frozen base comes from the config's ``load_from``.
+A training checkpoint holds only the trainable weights; the frozen base comes from the config's ``weights.base``.
 
     python tools/convert_controlnet.py --config configs/controlnet/tiny_controlnet.py \
         --checkpoint assets/tiny_controlnet/model.safetensors --out output/tiny-ControlNet.pth

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.build import load_pipeline
+from diffusion.build import load_pipeline, sampled_config, weight_sources
 from diffusion.engine import dist
 from diffusion.eval import (
     FEATURE_EXTRACTORS,
@@ -49,6 +49,7 @@ from diffusion.eval.clip_score import CLIPScorer
 from diffusion.eval.images import list_images
 from diffusion.eval.manifest import check_sample_folder, config_sha256, file_identity
 from diffusion.eval.sampling import image_name, shard_batches
+from diffusion.methods import chosen_sampler
 from diffusion.pipeline import SAMPLERS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -82,10 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     sample.add_argument("--checkpoint", default=None, help=".safetensors / .pth / diffusers or trainer folder")
     sample.add_argument("--prompts", required=True, help="text file, one prompt per line (e.g. 30K COCO captions)")
     sample.add_argument("--out", required=True)
-    sample.add_argument("--sampler", default="dpm", choices=SAMPLERS)
-    sample.add_argument("--steps", type=int, default=None, help="default: diffusion.pipeline.SAMPLER_DEFAULTS")
     sample.add_argument(
-        "--cfg-scale", type=float, default=None, help="default 4.5; lcm: w-embedding students only, w = cfg - 1"
+        "--sampler", default=None, choices=SAMPLERS, help="default: the config's method's (lcm for an LCM config)"
+    )
+    sample.add_argument("--steps", type=int, default=None, help="default: the method's, else SAMPLER_DEFAULTS")
+    sample.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=None,
+        help="default 4.5; lcm: w-embedding students only, w = cfg - 1 (default: the config's method.w + 1)",
     )
     sample.add_argument("--control", default=None, help="ControlNet: folder of control images, i-th for prompt i")
     sample.add_argument("--num", type=int, default=None, help="the first N prompts only")
@@ -146,15 +152,18 @@ def sample(args: argparse.Namespace) -> int:
     prompts = []
     try:
         cfg = Config.fromfile(args.config)
-        pipe = load_pipeline(cfg, args.checkpoint, args.device or device, use_ema=not args.no_ema)
+        chosen = chosen_sampler(cfg, args.sampler, steps=args.steps, cfg_scale=args.cfg_scale)
+        sampled = sampled_config(cfg, args.checkpoint, chosen.get("name", "dpm"))  # no checkpoint: an LCM's teacher
+        pipe = load_pipeline(sampled, args.checkpoint, args.device or device, use_ema=not args.no_ema)
         prompts = read_prompts(args.prompts)[: args.num]
         identity = {
             "config_sha256": config_sha256(cfg.to_dict()),
-            "checkpoint": file_identity(args.checkpoint or cfg.get("load_from")),
+            "checkpoint": file_identity(args.checkpoint or weight_sources(sampled).base),
             "use_ema": not args.no_ema,
         }
         written = sample_to_folder(
-            pipe, prompts, args.out, args.sampler, args.steps, args.cfg_scale, args.seed, args.batch_size,
+            pipe, prompts, args.out, chosen.get("name", "dpm"), chosen.get("steps"), chosen.get("cfg_scale"),
+            args.seed, args.batch_size,
             rank=rank, world_size=world, control=args.control, identity=identity, overwrite=args.overwrite,
         )  # fmt: skip
         print(f"[rank {rank}/{world}] wrote {len(written)} images to {args.out}", flush=True)

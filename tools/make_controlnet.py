@@ -2,7 +2,7 @@
 ``assets/tiny_controlnet/`` (``make controlnet``, PixArt-delta §4).
 
 The published file holds the trainable weights only (``controlnet.*``: the copies and zero linears, fp16, a few MB);
-the frozen base is the config's ``load_from`` (``assets/tiny_teacher``), exactly as a training checkpoint, so
+the frozen base is the config's ``weights.base`` (``assets/tiny_teacher``), exactly as a training checkpoint, so
 ``load_model(cfg, "assets/tiny_controlnet/model.safetensors")`` rebuilds the full ControlNet. ``meta.json`` records
 the config hash (a test checks it against ``configs/controlnet/tiny_controlnet.py``), the teacher's hash, the wall time
 and the measured throughput.

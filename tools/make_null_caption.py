@@ -1,6 +1,8 @@
-"""T5("") as a null caption file for ``method.null_caption`` (the official LCM-LoRA script's unconditional branch,
-``pipe.encode_prompt("")`` saved as ``null_embed.pth``; PixArt-delta's full LCM script uses the learned
-``y_embedding`` instead).
+"""T5("") as a null caption file, for either of its two uses (docs/design.md, "Two null captions"):
+``weights.null_caption``, PixArt-Sigma's null caption written into the model's ``y_embedding`` (the official Σ
+loader's ``null_embed_diffusers_300token.pth``; ``--max-length 300``), or ``method.null_caption``, the LCM teacher's
+unconditional branch only (the official LCM-LoRA script's ``pipe.encode_prompt("")`` saved as ``null_embed.pth``;
+PixArt-delta's full LCM script uses the learned ``y_embedding`` instead).
 
 T5 runs over all ``max_length`` tokens, as diffusers does, because the teacher uses the result under each caption's
 own mask: positions past the empty prompt's EOS hold T5's outputs for padding, not zeros. Writes ``y`` (1, 1, L, C)

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from diffusion.build import load_pipeline
+from diffusion.build import load_pipeline, teacher_config, with_weights, without_controlnet
 from diffusion.data.annotators import to_control_image
 from diffusion.engine.checkpoint import find_latest
 from diffusion.engine.validation import save_grid
@@ -138,10 +138,7 @@ def main(argv: list[str] | None = None) -> dict:
     extractor = build_feature_extractor("embedded")
     ref = statistics_of(first.data.root, extractor, num=args.num_images, progress=False)[:2]
     data = eval_set(args.num_images)
-    teacher_cfg = {**first, "controlnet": None}
-    if first.method.type == "LCMDistillation":  # a route-(b) run: its load_from is the student
-        teacher_cfg["load_from"] = first.method.teacher_load_from
-    teacher = load_pipeline(teacher_cfg)
+    teacher = load_pipeline(without_controlnet(teacher_config(first)))  # a route-(b) run's base is the student
     results, grids = [], {"matched": [data["images"][:GRID], to_control_image(data["edges"][:GRID])], "conflict": []}
     grids["conflict"].append(grids["matched"][1])
     ceiling = generated_edge_f1(data["images"], data["edges"]).mean().item()
@@ -172,10 +169,10 @@ def main(argv: list[str] | None = None) -> dict:
         if last is None:
             raise SystemExit("--lcm-student needs a ControlNet run trained with the diffusion loss (a --run or row)")
         label, cfg, checkpoint = last  # its ControlNet weights sit on the student's base instead
-        on_student = Config({**cfg.to_dict(), "load_from": args.lcm_student})
+        on_student = with_weights(cfg, base=args.lcm_student)
         add(
             "LCM student 4 steps, no control",
-            load_pipeline({**on_student, "controlnet": None}, like=teacher),
+            load_pipeline(without_controlnet(on_student), like=teacher),
             False,
             LCM,
         )

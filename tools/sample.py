@@ -21,8 +21,10 @@ ControlNet holds no trained weights (a plain teacher checkpoint), prints a warni
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
 ``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
 an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
-base from ``load_from``). A config whose method distils (LCM) needs ``--checkpoint``: its ``load_from`` is the model
-distillation starts from (the teacher), not the student. A w-embedding student samples at its config's ``method.w``
+base from ``weights.base``, an LCM config's teacher). A config whose method distils (LCM) samples the student from
+``--checkpoint``; without one, a teacher's sampler (``--sampler dpm`` / ``ddim``) samples its teacher
+(``weights.teacher``, built without the student's w-embedding), and the LCM sampler is refused (the config's weights
+are where distillation starts, not the student). A w-embedding student samples at its config's ``method.w``
 (``--cfg-scale`` = w + 1 overrides it: 5.5 for w = 4.5).
 """
 
@@ -35,11 +37,11 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from diffusion.build import DTYPES, load_pipeline
+from diffusion.build import DTYPES, load_pipeline, sampled_config, weight_sources
 from diffusion.data.annotators import load_control
 from diffusion.engine.validation import save_grid
 from diffusion.eval.sampling import read_prompts
-from diffusion.methods import configured_method, method_sampler
+from diffusion.methods import chosen_sampler, configured_method
 from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig
 
 ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
@@ -86,7 +88,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--checkpoint",
         default=None,
-        help=".safetensors / .pth / diffusers or trainer folder (default: load_from; required for an LCM config)",
+        help=".safetensors / .pth / diffusers or trainer folder (default: the config's weights; an LCM config: the "
+        "student's checkpoint, or none with --sampler dpm/ddim for its teacher)",
     )
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompts", nargs="+")
@@ -126,11 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def choose_sampler(cfg, args: argparse.Namespace) -> dict:
     """The sampler keywords: what the command line gives, the rest from the config's method when ``--sampler`` is
     left out or names the method's own sampler (e.g. a w-embedding student's cfg_scale), then ``SAMPLER_DEFAULTS``."""
-    sampler = method_sampler(cfg)
-    if args.sampler is not None and args.sampler != sampler.get("name", "dpm"):
-        sampler = {"name": args.sampler}
     given = dict(steps=args.steps, cfg_scale=args.cfg_scale, lcm_schedule=args.lcm_schedule)
-    sampler.update({k: v for k, v in given.items() if v is not None})
+    sampler = chosen_sampler(cfg, args.sampler, **given)
     chosen = SamplerConfig(**sampler)  # fills steps and cfg_scale from SAMPLER_DEFAULTS
     return {**sampler, "name": chosen.name, "steps": chosen.steps, "cfg_scale": chosen.cfg_scale}
 
@@ -164,16 +164,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
         prompts = read_prompts(args.prompt_file)
     cfg = Config.fromfile(args.config)
     method = configured_method(cfg)
-    if args.checkpoint is None and method.requires_load_from:
-        raise SystemExit(
-            f"{args.config}: method {method.__name__} distils a student, so its load_from ({cfg.get('load_from')}) is "
-            "the model distillation starts from, not the student: pass --checkpoint (the trained student's file or "
-            "trainer checkpoint folder)"
-        )
     sampler = choose_sampler(cfg, args)
+    try:  # an LCM config without --checkpoint: its teacher under a teacher's sampler
+        sampled = sampled_config(cfg, args.checkpoint, sampler["name"])
+    except ValueError as err:
+        raise SystemExit(f"{args.config}: {err} (--checkpoint; --sampler dpm)") from None
+    if sampled is not cfg:
+        print(f"sampling the teacher {weight_sources(sampled).base} (weights.teacher)")
     print(describe(sampler, args, method.__name__))
     pipe = load_pipeline(
-        cfg,
+        sampled,
         args.checkpoint,
         args.device,
         DTYPES[args.dtype],

@@ -1,7 +1,7 @@
 """PixArt-delta ControlNet-Transformer training (§4): the shared trainer with a ControlNet config (a ``controlnet``
 section and ``data.load_control=True``), not a second loop. ``DiffusionLoss`` passes the batch's control latent
 ``c``; only the copies and zero linears require gradients, so only they reach the optimizer and the checkpoints
-(``model.safetensors`` holds ``controlnet.*``; the frozen base is ``load_from``). ``tools/convert_controlnet.py``
+(``model.safetensors`` holds ``controlnet.*``; the frozen base is ``weights.base``). ``tools/convert_controlnet.py``
 exports the official full-layout ``.pth``.
 
 torchrun --nproc_per_node 8 train_scripts/train_controlnet.py configs/controlnet/pixartms_xl2_img1024_controlnet.py

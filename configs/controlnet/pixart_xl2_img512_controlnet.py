@@ -13,7 +13,7 @@ _base_ = [
     "../_base_/schedules/adamw_controlnet.py",
     "../_base_/runtime/default.py",
 ]
-load_from = "output/pretrained_models/PixArt-XL-2-512x512.pth"
-controlnet = dict(copy_blocks=13, topology="transformer", load_from=None)
+weights = dict(base="output/pretrained_models/PixArt-XL-2-512x512.pth")  # the frozen base
+controlnet = dict(copy_blocks=13, topology="transformer")
 data = dict(load_control=True)  # control_features_512/ (--control hed, above)
 train = dict(batch_size=12, ema_rate=None)

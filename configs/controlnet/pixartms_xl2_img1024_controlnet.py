@@ -1,7 +1,7 @@
 # PixArt-delta §4 ControlNet-Transformer at 1024 px (official PixArt_xl2_img1024_controlHed.py): N = 13 trainable
 # copies on a frozen PixArt-XL-2-1024-MS, trained single-scale at 1024 x 1024 as the official run ("only trained on
 # single-scale 1024"), AdamW 2e-5 / wd 3e-2, batch 4 per GPU, grad accumulation 4, grad clip 0.01, gradient
-# checkpointing, no EMA. The released PixArt-XL-2-1024-ControlNet.pth loads as controlnet.load_from.
+# checkpointing, no EMA. The released PixArt-XL-2-1024-ControlNet.pth loads as weights.controlnet.
 #   torchrun --nproc_per_node 8 train_scripts/train_controlnet.py configs/controlnet/pixartms_xl2_img1024_controlnet.py
 # Its features (captions, latents and the HED control latents of each image; docs/controlnet.md):
 #   torchrun --nproc_per_node 8 tools/extract_features.py --data-root data/InternData --resolution 1024 \
@@ -14,7 +14,7 @@ _base_ = [
     "../_base_/schedules/adamw_controlnet.py",
     "../_base_/runtime/default.py",
 ]
-load_from = "output/pretrained_models/PixArt-XL-2-1024-MS.pth"
-controlnet = dict(copy_blocks=13, topology="transformer", load_from=None)
+weights = dict(base="output/pretrained_models/PixArt-XL-2-1024-MS.pth")  # the frozen base
+controlnet = dict(copy_blocks=13, topology="transformer")
 data = dict(resolution=1024, load_control=True)  # control_features_1024/ (--control hed, above)
 train = dict(batch_size=4, ema_rate=None)

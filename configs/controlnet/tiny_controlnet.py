@@ -10,8 +10,8 @@ _base_ = [
     "../_base_/schedules/tiny_cpu.py",
     "../_base_/runtime/embedded.py",
 ]
-load_from = "assets/tiny_teacher/model.safetensors"
-controlnet = dict(copy_blocks=3, topology="transformer", load_from=None)
+weights = dict(base="assets/tiny_teacher/model.safetensors")  # the frozen base
+controlnet = dict(copy_blocks=3, topology="transformer")
 data = dict(load_control=True)
 optimizer = dict(lr=1e-3, weight_decay=3e-2)
 lr_schedule = dict(type="constant", warmup_steps=10, min_lr_ratio=0.0)

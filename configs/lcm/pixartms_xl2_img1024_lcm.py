@@ -14,6 +14,6 @@ model = dict(class_dropout_prob=0.0)
 # bf16 training: the frozen teacher runs in bf16 anyway (as the official script casts it to weight_dtype), so keep it
 # in bf16 (1.2 GB instead of 2.4 GB per copy); the EMA target stays fp32.
 method = dict(teacher_dtype="bf16")
-load_from = "output/pretrained_models/PixArt-XL-2-1024-MS.pth"
+weights = dict(teacher="output/pretrained_models/PixArt-XL-2-1024-MS.pth")  # distilled; the student starts from it
 checkpoint = dict(every=200, keep_last=3)
 validation = dict(every=200)  # sampler None: the method's default (LCM, 4 steps)

@@ -8,7 +8,7 @@ _base_ = [
     "../_base_/runtime/embedded.py",
 ]
 model = dict(class_dropout_prob=0.0)  # see configs/lcm/pixartms_xl2_img1024_lcm.py
-load_from = "assets/tiny_teacher/model.safetensors"
+weights = dict(teacher="assets/tiny_teacher/model.safetensors")  # distilled; the student starts from it
 optimizer = dict(lr=2e-4, weight_decay=0.0)
 lr_schedule = dict(type="constant", warmup_steps=20, min_lr_ratio=0.0)
 train = dict(max_steps=300, batch_size=32, mixed_precision="bf16", ema_rate=None, grad_clip=1.0, seed=43)

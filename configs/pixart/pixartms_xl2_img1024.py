@@ -7,4 +7,4 @@ _base_ = [
     "../_base_/schedules/adamw_constant.py",
     "../_base_/runtime/default.py",
 ]
-load_from = "output/pretrained_models/PixArt-XL-2-1024-MS.pth"
+weights = dict(base="output/pretrained_models/PixArt-XL-2-1024-MS.pth")  # fine-tuned from the release

@@ -2,9 +2,10 @@
 (Canny by default, HED when its weights file is given, or the image used as the control map as it is) -> the control
 map -> an image from the ControlNet-Transformer on the teacher, or the same ControlNet on the 4-step LCM student.
 
-The ControlNet is loaded through ``diffusion.build.load_model`` once per base: on the teacher, and (the paper's
-ControlNet + LCM route: the teacher's ControlNet applied as is) on the student; each wrapper's frozen base is given
-the weights of the pipeline it stands beside, so the controlled images come from exactly the app's teacher / student.
+The ControlNet is built by ``diffusion.build.controlnet_on`` once per base, around a copy of the very network the app
+serves beside it: on the teacher, and (the paper's ControlNet + LCM route: the teacher's ControlNet applied as is) on
+the student, whichever kind it is (full, LCM-LoRA merged into its base, w-embedding), so the controlled images come
+from exactly the app's teacher / student, sampled under its diffusion process.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from diffusion.app.core import (
     run,
     sampler_label,
 )
-from diffusion.build import DTYPES, load_model, load_pipeline
+from diffusion.build import DTYPES, controlnet_on, load_pipeline
 from diffusion.data.annotators import CannyAnnotator
 from diffusion.data.annotators import load_control as read_control
 from diffusion.data.buckets import closest_bucket
@@ -78,16 +79,16 @@ def load_control(
     for kind, base in (("teacher", models.teacher), ("lcm", models.lcm)):
         if base is None:
             continue
-        # trained ControlNet weights alone sit on the config's load_from: here, the file this base came from
-        base_cfg = Config({**cfg.to_dict(), "load_from": (models.paths or {}).get(kind, cfg.get("load_from"))})
-        model = load_model(base_cfg, checkpoint, device, DTYPES[dtype])
-        model.base_model.load_state_dict(base.model.state_dict())  # a full official file brings its own base
+        try:  # the copies of the file on this base network (a full official file's own base is not used)
+            model = controlnet_on(cfg, base.model, checkpoint, device, DTYPES[dtype])
+        except ValueError as err:  # a file of another kind (a plain PixArt, LoRA adapters, another architecture)
+            raise SystemExit(f"--controlnet {checkpoint}: {err}") from None
         if model.ignores_control:
             raise SystemExit(
                 f"--controlnet {checkpoint} holds no trained ControlNet weights (its zero projections are all zero, "
                 "so the ControlNet tab would ignore every control): pass a trained ControlNet checkpoint"
             )
-        pipes[kind] = load_pipeline(cfg, model=model, like=base)
+        pipes[kind] = load_pipeline(cfg, model=model, like=base, process=base.process)
     annotator = None
     if hed is not None:
         try:
@@ -153,6 +154,7 @@ def controlled(
     """The control map and the image generated under it, at the size bucket closest to the image's aspect."""
     prompt = check_prompt(prompt)
     steps, cfg_scale = check_sampler(sampler, steps, cfg_scale)
+    cfg_scale = models.lcm_cfg_scale if sampler == "lcm" else cfg_scale
     seed = check_int("Seed", seed, 0, MAX_SEED)
     image = check_image(image)
     pipe = control.pipeline(sampler)

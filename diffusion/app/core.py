@@ -1,7 +1,10 @@
 """The web app's models and requests, without the page: what ``tools/app.py`` serves and its tests call directly.
 
-Loading goes through ``diffusion.build.load_pipeline`` only (the teacher from ``--checkpoint teacher=`` or the config's
-``load_from``, the PixArt-delta LCM student (§3) from ``--checkpoint lcm=``; both share one text encoder and codec).
+Loading goes through ``diffusion.build`` only: the teacher from ``--checkpoint teacher=`` or the config's teacher
+(``weights.teacher``, else ``weights.base``), built as the config's teacher network (``teacher_config``: without a
+w-embedding), the PixArt-delta LCM student (§3) of any kind (full, LCM-LoRA, w-embedding) from ``--checkpoint lcm=``
+as the config builds it; both share one text encoder and codec. A w-embedding student samples at its config's
+``method.w`` (as ``tools/sample.py`` does).
 Each request is checked first; a refused one raises :class:`InputError`, whose message the page shows as it is.
 """
 
@@ -16,14 +19,15 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from diffusion.build import DTYPES, load_pipeline
+from diffusion.build import DTYPES, load_pipeline, teacher_config, weight_sources
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.data.buckets import aspect_ratio_table
+from diffusion.methods import method_sampler
 from diffusion.model.io import resolve_checkpoint
 from diffusion.paths import repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
 
-DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (load_from), student
+DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (weights.teacher)
 DEFAULT_LCM = repo_path("assets/tiny_lcm/model.safetensors")
 SAMPLER_LABELS = {"lcm": "LCM student", "dpm": "teacher, DPM-Solver++"}
 STEP_LIMITS = {"lcm": (1, 8), "dpm": (1, 100)}  # LCM: PixArt-delta's 1-4 steps and a little beyond
@@ -60,6 +64,8 @@ class Models:
 
     ``sizes``: choice label -> (height, width) in pixels, the default first; one entry for a single-scale PixArt, the
     aspect-ratio buckets at the config's resolution for a PixArtMS (those the latent patch grid divides).
+    ``lcm_cfg_scale``: the guidance a w-embedding student is sampled at (its config's ``method.w`` + 1, diffusers'
+    convention); None for a student whose guidance was fixed in distillation.
     """
 
     teacher: Pipeline | None
@@ -68,6 +74,7 @@ class Models:
     name: str = ""
     control: object | None = None  # diffusion.app.control.Control: the ControlNet tab's pipelines
     paths: dict[str, str] | None = None  # "teacher" / "lcm" -> the weights file each was loaded from
+    lcm_cfg_scale: float | None = None
 
     @property
     def multiscale(self) -> bool:
@@ -129,22 +136,28 @@ def load_models(
     _require(cfg.text_encoder.path, "text encoder (text_encoder.path / --text-encoder)")
     for kind, path in checkpoints.items():
         _require(path, f"--checkpoint {kind}")
-    teacher_path = checkpoints.get("teacher")
-    if teacher_path is None and cfg.get("load_from"):
-        if Path(cfg.load_from).exists() or "lcm" not in checkpoints:
-            teacher_path = _require(cfg.load_from, "teacher (the config's load_from; or --checkpoint teacher=PATH)")
+    teacher_path, named = checkpoints.get("teacher"), weight_sources(cfg).teacher
+    if teacher_path is None and isinstance(named, (str, Path)):
+        if Path(named).exists() or "lcm" not in checkpoints:
+            teacher_path = _require(named, "teacher (the config's weights.teacher; or --checkpoint teacher=PATH)")
         else:
-            print(f"[app] no teacher: {cfg.load_from} (load_from) is missing; serving the LCM student only")
+            print(f"[app] no teacher: {named} (weights.teacher) is missing; serving the LCM student only")
     if teacher_path is None and "lcm" not in checkpoints:
         raise SystemExit("nothing to serve: give --checkpoint teacher=PATH and/or lcm=PATH")
     kw = dict(device=device, dtype=DTYPES[dtype])
-    teacher = load_pipeline(cfg, teacher_path, **kw) if teacher_path else None
+    teacher = load_pipeline(teacher_config(cfg), teacher_path, **kw) if teacher_path else None
     lcm = load_pipeline(cfg, checkpoints["lcm"], like=teacher, **kw) if "lcm" in checkpoints else None
+    lcm_cfg_scale = method_sampler(cfg).get("cfg_scale") if lcm is not None and _embeds_w(lcm) else None
     pipe = teacher or lcm
     paths = {"teacher": teacher_path, "lcm": checkpoints.get("lcm")}
     paths = {k: str(resolve_checkpoint(v)) for k, v in paths.items() if v}
     sizes = size_choices(pipe, cfg.data.resolution)
-    return Models(teacher, lcm, sizes, name=Path(config or DEFAULT_CONFIG).stem, paths=paths)
+    name = Path(config or DEFAULT_CONFIG).stem
+    return Models(teacher, lcm, sizes, name=name, paths=paths, lcm_cfg_scale=lcm_cfg_scale)
+
+
+def _embeds_w(pipe: Pipeline) -> bool:
+    return getattr(pipe.model, "w_embedder", None) is not None
 
 
 def check_prompt(prompt: str | None) -> str:
@@ -193,6 +206,8 @@ def run(pipe: Pipeline, prompts: list[str], seed: int, size: tuple[int, int], la
 
 def sampler_label(sampler: str, steps: int, cfg_scale: float | None) -> str:
     guidance = f", CFG {cfg_scale:g}" if cfg_scale not in (None, 1.0) else ""
+    if sampler == "lcm" and cfg_scale is not None:  # a w-embedding student: its embedded guidance
+        guidance = f", w {cfg_scale - 1:g} embedded"
     return f"{SAMPLER_LABELS[sampler]}, {steps} step{'s' * (steps > 1)}{guidance}"
 
 
@@ -202,6 +217,7 @@ def text_to_image(
     """``batch`` images of ``prompt`` from one seed (one noise batch, as ``tools/sample.py``)."""
     prompt = check_prompt(prompt)
     steps, cfg_scale = check_sampler(sampler, steps, cfg_scale)
+    cfg_scale = models.lcm_cfg_scale if sampler == "lcm" else cfg_scale
     seed = check_int("Seed", seed, 0, MAX_SEED)
     batch = check_int("Batch size", batch, 1, MAX_BATCH)
     size = size or next(iter(models.sizes))
@@ -222,6 +238,6 @@ def teacher_vs_lcm(models: Models, prompt: str, seed, teacher_steps, cfg_scale) 
     size = next(iter(models.sizes.values()))
     label = sampler_label("dpm", steps, cfg_scale)
     slow = run(teacher, [prompt], seed, size, label, name="dpm", steps=steps, cfg_scale=cfg_scale)
-    lcm_steps = SAMPLER_DEFAULTS["lcm"]["steps"]
-    fast = run(lcm, [prompt], seed, size, sampler_label("lcm", lcm_steps, None), name="lcm", steps=lcm_steps)
+    lcm_steps, w = SAMPLER_DEFAULTS["lcm"]["steps"], models.lcm_cfg_scale
+    fast = run(lcm, [prompt], seed, size, sampler_label("lcm", lcm_steps, w), name="lcm", steps=lcm_steps, cfg_scale=w)
     return slow, fast

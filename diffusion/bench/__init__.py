@@ -94,7 +94,7 @@ def random_pixart(size: Size, config: str | Path = LCM_CONFIG, **overrides) -> n
         model_cfg["type"] = model_cfg["type"].replace("PixArtMS", "PixArt")
     model_cfg.update(input_size=latent, pe_interpolation=max(size.resolution / 512, 1.0), **size.model, **overrides)
     torch.manual_seed(0)
-    model = build_model({"model": model_cfg}, load_from=False)
+    model = build_model({"model": model_cfg}, load_weights=False)
     with torch.no_grad():  # no layer left at its zero init, so every path computes something
         for p in model.parameters():
             p.normal_(std=0.02)

@@ -251,7 +251,7 @@ def config_and_checkpoint_errors(drill: Drill) -> None:
         ("misspelt codec key", {"codec.scale_factr": 1.0}, None, "scale_factr"),
         ("misspelt text_encoder key", {"text_encoder.pth": "x"}, None, "pth"),
         ("wrong-architecture checkpoint", {}, str(other / "checkpoints" / "step_0000003"), "does not fit"),
-        (".pth carrying code as load_from", {"load_from": str(evil)}, None, "weights_only"),
+        (".pth carrying code as weights.base", {"weights.base": str(evil)}, None, "weights_only"),
         (".pth carrying code as a resume state", {}, str(evil_ckpt), "never code"),
     ]
     before = probes.hashes(work / "checkpoints" / "step_0000003")

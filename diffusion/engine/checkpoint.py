@@ -24,6 +24,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from diffusion.model.io import describe_state
+
 CHECKPOINT_SUBDIR = "checkpoints"
 STEP_DIR = re.compile(r"^step_(\d+)$")
 TMP_DIR = re.compile(r"^step_(\d+)\.tmp$")
@@ -167,7 +169,7 @@ def load_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 def trainable_only(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state`` reduced to ``model``'s trainable parameters when it has frozen ones (a ControlNet's copies, LoRA):
-    the frozen rest comes from the config's ``load_from``, so a checkpoint does not repeat it."""
+    the frozen rest comes from the config's ``weights.base``, so a checkpoint does not repeat it."""
     names = {name for name, p in model.named_parameters() if p.requires_grad}
     if len(names) == sum(1 for _ in model.named_parameters()):
         return state
@@ -187,7 +189,10 @@ def load_trainable(model: torch.nn.Module, state: dict[str, torch.Tensor], sourc
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
     missing = sorted(k for k in result.missing_keys if k in trainable)
     if missing or result.unexpected_keys:
-        raise KeyError(f"{source}: missing trainable keys {missing}, unexpected keys {sorted(result.unexpected_keys)}")
+        raise KeyError(
+            f"{source} holds {describe_state(state)}: missing trainable keys {missing}, unexpected keys "
+            f"{sorted(result.unexpected_keys)}"
+        )
 
 
 def load_object(path: str | os.PathLike) -> dict:

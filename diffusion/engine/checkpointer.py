@@ -55,7 +55,7 @@ class Checkpointer:
     @staticmethod
     def load_weights(resume_dir: Path, model: nn.Module) -> None:
         """The checkpoint's trainable weights into the unwrapped, unsharded ``model`` (before DDP / FSDP wrapping);
-        with frozen parameters the rest is the config's ``load_from``."""
+        with frozen parameters the rest is the config's ``weights.base``."""
         ckpt.load_trainable(model, ckpt.load_tensors(resume_dir / "model.safetensors"), resume_dir)
 
     def save(self, model: nn.Module, state: TrainState) -> Path:
@@ -66,7 +66,7 @@ class Checkpointer:
         if dist.is_main():
             ckpt.begin_save(self.root, state.step)
         dist.barrier()
-        # a model with frozen parameters saves only its trainable ones; the frozen rest comes from cfg.load_from
+        # a model with frozen parameters saves only its trainable ones; the frozen rest comes from weights.base
         weights = ckpt.trainable_only(model, parallel.full_state_dict(model))
         saved = state.state_dict()
         with ckpt.writing(tmp):  # a failed write leaves no .tmp; a full disk says so

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from diffusion.config import check_codec, resolve_section
+from diffusion.model.io import read_null_caption, read_null_file
 from diffusion.registry import DATA_SAMPLERS, METHODS, MODELS, check_keys
 
 GIB = 2**30
@@ -43,6 +44,75 @@ def check_sections(cfg) -> tuple[dict | None, dict]:
             f"{data_len}: validation prompts would be encoded to another length than the training captions"
         )
     return text_cfg, codec_cfg
+
+
+def check_weights(cfg) -> None:
+    """The weight sources before the work dir is made (docs/design.md "Building"): the ``weights`` section's keys
+    (older configs' keys moved in), a teacher for a method that distils one, and the null caption files, each of
+    the shape it is used at: ``weights.null_caption`` the model's ``y_embedding`` (1, 1, ``model_max_length``,
+    ``caption_channels``), a ``method.null_caption`` file the captions' (1, 1, ``text_encoder.max_length``,
+    ``caption_channels``). Each error names the key and the file (a wrong null caption otherwise fails at the first
+    forward, after the run has started)."""
+    from diffusion.build import weight_sources  # lazy: build imports the engine's neighbours
+
+    weights = weight_sources(cfg)
+    method = cfg.get("method") or {}
+    method_cls = METHODS.get(method.get("type"))
+    distils = getattr(method_cls, "requires_teacher", False)
+    if distils and weights.teacher is None:
+        raise KeyError(
+            f"method {method['type']} distils a pretrained teacher: name it in the config's weights section "
+            "(weights.teacher; the student starts from it unless weights.base names another network)"
+        )
+    if weights.teacher_apart and method_cls is not None and not distils:
+        raise KeyError(f"weights.teacher is set but method {method['type']} distils no teacher: drop it")
+    method_file = method.get("null_caption", "learned")
+    method_file = None if method_file in (None, "learned") else Path(method_file)
+    if weights.null_caption is None and method_file is None:
+        return
+    length, channels = null_caption_shape(cfg)
+    if weights.null_caption is not None:
+        path = Path(weights.null_caption)
+        if path.is_file():
+            read_null_caption(path, length, channels)  # the ValueError names the file and the expected shape
+        elif weights.base is None:
+            raise FileNotFoundError(
+                f"weights.null_caption {path} not found, and a model trained from scratch has no y_embedding of its "
+                f"own: write T5('') there with tools/make_null_caption.py --max-length {length} --out {path}"
+            )
+    if method_file is not None:
+        _check_method_null_caption(cfg, method_file, length, channels)
+
+
+def null_caption_shape(cfg) -> tuple[int, int]:
+    """(``model_max_length``, ``caption_channels``) of ``cfg.model``'s null caption ``y_embedding``, from the model
+    built on the meta device (no memory, no weights)."""
+    with torch.device("meta"):
+        model = MODELS.build(dict(cfg["model"]))
+    y_embedding = getattr(getattr(model, "y_embedder", None), "y_embedding", None)
+    if y_embedding is None:
+        raise KeyError(f"a null caption file is configured but model {cfg['model']['type']} has no y_embedding")
+    return tuple(y_embedding.shape)
+
+
+def _check_method_null_caption(cfg, path: Path, model_length: int, channels: int) -> None:
+    """``method.null_caption``: the LCM teacher's unconditional input, used under each caption's mask, so of the
+    captions' length (``text_encoder.max_length``, else ``data.max_length``, else the model's), with an optional
+    ``y_mask`` (1, L)."""
+    text = cfg.get("text_encoder") or {}
+    data = cfg.get("data") or {}
+    length = text.get("max_length") or data.get("max_length") or model_length
+    write = f"write T5('') there with tools/make_null_caption.py --max-length {length} --out {path}"
+    if not path.is_file():
+        raise FileNotFoundError(f"method.null_caption {path} not found: {write} (or set null_caption='learned')")
+    tensors = read_null_file(path, "method.null_caption")
+    y, mask = tensors["y"], tensors.get("y_mask")
+    if tuple(y.shape) != (1, 1, length, channels) or (mask is not None and mask.shape[-1:] != (length,)):
+        got = f"y {tuple(y.shape)}" + ("" if mask is None else f", y_mask {tuple(mask.shape)}")
+        raise ValueError(
+            f"method.null_caption {path} holds {got}; the teacher's unconditional branch needs y (1, 1, {length}, "
+            f"{channels}) [and y_mask (1, {length})] (text_encoder.max_length, model.caption_channels): {write}"
+        )
 
 
 # cache meta.json key -> the config key that sets it

@@ -60,7 +60,7 @@ class TrainState:
 
         ``training`` holds step, optimizer, scaler, lr_scheduler, data, nan_total, overflow_total, world_size and run
         (Python values and tensors: loadable with ``weights_only``). The EMA keeps only the trainable names (the frozen
-        rest equals the frozen weights, which come from the config's ``load_from``). Collective under FSDP (the EMA,
+        rest equals the frozen weights, which come from the config's ``weights.base``). Collective under FSDP (the EMA,
         optimizer and method tensors are gathered whole, so a checkpoint does not depend on the world size).
         """
         state = {

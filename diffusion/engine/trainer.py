@@ -35,7 +35,7 @@ from diffusion.engine.optim import build_lr_scheduler, build_optimizer, build_sc
 from diffusion.engine.signals import StopSignal
 from diffusion.engine.state import TrainState
 from diffusion.engine.validation import Validator
-from diffusion.registry import CODECS, DATASETS, METHODS
+from diffusion.registry import CODECS, DATASETS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,12 +63,13 @@ class Trainer:
         self.log_cfg = resolve_section("log", cfg.get("log"))
         self.val_cfg = resolve_section("validation", cfg.validation) if cfg.get("validation") else None
         preflight.check_sections(cfg)  # text_encoder and codec keys, before anything is built
+        preflight.check_weights(cfg)  # a teacher for a distilling method, null caption files of the model's shape
         fresh = not self.work_dir.exists()
         preflight.check_work_dir(self.work_dir)
         self.logger: MetricLogger | None = None
         try:
             self._build(resume)
-        except BaseException:  # a run that fails to start leaves no empty run dir behind (a wrong load_from, ...)
+        except BaseException:  # a run that fails to start leaves no empty run dir behind (a wrong weights.base, ...)
             if self.logger is not None:
                 self.logger.close()
             if fresh:
@@ -89,14 +90,10 @@ class Trainer:
         self.logger = MetricLogger(self.work_dir, dist.is_main())  # train.log opens at the first message
         self.checkpointer = Checkpointer(self.work_dir, self.ckpt_cfg["keep_last"], self.logger)
         resume_dir = self.checkpointer.resolve(resume)
-        method_cls = METHODS.get(cfg.method["type"])
-        if getattr(method_cls, "requires_load_from", False) and not cfg.get("load_from"):
-            raise KeyError(f"method {cfg.method['type']} distils a pretrained teacher: set the config key 'load_from'")
-
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
-        model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
+        model = build_model(cfg)  # cfg.model with weights.base (the one way in, shared with the tools)
         self.method = build_method(cfg, model)  # under the config's diffusion process (the one way in)
-        if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is cfg.load_from)
+        if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is weights.base)
             self.checkpointer.load_weights(resume_dir, model)
         model.to(self.device)
         self.method.to(self.device)

@@ -23,7 +23,8 @@ import torch
 from mmengine.config import Config
 from safetensors.torch import load_file, save_file
 
-from diffusion.config import SECTION_DEFAULTS, resolve_section
+from diffusion.build import Weights, weight_sources
+from diffusion.config import SECTION_DEFAULTS, resolve_section, without_moved_weight_keys
 from diffusion.data import ensure_embedded_default
 from diffusion.engine import Trainer, dist, find_latest, require_finished
 from diffusion.engine.checkpoint import claim_run_dir
@@ -44,8 +45,11 @@ def config_hash(cfg: Config) -> str:
     """sha256 of what decides the trained weights: the config as the trainer resolves it, without the sections that
     only change what a run shows (``UNHASHED_SECTIONS``) and without any key left at its default (the trainer's
     section defaults, the model's and method's constructor defaults). Moving a value between files, spelling out a
-    default or the code gaining a new defaulted option does not change it; changing a value that trains does."""
-    resolved = cfg.to_dict()
+    default or the code gaining a new defaulted option does not change it; changing a value that trains does. The
+    weight sources are hashed as resolved (:func:`hashed_weights`), so a config keeps its hash across their rename."""
+    resolved = without_moved_weight_keys(cfg.to_dict() if hasattr(cfg, "to_dict") else dict(cfg))
+    sources = weight_sources(resolved)
+    resolved.pop("weights", None)
     for section in UNHASHED_SECTIONS:
         resolved.pop(section, None)
     for section in SECTION_DEFAULTS:
@@ -55,7 +59,31 @@ def config_hash(cfg: Config) -> str:
         cls = registry.get(resolved[section].get("type")) if isinstance(resolved.get(section), dict) else None
         if cls is not None:
             resolved[section] = _non_default(resolved[section], _init_defaults(cls))
+    hashed_weights(resolved, sources)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def hashed_weights(resolved: dict, sources: Weights) -> None:
+    """Put the resolved weight ``sources`` into ``resolved`` (the hashed form of a config) under the names they had
+    when the committed assets were hashed: ``load_from`` (the base, also of a student given ``weights.teacher``),
+    ``controlnet.load_from``, ``method.teacher_load_from`` (a teacher named apart from the base) and
+    ``null_caption``; unset ones are left out, as keys at their default were. Two spellings of the same sources
+    (old keys, or ``weights.teacher`` vs ``weights.base`` for an LCM student) hash alike."""
+    placed = {
+        ("load_from",): sources.base,
+        ("controlnet", "load_from"): sources.controlnet,
+        ("method", "teacher_load_from"): sources.teacher if sources.teacher_apart else None,
+        ("null_caption",): sources.null_caption,
+    }
+    for path, value in placed.items():
+        if value is None:
+            continue
+        holder = resolved
+        for key in path[:-1]:
+            if holder.get(key) is None:
+                holder[key] = {}
+            holder = holder[key]
+        holder[path[-1]] = value
 
 
 def _init_defaults(cls: type) -> dict:
@@ -154,24 +182,23 @@ def make_teacher(
 
 
 def lcm_run_digest(cfg: Config) -> str:
-    """What the student depends on: the resolved config and the teacher file it distils (``cfg.load_from``)."""
-    return hashlib.sha256((config_hash(cfg) + file_hash(cfg.load_from)).encode()).hexdigest()
+    """What the student depends on: the resolved config and the teacher file it distils (``weights.teacher``)."""
+    return hashlib.sha256((config_hash(cfg) + file_hash(weight_sources(cfg).teacher)).encode()).hexdigest()
 
 
 def make_lcm_student(
     config: str | Path = LCM_CONFIG, work_dir: str | Path = "output/tiny_lcm_run", out: str | Path = LCM_DIR
 ) -> Path:
-    """Distil the committed teacher (the config's ``load_from``) into the 4-step LCM student (PixArt-δ §3) and
+    """Distil the committed teacher (the config's ``weights.teacher``) into the 4-step LCM student (PixArt-δ §3) and
     publish it to ``out``."""
     cfg = Config.fromfile(str(config))
-    if not Path(cfg.load_from).is_file():
-        raise SystemExit(f"teacher {cfg.load_from} (load_from of {config}) is missing: run make teacher first")
+    teacher = weight_sources(cfg).teacher
+    if teacher is None or not Path(teacher).is_file():
+        raise SystemExit(f"teacher {teacher} (weights.teacher of {config}) is missing: run make teacher first")
 
     def inputs() -> dict:
         text_encoder = Path(cfg.text_encoder.path) / "model.safetensors"
-        return dict(
-            teacher=cfg.load_from, teacher_sha256=file_hash(cfg.load_from), text_encoder_sha256=file_hash(text_encoder)
-        )
+        return dict(teacher=teacher, teacher_sha256=file_hash(teacher), text_encoder_sha256=file_hash(text_encoder))
 
     return train_and_publish(cfg, config, work_dir, out, lcm_run_digest(cfg), inputs)
 
@@ -182,7 +209,7 @@ def make_controlnet(
     out: str | Path = CONTROLNET_DIR,
 ) -> Path:
     """Train the ControlNet-Transformer (PixArt-δ §4) on the committed teacher and publish its trainable weights
-    (``controlnet.*``; the frozen base is the config's ``load_from``) to ``out``."""
+    (``controlnet.*``; the frozen base is the config's ``weights.base``) to ``out``."""
     cfg = Config.fromfile(str(config))
-    inputs = lambda: dict(teacher_sha256=file_hash(cfg.load_from))  # noqa: E731
+    inputs = lambda: dict(teacher_sha256=file_hash(weight_sources(cfg).base))  # noqa: E731
     return train_and_publish(cfg, config, work_dir, out, config_hash(cfg), inputs, only_prefix="controlnet.")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from diffusion.build import load_pipeline
+from diffusion.build import load_pipeline, teacher_config, weight_sources, without_controlnet
 from diffusion.data.annotators import to_control_image
 from diffusion.data.embedded import all_attribute_combinations, caption, render
 from diffusion.engine.checkpoint import list_checkpoints
@@ -78,15 +78,15 @@ def evaluate(
 
 def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pipeline) -> list[tuple]:
     """``(setting, pipeline, controlled, sampler, step)`` of the 4-step controllable LCM group of a route-(b) run
-    ``cfg`` (the LCM method on a ControlNet; base ``load_from`` = the LCM student, ``controlnet.load_from`` = the
-    ControlNet trained on the teacher, ``method.teacher_load_from`` = the teacher)."""
-    start = cfg.controlnet.get("load_from")
-    if not start or not cfg.method.get("teacher_load_from"):
-        raise SystemExit(f"{label}: a route-(b) run needs controlnet.load_from and method.teacher_load_from")
+    ``cfg`` (the LCM method on a ControlNet; ``weights.base`` = the LCM student, ``weights.controlnet`` = the
+    ControlNet trained on the teacher, ``weights.teacher`` = the teacher)."""
+    weights = weight_sources(cfg)
+    if weights.controlnet is None or not weights.teacher_apart:
+        raise SystemExit(f"{label}: a route-(b) run needs weights.controlnet and weights.teacher beside weights.base")
     # built once, sampled at 14 and at 20 steps
-    on_teacher = load_pipeline(Config({**cfg.to_dict(), "load_from": cfg.method.teacher_load_from}), like=teacher)
+    on_teacher = load_pipeline(teacher_config(cfg), like=teacher)
     step = int(checkpoint.name.split("_")[-1])
-    student = load_pipeline({**cfg, "controlnet": None}, like=teacher)
+    student = load_pipeline(without_controlnet(cfg), like=teacher)
     return [
         ("LCM student 4 steps, no control", student, False, LCM, None),
         ("teacher + its ControlNet, DPM-Solver++ 14 steps", on_teacher, True, DPM14, None),

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from mmengine.config import Config
 
-from diffusion.build import load_pipeline
+from diffusion.build import load_pipeline, with_weights
 from diffusion.data import VALIDATION_PROMPTS, ensure_embedded_default
 from diffusion.data.embedded import prompt_edges
 from diffusion.engine import Trainer, dist, find_latest, require_finished
@@ -64,8 +64,7 @@ def controlnet_grid(teacher_pipe: Pipeline, student: Path, out: Path) -> Path:
     the 4-step LCM student with the same ControlNet applied as it is (route (a) of issue 8: no re-training)."""
     cfg = Config.fromfile(str(CONTROLNET_CONFIG))
     teacher = load_pipeline(cfg, CONTROLNET, like=teacher_pipe)
-    lcm_cfg = Config({**cfg.to_dict(), "load_from": str(student)})  # the same ControlNet weights on the student base
-    lcm = load_pipeline(lcm_cfg, CONTROLNET, like=teacher_pipe)
+    lcm = load_pipeline(with_weights(cfg, base=str(student)), CONTROLNET, like=teacher_pipe)  # the same copies
     size = teacher_pipe.resolution[0]
     control = torch.from_numpy(prompt_edges(VALIDATION_PROMPTS, size, CONTROL_OFFSET)).permute(0, 3, 1, 2)
     columns = [

@@ -147,7 +147,7 @@ def sweep(
     torch.manual_seed(0)
     score = Scorer(cfg.data.root, num_images, batch_size)
     prompts = eval_prompts(num_images)
-    teacher = load_pipeline(cfg)  # cfg.load_from: the committed tiny teacher
+    teacher = load_pipeline(cfg)  # weights.teacher (the committed tiny teacher): every variant's step 0
     lcm4 = dict(name="lcm", steps=4)
 
     curves: list[dict] = []

@@ -16,6 +16,7 @@ __all__ = [
     "LCMDistillation",
     "Method",
     "StudentTarget",
+    "chosen_sampler",
     "configured_method",
     "consistency_fn",
     "method_sampler",
@@ -37,3 +38,15 @@ def method_sampler(cfg: Mapping) -> dict:
     config alone: LCM 4 steps for an LCM config, DPM-Solver++ for a teacher or ControlNet config."""
     method = {k: v for k, v in (cfg.get("method") or {}).items() if k != "type"}
     return configured_method(cfg).configured_sampler(**method)
+
+
+def chosen_sampler(cfg: Mapping, name: str | None = None, **given) -> dict:
+    """The sampler keywords a checkpoint of ``cfg`` is sampled with by a tool: the ``given`` ones that are not None,
+    the rest from the config's method (:func:`method_sampler`) when ``name`` is None or names the method's own
+    sampler (e.g. a w-embedding student's ``cfg_scale`` = w + 1); another sampler starts from its
+    ``SAMPLER_DEFAULTS`` (filled by ``SamplerConfig``)."""
+    sampler = method_sampler(cfg)
+    if name is not None and name != sampler.get("name", "dpm"):
+        sampler = {"name": name}
+    sampler.update({k: v for k, v in given.items() if v is not None})
+    return sampler

@@ -66,11 +66,11 @@ class Method(nn.Module):
         generator: the source of the method's random draws (see :class:`Draws`); None: the global RNG, which is
             what the trainer uses (it seeds and checkpoints it per rank).
 
-    ``requires_load_from``: the trainer refuses a config without ``load_from`` (a method that distils the loaded
-    weights must never start from a random network).
+    ``requires_teacher``: the trainer refuses a config that names no teacher (``weights.teacher`` or
+    ``weights.base``: a method that distils the loaded weights must never start from a random network).
     """
 
-    requires_load_from: bool = False
+    requires_teacher: bool = False
 
     def __init__(self, generator: torch.Generator | None = None) -> None:
         super().__init__()

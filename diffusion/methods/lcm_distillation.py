@@ -20,8 +20,8 @@ are passed in (``forward(..., draws=LCDDraws(...))``, as consistency_models pass
 
 With a ControlNet model (``accepts_control``: the config's ``controlnet`` section) and a control latent ``c`` in the
 batch, the same objective distils a *controlled* teacher into a controlled 4-step student, route (b) of PixArt-delta's
-controllable LCM (§4): the student is the ControlNet on the LCM student's frozen base (``load_from``) whose copies
-start from the ControlNet trained on the teacher (``controlnet.load_from``); ``teacher_load_from`` puts the teacher's
+controllable LCM (§4): the student is the ControlNet on the LCM student's frozen base (``weights.base``) whose copies
+start from the ControlNet trained on the teacher (``weights.controlnet``); ``weights.teacher`` puts the teacher's
 base (PixArt-alpha) under a frozen copy of those copies; ``c`` reaches the student, both halves of the teacher's
 guidance batch and the target; only the copies train, and the target EMA and its checkpoint cover only them.
 """
@@ -78,7 +78,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None, targets: tuple[st
 
 @METHODS.register_module()
 class LCMDistillation(Method):
-    """PixArt-delta LCD. Built after ``load_from``, so ``model`` already holds the teacher's weights.
+    """PixArt-delta LCD. Built after the config's weights are loaded, so ``model`` already holds the teacher's
+    weights (``weights.base``, which is ``weights.teacher`` unless both are named).
 
     Args:
         model: the student (trained in place); the teacher and the target are copies taken here.
@@ -101,14 +102,16 @@ class LCMDistillation(Method):
         teacher_dtype, target_dtype: 'bf16' keeps that frozen network in bfloat16 (half the memory; it runs under
             bf16 autocast); None keeps the student's dtype. A bf16 target loses EMA updates smaller than its
             precision (mu = 0.95 moves it by 5% of the gap per step), so that one is a trade-off, off by default.
-        teacher_load_from: None (the teacher is the loaded ``model`` itself, the usual case) or a weights file loaded
-            into the teacher copy: for a ControlNet, a plain PixArt-alpha file becomes the teacher's base under the
-            student's (trained) copies, an official full ControlNet file the whole teacher; else the whole network.
+        teacher_weights: None (the teacher is the loaded ``model`` itself, the usual case) or a weights file (or state
+            dict) loaded into the teacher copy, the config's ``weights.teacher`` named apart from ``weights.base``
+            (passed by ``diffusion.build.build_method``): for a ControlNet, a plain PixArt-alpha file becomes the
+            teacher's base under the student's (trained) copies, an official full ControlNet file the whole teacher;
+            else the whole network.
         generator: where n, the noise and a sampled w are drawn from (:class:`diffusion.methods.base.Draws`); None:
             the global RNG, which the trainer seeds and checkpoints per rank (exact resume needs nothing else).
     """
 
-    requires_load_from = True  # a random teacher is never distilled
+    requires_teacher = True  # a random teacher is never distilled: the config names weights.teacher (or .base)
 
     def __init__(
         self,
@@ -128,7 +131,7 @@ class LCMDistillation(Method):
         sampler: dict | None = None,
         teacher_dtype: str | None = None,
         target_dtype: str | None = None,
-        teacher_load_from: str | None = None,
+        teacher_weights: str | None = None,
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__(generator)
@@ -154,7 +157,7 @@ class LCMDistillation(Method):
             if "y" not in self.null:
                 raise KeyError(f"method.null_caption: {self.null_path} holds no 'y' tensor (keys: {list(self.null)})")
         # Frozen copies live in plain lists so that they are neither parameters of this module nor in its state_dict.
-        self._teacher = [frozen_copy(model, teacher_dtype, teacher_load_from)]
+        self._teacher = [frozen_copy(model, teacher_dtype, teacher_weights)]
         # The learned null caption, kept whole: under FSDP the teacher's own y_embedding is a shard between forwards.
         self.register_buffer("null_y", self.teacher.y_embedder.y_embedding.detach().clone(), persistent=False)
         if lora is not None:

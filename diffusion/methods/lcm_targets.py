@@ -17,16 +17,17 @@ import torch
 from torch import Tensor, nn
 
 
-def frozen_copy(model: nn.Module, dtype: str | None, load_from: str | None = None) -> nn.Module:
-    """A frozen eval-mode copy of ``model`` (in bf16 when ``dtype == 'bf16'``), holding ``load_from``'s weights when
-    given (see :func:`diffusion.build.load_teacher_weights`)."""
+def frozen_copy(model: nn.Module, dtype: str | None, weights=None) -> nn.Module:
+    """A frozen eval-mode copy of ``model`` (in bf16 when ``dtype == 'bf16'``), holding ``weights`` (a file or a
+    state dict: the config's ``weights.teacher``) when given (see
+    :func:`diffusion.model.controlnet_io.load_teacher_weights`)."""
     if dtype not in (None, "bf16"):
         raise ValueError(f"frozen network dtype must be None or 'bf16', got {dtype!r}")
     net = copy.deepcopy(model).eval().requires_grad_(False)
-    if load_from is not None:
-        from diffusion.build import load_teacher_weights  # lazy: diffusion.build imports the registry
+    if weights is not None:
+        from diffusion.model.controlnet_io import load_teacher_weights  # lazy: the model package imports the registry
 
-        load_teacher_weights(net, load_from)
+        load_teacher_weights(net, weights)
     return net.to(torch.bfloat16) if dtype == "bf16" else net
 
 

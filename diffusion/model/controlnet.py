@@ -130,6 +130,11 @@ class _ControlWrapper(nn.Module):
         return self.base_model.y_embedder
 
     @property
+    def w_embedder(self) -> nn.Module | None:
+        """The base's w-embedding (a w-embedding LCM student under a ControlNet is sampled at its guidance)."""
+        return self.base_model.w_embedder
+
+    @property
     def fsdp_wrap_modules(self) -> list[nn.Module]:
         """FSDP2 units (``train.parallel='fsdp'``): every block of the base and every copy, each sharded on its own;
         the rest (embedders, final layer, zero projections) goes with the root."""

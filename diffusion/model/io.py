@@ -5,11 +5,17 @@ Everything is loaded without executing pickled code (``torch.load(weights_only=T
 The null caption (``y_embedder.y_embedding``, the unconditional input of classifier-free guidance and of the LCM
 teacher): PixArt-alpha checkpoints carry their own. PixArt-Sigma's is T5("") at 300 tokens, which the official Σ
 loader writes over every checkpoint's ``y_embedding`` on each load from ``null_embed_diffusers_300token.pth``; a
-config names that file here with the top-level key ``null_caption`` (``tools/make_null_caption.py`` writes it, the
+config names that file here as ``weights.null_caption`` (``tools/make_null_caption.py`` writes it, the
 format ``method.null_caption`` reads: ``y`` (1, 1, L, C) in a .safetensors file). The rule (:func:`with_null_caption`):
 the file, when it exists, is the null caption whatever the checkpoint holds (a checkpoint of another length, e.g.
 PixArt-alpha's 120 tokens, then loads too); a checkpoint without ``y_embedding`` (a diffusers folder) needs it (an
 error names the file); a missing file with a checkpoint that has one keeps the checkpoint's, with a warning.
+
+One way to load weights into a network: :func:`load_model_weights` / :func:`load_state_into` take any network this
+repository builds, a ControlNet included (its file goes through :func:`diffusion.model.controlnet_io
+.load_controlnet_state`). A file of another kind than the network takes (ControlNet weights into a plain PixArt, LoRA
+adapters without their base, a null caption file, a trainer or peft folder) is an error naming the file, what it
+holds (:func:`describe_state`) and what to call instead.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import torch
 from safetensors.torch import load_file
 
 from diffusion.model.diffusers_format import load_diffusers
+from diffusion.model.students import BASE as LORA_BASE
+from diffusion.model.students import LORA_A, LORA_B
 
 
 def resolve_checkpoint(path: str | Path, use_ema: bool = True) -> Path:
@@ -40,12 +48,20 @@ def load_state(path: str | Path, key: str | None = None) -> dict[str, torch.Tens
     - ``*.safetensors``: the tensors as stored;
     - ``*.pth`` / ``*.pt``: ``torch.load(weights_only=True)``; a ``{'state_dict': ...}`` wrapper (official checkpoints)
       is unwrapped, or ``key`` (e.g. ``'state_dict_ema'``) is taken;
-    - a directory: a diffusers ``PixArtTransformer2DModel`` folder (converted back to official keys).
+    - a directory: a trainer step folder (its ``ema.safetensors`` when present, else ``model.safetensors``, as
+      :func:`resolve_checkpoint`) or a diffusers ``PixArtTransformer2DModel`` folder (converted back to official
+      keys); a peft LoRA folder is refused, naming what to load instead.
     """
-    path = Path(path)
+    path = resolve_checkpoint(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.is_dir():
+        if (path / "adapter_config.json").is_file():
+            raise ValueError(
+                f"{path} is a peft LoRA folder (diffusers names, for PeftModel.from_pretrained on diffusers' "
+                "PixArtTransformer2DModel): load the trainer checkpoint it was exported from with its LCM-LoRA "
+                "config instead (diffusion.build.load_model merges the adapters into their base)"
+            )
         inner = path / "transformer" if (path / "transformer").is_dir() else path
         return _read(inner, "a diffusers transformer folder", lambda p: load_diffusers(p)[1])
     if path.suffix == ".safetensors":
@@ -97,21 +113,24 @@ def load_state_into(
     drop_suffixes: tuple[str, ...] = ("pos_embed",),
     null_caption: str | Path | None = None,
 ) -> None:
-    """:func:`load_model_weights` for a state dict already read from ``source`` (named in errors)."""
+    """:func:`load_model_weights` for a state dict already read from ``source`` (named in errors). A ControlNet
+    ``model`` takes its file through :func:`diffusion.model.controlnet_io.load_controlnet_state` (the official full
+    layout loads whole, ``controlnet.*`` alone onto the base it holds, a plain PixArt file as its base)."""
     path = source
+    if getattr(model, "accepts_control", False):
+        from diffusion.model.controlnet_io import load_controlnet_state  # lazy: it reads files through this module
+
+        load_controlnet_state(model, state, source, keep_base=False, null_caption=null_caption)
+        return
+    refuse_other_kind(state, source)
     state = {k: v for k, v in state.items() if not k.endswith(drop_suffixes)}
-    if not hasattr(model, "controlnet") and any(k.startswith("controlnet.") for k in state):
-        raise KeyError(
-            f"{path} is a ControlNet checkpoint (controlnet.* keys) but the network is a plain PixArt: use a config "
-            "with a controlnet section (e.g. configs/controlnet/tiny_controlnet.py)"
-        )
     if null_caption is not None and hasattr(model, "y_embedder"):
         state = with_null_caption(model, state, null_caption, path)
     check_fits(model.state_dict(), state, path)
     if NULL_KEY not in state and hasattr(model, "y_embedder"):
         raise KeyError(
             f"{path} has no '{NULL_KEY}' (the null caption); a diffusers folder needs the y_embedding.safetensors "
-            "side file written by tools/convert_diffusers.py, or a config naming a null_caption file (T5(''), "
+            "side file written by tools/convert_diffusers.py, or a config naming a weights.null_caption file (T5(''), "
             "tools/make_null_caption.py)"
         )
     result = model.load_state_dict(state, strict=False)
@@ -125,6 +144,52 @@ def load_state_into(
 
 
 NULL_KEY = "y_embedder.y_embedding"
+NULL_FILE_KEYS = {"y", "y_mask"}  # what tools/make_null_caption.py writes
+
+
+def describe_state(state: Mapping[str, torch.Tensor]) -> str:
+    """What kind of weights ``state`` holds, in words for an error message."""
+    keys = list(state)
+    lora = any(LORA_A in k or LORA_B in k for k in keys)
+    if keys and set(keys) <= NULL_FILE_KEYS:
+        return "a null caption file (y = T5(''), written by tools/make_null_caption.py), not network weights"
+    if lora and not any(LORA_BASE in k for k in keys):
+        return "LoRA adapters only (peft lora_A / lora_B, a LoRA student's training checkpoint), without their base"
+    if lora:
+        return "a LoRA student with its base (peft names: base_layer, lora_A, lora_B)"
+    if any(k.startswith("base_model.") for k in keys) and any(k.startswith("controlnet.") for k in keys):
+        return "an official full ControlNet file (base_model.* and controlnet.*)"
+    if keys and all(k.startswith("controlnet.") for k in keys):
+        return "a ControlNet's trainable weights only (controlnet.*, a trainer checkpoint of a ControlNet run)"
+    if any(k.startswith("controlnet.") for k in keys):
+        return "ControlNet weights (controlnet.*)"
+    if any(k.startswith(("blocks.", "x_embedder.", "y_embedder.")) for k in keys):
+        return "PixArt weights"
+    return f"none of the weight layouts read here (keys: {keys[:5]})"
+
+
+def refuse_other_kind(state: Mapping[str, torch.Tensor], source: str | Path) -> None:
+    """Raise ``ValueError`` naming ``source``, what it holds and what to call instead when ``state`` is not a plain
+    PixArt's weights (ControlNet weights, LoRA adapters, a null caption file); plain weights pass."""
+    kind = describe_state(state)
+    if kind.startswith("a null caption file"):
+        todo = "name it as the config's weights.null_caption (or method.null_caption for the LCM teacher's guidance)"
+    elif "ControlNet" in kind:
+        todo = (
+            "load it into a ControlNet: a config with a controlnet section (e.g. "
+            "configs/controlnet/tiny_controlnet.py), as its weights.controlnet or with "
+            "diffusion.build.load_model(cfg, file)"
+        )
+    elif "LoRA" in kind:
+        todo = (
+            "load it with its LCM-LoRA config: diffusion.build.load_model(cfg, file) merges the adapters into "
+            "weights.base at method.lora's alpha / rank"
+        )
+    else:
+        return
+    raise ValueError(f"{source} holds {kind}, but the network is a plain PixArt: {todo}")
+
+
 # Key families that only some architectures have -> the config key that adds them.
 _KEY_FAMILIES = [
     (
@@ -150,10 +215,7 @@ def read_null_caption(path: str | Path, length: int, channels: int) -> torch.Ten
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"null caption file {path} not found ({_WRITE_NULL.format(length=length, out=path)})")
-    tensors = _read(path, "a .safetensors null caption file", lambda p: load_file(str(p)))
-    if "y" not in tensors:
-        raise KeyError(f"null caption file {path} holds no 'y' tensor (keys: {sorted(tensors)})")
-    y = tensors["y"]
+    y = read_null_file(path)["y"]
     if tuple(y.shape[-2:]) != (length, channels) or y.numel() != length * channels:
         raise ValueError(
             f"null caption file {path} holds y of shape {tuple(y.shape)}; the model needs (1, 1, {length}, "
@@ -161,6 +223,19 @@ def read_null_caption(path: str | Path, length: int, channels: int) -> torch.Ten
             + _WRITE_NULL.format(length=length, out=path)
         )
     return y.reshape(length, channels).float()
+
+
+def read_null_file(path: str | Path, what: str = "null caption file") -> dict[str, torch.Tensor]:
+    """The tensors of a null caption file (``y``, optionally ``y_mask``); a file without ``y`` is a ``KeyError``
+    naming it, ``what`` (the config key) and what it holds instead (e.g. model weights)."""
+    path = Path(path)
+    tensors = _read(path, "a .safetensors null caption file", lambda p: load_file(str(p)))
+    if "y" not in tensors:
+        raise KeyError(
+            f"{what} {path} holds no 'y' tensor: it holds {describe_state(tensors)} "
+            f"(keys: {sorted(tensors)[:5]}); a null caption file is written by tools/make_null_caption.py"
+        )
+    return tensors
 
 
 _WRITE_NULL = (

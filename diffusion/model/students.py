@@ -5,7 +5,7 @@ LCM-LoRA (official ``train_pixart_lcm_lora.py``) trains ``peft`` adapters: a che
 weights ``<module>.base_layer.{weight,bias}`` and the adapters ``<module>.lora_A.default.weight`` (r, in) and
 ``<module>.lora_B.default.weight`` (out, r); merged, ``W = W_base + (alpha / r) B A``. A *partial* checkpoint holds
 only the adapters (a model with frozen parameters saves only what it trains); its base weights come from the config's
-``load_from``.
+``weights.base`` (an LCM config's teacher, where the student starts).
 
 A w-embedding student adds ``w_embedder(1000 w)`` to its timestep embedding. For one fixed w that is a constant
 vector, i.e. an extra bias of the timestep MLP's last linear: folding it there gives an ordinary PixArt (and
@@ -34,7 +34,7 @@ def has_lora(state: Mapping[str, torch.Tensor]) -> bool:
 
 
 def is_partial_lora(state: Mapping[str, torch.Tensor]) -> bool:
-    """True when ``state`` holds LoRA adapters but not the weights they adapt (their base is ``load_from``)."""
+    """True when ``state`` holds LoRA adapters but not the weights they adapt (the config's ``weights.base``)."""
     return has_lora(state) and not any(BASE in k for k in state)
 
 
@@ -77,7 +77,7 @@ def merge_lora(
     for module, (a, b) in adapters.items():
         key = f"{module}.weight"
         if key not in merged:
-            raise KeyError(f"{source}: LoRA on '{module}' but no base weight '{key}' (checkpoint nor load_from)")
+            raise KeyError(f"{source}: LoRA on '{module}' but no base weight '{key}' (checkpoint nor weights.base)")
         w = merged[key]
         if a.shape[0] != rank or b.shape[1] != rank or (b.shape[0], a.shape[1]) != tuple(w.shape):
             raise ValueError(

@@ -7,7 +7,7 @@ import torch
 from mmengine.config import Config
 from safetensors.torch import save_file
 
-from diffusion.build import build_model, load_pipeline
+from diffusion.build import build_model, load_pipeline, with_weights
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.registry import MODELS
 from tests.model.helpers import randomize
@@ -57,8 +57,8 @@ def make_tiny_controlnet(app: dict, root: Path) -> dict:
     (``controlnet.*`` only, as the trainer saves them; projections random too, so the control matters)."""
     config = root / "cn.py"
     config.write_text(
-        f"_base_ = ['{app['config']}']\nload_from = '{app['teacher']}'\n"
-        "controlnet = dict(copy_blocks=1, topology='transformer', load_from=None)\n"
+        f"_base_ = ['{app['config']}']\nweights = dict(base='{app['teacher']}')\n"
+        "controlnet = dict(copy_blocks=1, topology='transformer')\n"
     )
     cfg = Config.fromfile(str(config))
     model = build_model(cfg)
@@ -73,7 +73,6 @@ def reference_control_pipelines(app: dict, pipes: dict) -> dict:
     the trained weights (independent of how the app swaps bases)."""
     out = {}
     for name, base in (("dpm", app["teacher"]), ("lcm", app["lcm"])):
-        section = {**app["cn_cfg"].controlnet, "load_from": str(app["controlnet"])}
-        model = build_model({**app["cn_cfg"], "load_from": str(base), "controlnet": section}).eval()
+        model = build_model(with_weights(app["cn_cfg"], base=str(base), controlnet=str(app["controlnet"]))).eval()
         out[name] = load_pipeline(app["cn_cfg"], model=model, like=pipes[name])
     return out

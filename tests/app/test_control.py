@@ -91,9 +91,11 @@ def test_aspect_of_the_upload_picks_the_bucket(tiny):
     assert cmap.shape[:2] == result.images[0].shape[:2] == (20, 48)
 
 
-def test_trained_weights_sit_on_the_apps_bases_not_the_configs_load_from(tiny, tmp_path):
+def test_trained_weights_sit_on_the_apps_bases_not_the_configs_base(tiny, tmp_path):
     config = tmp_path / "cn_elsewhere.py"
-    config.write_text(f"_base_ = ['{tiny['cn_config']}']\nload_from = '{tmp_path / 'not_here.safetensors'}'\n")
+    config.write_text(
+        f"_base_ = ['{tiny['cn_config']}']\nweights = dict(base='{tmp_path / 'not_here.safetensors'}')\n"
+    )
     control = load_control(tiny["models"], str(config), str(tiny["controlnet"]))
     _, edges = render(SHAPE)
     for sampler in ("lcm", "dpm"):

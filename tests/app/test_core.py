@@ -90,7 +90,7 @@ def test_checkpoint_flags_and_missing_files(tiny, tmp_path):
         load_models(str(tiny["config"]), {"lcm": str(tiny["lcm"])}, vae=str(tmp_path / "vae"))
     with pytest.raises(SystemExit, match="text encoder .* not found"):
         load_models(str(tiny["config"]), {"lcm": str(tiny["lcm"])}, text_encoder=str(tmp_path / "t5"))
-    # no teacher given and no load_from in the config: the student is served alone
+    # no teacher given and no weights in the config: the student is served alone
     models = load_models(str(tiny["config"]), {"lcm": str(tiny["lcm"])})
     assert models.teacher is None and models.lcm is not None
 

@@ -1,4 +1,4 @@
-"""Checkpoint files: atomic commit, pruning, latest lookup, ``load_from`` weights and RNG state round trips."""
+"""Checkpoint files: atomic commit, pruning, latest lookup, ``weights.base`` and RNG state round trips."""
 
 import random
 from pathlib import Path

@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     save_file(base.state_dict(), str(root / "base.safetensors"))
     cfg = dict(
         model=MODEL,
-        load_from=str(root / "base.safetensors"),
+        weights=dict(base=str(root / "base.safetensors")),
         controlnet=dict(copy_blocks=1),
         method=dict(type="DiffusionLoss"),
         data=dict(
@@ -150,7 +150,7 @@ def test_validation_control_from_files_with_an_annotator_and_its_errors(setup, t
 
 
 def test_route_b_consistency_distillation_of_a_controlnet_trains_copies_and_resumes_exactly(setup):
-    """Route (b): the LCM method on a ControlNet with the control passed, teacher base from teacher_load_from; only the
+    """Route (b): the LCM method on a ControlNet with the control passed, teacher base from weights.teacher; only the
     copies train and reach the checkpoint (and the target's), and resuming reproduces the uninterrupted run."""
     root, cfg = setup
     teacher = randomize(MODELS.build(dict(MODEL)), std=0.05, seed=7)
@@ -159,7 +159,8 @@ def test_route_b_consistency_distillation_of_a_controlnet_trains_copies_and_resu
         {
             **cfg.to_dict(),
             "model": {**MODEL, "class_dropout_prob": 0.0},
-            "method": dict(type="LCMDistillation", teacher_load_from=str(root / "teacher.safetensors")),
+            "weights": {**cfg.weights, "teacher": str(root / "teacher.safetensors")},
+            "method": dict(type="LCMDistillation"),
             "train": dict(max_steps=4, batch_size=8, num_workers=0, ema_rate=None, grad_clip=1.0, seed=3),
             "checkpoint": dict(every=2, keep_last=2),
         }

@@ -46,7 +46,7 @@ def _config(tmp_path: Path, validation: bool = True, **train) -> dict:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(teacher))
     return tiny_config(
         model=dict(MODEL),
-        load_from=str(teacher),
+        weights=dict(teacher=str(teacher)),
         method=dict(type="LCMDistillation", ema_decay=0.5),  # a fast target, so its restoration matters
         data=dict(type="EngineMemDataset", size=8),
         optimizer=dict(type="AdamW", lr=1e-3, weight_decay=0.0),

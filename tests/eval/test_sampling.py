@@ -125,13 +125,13 @@ def test_control_folder_needs_a_pipeline_that_takes_control(tmp_path):
 
 
 def test_control_folder_feeds_a_controlnet(tmp_path):
-    """A ControlNet config (the base from ``load_from``, one trainable copy) samples one image per control image."""
+    """A ControlNet config (the base from ``weights.base``, one trainable copy) samples one image per control image."""
     main = load_command("tools/eval_fid.py").main
 
     config, weights = tiny_checkpoint(tmp_path, depth=2)  # a ControlNet copies at most depth - 1 blocks
     controlnet_config = tmp_path / "tiny_controlnet.py"
     controlnet_config.write_text(
-        f"_base_ = [{str(config)!r}]\nload_from = {str(weights)!r}\ncontrolnet = dict(copy_blocks=1)\n"
+        f"_base_ = [{str(config)!r}]\nweights = dict(base={str(weights)!r})\ncontrolnet = dict(copy_blocks=1)\n"
     )
     (tmp_path / "prompts.txt").write_text("\n".join(VALIDATION_PROMPTS[:3]) + "\n")
     (tmp_path / "control").mkdir()

@@ -19,7 +19,7 @@ def _hash(**changes) -> str:
 
 def test_hash_ignores_defaults_spelled_out_and_what_a_run_only_shows():
     base = _hash()
-    assert _hash(**{"method.teacher_load_from": None, "train.max_nan_steps": 5, "model.pe_interpolation": 1.0}) == base
+    assert _hash(**{"weights.base": None, "train.max_nan_steps": 5, "model.pe_interpolation": 1.0}) == base
     assert _hash(**{"validation.control": "embedded", "validation.every": 7, "log.every": 3}) == base
 
 
@@ -27,10 +27,10 @@ def test_hash_moves_with_every_value_that_trains():
     base = _hash()
     changed = [
         _hash(**{"method.w": 3.5}),
-        _hash(**{"method.teacher_load_from": "other.safetensors"}),
+        _hash(**{"weights.base": "assets/tiny_teacher/model.safetensors", "weights.teacher": "other.safetensors"}),
         _hash(**{"train.max_steps": 301}),
         _hash(**{"optimizer.lr": 1e-4}),
         _hash(**{"model.depth": 4}),
-        _hash(**{"load_from": "other.safetensors"}),
+        _hash(**{"weights.teacher": "other.safetensors"}),
     ]
     assert base not in changed and len(set(changed)) == len(changed)

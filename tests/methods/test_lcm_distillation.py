@@ -287,12 +287,12 @@ def test_the_target_is_an_ema_strategy_object():
         method.load_extra_state({"ema.x": torch.zeros(1)})
 
 
-def test_lcm_config_without_load_from_is_an_error(tmp_path):
+def test_lcm_config_without_a_teacher_is_an_error(tmp_path):
     from diffusion.engine import Trainer
     from tests.engine.standins import tiny_config
 
-    cfg = tiny_config(model=dict(type="PixArt_tiny"), method=dict(type="LCMDistillation"), load_from=None)
-    with pytest.raises(KeyError, match="load_from"):
+    cfg = tiny_config(model=dict(type="PixArt_tiny"), method=dict(type="LCMDistillation"))
+    with pytest.raises(KeyError, match="weights.teacher"):
         Trainer(cfg, tmp_path)
 
 
@@ -330,7 +330,7 @@ def test_controlled_distillation_teacher_has_its_base_and_the_students_copies(tm
     from safetensors.torch import load_file
 
     student, teacher_file = _controlnet_student(tmp_path)
-    method = LCMDistillation(student, teacher_load_from=str(teacher_file))
+    method = LCMDistillation(student, teacher_weights=str(teacher_file))
     want = load_file(str(teacher_file))
     base = method.teacher.base_model.state_dict()
     assert all(torch.equal(base[k], v) for k, v in want.items() if not k.endswith("pos_embed"))
@@ -343,7 +343,7 @@ def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere
     from tests.model.helpers import randomize
 
     student, teacher_file = _controlnet_student(tmp_path)
-    method = LCMDistillation(student, w=4.5, teacher_load_from=str(teacher_file))
+    method = LCMDistillation(student, w=4.5, teacher_weights=str(teacher_file))
     randomize(method.target.controlnet, std=0.05, seed=23)  # a drifted target
     batch = _batch(3)
     c = torch.randn(1, 4, 8, 12, generator=torch.Generator().manual_seed(6)).expand(3, -1, -1, -1).contiguous()
@@ -360,7 +360,7 @@ def test_one_controlled_lcd_step_matches_algorithm_1_with_the_control_everywhere
 
 def test_controlled_distillation_trains_only_the_copies_and_checkpoints_only_them(tmp_path):
     student, teacher_file = _controlnet_student(tmp_path)
-    method = LCMDistillation(student, teacher_load_from=str(teacher_file))
+    method = LCMDistillation(student, teacher_weights=str(teacher_file))
     base_before = {k: v.clone() for k, v in student.base_model.state_dict().items()}
     target_before = {k: v.clone() for k, v in method.target.state_dict().items()}
     opt = torch.optim.SGD([p for p in student.parameters() if p.requires_grad], lr=0.5)
@@ -375,7 +375,7 @@ def test_controlled_distillation_trains_only_the_copies_and_checkpoints_only_the
     assert state and all(k.startswith("target.controlnet.") for k in state)
     (tmp_path / "b").mkdir()
     other, _ = _controlnet_student(tmp_path / "b")
-    fresh = LCMDistillation(other, teacher_load_from=str(teacher_file))
+    fresh = LCMDistillation(other, teacher_weights=str(teacher_file))
     fresh.load_extra_state(state)
     assert all(torch.equal(v, fresh.target.state_dict()[k]) for k, v in after.items() if k.startswith("controlnet."))
     with pytest.raises(KeyError, match="lacks trained parameters"):

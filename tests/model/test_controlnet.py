@@ -136,7 +136,9 @@ def test_xl_n13_official_layout_and_trainable_count(factory):
 
 
 def test_official_layout_round_trip_strict(tmp_path):
-    from diffusion.build import load_controlnet_weights
+    """One way to load weights (issue 21.5): ``load_model_weights`` on a ControlNet loads the official full file
+    through the ControlNet path (it said "has no 'y_embedder.y_embedding'": the key is base_model.*'s)."""
+    from diffusion.model.io import load_model_weights
 
     cn = _randomize_projections(PixArtControlNet(_tiny_base(), copy_blocks=2))
     state = cn.state_dict()
@@ -144,13 +146,13 @@ def test_official_layout_round_trip_strict(tmp_path):
     official = {**state, "base_model.pos_embed": torch.zeros(1, 16, 48)}
     torch.save({"state_dict": official}, tmp_path / "cn.pth")
     fresh = PixArtControlNet(tiny(True, depth=4, std=0.3), copy_blocks=2)  # other weights everywhere
-    load_controlnet_weights(fresh, tmp_path / "cn.pth", has_base=False)
+    load_model_weights(fresh, tmp_path / "cn.pth")
     for k, v in fresh.state_dict().items():
         assert torch.equal(v, state[k]), k
     del official["controlnet.1.after_proj.bias"]
     torch.save({"state_dict": official}, tmp_path / "broken.pth")
     with pytest.raises(KeyError, match="broken.pth.*controlnet.1.after_proj.bias"):
-        load_controlnet_weights(fresh, tmp_path / "broken.pth", has_base=False)
+        load_model_weights(fresh, tmp_path / "broken.pth")
 
 
 def test_plain_base_checkpoint_fills_base_and_reinitialises_copies():

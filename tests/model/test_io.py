@@ -74,5 +74,5 @@ def test_diffusers_folder_of_another_shape_or_corrupt_is_named(tmp_path):
 
 
 def test_controlnet_checkpoint_into_plain_model_says_so():
-    with pytest.raises(KeyError, match="ControlNet checkpoint.*controlnet section"):
+    with pytest.raises(ValueError, match="cn.safetensors holds a ControlNet's trainable weights.*controlnet section"):
         load_state_into(tiny(True), {"controlnet.0.before_proj.weight": torch.zeros(48, 48)}, "cn.safetensors")

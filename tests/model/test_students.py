@@ -35,10 +35,12 @@ def _lora_student(ms: bool = True):
     return base, student.eval()
 
 
-def _cfg(load_from=None, ms=True):
+def _cfg(teacher=None, ms=True):
     model = dict(type="PixArtMS" if ms else "PixArt", **ARCH)
     return dict(
-        model=model, load_from=load_from, method=dict(type="LCMDistillation", lora=dict(rank=RANK, alpha=ALPHA))
+        model=model,
+        weights=dict(teacher=teacher),
+        method=dict(type="LCMDistillation", lora=dict(rank=RANK, alpha=ALPHA)),
     )
 
 
@@ -51,7 +53,7 @@ def test_lora_checkpoint_loads_merged(tmp_path, form):
     step = tmp_path / "step_0000010"
     step.mkdir()
     _save(state, step / "model.safetensors")
-    cfg = _cfg(load_from=_save(base.state_dict(), tmp_path / "base.safetensors"))
+    cfg = _cfg(teacher=_save(base.state_dict(), tmp_path / "base.safetensors"))  # an LCM config: its teacher
     merged = load_model(cfg, step)
     x, t, y, mask, info = inputs()
     with torch.no_grad():
@@ -64,9 +66,9 @@ def test_lora_checkpoint_loads_merged(tmp_path, form):
 def test_lora_needs_its_config(tmp_path):
     _, student = _lora_student()
     path = _save({k: v for k, v in student.state_dict().items() if "lora_" in k}, tmp_path / "lora.safetensors")
-    with pytest.raises(KeyError, match="load_from"):
-        load_model(_cfg(load_from=None), path)
-    cfg = _cfg(load_from=path)
+    with pytest.raises(KeyError, match="only LoRA adapters.*weights.base.*unset"):
+        load_model(_cfg(teacher=None), path)
+    cfg = _cfg(teacher=path)
     cfg["method"] = dict(type="LCMDistillation", lora=None)
     with pytest.raises(KeyError, match="method.lora"):
         load_model(cfg, _save(student.state_dict(), tmp_path / "full.safetensors"))

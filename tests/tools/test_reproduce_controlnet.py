@@ -32,7 +32,7 @@ def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("cn_ablation")
     data = ensure_embedded_default(root / "data", num=48, text_encoder_path=root / "t5")
     save_file(MODELS.build(dict(BASE)).state_dict(), str(root / "base.safetensors"))
-    options = [f"load_from={root / 'base.safetensors'}", f"data.root={data}", f"text_encoder.path={root / 't5'}"]
+    options = [f"weights.base={root / 'base.safetensors'}", f"data.root={data}", f"text_encoder.path={root / 't5'}"]
     options += ["model.hidden_size=32", "model.num_heads=2", "train.mixed_precision=no"]
     return root, options, tiny_attribute_net(tmp_path_factory)
 
@@ -123,11 +123,11 @@ def test_a_route_b_run_gets_the_controllable_lcm_rows(tiny, spy, tmp_path):
     save_file(start.trainable_state_dict(), str(tmp_path / "controlnet.safetensors"))
     (row,) = ablation.select_rows(["b"])
     assert row.config == repo_path("configs/controlnet/tiny_controlnet_lcm.py")
-    shared = [o for o in options if not o.startswith("load_from=")]
+    shared = [o for o in options if not o.startswith("weights.base=")]
     route = [
-        f"load_from={tmp_path / 'student.safetensors'}",
-        f"controlnet.load_from={tmp_path / 'controlnet.safetensors'}",
-        f"method.teacher_load_from={root / 'base.safetensors'}",
+        f"weights.base={tmp_path / 'student.safetensors'}",
+        f"weights.controlnet={tmp_path / 'controlnet.safetensors'}",
+        f"weights.teacher={root / 'base.safetensors'}",
     ]
     launch.train([str(row.config), "--work-dir", str(tmp_path / "b"), "--cfg-options", *shared, *route,
                          "train.max_steps=2", "train.batch_size=2", "validation.every=100"])  # fmt: skip

@@ -121,7 +121,7 @@ def test_control_image_reaches_a_controlnet(setup, tmp_path, capsys):
 
     config = tmp_path / "cn.py"
     config.write_text(
-        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        f"_base_ = ['{setup['config']}']\nweights = dict(base='{setup['root'] / 'model.safetensors'}')\n"
         "controlnet = dict(copy_blocks=2)\n"
     )
     cn = PixArtControlNet(setup["model"], copy_blocks=2)
@@ -152,7 +152,7 @@ def test_annotator_canny_equals_its_map_used_as_is(setup, tmp_path):
 
     config = tmp_path / "cn.py"
     config.write_text(
-        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        f"_base_ = ['{setup['config']}']\nweights = dict(base='{setup['root'] / 'model.safetensors'}')\n"
         "controlnet = dict(copy_blocks=1)\n"
     )
     cn = PixArtControlNet(setup["model"], copy_blocks=1)
@@ -207,10 +207,10 @@ def test_default_sampler_follows_the_configs_method(config, expected):
 
 def test_lcm_config_samples_lcm_by_default_and_needs_a_checkpoint(setup, tmp_path, capsys):
     """An LCM config without --sampler samples the student's 4 LCM steps (and says so); without --checkpoint it
-    would sample load_from, the teacher: refused."""
+    would sample weights.teacher, the teacher: refused (a teacher's sampler samples that teacher)."""
     config = tmp_path / "lcm.py"
     config.write_text(
-        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        f"_base_ = ['{setup['config']}']\nweights = dict(base='{setup['root'] / 'model.safetensors'}')\n"
         "method = dict(type='LCMDistillation', sampler=dict(name='lcm', steps=4))\n"
     )
     argv = ["--config", str(config), "--prompts", *PROMPTS, "--out", str(tmp_path / "out")]
@@ -235,7 +235,7 @@ def test_a_controlnet_sampled_without_control_says_so(setup, tmp_path, capsys):
     teacher file: zero projections), samples uncontrolled: a warning line says so."""
     config = tmp_path / "cn.py"
     config.write_text(
-        f"_base_ = ['{setup['config']}']\nload_from = '{setup['root'] / 'model.safetensors'}'\n"
+        f"_base_ = ['{setup['config']}']\nweights = dict(base='{setup['root'] / 'model.safetensors'}')\n"
         "controlnet = dict(copy_blocks=1)\n"
     )
     Image.fromarray(np.full((32, 32, 3), 255, np.uint8)).save(tmp_path / "edges.png")

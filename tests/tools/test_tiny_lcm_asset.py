@@ -8,6 +8,7 @@ import torch
 from mmengine.config import Config
 from safetensors import safe_open
 
+from diffusion.build import weight_sources
 from diffusion.experiments.assets import LCM_CONFIG, LCM_DIR, config_hash, file_hash
 from diffusion.model.io import load_model_weights
 from diffusion.registry import MODELS
@@ -20,7 +21,7 @@ def test_asset_matches_config_and_teacher_and_loads():
     cfg = Config.fromfile(str(LCM_CONFIG))
     meta = json.loads((LCM_DIR / "meta.json").read_text())
     assert meta["config_sha256"] == config_hash(cfg), "config changed since distillation: make lcm-student"
-    assert meta["teacher_sha256"] == file_hash(ROOT / cfg.load_from), "teacher changed: make lcm-student"
+    assert meta["teacher_sha256"] == file_hash(ROOT / weight_sources(cfg).teacher), "teacher changed: make lcm-student"
     with safe_open(str(WEIGHTS), "pt") as f:  # the hash it was trained under (see meta "restamped")
         assert f.metadata()["config_sha256"] == meta.get("trained_config_sha256", meta["config_sha256"])
     assert WEIGHTS.stat().st_size <= 20e6
