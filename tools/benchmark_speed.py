@@ -19,6 +19,13 @@ modules as eager ours, so only their steps and end to end are timed.
     python tools/benchmark_speed.py                                    # CPU: reduced size, fp32
     python tools/benchmark_speed.py --dtype bf16 --compile
     python tools/benchmark_speed.py --device cuda --size full --dtype bf16 --compile --cuda-graphs
+
+``--sigma-kv``: PixArt-Σ's KV token compression instead (``diffusion.bench.sigma_kv``): one transformer step with the
+keys / values of the last half of the blocks (14-27 of 28) pooled 2x2 against the same weights uncompressed, at
+256² / 512² / 1024² / 2K (``--sigma-resolutions``), interleaved medians, and where compression starts to pay.
+
+    python tools/benchmark_speed.py --sigma-kv --runs 3                     # CPU: width 288, 4 blocks, fp32
+    python tools/benchmark_speed.py --sigma-kv --device cuda --size full --dtype bf16
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from diffusion.bench import (
     random_pixart,
     random_t5,
     random_vae,
+    sigma_kv,
     timed,
 )
 from diffusion.build import DTYPES
@@ -256,6 +264,8 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--compile", action="store_true", help="add ours with regional torch.compile of the blocks")
     parser.add_argument("--cuda-graphs", action="store_true", help="add ours with the step under CUDA graphs (CUDA)")
+    parser.add_argument("--sigma-kv", action="store_true", help="PixArt-Σ KV compression vs none (transformer step)")
+    parser.add_argument("--sigma-resolutions", type=int, nargs="+", default=list(sigma_kv.RESOLUTIONS))
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     if args.cuda_graphs and not on_gpu:
@@ -267,8 +277,16 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    result = run(args)
-    print(markdown(result))
+    if args.sigma_kv:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = sigma_kv.run(
+            args.size, args.sigma_resolutions, args.runs, args.device, DTYPES[args.dtype], args.batch
+        )
+        print(sigma_kv.markdown(result))
+    else:
+        result = run(args)
+        print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

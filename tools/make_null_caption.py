@@ -1,6 +1,7 @@
 """T5("") as a null caption file for ``method.null_caption`` (the official LCM-LoRA script's unconditional branch,
 ``pipe.encode_prompt("")`` saved as ``null_embed.pth``; PixArt-delta's full LCM script uses the learned
-``y_embedding`` instead).
+``y_embedding`` instead) and for PixArt-Sigma's top-level ``null_caption`` (the official Σ loader's
+``null_embed_diffusers_300token.pth``, which becomes the model's ``y_embedding``).
 
 T5 runs over all ``max_length`` tokens, as diffusers does, because the teacher uses the result under each caption's
 own mask: positions past the empty prompt's EOS hold T5's outputs for padding, not zeros. Writes ``y`` (1, 1, L, C)
@@ -8,6 +9,9 @@ in fp32 as safetensors (``--with-mask`` adds ``y_mask`` (1, L), which the method
 
     python tools/make_null_caption.py --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --out output/pretrained_models/null_caption.safetensors
+    # PixArt-Sigma: T5("") at 300 tokens, the top-level null_caption of every Σ config (the model's y_embedding)
+    python tools/make_null_caption.py --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --max-length 300 \\
+        --out output/pretrained_models/null_caption_t5_300.safetensors
 """
 
 import argparse
