@@ -5,6 +5,7 @@ compresses, and every row is timed (a smoke test: no timing asserts)."""
 import torch
 
 from diffusion.bench.sigma_kv import SIZES, kv_pair, step_inputs
+from diffusion.paths import repo_path
 from tests.commands import load_command
 
 main = load_command("tools/benchmark_speed.py").main
@@ -29,3 +30,11 @@ def test_benchmark_speed_sigma_kv_tiny(tmp_path, capsys):
     assert all(row["uncompressed"] > 0 and row["compressed"] > 0 for row in result["rows"].values())
     out = capsys.readouterr().out
     assert "| 256² | 256 |" in out and "Compression pays" in out and "load average" in out
+
+
+def test_benchmark_speed_takes_a_sigma_config(capsys):
+    """The Table-2 rows on a Σ config: 300-token captions, diffusers' PixArtSigmaPipeline on the same weights."""
+    sigma_lcm = str(repo_path("configs/lcm/pixart_sigma_xl2_img1024_lcm.py"))
+    result = main(["--size", "tiny", "--runs", "1", "--rows", "lcm4", "--config", sigma_lcm])
+    assert result["latent_diff"]["lcm4"] < 1e-4  # same weights, same sampler -> same latents
+    assert all(t > 0 for t in result["times"]["lcm4"]["diffusers"].values())
