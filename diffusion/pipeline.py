@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from diffusion.data.buckets import binning_table, closest_bucket, resize_and_crop
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.model.compile import compile_blocks, graphed_step
 from diffusion.schedulers import DiffusionProcess, ddim_sample, dpm_solver_pp_sample
@@ -299,13 +300,32 @@ class Pipeline:
             )
         return {"guidance": torch.full((batch_size,), sampler.cfg_scale - 1.0, device=self.device)}
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> uint8 images (B, 3, H, W)."""
+    def decode(self, z: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Latents -> uint8 images (B, 3, H, W); ``size`` (height, width): resized to cover it and centre-cropped
+        before quantising (the last step of resolution binning)."""
         images = self.codec.decode(z.float() / self.codec.scale_factor)
+        if size is not None:
+            images = resize_and_crop(images.float(), *size)
         return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
-    def __call__(self, prompts: Sequence[str], seed: int = 0, **sampler) -> torch.Tensor:
+    def binned_size(self, height: int, width: int) -> tuple[int, int]:
+        """The bucket (height, width) a request is sampled at under resolution binning: the closest h/w of
+        ``diffusion.data.buckets.binning_table`` at this pipeline's square base resolution (diffusers'
+        ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` tables: 33 buckets at 256 / 512 / 1024 px, 40 at 2048)."""
+        if self.resolution[0] != self.resolution[1]:
+            raise ValueError(f"resolution binning needs a square base resolution, got {self.resolution}")
+        table = binning_table(self.resolution[0], self.codec.downsample * self.model.patch_size)
+        return closest_bucket(height, width, table)[1]
+
+    def __call__(self, prompts: Sequence[str], seed: int = 0, binning: bool = False, **sampler) -> torch.Tensor:
         """uint8 images (B, 3, H, W) for ``prompts``; ``sampler`` keywords are those of :class:`SamplerConfig`, plus
-        ``height``, ``width`` and a ControlNet's ``control`` (see :meth:`sample_latents`)."""
+        ``height``, ``width`` and a ControlNet's ``control`` (see :meth:`sample_latents`).
+
+        ``binning`` (diffusers' ``use_resolution_binning``): sample at :meth:`binned_size` of (height, width), then
+        resize and centre-crop the images back to (height, width); a ``control`` must then have the bucket's size."""
         extra = {k: sampler.pop(k) for k in ("height", "width", "control") if k in sampler}
-        return self.decode(self.sample_latents(prompts, SamplerConfig(**sampler), seed=seed, **extra))
+        size = None
+        if binning:
+            size = (extra.get("height") or self.resolution[0], extra.get("width") or self.resolution[1])
+            extra["height"], extra["width"] = self.binned_size(*size)
+        return self.decode(self.sample_latents(prompts, SamplerConfig(**sampler), seed=seed, **extra), size)

@@ -19,6 +19,14 @@ modules as eager ours, so only their steps and end to end are timed.
     python tools/benchmark_speed.py                                    # CPU: reduced size, fp32
     python tools/benchmark_speed.py --dtype bf16 --compile
     python tools/benchmark_speed.py --device cuda --size full --dtype bf16 --compile --cuda-graphs
+    python tools/benchmark_speed.py --config configs/lcm/pixart_sigma_xl2_img1024_lcm.py   # PixArt-Σ, 300 tokens
+
+``--sigma-kv``: PixArt-Σ's KV token compression instead (``diffusion.bench.sigma_kv``): one transformer step with the
+keys / values of the last half of the blocks (14-27 of 28) pooled 2x2 against the same weights uncompressed, at
+256² / 512² / 1024² / 2K (``--sigma-resolutions``), interleaved medians, and where compression starts to pay.
+
+    python tools/benchmark_speed.py --sigma-kv --runs 3                     # CPU: width 288, 4 blocks, fp32
+    python tools/benchmark_speed.py --sigma-kv --device cuda --size full --dtype bf16
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 import torch
 
 from diffusion.bench import (
+    LCM_CONFIG,
     PROMPTS,
     diffusers_twin,
     get_size,
@@ -39,11 +48,12 @@ from diffusion.bench import (
     random_pixart,
     random_t5,
     random_vae,
+    sigma_kv,
     timed,
 )
 from diffusion.build import DTYPES
 from diffusion.data import AutoencoderKLCodec
-from diffusion.export import dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps
+from diffusion.export import default_pipeline, dpm_scheduler_config, lcm_scheduler_config, lcm_timesteps
 from diffusion.pipeline import Pipeline, SamplerConfig
 
 # name -> (sampler, steps, cfg); paper Table 2 (1024², batch 1) seconds on A100 / V100 / T4.
@@ -67,13 +77,15 @@ class Bench:
     """Both pipelines over shared components, and the stage functions timed for each row."""
 
     def __init__(self, args):
-        from diffusers import DPMSolverMultistepScheduler, LCMScheduler, PixArtAlphaPipeline
+        import diffusers
+        from diffusers import DPMSolverMultistepScheduler, LCMScheduler
 
         self.size = get_size(args.size, args.depth, args.resolution)
         self.device, self.dtype, self.res = args.device, DTYPES[args.dtype], self.size.resolution
         self.prompts = list(args.prompts[: args.batch])
-        model = random_pixart(self.size).to(self.device, self.dtype).eval().requires_grad_(False)
-        text_encoder = random_t5(self.size, self.device, self.dtype)
+        model = random_pixart(self.size, args.config).to(self.device, self.dtype).eval().requires_grad_(False)
+        text_encoder = random_t5(self.size, self.device, self.dtype, model.model_max_length)
+        pipeline_cls = getattr(diffusers, default_pipeline(model))  # PixArtSigmaPipeline for a Σ config
         vae = random_vae(self.size, self.device, self.dtype)
         codec = AutoencoderKLCodec(vae, dtype=self.dtype)
         self.ours = Pipeline(model, text_encoder, codec, self.res)
@@ -85,10 +97,8 @@ class Bench:
         parts = dict(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, vae=vae)
         parts["transformer"] = diffusers_twin(model)
         self.theirs = {
-            "lcm": PixArtAlphaPipeline(**parts, scheduler=LCMScheduler.from_config(lcm_scheduler_config())),
-            "dpm": PixArtAlphaPipeline(
-                **parts, scheduler=DPMSolverMultistepScheduler.from_config(dpm_scheduler_config())
-            ),
+            "lcm": pipeline_cls(**parts, scheduler=LCMScheduler.from_config(lcm_scheduler_config())),
+            "dpm": pipeline_cls(**parts, scheduler=DPMSolverMultistepScheduler.from_config(dpm_scheduler_config())),
         }
         for pipe in self.theirs.values():
             pipe.set_progress_bar_config(disable=True)
@@ -256,6 +266,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--compile", action="store_true", help="add ours with regional torch.compile of the blocks")
     parser.add_argument("--cuda-graphs", action="store_true", help="add ours with the step under CUDA graphs (CUDA)")
+    parser.add_argument("--config", default=str(LCM_CONFIG), help="the transformer's config (a Σ one: 300 tokens)")
+    parser.add_argument("--sigma-kv", action="store_true", help="PixArt-Σ KV compression vs none (transformer step)")
+    parser.add_argument("--sigma-resolutions", type=int, nargs="+", default=list(sigma_kv.RESOLUTIONS))
     args = parser.parse_args(argv)
     on_gpu = args.device.startswith("cuda")
     if args.cuda_graphs and not on_gpu:
@@ -267,8 +280,16 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    result = run(args)
-    print(markdown(result))
+    if args.sigma_kv:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        result = sigma_kv.run(
+            args.size, args.sigma_resolutions, args.runs, args.device, DTYPES[args.dtype], args.batch
+        )
+        print(sigma_kv.markdown(result))
+    else:
+        result = run(args)
+        print(markdown(result))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return result

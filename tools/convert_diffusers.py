@@ -3,15 +3,25 @@
     # official .pth / .safetensors -> diffusers folder (config.json + weights + y_embedding side file)
     python tools/convert_diffusers.py to-diffusers PixArt-XL-2-1024-MS.pth out/transformer --model PixArtMS_XL_2 \
         --cfg pe_interpolation=2.0 input_size=128
+    # PixArt-Sigma: the architecture from a config's model section (300 tokens, no micro-conditions, its pe)
+    python tools/convert_diffusers.py to-diffusers PixArt-Sigma-XL-2-1024-MS.pth out/sigma_transformer \
+        --config configs/pixart/pixart_sigma_xl2_img1024_ms.py
     # diffusers folder -> official-format safetensors (lossless when the y_embedding side file is present)
     python tools/convert_diffusers.py to-official out/transformer PixArt-XL-2-1024-MS.safetensors
-    # a trained model -> complete PixArtAlphaPipeline folder (transformer, scheduler, T5, tokenizer, VAE); an LCM-LoRA
-    # checkpoint is merged into its base, a w-embedding student is exported at one guidance (--cfg-scale, w = cfg - 1)
+    # a trained model -> complete PixArtAlphaPipeline / PixArtSigmaPipeline folder (transformer, scheduler on the
+    # config's diffusion process, T5, tokenizer, VAE); an LCM-LoRA checkpoint is merged into its base, a w-embedding
+    # student is exported at one guidance (--cfg-scale, w = cfg - 1); --pipeline defaults to PixArtSigmaPipeline for a
+    # Σ model (300 tokens, no micro-conditions)
     python tools/convert_diffusers.py export-pipeline student.safetensors out/pixart-lcm --config CFG \
         --text-encoder T5_DIR --vae VAE_DIR --scheduler lcm
+    python tools/convert_diffusers.py export-pipeline output/sigma_lcm/checkpoints/step_0005000 out/sigma-lcm \
+        --config configs/lcm/pixart_sigma_xl2_img1024_lcm.py
     # an LCM-LoRA checkpoint -> a peft LoRA of diffusers' transformer (PeftModel.from_pretrained(transformer, DIR))
     python tools/convert_diffusers.py export-lora output/lcm_lora/checkpoints/step_0005000 out/pixart-lcm-lora \
         --config configs/lcm/pixartms_xl2_img1024_lcm_lora.py
+
+A KV-compressed PixArt-Sigma checkpoint (``blocks.N.attn.sr`` / ``attn.norm``) is refused with the reason: diffusers'
+``PixArtTransformer2DModel`` has no KV compression, so it cannot hold that model.
 """
 
 from __future__ import annotations
@@ -25,11 +35,12 @@ import torch
 from safetensors.torch import save_file
 
 from diffusion.build import load_model
-from diffusion.export import LCM_SCHEDULES, SCHEDULER_CHOICES, export_pipeline
-from diffusion.model.diffusers_format import load_diffusers, save_diffusers
+from diffusion.export import LCM_SCHEDULES, PIPELINES, SCHEDULER_CHOICES, export_pipeline
+from diffusion.model.diffusers_format import load_diffusers, official_to_diffusers, save_diffusers
 from diffusion.model.io import check_fits, load_state, resolve_checkpoint
 from diffusion.model.students import export_peft_lora, fold_guidance_embedding, has_lora, lora_scale
 from diffusion.registry import MODELS
+from diffusion.schedulers import DiffusionProcess
 
 
 def _parse_kv(items: list[str]) -> dict:
@@ -43,8 +54,22 @@ def _parse_kv(items: list[str]) -> dict:
     return out
 
 
+def model_section(config: str | None, model_type: str | None, overrides: dict) -> tuple[str, dict]:
+    """(model type, kwargs): ``config``'s ``model`` section (a PixArt-Sigma config gives 300 tokens, no
+    micro-conditions and its pe_interpolation), else ``model_type`` (default PixArtMS_XL_2); ``overrides`` on top."""
+    kwargs = {}
+    if config is not None:
+        from mmengine.config import Config
+
+        kwargs = dict(Config.fromfile(config).model)
+        model_type = model_type or kwargs.pop("type")
+        kwargs.pop("type", None)
+    return model_type or "PixArtMS_XL_2", {**kwargs, **overrides}
+
+
 def to_diffusers(src: str, dst: str, model_type: str, model_kwargs: dict, key: str | None) -> Path:
     state = load_state(src, key)
+    official_to_diffusers(state)  # a KV-compressed / qk-norm checkpoint: refused with why diffusers cannot hold it
     with torch.device("meta"):  # only the architecture is needed for the config; no allocation
         model = MODELS.build(dict(type=model_type, **model_kwargs))
     check_fits(model.state_dict(), state, src)
@@ -92,6 +117,8 @@ def export_from_config(args: argparse.Namespace) -> Path:
         lcm_timesteps_schedule=args.lcm_schedule,
         max_length=cfg.get("text_encoder", {}).get("max_length"),
         scaling_factor=codec.get("scale_factor") if codec.get("type") == "AutoencoderKLCodec" else None,
+        process=DiffusionProcess.from_config(cfg),
+        pipeline=args.pipeline,
     )
 
 
@@ -150,13 +177,14 @@ def main(argv: list[str] | None = None) -> None:
     a = sub.add_parser("to-diffusers", help="official checkpoint -> diffusers transformer folder")
     a.add_argument("src")
     a.add_argument("dst")
-    a.add_argument("--model", default="PixArtMS_XL_2", help="registered model type, e.g. PixArt_XL_2")
+    a.add_argument("--config", default=None, help="take the architecture from this config's model section")
+    a.add_argument("--model", default=None, help="registered model type (default: the config's, else PixArtMS_XL_2)")
     a.add_argument("--cfg", nargs="*", default=[], help="model kwargs as key=value (input_size, pe_interpolation, ..)")
     a.add_argument("--key", default=None, help="state-dict key inside a .pth (default: 'state_dict' if present)")
     b = sub.add_parser("to-official", help="diffusers transformer folder -> official-format .safetensors")
     b.add_argument("src")
     b.add_argument("dst")
-    c = sub.add_parser("export-pipeline", help="checkpoint + config -> diffusers PixArtAlphaPipeline folder")
+    c = sub.add_parser("export-pipeline", help="checkpoint + config -> diffusers PixArtAlpha/SigmaPipeline folder")
     c.add_argument("src", help="checkpoint: .safetensors, .pth or a diffusers transformer folder")
     c.add_argument("dst")
     c.add_argument("--config", required=True, help="config whose `model` builds the network")
@@ -166,6 +194,7 @@ def main(argv: list[str] | None = None) -> None:
     c.add_argument("--lcm-schedule", default="pixart", choices=LCM_SCHEDULES, help="timesteps listed for users")
     c.add_argument("--no-ema", action="store_true", help="trainer folder: model.safetensors, not the EMA")
     c.add_argument("--cfg-scale", type=float, default=None, help="w-embedding student: fold w = cfg - 1 (method.w)")
+    c.add_argument("--pipeline", default=None, choices=PIPELINES, help="default: PixArtSigmaPipeline for a Σ model")
     d = sub.add_parser("export-lora", help="LCM-LoRA checkpoint + config -> peft LoRA of the diffusers transformer")
     d.add_argument("src", help="trainer step folder or weights file with peft LoRA keys")
     d.add_argument("dst")
@@ -173,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     d.add_argument("--no-ema", action="store_true", help="trainer folder: model.safetensors, not the EMA")
     args = parser.parse_args(argv)
     if args.direction == "to-diffusers":
-        out = to_diffusers(args.src, args.dst, args.model, _parse_kv(args.cfg), args.key)
+        out = to_diffusers(args.src, args.dst, *model_section(args.config, args.model, _parse_kv(args.cfg)), args.key)
     elif args.direction == "export-pipeline":
         out = export_from_config(args)
     elif args.direction == "export-lora":

@@ -10,6 +10,9 @@ in fp32 as safetensors (``--with-mask`` adds ``y_mask`` (1, L), which the method
 
     python tools/make_null_caption.py --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl \\
         --out output/pretrained_models/null_caption.safetensors
+    # PixArt-Sigma: T5("") at 300 tokens, the top-level null_caption of every Σ config (the model's y_embedding)
+    python tools/make_null_caption.py --text-encoder output/pretrained_models/t5_ckpts/t5-v1_1-xxl --max-length 300 \\
+        --out output/pretrained_models/null_caption_t5_300.safetensors
 """
 
 import argparse

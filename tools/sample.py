@@ -1,5 +1,5 @@
 """Sample images from a trained PixArt-alpha teacher (DPM-Solver++ / DDIM with CFG) or a PixArt-delta LCM student
-(1-4 consistency steps, §3), through ``diffusion.pipeline.Pipeline``.
+(1-4 consistency steps, §3), through ``diffusion.pipeline.Pipeline``; PixArt-Σ configs alike (300-token T5, SDXL VAE).
 
     python tools/sample.py --config configs/pixart/tiny_teacher.py --checkpoint assets/tiny_teacher/model.safetensors \
         --prompts "a large red circle at the top left on a gray background" --sampler dpm --steps 20 --cfg-scale 4.5 \
@@ -7,6 +7,9 @@
     python tools/sample.py --config CFG --checkpoint output/run/checkpoints/step_0002000 --sampler lcm --steps 4 ...
     python tools/sample.py --config configs/controlnet/tiny_controlnet.py --checkpoint CONTROLNET \
         --control edges.png --annotator image --prompts "..." --out output/controlled      # ControlNet (§4)
+    python tools/sample.py --config configs/pixart/pixart_sigma_xl2_img1024_ms.py \
+        --checkpoint output/pretrained_models/PixArt-Sigma-XL-2-1024-MS.pth --height 1080 --width 1920 --binning \
+        --prompts "..." --out output/sigma                                                  # PixArt-Σ, binned
 
 Writes ``<out>/s{seed}_{index:03d}.png`` per image (index = prompt number: ``s0_000.png``, ``s0_001.png``, ...) and
 ``<out>/grid.png`` (one row per seed, one column per prompt). Without ``--sampler`` the config's method picks it, as
@@ -18,6 +21,10 @@ sampling size keeping its aspect ratio and centre-cropped (training's geometry,
 ``--hed ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
 ``<out>/control.png``; every prompt is sampled under it. A ControlNet config sampled without ``--control``, or whose
 ControlNet holds no trained weights (a plain teacher checkpoint), prints a warning: its samples are uncontrolled.
+``--binning`` is diffusers' resolution binning (``use_resolution_binning``, on by default in ``PixArtAlphaPipeline``
+and ``PixArtSigmaPipeline``): the requested ``--height``/``--width`` is sampled at the closest bucket of the model's
+table (33 buckets at 256 / 512 / 1024 px, the 40 of ``ASPECT_RATIO_2048`` at 2K) and the images are resized to cover
+the request and centre-cropped to it; without it the size is sampled as given (a multiple of codec downsample x patch).
 ``--checkpoint`` is a ``.safetensors``/``.pth`` file, a diffusers folder (with the
 ``y_embedding.safetensors`` side file), or a trainer checkpoint folder (its ``ema.safetensors`` unless ``--no-ema``);
 an LCM-LoRA checkpoint is merged into its base at the config's ``method.lora`` scale (an adapters-only one takes its
@@ -60,11 +67,13 @@ def sample(
     height: int | None = None,
     width: int | None = None,
     control: torch.Tensor | None = None,
+    binning: bool = False,
     **sampler,
 ) -> list[Path]:
     """Sample every prompt with every seed (one batch per seed); returns the PNG paths written (grid last).
 
-    ``control``: a ControlNet's control map (1, 3, H, W) uint8, shared by every prompt (saved as ``control.png``)."""
+    ``control``: a ControlNet's control map (1, 3, H, W) uint8, shared by every prompt (saved as ``control.png``; at
+    the bucket's size with ``binning``). ``binning``: ``Pipeline(binning=True)``, see the module docstring."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, batches = [], []
@@ -72,7 +81,7 @@ def sample(
         save_png(control[0], out / "control.png")
         sampler["control"] = control
     for seed in seeds:
-        images = pipe(prompts, seed=seed, height=height, width=width, **sampler)  # (B, 3, H, W) uint8
+        images = pipe(prompts, seed=seed, height=height, width=width, binning=binning, **sampler)  # (B, 3, H, W) uint8
         batches.append(images)
         for index, image in enumerate(images):
             written.append(out / f"s{seed}_{index:03d}.png")
@@ -108,6 +117,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", required=True)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--binning", action="store_true", help="sample at the closest bucket, resize + crop back")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     parser.add_argument("--no-ema", action="store_true", help="trainer folder: use model.safetensors, not the EMA")
@@ -184,11 +194,16 @@ def main(argv: list[str] | None = None) -> list[Path]:
         cuda_graphs=args.cuda_graphs,
     )
     control = None
+    height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
+    if args.binning:  # sampled at the bucket (the ControlNet sees its control there too), then cropped back
+        print(
+            f"resolution binning: {height}x{width} is sampled at {'x'.join(map(str, pipe.binned_size(height, width)))}"
+        )
     if args.control:
-        height, width = args.height or pipe.resolution[0], args.width or pipe.resolution[1]
-        control = load_control(args.control, height, width, args.annotator, args.hed)
+        size = pipe.binned_size(height, width) if args.binning else (height, width)
+        control = load_control(args.control, *size, args.annotator, args.hed)
     warn_uncontrolled(pipe, control)
-    written = sample(pipe, prompts, args.seeds, args.out, args.height, args.width, control, **sampler)
+    written = sample(pipe, prompts, args.seeds, args.out, args.height, args.width, control, args.binning, **sampler)
     print(f"wrote {len(written) - 1} images and {written[-1]}")
     return written
 

@@ -21,8 +21,9 @@ from mmengine.config import Config
 
 from diffusion.build import DTYPES, load_pipeline, teacher_config, weight_sources
 from diffusion.data import ensure_tiny_text_encoder
-from diffusion.data.buckets import aspect_ratio_table
+from diffusion.data.buckets import binning_table
 from diffusion.methods import method_sampler
+from diffusion.model import PixArtMS
 from diffusion.model.io import resolve_checkpoint
 from diffusion.paths import repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
@@ -63,7 +64,8 @@ class Models:
     """Everything the app samples with, loaded once.
 
     ``sizes``: choice label -> (height, width) in pixels, the default first; one entry for a single-scale PixArt, the
-    aspect-ratio buckets at the config's resolution for a PixArtMS (those the latent patch grid divides).
+    resolution-binning buckets at the config's resolution for a PixArtMS, α or Σ (diffusers' tables: 33 buckets, the
+    40 of ASPECT_RATIO_2048 at 2048; those the latent patch grid divides).
     ``lcm_cfg_scale``: the guidance a w-embedding student is sampled at (its config's ``method.w`` + 1, diffusers'
     convention); None for a student whose guidance was fixed in distillation.
     """
@@ -95,12 +97,10 @@ class Models:
 
 def size_choices(pipe: Pipeline, resolution: int) -> dict[str, tuple[int, int]]:
     """See :attr:`Models.sizes`; square ``resolution`` first."""
-    if not getattr(pipe.model, "use_micro_conditions", False):
+    if not isinstance(getattr(pipe.model, "base_model", pipe.model), PixArtMS):  # a ControlNet: its base decides
         return {f"{pipe.resolution[0]}×{pipe.resolution[1]}": pipe.resolution}
-    step = pipe.codec.downsample * pipe.model.patch_size
-    table = aspect_ratio_table(resolution)
-    fits = {k: hw for k, hw in table.items() if hw[0] % step == 0 and hw[1] % step == 0}
-    ordered = sorted(fits.items(), key=lambda item: (item[0] != "1.0", float(item[0])))
+    table = binning_table(resolution, pipe.codec.downsample * pipe.model.patch_size)
+    ordered = sorted(table.items(), key=lambda item: (item[0] != "1.0", float(item[0])))
     return {f"{h}×{w} (h/w {key})": (h, w) for key, (h, w) in ordered}
 
 

@@ -101,8 +101,11 @@ def random_pixart(size: Size, config: str | Path = LCM_CONFIG, **overrides) -> n
     return model
 
 
-def random_t5(size: Size, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TextEncoder:
-    """A random T5 encoder of ``size.t5`` with the ByT5 tokenizer, as a :class:`TextEncoder` (120 tokens)."""
+def random_t5(
+    size: Size, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, max_length: int = 120
+) -> TextEncoder:
+    """A random T5 encoder of ``size.t5`` with the ByT5 tokenizer, as a :class:`TextEncoder` (``max_length`` tokens:
+    120 for PixArt-α, 300 for Σ)."""
     from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
 
     config = T5Config(**size.t5, feed_forward_proj="gated-gelu", dropout_rate=0.0, is_encoder_decoder=False)
@@ -110,7 +113,7 @@ def random_t5(size: Size, device: str | torch.device = "cpu", dtype: torch.dtype
     torch.manual_seed(1)
     with torch.device(device):  # built in place: T5-XXL does not fit twice in host memory on small machines
         model = T5EncoderModel(config).to(dtype)
-    return TextEncoder(ByT5Tokenizer(), model, max_length=120)
+    return TextEncoder(ByT5Tokenizer(), model, max_length=max_length)
 
 
 def random_vae(size: Size, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -8,9 +8,12 @@ from diffusion.data.buckets import (
     ASPECT_RATIO_256,
     ASPECT_RATIO_512,
     ASPECT_RATIO_1024,
+    ASPECT_RATIO_2048,
     AspectRatioBatchSampler,
     aspect_ratio_table,
+    binning_table,
     closest_bucket,
+    resize_and_crop,
 )
 from diffusion.data.captions import clean_caption
 from diffusion.data.codec import AutoencoderKLCodec, PixelCodec, make_tiny_vae
@@ -24,6 +27,7 @@ from diffusion.data.text_encoder import TextEncoder, ensure_tiny_text_encoder, m
 
 __all__ = [
     "ASPECT_RATIO_1024",
+    "ASPECT_RATIO_2048",
     "ASPECT_RATIO_256",
     "ASPECT_RATIO_512",
     "EMBEDDED_MAX_LENGTH",
@@ -37,10 +41,12 @@ __all__ = [
     "TextEncoder",
     "aspect_ratio_table",
     "attribute_vocab",
+    "binning_table",
     "caption",
     "clean_caption",
     "closest_bucket",
     "collate",
+    "resize_and_crop",
     "ensure_embedded_default",
     "ensure_tiny_text_encoder",
     "extract_features",

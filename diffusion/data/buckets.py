@@ -1,14 +1,24 @@
-"""Multi-scale aspect-ratio buckets (PixArt-α multi-scale training, reused by PixArt-δ at 1024 px, paper §3).
+"""Multi-scale aspect-ratio buckets (PixArt-α multi-scale training, reused by PixArt-δ at 1024 px, paper §3) and
+the resolution binning of sampling.
 
 The official ``ASPECT_RATIO_1024`` table has 40 buckets from h/w = 0.25 ([512, 2048]) to 4.0 ([2048, 512]), sizes
-multiples of 64 with about 1024² pixels; the 512 and 256 tables are the same table scaled by 1/2 and 1/4. An image
-goes to the bucket whose ratio key is closest to its h/w, and every batch holds one bucket (facts §6).
+multiples of 64 with about 1024² pixels; the 512 and 256 tables are the same table scaled by 1/2 and 1/4, and
+PixArt-Σ's ``ASPECT_RATIO_2048`` (its 2K-MS model) by 2. An image goes to the bucket whose ratio key is closest to its
+h/w, and every batch holds one bucket (facts §6).
+
+Resolution binning (diffusers' ``PixArtAlphaPipeline`` / ``PixArtSigmaPipeline`` ``use_resolution_binning``, one
+implementation here for α and Σ): a requested size is sampled at the closest bucket of :func:`binning_table` (the
+33-entry ``ASPECT_RATIO_{256,512,1024}_BIN`` tables, the official ``*_TEST`` ones; all 40 at 2048, as
+``PixArtSigmaPipeline``), and the decoded image is resized to cover the request and centre-cropped to it
+(:func:`resize_and_crop`).
 """
 
 import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from diffusion.registry import DATA_SAMPLERS
 
@@ -34,13 +44,30 @@ def aspect_ratio_table(resolution: int) -> dict[str, tuple[int, int]]:
     return {key: (h * resolution // 1024, w * resolution // 1024) for key, (h, w) in ASPECT_RATIO_1024.items()}
 
 
+# PixArt-Σ 2K-MS (official diffusion/data/datasets/utils.py; equal to ASPECT_RATIO_1024 scaled by 2).
+ASPECT_RATIO_2048: dict[str, tuple[int, int]] = {
+    "0.25": (1024, 4096), "0.26": (1024, 3968), "0.27": (1024, 3840), "0.28": (1024, 3712),
+    "0.32": (1152, 3584), "0.33": (1152, 3456), "0.35": (1152, 3328), "0.4": (1280, 3200),
+    "0.42": (1280, 3072), "0.48": (1408, 2944), "0.5": (1408, 2816), "0.52": (1408, 2688),
+    "0.57": (1536, 2688), "0.6": (1536, 2560), "0.68": (1664, 2432), "0.72": (1664, 2304),
+    "0.78": (1792, 2304), "0.82": (1792, 2176), "0.88": (1920, 2176), "0.94": (1920, 2048),
+    "1.0": (2048, 2048), "1.07": (2048, 1920), "1.13": (2176, 1920), "1.21": (2176, 1792),
+    "1.29": (2304, 1792), "1.38": (2304, 1664), "1.46": (2432, 1664), "1.67": (2560, 1536),
+    "1.75": (2688, 1536), "2.0": (2816, 1408), "2.09": (2944, 1408), "2.4": (3072, 1280),
+    "2.5": (3200, 1280), "2.89": (3328, 1152), "3.0": (3456, 1152), "3.11": (3584, 1152),
+    "3.62": (3712, 1024), "3.75": (3840, 1024), "3.88": (3968, 1024), "4.0": (4096, 1024),
+}  # fmt: skip
 ASPECT_RATIO_512 = aspect_ratio_table(512)
 ASPECT_RATIO_256 = aspect_ratio_table(256)
 TABLES = {
+    "ASPECT_RATIO_2048": ASPECT_RATIO_2048,
     "ASPECT_RATIO_1024": ASPECT_RATIO_1024,
     "ASPECT_RATIO_512": ASPECT_RATIO_512,
     "ASPECT_RATIO_256": ASPECT_RATIO_256,
 }
+# Ratio keys the sampling-time tables leave out (diffusers' 33-entry ASPECT_RATIO_{256,512,1024}_BIN, the official
+# *_TEST tables); PixArtSigmaPipeline bins a 2048 model with all 40 buckets of ASPECT_RATIO_2048.
+NOT_BINNED = ("0.26", "0.27", "2.89", "3.11", "3.62", "3.75", "3.88")
 
 
 def resolve_table(table: str | int | dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
@@ -62,6 +89,33 @@ def closest_bucket(
     ratio = height / width
     key = min(table, key=lambda k: abs(float(k) - ratio))
     return key, table[key]
+
+
+def binning_table(resolution: int, multiple: int = 1) -> dict[str, tuple[int, int]]:
+    """The buckets a request is binned to for a model of base ``resolution`` px: all 40 of ``ASPECT_RATIO_2048`` at
+    2048, else the 33 of the 1024 table scaled to ``resolution`` (diffusers' ``ASPECT_RATIO_{256,512,1024}_BIN`` at
+    those sizes), keeping only buckets whose sides are multiples of ``multiple`` (codec downsample x patch size:
+    every bucket at the real sizes; it matters for tiny models)."""
+    table = ASPECT_RATIO_2048 if resolution == 2048 else aspect_ratio_table(resolution)
+    if resolution != 2048:
+        table = {k: hw for k, hw in table.items() if k not in NOT_BINNED}
+    table = {k: (h, w) for k, (h, w) in table.items() if h % multiple == 0 and w % multiple == 0}
+    if not table:
+        raise ValueError(f"no bucket at resolution {resolution} has sides divisible by {multiple}")
+    return table
+
+
+def resize_and_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Images (B, C, h, w) float -> (B, C, height, width): bilinearly resized to cover the target keeping the aspect
+    ratio, then centre-cropped (diffusers' ``VaeImageProcessor.resize_and_crop_tensor``, the last step of binning)."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    ratio = max(height / h, width / w)
+    resized_h, resized_w = int(h * ratio), int(w * ratio)
+    images = F.interpolate(images, size=(resized_h, resized_w), mode="bilinear", align_corners=False)
+    top, left = (resized_h - height) // 2, (resized_w - width) // 2
+    return images[..., top : top + height, left : left + width]
 
 
 @DATA_SAMPLERS.register_module()
