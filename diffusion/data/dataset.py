@@ -53,10 +53,19 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def _sample_latent(feat: torch.Tensor, scale_factor: float, generator: torch.Generator | None) -> torch.Tensor:
-    mean, std = feat.float().chunk(2, dim=1)
+def sample_latent(
+    mean: torch.Tensor, std: torch.Tensor, scale_factor: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A draw from the codec posterior, scaled: ``(mean + std·ε)·scale_factor`` (B, C, h, w) float32, ε drawn from
+    ``generator`` on its device (the global RNG of ``mean``'s device when None). The one way a latent is sampled, from
+    a cache (:func:`prepare_batch`) or from images encoded in the training step (``diffusion.data.encoding``)."""
+    mean, std = mean.float(), std.float()
     noise = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
     return (mean + std * noise.to(mean.device)) * scale_factor
+
+
+def _sample_latent(feat: torch.Tensor, scale_factor: float, generator: torch.Generator | None) -> torch.Tensor:
+    return sample_latent(*feat.chunk(2, dim=1), scale_factor, generator)  # feat (B, 2C, h, w) = [mean ‖ std]
 
 
 def prepare_batch(
@@ -105,6 +114,7 @@ class FeatureDataset(Dataset):
         replaced: how many times an unreadable item was served by another one.
     """
 
+    yields = "features"  # cached features: the trainer samples latents from them (diffusion/engine/data_source.py)
     collate = staticmethod(collate)
     prepare_batch = staticmethod(prepare_batch)
 

@@ -1,7 +1,7 @@
 """PixArtMS micro-conditions as the official datasets give them (issue 22 item 4): single-scale data passes
-``img_hw = (R, R)`` and ``aspect_ratio = 1.0`` (official ``InternalData`` / ``InternalDataHed``: the pipeline samples an
-R x R image with exactly those), multi-scale data the original (h, w) and the bucket key (``InternalDataMS``). Both
-the feature caches and the shards."""
+``img_hw = (R, R)`` and ``aspect_ratio = 1.0`` (official ``InternalData`` / ``InternalDataHed``: the pipeline samples
+an R x R image with exactly those), multi-scale data the original (h, w) and the bucket key (``InternalDataMS``).
+Both the feature caches and the shards."""
 
 import io
 import json

@@ -66,6 +66,8 @@ class ShardDataset:
             ``'refuse'`` (an error saying what to do) or ``'next_epoch'`` (start the next epoch).
     """
 
+    yields = "images"  # images and captions: the trainer encodes them in the step (diffusion/engine/data_source.py)
+
     def __init__(
         self,
         urls: str | list[str],
