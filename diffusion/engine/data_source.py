@@ -224,7 +224,7 @@ def build_encoder(cfg, device: torch.device, dtype: torch.dtype, annotator: nn.M
     from diffusion.build import build_text_encoder
     from diffusion.data.encoding import BatchEncoder
 
-    codec_cfg = dict(cfg.codec)
+    codec_cfg = dict(cfg["codec"])
     if "dtype" in inspect.signature(CODECS.get(codec_cfg["type"]).__init__).parameters:
         codec_cfg["dtype"] = dtype
     codec = CODECS.build(codec_cfg)
