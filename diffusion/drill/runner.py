@@ -57,12 +57,15 @@ class Drill:
         cfg.validation.sampler = {"name": "ddim", "steps": 2, "cfg_scale": 1.0}  # a base None takes no dict merge
         cfg.dump(str(self.out / "config.py"))
 
-    def command(self, work: Path, spec: dict | None, options: dict, resume: str | None, ranks: int) -> list[str]:
+    def command(
+        self, work: Path, spec: dict | None, options: dict, resume: str | None, ranks: int, config: Path | None = None
+    ) -> list[str]:
+        """The training child's command line; ``config`` defaults to the drill's feature-cache config."""
         cmd = [sys.executable]
         if ranks > 1:
             cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--max-restarts", "1"]
             cmd += ["--standalone"]
-        cmd += ["-m", "diffusion.drill.inject", json.dumps(spec or {}), str(self.out / "config.py")]
+        cmd += ["-m", "diffusion.drill.inject", json.dumps(spec or {}), str(config or self.out / "config.py")]
         cmd += ["--work-dir", str(work)] + (["--resume", resume] if resume else [])
         if options:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
@@ -99,8 +102,8 @@ class Drill:
             err += f"\ndrill: no exit after {timeout:.0f} s (a hang), killed; logs in {proc.logs}.*"
         return subprocess.CompletedProcess(proc.args, HUNG if hung else proc.returncode, out, err)
 
-    def train(self, work, spec=None, options=None, resume=None, ranks=1) -> subprocess.CompletedProcess:
-        return self.finish(self.start(self.command(Path(work), spec, options or {}, resume, ranks), work))
+    def train(self, work, spec=None, options=None, resume=None, ranks=1, config=None) -> subprocess.CompletedProcess:
+        return self.finish(self.start(self.command(Path(work), spec, options or {}, resume, ranks, config), work))
 
     def record(self, name: str, survived: bool, lost: bool, detail: str) -> None:
         self.results.append((name, survived, lost, detail))

@@ -179,12 +179,14 @@ class EncodedBatches:
         )
 
     def _epoch_report(self, epoch: int) -> None:
-        """As epoch ``epoch`` starts: the last finished epoch's line and, when anything was skipped, the names."""
-        if self.stream.last_epoch is not None:
-            self.logger.info(self.stream.epoch_report())
+        """As an epoch after the first starts: the last finished epoch's line and, when anything was skipped, the
+        names (the first epoch's start has :meth:`describe`)."""
+        if self.stream.last_epoch is None:
+            return
+        self.logger.info(self.stream.epoch_report())
         summary = self.summary()
         if summary is not None:
-            self.logger.info(summary)
+            self.logger.warning(summary)
 
     def summary(self) -> str | None:
         return self.dataset.report() if self.dataset.skipped else None

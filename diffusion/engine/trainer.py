@@ -297,7 +297,7 @@ class Trainer:
                 self.validate()
             summary = self.data.summary()
             if summary is not None:  # what the data skipped, by name, also when no epoch ended
-                self.logger.info(summary)
+                self.logger.warning(summary)
         finally:
             stop.uninstall()
             self.logger.close()

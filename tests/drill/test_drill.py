@@ -1,5 +1,5 @@
 """The fault drill's fast subset (a SIGKILL mid-run, misspelt keys, a wrong-architecture checkpoint, a .pth carrying
-code); the whole drill (``make drill``) is marked slow."""
+code); the whole drill (``make drill``) and its shard scenarios are marked slow."""
 
 import sys
 import time
@@ -27,7 +27,13 @@ def test_fast_subset(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_whole_drill(tmp_path, capsys):
-    assert _drill(tmp_path, capsys, None) >= 18
+    assert _drill(tmp_path, capsys, None) >= 21
+
+
+@pytest.mark.slow  # ~2 min on the 2 shared cores: the two reference runs, 4 shard runs and a resume
+def test_shard_scenarios(tmp_path, capsys):
+    """Training from shards: SIGKILL mid-epoch resumes exactly, a corrupt member and a missing shard are named."""
+    assert _drill(tmp_path, capsys, ["shard_kill_mid_epoch", "shard_corrupt_member", "shard_missing"]) == 3
 
 
 def test_a_hung_run_is_killed_with_its_workers(tmp_path):

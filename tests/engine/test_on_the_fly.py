@@ -36,8 +36,8 @@ def setup(tmp_path_factory):
     vae = AutoencoderKLCodec(vae_dir)
     for name, annotator in (("cached", None), ("canny", CannyAnnotator())):
         make_embedded_data(root / name, num=N, seed=0)
-        extract_features(root / name, t5, vae, 32, control=True, annotator=annotator, progress=False,
-                         text_batch_size=5, vae_batch_size=5)  # fmt: skip  (other batches than training's)
+        batches = dict(text_batch_size=5, vae_batch_size=5)  # other batches than training's
+        extract_features(root / name, t5, vae, 32, control=True, annotator=annotator, progress=False, **batches)
     make_shards(root / "cached", root / "shards", per_shard=4, progress=False)
     torch.manual_seed(0)
     base = build_model({"model": MODEL}, load_from=False)
