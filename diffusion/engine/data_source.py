@@ -98,6 +98,9 @@ class EncodedBatches:
     def __init__(self, cfg, train_cfg: dict, rank: int, world: int, device: torch.device, logger: MetricLogger,
                  dataset) -> None:  # fmt: skip
         self.settings = settings = resolve_section("encoding", cfg.get("encoding"))
+        if cfg.get("data_sampler"):
+            logger.warning(f"data_sampler is not used: {type(dataset).__name__} buckets its samples itself "
+                           "(data.multi_scale)")  # fmt: skip
         self.dataset, self.device, self.logger, self.notes = dataset, device, logger, []
         self.dtype = self._dtype(settings["dtype"], device)
         annotator = self._annotator(cfg, settings, dataset)
