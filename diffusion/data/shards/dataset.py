@@ -102,8 +102,8 @@ class ShardDataset:
         missing = [url for url in self.urls if _is_local(url) and not Path(url).is_file()]
         if len(missing) == len(self.urls):  # a typo or shards not made yet: not something to train two empty epochs on
             raise FileNotFoundError(
-                f"none of the {len(self.urls)} shard(s) of data.urls {urls!r} exists (first: {missing[0]}); write them "
-                "with tools/make_shards.py or fix the pattern"
+                f"none of the {len(self.urls)} shard(s) of data.urls {urls!r} exists (first: {missing[0]}); write "
+                "them with tools/make_shards.py or fix the pattern"
             )
         self.shard_samples = self._counts(manifest)
         for url in missing:
