@@ -150,7 +150,8 @@ class EncodedBatches:
         """T5, for the trainer to shard on the model's mesh (``encoding.shard_text_encoder``; by default under
         ``train.parallel='fsdp'``), block by block like the model: no rank then holds all of T5-XXL."""
         shard = self.settings["shard_text_encoder"]
-        if not (parallel == "fsdp" if shard is None else shard):
+        self.sharded = bool(parallel == "fsdp" if shard is None else shard) and dist.world_size() > 1
+        if not self.sharded:
             return []
         t5 = self.encoder.text_encoder.model
         t5.fsdp_wrap_modules = list(t5.encoder.block)  # what parallel.wrap shards one by one, then the root
@@ -176,9 +177,10 @@ class EncodedBatches:
             control = f", control: {self.settings['annotator']} maps of the images, made on the fly"
         elif self.dataset.spec.load_control:
             control = ", control: the shards' control images"
+        sharded = " (sharded on the FSDP mesh)" if getattr(self, "sharded", False) else ""
         return (
-            f"on-the-fly encoding: {codec} (scale {self.scale_factor:g}) and T5 {self.encoder.text_encoder.path} in "
-            f"{str(self.dtype).removeprefix('torch.')}{control}\n{self.stream.describe()}"
+            f"on-the-fly encoding: {codec} (scale {self.scale_factor:g}) and T5 {self.encoder.text_encoder.path}"
+            f"{sharded} in {str(self.dtype).removeprefix('torch.')}{control}\n{self.stream.describe()}"
         )
 
     def _epoch_report(self, epoch: int) -> None:

@@ -123,3 +123,21 @@ def test_two_ranks_two_workers_killed_and_resumed_equal_the_uninterrupted_run(sh
     assert "resumed from" in log and "step_0000006" in log
     with pytest.raises(ValueError, match=r"(?s)world_size: saved 2, now 1.*launch 2 rank\(s\)"):
         Trainer(_config(shards, **{"train.max_steps": 14}), tmp_path / "killed", resume="auto")
+
+
+@pytest.mark.slow  # two 2-rank launches: ~60 s on the 2 shared cores
+def test_fsdp_shards_the_text_encoder_and_trains_as_ddp(shards, tmp_path):
+    """Under train.parallel=fsdp the on-the-fly T5 is sharded on the model's mesh (said in train.log), and the run's
+    losses equal the DDP run's (the same captions come out of the sharded encoder)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    losses = {}
+    for parallel in ("ddp", "fsdp"):
+        cfg_path = tmp_path / f"{parallel}.py"
+        _config(shards, **{"train.parallel": parallel, "train.max_steps": 4}).dump(str(cfg_path))
+        result = _torchrun(cfg_path, tmp_path / parallel, env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[parallel] = [m["loss"] for m in _metrics(tmp_path / parallel)]
+    assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-5)
+    assert "(sharded on the FSDP mesh)" in (tmp_path / "fsdp" / "train.log").read_text()
+    assert "(sharded on the FSDP mesh)" not in (tmp_path / "ddp" / "train.log").read_text()
