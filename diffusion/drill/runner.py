@@ -71,14 +71,15 @@ class Drill:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
         return cmd
 
-    def start(self, cmd: list[str], work: Path) -> subprocess.Popen:
+    def start(self, cmd: list[str], work: Path, new_session: bool = False) -> subprocess.Popen:
         """Start ``cmd`` with its stdout and stderr going to ``out/logs/<work name>.<n>.{out,err}`` (files, not pipes:
-        nothing blocks on a full pipe, and the logs stay for a look after the drill)."""
+        nothing blocks on a full pipe, and the logs stay for a look after the drill); ``new_session``: in a process
+        group of its own (that a scenario signals as a whole)."""
         self.runs += 1
         logs = self.out / "logs" / f"{Path(work).name}.{self.runs}"
         logs.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=new_session)
         proc.logs = logs
         return proc
 

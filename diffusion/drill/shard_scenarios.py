@@ -4,19 +4,23 @@ feature config), against an uninterrupted shard reference run:
 
 - a SIGKILL mid-epoch: the resume from the last checkpoint sees the same samples in the same order, so its losses
   and final weights equal the reference's;
+- a SIGTERM to the whole process group (torchrun's, ``scancel``'s, Ctrl-C's way), loader workers included: the run
+  saves the step it stops at and exits 0, and its resume equals the reference;
 - a corrupt shard member (an image's bytes overwritten): skipped, named (shard and key) in ``train.log``, and the
   run trains all its steps;
 - a missing shard: reported by name in ``train.log``, the run trains all its steps on the others.
 """
 
 import io
+import os
 import shutil
 import signal
 import tarfile
+import time
 from pathlib import Path
 
 from diffusion.drill import probes
-from diffusion.drill.runner import OVERRIDES, STEPS, Drill
+from diffusion.drill.runner import OVERRIDES, RUN_TIMEOUT, STEPS, Drill
 from diffusion.paths import repo_path
 
 PER_SHARD = 8  # 48 samples: 6 shards, 3 per loader worker; batches of 8: 6 an epoch, so the drill's 8 steps cross one
@@ -55,6 +59,27 @@ def shard_kill_mid_epoch(drill: Drill) -> None:
     killed = result.returncode == -signal.SIGKILL
     cause = f"shards, 2 loader workers: killed at step 5 of a 6-batch epoch (rc {result.returncode})"
     drill.resume_check("shards: SIGKILL mid-epoch", work, killed, cause, [3], ref=ref, config=config)
+
+
+def shard_sigterm_group(drill: Drill) -> None:
+    """SIGTERM to the run's whole process group once 4 steps are logged (0.5 s a step), as torchrun (``os.killpg``
+    on each rank), ``scancel`` and Ctrl-C send it: the loader workers get it too and must leave it to the trainer,
+    which saves the step it stops at and exits 0; a resume equals the shard reference."""
+    config, ref = shard_reference(drill)
+    work = drill.out / "shard_sigterm_group"
+    proc = drill.start(drill.command(work, {"sleep": 0.5}, {}, None, 1, config), work, new_session=True)
+    deadline = time.time() + RUN_TIMEOUT
+    while len(probes.losses(work)) < 4 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGTERM)
+    result = drill.finish(proc)
+    stopped_at = len(probes.losses(work))
+    saved = (work / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
+    log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
+    ok = result.returncode == 0 and saved and "stopped by SIGTERM" in log
+    cause = f"group SIGTERM, 2 loader workers: rc {result.returncode}, checkpoint at stop step {stopped_at}: {saved}"
+    cause += "" if ok else f" ({probes.tail(result)})"
+    drill.resume_check("shards: SIGTERM to the process group", work, ok, cause, [stopped_at], ref=ref, config=config)
 
 
 def _corrupt_member(src: Path, dst: Path) -> str:
@@ -118,6 +143,7 @@ def shard_missing(drill: Drill) -> None:
 
 SHARD_SCENARIOS = {
     "shard_kill_mid_epoch": shard_kill_mid_epoch,
+    "shard_sigterm_group": shard_sigterm_group,
     "shard_corrupt_member": shard_corrupt_member,
     "shard_missing": shard_missing,
 }

@@ -6,6 +6,7 @@ another layout is refused naming the config keys, or goes on from the next epoch
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -141,3 +142,45 @@ def test_fsdp_shards_the_text_encoder_and_trains_as_ddp(shards, tmp_path):
     assert losses["fsdp"] == pytest.approx(losses["ddp"], rel=1e-5)
     assert "(sharded on the FSDP mesh)" in (tmp_path / "fsdp" / "train.log").read_text()
     assert "(sharded on the FSDP mesh)" not in (tmp_path / "ddp" / "train.log").read_text()
+
+
+def _run_in_own_session(cfg_path: Path, work: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "tests.engine.train_entry", str(cfg_path), "--work-dir", str(work)]
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)  # fmt: skip
+
+
+@pytest.mark.parametrize("data", ["shards", "features"])
+def test_sigterm_to_the_process_group_stops_gracefully_with_loader_workers(shards, tmp_path, data):
+    """torchrun (``os.killpg`` on each rank), ``scancel`` and Ctrl-C signal the whole process group, DataLoader workers
+    included. The workers must leave the signal to the main process, which saves the step it stops at and exits 0;
+    the resumed run equals the uninterrupted one."""
+    import time
+
+    from tests.engine.standins import tiny_config
+
+    if data == "shards":
+        cfg = _config(shards, **{"train.max_steps": 60, "checkpoint.every": 1000})
+    else:
+        cfg = Config(
+            tiny_config(data=dict(size=64), train=dict(max_steps=60, num_workers=2), checkpoint=dict(every=1000))
+        )
+    cfg_path = tmp_path / "cfg.py"
+    cfg.dump(str(cfg_path))
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="disabled", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    proc = _run_in_own_session(cfg_path, tmp_path / "stopped", env)
+    metrics, deadline = tmp_path / "stopped" / "metrics.jsonl", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    stopped = len(_metrics(tmp_path / "stopped"))
+    assert stopped < 60 and "stopped by SIGTERM" in (tmp_path / "stopped" / "train.log").read_text()
+    assert (tmp_path / "stopped" / "checkpoints" / f"step_{stopped:07d}").is_dir()
+    Trainer(cfg, tmp_path / "stopped", resume="auto").train()
+    Trainer(cfg, tmp_path / "full").train()
+    assert [m["loss"] for m in _metrics(tmp_path / "stopped")] == [m["loss"] for m in _metrics(tmp_path / "full")]
