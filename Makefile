@@ -39,7 +39,8 @@ controlnet: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/make_controlnet.py
 
 # Fault drill (issue 10): SIGKILL, SIGTERM, a killed torchrun rank, a full disk, NaNs, bad features, bad configs and
-# checkpoints injected into tiny training runs; ends with "faults injected: N, survived: N, data lost: 0".
+# checkpoints, and from shards a kill mid-epoch, a corrupt member and a missing shard, injected into tiny training
+# runs; ends with "faults injected: N, survived: N, data lost: 0".
 drill: $(STAMP)
 	$(PYTHON) tools/fault_drill.py
 

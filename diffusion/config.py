@@ -31,6 +31,7 @@ TOP_LEVEL_KEYS = (
     "validation",
     "controlnet",
     "diffusion",  # the noise schedule (diffusion.schedulers.DiffusionProcess.from_config checks its keys)
+    "encoding",  # on-the-fly encoding of a dataset that yields images (ShardDataset): diffusion.engine.data_source
 )
 REQUIRED_TOP_LEVEL = ("model", "method", "data", "optimizer", "train")
 
@@ -68,6 +69,20 @@ SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "controlnet": dict(copy_blocks=13, topology="transformer"),
     # diffusion.build.build_text_encoder reads these; the caption cache's meta.json must agree (preflight)
     "text_encoder": dict(path=REQUIRED, max_length=120, clean_caption=True),
+    # A dataset that yields images and captions (ShardDataset) is encoded in the training step by the config's codec
+    # and text_encoder (diffusion/engine/data_source.py). dtype: the frozen T5's and VAE's weights, "auto" = bf16 on a
+    # GPU with native bf16, else fp32. annotator: a ControlNet's control is the image's HED / Canny map (hed_path,
+    # canny_*), made on the fly; None = the shard's control image (data.load_control=True). shard_text_encoder: T5
+    # sharded block by block on the model's FSDP mesh; None = whenever train.parallel='fsdp'.
+    "encoding": dict(
+        dtype="auto",
+        annotator=None,
+        hed_path=None,
+        canny_low=100,
+        canny_high=200,
+        canny_l2_gradient=False,
+        shard_text_encoder=None,
+    ),
 }
 
 ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
@@ -77,6 +92,9 @@ ALLOWED_VALUES: dict[tuple[str, str], tuple] = {
     ("lr_schedule", "type"): ("constant", "cosine"),
     ("controlnet", "topology"): ("transformer", "unet"),
     ("validation", "annotator"): ("image", "canny", "hed"),
+    ("encoding", "dtype"): ("auto", "fp32", "bf16"),
+    ("encoding", "annotator"): (None, "canny", "hed"),
+    ("encoding", "shard_text_encoder"): (None, True, False),
 }
 
 

@@ -10,6 +10,11 @@ the cause, and the drill then checks that *nothing finished is lost*: every comp
 resumed run's per-step losses and final weights equal the reference bit for bit. The last line is
 ``faults injected: N, survived: N, data lost: 0``; the exit status is non-zero unless every fault was survived.
 
+The shard scenarios (``shard_kill_mid_epoch``, ``shard_corrupt_member``, ``shard_missing``) train the same images
+from WebDataset shards with on-the-fly encoding (configs/pixart/tiny_teacher_shards.py, shrunk alike, 2 loader
+workers) against a shard reference run: a SIGKILL mid-epoch resumes exactly, a corrupt member and a missing shard are
+skipped and named in train.log.
+
 Faults are injected from inside the training process by the drill's training child (``python -m
 diffusion.drill.inject``: a JSON spec, then the run ``train_scripts/train.py`` would start): SIGKILL at a step or in
 the middle of a checkpoint write, a rank killed on the first torchrun attempt, NaN losses, a sleep per step (so an

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from diffusion.data.images import load_image
+from diffusion.data.images import load_image, pixels_to_model
 
 ANNOTATORS = ("hed", "canny", "image")
 HED_HINT = "output/pretrained_models/ControlNetHED.pth"
@@ -168,6 +168,14 @@ def to_control_image(control_map: torch.Tensor) -> torch.Tensor:
     """(B, 1, H, W) map in [0, 1] -> (B, 3, H, W) uint8, the RGB control image the codec encodes (as the official
     feature extraction: the map repeated to three channels)."""
     return (control_map.clamp(0, 1) * 255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+
+
+def control_pixels(annotator: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Images (B, 3, H, W) in [-1, 1] -> ``annotator``'s control images (B, 3, H, W) in [-1, 1], what the codec
+    encodes: the map made 8-bit RGB by :func:`to_control_image` (as the official extraction stores it). Feature
+    extraction and on-the-fly encoding both make their control images here."""
+    control = to_control_image(annotator((images + 1) / 2))
+    return pixels_to_model(control.to(images.device))
 
 
 def load_control(

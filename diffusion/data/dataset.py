@@ -2,9 +2,10 @@
 reused by PixArt-δ's LCD §3 and ControlNet-Transformer §4).
 
 An item (see docs/design.md) is ``vae_feat`` (2C, h, w) = [mean ‖ std], ``y`` (1, L, C_text), ``y_mask`` (L,) long,
-``img_hw`` (2,) original (h, w) from data_info.json, ``aspect_ratio`` (1,) = h/w of the training latent (the bucket
-key with multi-scale, 1.0 for the square single-scale crop, as in the official datasets), ``prompt``, ``index`` and,
-with ``load_control``, ``control_feat`` (2C, h, w).
+the PixArtMS micro-conditions ``img_hw`` (2,) and ``aspect_ratio`` (1,) as the official datasets give them (with
+multi-scale the original (h, w) from data_info.json and the bucket key, as ``InternalDataMS``; single-scale the
+training size (R, R) and 1.0, as ``InternalData`` / ``InternalDataHed``, which is also what sampling an R x R image
+passes), ``prompt``, ``index`` and, with ``load_control``, ``control_feat`` (2C, h, w).
 
 Bad input: items whose cache files are missing are dropped when the dataset is built; a file that exists but cannot
 be read is replaced, at load time, by the next readable item with the same latent size (so bucketed batches stay
@@ -52,10 +53,19 @@ def collate(items: list[dict]) -> dict:
     return batch
 
 
-def _sample_latent(feat: torch.Tensor, scale_factor: float, generator: torch.Generator | None) -> torch.Tensor:
-    mean, std = feat.float().chunk(2, dim=1)
+def sample_latent(
+    mean: torch.Tensor, std: torch.Tensor, scale_factor: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """A draw from the codec posterior, scaled: ``(mean + std·ε)·scale_factor`` (B, C, h, w) float32, ε drawn from
+    ``generator`` on its device (the global RNG of ``mean``'s device when None). The one way a latent is sampled, from
+    a cache (:func:`prepare_batch`) or from images encoded in the training step (``diffusion.data.encoding``)."""
+    mean, std = mean.float(), std.float()
     noise = torch.randn(mean.shape, generator=generator, device=generator.device if generator else mean.device)
     return (mean + std * noise.to(mean.device)) * scale_factor
+
+
+def _sample_latent(feat: torch.Tensor, scale_factor: float, generator: torch.Generator | None) -> torch.Tensor:
+    return sample_latent(*feat.chunk(2, dim=1), scale_factor, generator)  # feat (B, 2C, h, w) = [mean ‖ std]
 
 
 def prepare_batch(
@@ -104,6 +114,7 @@ class FeatureDataset(Dataset):
         replaced: how many times an unreadable item was served by another one.
     """
 
+    yields = "features"  # cached features: the trainer samples latents from them (diffusion/engine/data_source.py)
     collate = staticmethod(collate)
     prepare_batch = staticmethod(prepare_batch)
 
@@ -294,15 +305,16 @@ class FeatureDataset(Dataset):
 
     def _make_item(self, index: int, arrays: dict[str, np.ndarray]) -> dict:
         entry = self.entries[index]
-        if self.multi_scale:
-            ratio = float(closest_bucket(float(entry["height"]), float(entry["width"]), self.resolution)[0])
-        else:
-            ratio = 1.0
+        if self.multi_scale:  # the original size and the bucket (official InternalDataMS)
+            hw = (float(entry["height"]), float(entry["width"]))
+            ratio = float(closest_bucket(*hw, self.resolution)[0])
+        else:  # the training size, what sampling passes (official InternalData / InternalDataHed)
+            hw, ratio = (float(self.resolution), float(self.resolution)), 1.0
         item = {
             "vae_feat": torch.from_numpy(arrays["vae_feat"]).float(),
             "y": torch.from_numpy(arrays["y"]).float(),
             "y_mask": torch.from_numpy(arrays["y_mask"][0]).long(),
-            "img_hw": torch.tensor([float(entry["height"]), float(entry["width"])]),
+            "img_hw": torch.tensor(hw),
             "aspect_ratio": torch.tensor([ratio]),
             "prompt": entry["prompt"],
             "index": index,

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from diffusion.data.annotators import to_control_image
+from diffusion.data.annotators import control_pixels
 from diffusion.data.buckets import closest_bucket
 from diffusion.data.images import load_image
 from diffusion.data.info import REQUIRED_FIELDS, check_unique_names, feature_name, load_data_info
@@ -122,12 +122,6 @@ def _load(job: _Job) -> tuple[_Job, torch.Tensor | None, str | None]:
         return job, None, f"{type(error).__name__}: {error}"
 
 
-def _control_images(annotator: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """(B, 3, H, W) in [-1, 1] -> the annotator's control images (B, 3, H, W) in [-1, 1], via ``to_control_image``."""
-    control = to_control_image(annotator((images + 1) / 2))
-    return control.to(images.device).float() / 127.5 - 1
-
-
 def _encode_images(
     codec,
     jobs: list[_Job],
@@ -163,7 +157,7 @@ def _encode_images(
             done += len(batch)
             if loaded:  # else every image of this batch was unreadable
                 images = torch.stack([image for _, image in loaded]).to(device)
-                mean, std = codec.encode(images if annotator is None else _control_images(annotator, images))
+                mean, std = codec.encode(images if annotator is None else control_pixels(annotator, images))
                 features = torch.cat([mean, std], dim=1).float().cpu().numpy()  # (B, 2C, h, w)
                 index.begin([job.out.stem for job, _ in loaded])  # a kill before each record: redone
                 for feature, (job, _) in zip(features, loaded):

@@ -57,25 +57,29 @@ class Drill:
         cfg.validation.sampler = {"name": "ddim", "steps": 2, "cfg_scale": 1.0}  # a base None takes no dict merge
         cfg.dump(str(self.out / "config.py"))
 
-    def command(self, work: Path, spec: dict | None, options: dict, resume: str | None, ranks: int) -> list[str]:
+    def command(
+        self, work: Path, spec: dict | None, options: dict, resume: str | None, ranks: int, config: Path | None = None
+    ) -> list[str]:
+        """The training child's command line; ``config`` defaults to the drill's feature-cache config."""
         cmd = [sys.executable]
         if ranks > 1:
             cmd += ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--max-restarts", "1"]
             cmd += ["--standalone"]
-        cmd += ["-m", "diffusion.drill.inject", json.dumps(spec or {}), str(self.out / "config.py")]
+        cmd += ["-m", "diffusion.drill.inject", json.dumps(spec or {}), str(config or self.out / "config.py")]
         cmd += ["--work-dir", str(work)] + (["--resume", resume] if resume else [])
         if options:
             cmd += ["--cfg-options", *(f"{k}={v}" for k, v in options.items())]
         return cmd
 
-    def start(self, cmd: list[str], work: Path) -> subprocess.Popen:
+    def start(self, cmd: list[str], work: Path, new_session: bool = False) -> subprocess.Popen:
         """Start ``cmd`` with its stdout and stderr going to ``out/logs/<work name>.<n>.{out,err}`` (files, not pipes:
-        nothing blocks on a full pipe, and the logs stay for a look after the drill)."""
+        nothing blocks on a full pipe, and the logs stay for a look after the drill); ``new_session``: in a process
+        group of its own (that a scenario signals as a whole)."""
         self.runs += 1
         logs = self.out / "logs" / f"{Path(work).name}.{self.runs}"
         logs.parent.mkdir(parents=True, exist_ok=True)
         with open(f"{logs}.out", "w") as out, open(f"{logs}.err", "w") as err:
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err)
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=out, stderr=err, start_new_session=new_session)
         proc.logs = logs
         return proc
 
@@ -99,8 +103,8 @@ class Drill:
             err += f"\ndrill: no exit after {timeout:.0f} s (a hang), killed; logs in {proc.logs}.*"
         return subprocess.CompletedProcess(proc.args, HUNG if hung else proc.returncode, out, err)
 
-    def train(self, work, spec=None, options=None, resume=None, ranks=1) -> subprocess.CompletedProcess:
-        return self.finish(self.start(self.command(Path(work), spec, options or {}, resume, ranks), work))
+    def train(self, work, spec=None, options=None, resume=None, ranks=1, config=None) -> subprocess.CompletedProcess:
+        return self.finish(self.start(self.command(Path(work), spec, options or {}, resume, ranks, config), work))
 
     def record(self, name: str, survived: bool, lost: bool, detail: str) -> None:
         self.results.append((name, survived, lost, detail))

@@ -1,6 +1,7 @@
 """The fault drill's scenarios (``tools/fault_drill.py``): each injects its faults into training runs of a
 :class:`~diffusion.drill.runner.Drill` and records per fault whether it was survived and whether anything finished was
-lost. :func:`run` runs the drill: the reference run, then the scenarios of :data:`SCENARIOS` (or some of them).
+lost. :func:`run` runs the drill: the reference run, then the scenarios of :data:`SCENARIOS` (or some of them). The
+shard scenarios (training from WebDataset shards) are :mod:`diffusion.drill.shard_scenarios`.
 """
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from diffusion.drill import probes
 from diffusion.drill.runner import EVERY, RUN_TIMEOUT, STEPS, Drill
+from diffusion.drill.shard_scenarios import SHARD_SCENARIOS
 
 
 def sigkill_mid_run(drill: Drill) -> None:
@@ -292,6 +294,7 @@ SCENARIOS = {  # name (as in --only) -> scenario, in the order the drill runs th
     "nan_losses": nan_losses,
     "bad_features": bad_features,
     "config_and_checkpoint_errors": config_and_checkpoint_errors,
+    **SHARD_SCENARIOS,  # shard_kill_mid_epoch, shard_corrupt_member, shard_missing
 }
 
 

@@ -97,8 +97,13 @@ class Checkpointer:
         saved = {"training": training, "method": ckpt.load_tensors(resume_dir / "method.safetensors"), "rng": rng}
         if state.ema is not None:
             saved["ema"] = ckpt.load_tensors(resume_dir / "ema.safetensors")
-        state.load_state_dict(saved)
+        try:
+            state.load_state_dict(saved)
+        except ValueError as error:  # e.g. a data position of another layout: say which checkpoint
+            raise ValueError(f"resuming from {resume_dir}: {error}") from error
         self.logger.info(f"resumed from {resume_dir} at step {state.step}")
+        for note in state.data.notes:
+            self.logger.warning(note)
         self.logger.info(f"from the checkpoint: {on_resume.FROM_CHECKPOINT}; from the config: {on_resume.FROM_CONFIG}")
         for note in on_resume.changes(on_resume.saved_record(training), state.run_record):
             self.logger.warning(note)

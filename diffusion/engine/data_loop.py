@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
+from diffusion.data.workers import worker_init
+
 
 def to_device(batch, device: torch.device):
     """Move every tensor of a (nested) dict/list batch to ``device``; other values pass through."""
@@ -124,6 +126,7 @@ class BatchStream:
                 num_workers=self.num_workers,
                 pin_memory=torch.cuda.is_available(),
                 generator=torch.Generator().manual_seed(self.seed + self.epoch),
+                worker_init_fn=worker_init,  # a SIGTERM to the process group is the trainer's to handle
             )
             produced = False
             for batch in loader:

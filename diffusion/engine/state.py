@@ -14,7 +14,6 @@ from torch import nn
 from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import parallel
 from diffusion.engine import resume as on_resume
-from diffusion.engine.data_loop import BatchStream
 from diffusion.engine.ema import EMA
 
 
@@ -32,7 +31,8 @@ class TrainState:
         optimizer, lr_scheduler, scaler: the run's (the scaler disabled unless fp16).
         ema: the EMA of the trained weights, or None.
         method: the training method (``extra_state()`` / ``load_extra_state()``).
-        stream: the batch stream (its ``state_dict()`` is the data position).
+        data: the data source (``diffusion.engine.data_source``: its ``state_dict()`` is the data position, a
+            collective for a shard stream).
         generator: this rank's noise generator (its state is part of the RNG streams).
         run_record: this run's settings (:func:`~diffusion.engine.resume.run_record`): saved, and on load the saved
             record is set against it (the config's lr is applied; the data position follows a changed per-step batch).
@@ -46,12 +46,12 @@ class TrainState:
         scaler: torch.amp.GradScaler,
         ema: EMA | None,
         method: nn.Module,
-        stream: BatchStream,
+        data,
         generator: torch.Generator,
         run_record: dict,
     ) -> None:
         self.model, self.optimizer, self.lr_scheduler, self.scaler = model, optimizer, lr_scheduler, scaler
-        self.ema, self.method, self.stream, self.generator = ema, method, stream, generator
+        self.ema, self.method, self.data, self.generator = ema, method, data, generator
         self.run_record = run_record
         self.step = self.nan_total = self.overflow_total = self.nan_streak = 0
 
@@ -61,7 +61,8 @@ class TrainState:
         ``training`` holds step, optimizer, scaler, lr_scheduler, data, nan_total, overflow_total, world_size and run
         (Python values and tensors: loadable with ``weights_only``). The EMA keeps only the trainable names (the frozen
         rest equals the frozen weights, which come from the config's ``weights.base``). Collective under FSDP (the EMA,
-        optimizer and method tensors are gathered whole, so a checkpoint does not depend on the world size).
+        optimizer and method tensors are gathered whole, so a checkpoint does not depend on the world size; a shard
+        stream gathers every rank's position).
         """
         state = {
             "training": {
@@ -69,7 +70,7 @@ class TrainState:
                 "optimizer": parallel.optimizer_state_dict(self.model, self.optimizer),
                 "scaler": self.scaler.state_dict(),
                 "lr_scheduler": self.lr_scheduler.state_dict(),
-                "data": self.stream.state_dict(),
+                "data": self.data.state_dict(),
                 "nan_total": self.nan_total,
                 "overflow_total": self.overflow_total,
                 "world_size": self.run_record["world_size"],
@@ -85,7 +86,9 @@ class TrainState:
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict` output. ``rng`` may be None (another world size, no file for this rank): the
         streams then stay as seeded. ``ema`` may hold only the trainable names. The config's lr replaces the saved
-        one at the saved schedule position; a data position saved with another per-step batch is rescaled."""
+        one at the saved schedule position; the data source takes its position with the saved and current run
+        records (a feature dataset's is rescaled to another per-step batch; what it had to say is in
+        ``data.notes``)."""
         training = state["training"]
         self.step, self.nan_total = training["step"], training["nan_total"]
         self.overflow_total = training.get("overflow_total", 0)  # checkpoints before fp16 overflows were counted apart
@@ -94,7 +97,7 @@ class TrainState:
         self.lr_scheduler.load_state_dict(training["lr_scheduler"])
         on_resume.apply_lr(self.optimizer, self.lr_scheduler, self.run_record["lr"])  # the config's lr
         saved = on_resume.saved_record(training)
-        self.stream.load_state_dict(on_resume.rescale_data_position(training["data"], saved, self.run_record))
+        self.data.load_state_dict(training["data"], saved, self.run_record)
         if self.ema is not None:  # frozen entries of the shadow are copies of the (loaded) frozen weights
             self.ema.load_state_dict({**self.ema.state_dict(), **state["ema"]})
         self.method.load_extra_state(state["method"])

@@ -12,7 +12,9 @@ optimizer, scaler, lr schedule, data position, RNG), so a killed and resumed run
 exactly on CPU.
 
 The trainer's parts, each built with explicit arguments: the logger (first, so anything can log), the
-:class:`Checkpointer`, the :class:`Validator` (sample grids) and the :class:`TrainState`.
+:class:`Checkpointer`, the data source (:mod:`diffusion.engine.data_source`: cached features, or images and captions
+encoded in the step by the frozen codec and text encoder), the :class:`Validator` (sample grids) and the
+:class:`TrainState`.
 """
 
 import math
@@ -28,14 +30,13 @@ from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine import resume as on_resume
 from diffusion.engine.checkpointer import Checkpointer
-from diffusion.engine.data_loop import BatchStream, build_stream, describe_data, epoch_report, to_device
+from diffusion.engine.data_source import build_data_source
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger, MetricWindow
 from diffusion.engine.optim import build_lr_scheduler, build_optimizer, build_scaler, scaled_lr, scaled_step
 from diffusion.engine.signals import StopSignal
 from diffusion.engine.state import TrainState
 from diffusion.engine.validation import Validator
-from diffusion.registry import CODECS, DATASETS
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -43,7 +44,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class Trainer:
     """Builds everything from a config and runs the loop.
 
-    Parts: ``logger`` (:class:`MetricLogger`), ``checkpointer`` (:class:`Checkpointer`), ``validator``
+    Parts: ``logger`` (:class:`MetricLogger`), ``checkpointer`` (:class:`Checkpointer`), ``data`` (the data source:
+    ``FeatureBatches`` or ``EncodedBatches``, by what ``cfg.data``'s dataset yields), ``validator``
     (:class:`Validator`, None without a ``validation`` section) and ``state`` (:class:`TrainState`: the step counters
     and the optimizer, lr schedule, scaler, EMA, method state, data position and RNG a checkpoint restores).
 
@@ -97,7 +99,12 @@ class Trainer:
             self.checkpointer.load_weights(resume_dir, model)
         model.to(self.device)
         self.method.to(self.device)
-        frozen = getattr(self.method, "frozen_networks", list)()  # teacher / target: sharded with the model (FSDP)
+        # the batches: cached features, or images and captions with the frozen codec and T5 that encode them
+        self.data = build_data_source(cfg, tc, self.rank, self.world, self.device, self.logger)
+        self.data.check_model(model)
+        self.scale_factor = self.data.scale_factor
+        # teacher / target, and a T5 that encodes in the step: sharded with the model (FSDP)
+        frozen = [*getattr(self.method, "frozen_networks", list)(), *self.data.frozen_networks(tc["parallel"])]
         self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
         unwrapped = parallel.unwrap(self.model)
         self.generator = torch.Generator(self.device).manual_seed(tc["seed"] + self.rank)
@@ -126,9 +133,6 @@ class Trainer:
         if disk_note is not None:
             self.logger.warning(disk_note)
 
-        codec = cfg.codec
-        self.scale_factor = codec["scale_factor"] if "scale_factor" in codec else CODECS.build(codec).scale_factor
-        self.stream = self._build_data()
         ckpt.seed_everything(tc["seed"] + self.rank)  # a different noise stream per rank
         self.state = TrainState(
             unwrapped,
@@ -137,7 +141,7 @@ class Trainer:
             self.scaler,
             self.ema,
             self.method,
-            self.stream,
+            self.data,
             self.generator,
             on_resume.run_record(tc, self.world, lr),
         )
@@ -152,20 +156,7 @@ class Trainer:
             f"world {self.world}, global batch {self.global_batch}, lr {lr:.3g}, "
             f"{sum(p.numel() for p in self.params) / 1e6:.2f}M trainable params, start step {self.step}"
         )
-        self.logger.info(describe_data(self.stream.dataset, self.stream.batch_sampler, tc["batch_size"], self.world))
-        self.stream.on_epoch = lambda epoch: self.logger.info(
-            epoch_report(self.stream, epoch, tc["batch_size"], self.world)
-        )
-
-    def _build_data(self) -> BatchStream:
-        dataset = DATASETS.build(self.cfg.data)
-        for note in preflight.check_caches(self.cfg, dataset):  # before step 1
-            self.logger.warning(note)
-        # a dataset may bring its own batch functions (test stand-ins do); otherwise the data package's contract ones
-        import diffusion.data
-
-        self.prepare_batch = getattr(dataset, "prepare_batch", diffusion.data.prepare_batch)
-        return build_stream(dataset, self.cfg.get("data_sampler"), self.train_cfg, self.rank, self.world)
+        self.logger.info(self.data.describe())
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -180,7 +171,7 @@ class Trainer:
         self.model.train()
         loss_sum, log_sums = torch.zeros((), device=self.device), {}
         for micro in range(accum):
-            batch = self.prepare_batch(to_device(next(batches), self.device), self.scale_factor, self.generator)
+            batch = self.data.prepare(next(batches), self.generator)  # outside autocast: the encoders' own dtype
             with parallel.no_sync(self.model, skip=micro < accum - 1):
                 with self._autocast():
                     loss, logs = self.method(self.model, batch)
@@ -268,7 +259,7 @@ class Trainer:
         """
         self.stopped_by = None
         max_steps = self.train_cfg["max_steps"]
-        batches = iter(self.stream)
+        batches = iter(self.data)
         self.window = MetricWindow(self.global_batch)
         saved_at, stopped = self.step, False
         stop = StopSignal().install()
@@ -300,6 +291,9 @@ class Trainer:
                 self.logger.warning(f"stopped by {stop.name} at step {self.step}; resume with --resume auto")
             elif self.validator is not None:
                 self.validate()
+            summary = self.data.summary()
+            if summary is not None:  # what the data skipped, by name, also when no epoch ended
+                self.logger.warning(summary)
         finally:
             stop.uninstall()
             self.logger.close()

@@ -181,3 +181,11 @@ def test_img2dataset_shards_read_as_they_are(tmp_path):
         assert batch["img_hw"][0].tolist() == [4 * h, 4 * w]  # the micro-condition: the original size
         assert tuple(batch["image"].shape[2:]) == closest_bucket(h, w, 32)[1]
     assert len(batches) == 3
+
+
+def test_no_shard_at_all_is_an_error_naming_the_pattern(tmp_path):
+    """One missing shard among others is skipped and reported; a pattern that names no existing file (a typo, shards
+    not made yet) would only stop two empty epochs into the run: refused when the dataset is built."""
+    pattern = str(tmp_path / "nowhere" / "{00000..00003}.tar")
+    with pytest.raises(FileNotFoundError, match=r"(?s)none of the 4 shard\(s\) of data\.urls.*nowhere.*make_shards"):
+        ShardDataset(pattern, resolution=32)

@@ -1,5 +1,5 @@
 """The fault drill's fast subset (a SIGKILL mid-run, misspelt keys, a wrong-architecture checkpoint, a .pth carrying
-code); the whole drill (``make drill``) is marked slow."""
+code); the whole drill (``make drill``) and its shard scenarios are marked slow."""
 
 import sys
 import time
@@ -10,6 +10,7 @@ import pytest
 
 from diffusion.drill.runner import HUNG, Drill
 from diffusion.drill.scenarios import run
+from diffusion.drill.shard_scenarios import SHARD_SCENARIOS
 
 
 def _drill(tmp_path, capsys, only):
@@ -27,7 +28,14 @@ def test_fast_subset(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_whole_drill(tmp_path, capsys):
-    assert _drill(tmp_path, capsys, None) >= 18
+    assert _drill(tmp_path, capsys, None) >= 22
+
+
+@pytest.mark.slow  # ~3 min on the 2 shared cores: two reference runs, 5 shard runs and 2 resumes
+def test_shard_scenarios(tmp_path, capsys):
+    """Training from shards: SIGKILL mid-epoch and a group SIGTERM resume exactly, a corrupt member and a missing
+    shard are named."""
+    assert _drill(tmp_path, capsys, list(SHARD_SCENARIOS)) == 4
 
 
 def test_a_hung_run_is_killed_with_its_workers(tmp_path):

@@ -71,7 +71,7 @@ def test_controlnet_run_learns_the_control_and_saves_only_copies(setup):
     model = trainer.model
     assert {id(p) for p in trainer.params} == {id(p) for p in model.controlnet.parameters()}
     base_before = {k: v.clone() for k, v in model.base_model.state_dict().items()}
-    dataset = trainer.stream.dataset
+    dataset = trainer.data.dataset
     items = [dataset[i] for i in range(len(dataset))]
     batch = prepare_batch(collate(items), 10.0)
     before = _eval_loss(trainer, batch, batch["c"])

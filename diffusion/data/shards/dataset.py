@@ -66,6 +66,8 @@ class ShardDataset:
             ``'refuse'`` (an error saying what to do) or ``'next_epoch'`` (start the next epoch).
     """
 
+    yields = "images"  # images and captions: the trainer encodes them in the step (diffusion/engine/data_source.py)
+
     def __init__(
         self,
         urls: str | list[str],
@@ -97,10 +99,15 @@ class ShardDataset:
         self.skipped_items: list[tuple[str, str, str]] = []  # (shard, key, reason); key '*': the whole shard
         self._seen: set[tuple[str, str]] = set()
         self.skipped, self.skipped_shards = 0, 0
+        missing = [url for url in self.urls if _is_local(url) and not Path(url).is_file()]
+        if len(missing) == len(self.urls):  # a typo or shards not made yet: not something to train two empty epochs on
+            raise FileNotFoundError(
+                f"none of the {len(self.urls)} shard(s) of data.urls {urls!r} exists (first: {missing[0]}); write "
+                "them with tools/make_shards.py or fix the pattern"
+            )
         self.shard_samples = self._counts(manifest)
-        for url in self.urls:
-            if _is_local(url) and not Path(url).is_file():
-                self.note_skipped([(url, "*", "missing shard (not a file)")])
+        for url in missing:
+            self.note_skipped([(url, "*", "missing shard (not a file)")])
 
     def _counts(self, manifest: str | None) -> list[int] | None:
         """Samples per shard from a manifest, when it lists every shard (an unreadable one found beside the shards

@@ -2,8 +2,9 @@
 
 A sample is the tar members sharing a key (webdataset groups them): ``{key}.<image ext>`` (jpg, png, webp, ... any
 format Pillow opens), ``{key}.txt`` the caption (UTF-8), ``{key}.json`` with at least ``height`` and ``width`` (the
-stored image's size as displayed; ``original_height`` / ``original_width``, as img2dataset writes them for a resized
-copy, become the ``img_hw`` micro-condition, else ``height`` / ``width``), and for a ControlNet
+stored image's size as displayed; with multi-scale, ``original_height`` / ``original_width``, as img2dataset writes
+them for a resized copy, become the ``img_hw`` micro-condition, else ``height`` / ``width``; single-scale data passes
+the training size (R, R), as the official single-scale datasets do), and for a ControlNet
 ``{key}.control.<ext>``.
 
 :func:`parse` checks the cheap parts (members present, caption text, json sizes) when a sample is read, so it can be
@@ -95,7 +96,12 @@ def parse(raw: dict, ref: tuple[int, int], spec: ReadSpec) -> Sample:
         raise ValueError(f"json is a {type(meta).__name__}, expected an object")
     height, width = _number(meta, "height"), _number(meta, "width")
     original = (meta.get("original_height"), meta.get("original_width"))
-    img_hw = (_number(meta, "original_height"), _number(meta, "original_width")) if all(original) else (height, width)
+    if not spec.multi_scale:  # the training size, as the official single-scale datasets and R x R sampling give it
+        img_hw = (float(spec.resolution), float(spec.resolution))
+    elif all(original):
+        img_hw = (_number(meta, "original_height"), _number(meta, "original_width"))
+    else:
+        img_hw = (height, width)
     control = None
     if spec.load_control:
         controls = sorted(k for k in raw if k.startswith("control.") and k[len("control.") :] in IMAGE_EXTENSIONS)
@@ -111,7 +117,8 @@ def parse(raw: dict, ref: tuple[int, int], spec: ReadSpec) -> Sample:
 
 def decode(sample: Sample, spec: ReadSpec) -> dict:
     """The item of ``sample`` (also kept in ``sample.item``): ``image`` (3, h, w) uint8 at its bucket size, ``prompt``,
-    ``img_hw`` (2,) float, ``aspect_ratio`` (1,) float (the bucket key with multi-scale, else 1.0), ``key``, ``shard``
+    ``img_hw`` (2,) float (with multi-scale the original size, else (R, R)), ``aspect_ratio`` (1,) float (the bucket
+    key with multi-scale, else 1.0), ``key``, ``shard``
     and with ``load_control`` ``control`` (3, h, w) uint8. Bad image bytes or a size that disagrees with the json are
     a ValueError."""
     if sample.item is None:

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from diffusion.data.shards.layout import Slot, describe_layout, epoch_slots
 from diffusion.data.shards.reader import SlotReader
+from diffusion.data.workers import worker_init
 
 STATE_VERSION = 1
 
@@ -121,7 +122,7 @@ class ShardStream:
         # its own generator: a DataLoader without one draws its workers' base seed from the global torch RNG, which
         # would shift the trainer's random stream at every epoch (and differently after a resume)
         loader = DataLoader(source, batch_size=None, num_workers=self.num_workers, collate_fn=_identity,
-                            pin_memory=torch.cuda.is_available(),
+                            pin_memory=torch.cuda.is_available(), worker_init_fn=worker_init,
                             generator=torch.Generator().manual_seed(self.seed + self.epoch))  # fmt: skip
         return iter(loader)
 
