@@ -25,6 +25,15 @@ trainer can be measured.
 
 ``--random-teacher`` writes a random ``cfg.model`` as the teacher (for enlarged tiny models via ``--cfg-options
 model.hidden_size=...``); ``--embedded-num N`` builds the embedded default with N images next to the work dir.
+
+Simulated (no GPU needed, ``diffusion.bench.simulate``): ``--simulate`` runs the synthetic rows at ``--size full``
+(default) on fake tensors with CUDA's rules and reports simulated peak *allocated* bytes, the same ``--json`` shape;
+``--plan CONFIG --gpu NAME [NAME ...]`` prints the largest per-GPU batch of that config that fits each GPU, with and
+without gradient checkpointing, with fp32 / bf16 frozen copies, alone and under FSDP on 2 and 8 GPUs
+(``diffusion.bench.planner``; the headroom it keeps is printed with it).
+
+    python tools/benchmark_memory.py --simulate --json output/memory/simulated.json
+    python tools/benchmark_memory.py --plan configs/lcm/pixartms_xl2_img1024_lcm.py --gpu RTX4090-24GB A100-80GB
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ from mmengine.config import DictAction
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from diffusion.bench import get_size, machine  # noqa: E402
+from diffusion.bench.gpus import CONTEXT_GIB, FRAGMENTATION, PLANNER_GPUS  # noqa: E402
 from diffusion.bench.memory import (  # noqa: E402
     MIB,
     Peak,
@@ -143,6 +153,22 @@ def run_trainer(args) -> dict:
     return dict(machine=machine(), config=args.trainer, steps=args.steps, ranks=reports)
 
 
+def run_simulated(args) -> dict:
+    """``--simulate``: the rows on fake tensors; ``--plan``: the planner's answer for each ``--gpu``."""
+    if args.plan:
+        from diffusion.bench.planner import Planner, plan_markdown
+
+        planner = Planner(args.plan, log=lambda line: print(line, file=sys.stderr, flush=True))
+        plans = [planner.plan(gpu, args.context_gib, args.fragmentation) for gpu in args.gpu]
+        print("\n\n".join(plan_markdown(p) for p in plans))
+        return dict(plans=plans, simulations=len(planner.cache), seconds=planner.seconds)
+    from diffusion.bench.simulate import simulate_rows
+
+    result = simulate_rows(args.rows, args.size or "full")
+    print(rows_markdown(result, PAPER))
+    return result
+
+
 def parse_args(argv: list[str] | None = None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -160,7 +186,15 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--random-teacher", action="store_true", help="a random cfg.model as load_from")
     run.add_argument("--embedded-num", type=int, help="images of the embedded default, if used; default 256")
     run.add_argument("--cfg-options", nargs="+", action=DictAction)
+    sim = parser.add_argument_group("simulated (fake tensors, CUDA's rules; no GPU needed)")
+    sim.add_argument("--simulate", action="store_true", help="the synthetic rows, simulated (default --size full)")
+    sim.add_argument("--plan", metavar="CONFIG", help="largest per-GPU batch of CONFIG on each --gpu")
+    sim.add_argument("--gpu", nargs="+", default=["A100-80GB"], help=f"GPUs for --plan: {', '.join(PLANNER_GPUS)}")
+    sim.add_argument("--context-gib", type=float, default=CONTEXT_GIB, help="kept free for the CUDA context")
+    sim.add_argument("--fragmentation", type=float, default=FRAGMENTATION, help="share of the rest kept free")
     args = parser.parse_args(argv)
+    if (args.simulate or args.plan) and args.trainer:
+        parser.error("--simulate / --plan and --trainer are different modes: pick one")
     given = [k for k in TRAINER_DEFAULTS if getattr(args, k) not in (None, False)]
     if given and args.trainer is None:
         parser.error(f"--{given[0].replace('_', '-')} belongs to a trainer run: add --trainer CONFIG")
@@ -176,6 +210,10 @@ def main(argv: list[str] | None = None) -> dict:
         row = run_row(args.child, args.size, args.device)
         print(json.dumps(row), flush=True)
         return row
+    if args.simulate or args.plan:
+        result = run_simulated(args)
+        write_json(args.json, result)
+        return result
     if args.trainer:
         from diffusion.engine import dist
 

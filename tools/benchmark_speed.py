@@ -19,6 +19,13 @@ modules as eager ours, so only their steps and end to end are timed.
     python tools/benchmark_speed.py                                    # CPU: reduced size, fp32
     python tools/benchmark_speed.py --dtype bf16 --compile
     python tools/benchmark_speed.py --device cuda --size full --dtype bf16 --compile --cuda-graphs
+
+``--roofline`` measures nothing: it counts FLOPs and bytes moved per stage of one image on fake tensors (no GPU
+needed) and prints the lower bound ``max(FLOPs / peak, bytes / bandwidth)`` on V100, A100, H100, H200 and T4 next to
+the paper's seconds (``diffusion.bench.roofline``); ``--times F`` adds our measured seconds from an earlier
+``--json F`` of this tool.
+
+    python tools/benchmark_speed.py --roofline --json output/speed/roofline.json
 """
 
 from __future__ import annotations
@@ -259,7 +266,13 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--compile", action="store_true", help="add ours with regional torch.compile of the blocks")
     parser.add_argument("--cuda-graphs", action="store_true", help="add ours with the step under CUDA graphs (CUDA)")
+    parser.add_argument("--roofline", action="store_true", help="FLOPs / bytes lower bound per GPU (full size)")
+    parser.add_argument("--times", default=None, help="with --roofline: an earlier --json of this tool")
     args = parser.parse_args(argv)
+    if args.times and not args.roofline:
+        parser.error("--times belongs to --roofline")
+    if args.roofline:
+        args.size = args.size or "full"
     on_gpu = args.device.startswith("cuda")
     if args.cuda_graphs and not on_gpu:
         parser.error(f"--cuda-graphs needs CUDA (--device cuda); the device is {args.device}")
@@ -270,6 +283,14 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.roofline:
+        from diffusion.bench.roofline import roofline, roofline_markdown
+
+        result = roofline(args.size)
+        print(roofline_markdown(result, json.loads(Path(args.times).read_text()) if args.times else None))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return result
     result = run(args)
     print(markdown(result))
     if args.json:

@@ -144,19 +144,26 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def rows_markdown(result: dict, paper: dict[str, str]) -> str:
     """The synthetic rows: weights / gradients / optimizer state / the rest of each row's peak, in GB, against the
     paper's figure ``paper[row]``; a row that could not run says why."""
-    cpu = "CPU" in result["machine"]
-    peak_name = "peak RSS above start" if cpu else "peak allocated"
+    simulated = result.get("simulated", False)
+    cpu = "CPU" in result["machine"] and not simulated
+    peak_name = "simulated peak allocated" if simulated else "peak RSS above start" if cpu else "peak allocated"
     header = ["row", "weights (GB)", "grads (GB)", "optimizer (GB)", "activations, rest (GB)", f"{peak_name} (GB)"]
     rows = []
     for row, r in result["rows"].items():
         if "error" in r:
-            rows.append([row, f"skipped: {r['error']}", "", "", "", "", paper[row]])
+            why = f"{'not simulated' if simulated else 'skipped'}: {r['error']}"
+            rows.append([row, why, "", "", "", "", paper[row]])
             continue
         rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
         cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
         rows.append([row, *(f"{c / GB:.2f}" for c in cells), paper[row]])
     first = f"Machine: {result['machine']}; {result['size']}; training batch {result['batch']}, inference batch 1"
     first += "; CPU: reduced size, resident memory (not the paper's GPU numbers)" if cpu else ""
+    if simulated:
+        first += (
+            "; SIMULATED on fake tensors with CUDA's autocast and attention kernels (allocated bytes, as "
+            "torch.cuda.max_memory_allocated; the peak of the second optimizer step), not measured on a GPU"
+        )
     return "\n".join([first, "", *_table([*header, "paper"], rows)])
 
 

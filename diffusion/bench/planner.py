@@ -1,0 +1,170 @@
+"""The memory planner: the largest per-GPU batch of a real config that fits a GPU (``--plan CONFIG --gpu NAME``).
+
+For each variant of the config (gradient checkpointing on / off x frozen copies as configured / fp32 / bf16,
+:mod:`diffusion.bench.config_step`) and each FSDP world size W in (1, 2, 8):
+
+1. Memory is near-affine in the batch: one step is simulated at two batch sizes (``FIT``) and the per-rank peak
+   ``a + s * batch`` solved for the largest batch under the GPU's usable memory.
+2. That answer is verified by simulating it and the next batch; while the answer does not fit it goes down, while
+   the next one fits it goes up (each step a simulation). Every simulation is cached by (variant, batch): one
+   simulation serves all world sizes and GPUs.
+
+Per-rank memory under FSDP2 (the trainer's ``train.parallel='fsdp'``: every block its own unit, then the root; the
+frozen teacher / target sharded alike): what FSDP shards (trained weights, gradients, optimizer state, the EMA
+shadow and the frozen copies) divided by W, followed op by op (``LiveBytes.peak_sharded``), plus the gather buffers:
+the root's parameters, which FSDP2 keeps gathered from the forward to the backward, and two gathered units (the one
+computing and the one prefetched), each held beyond their own shard, ``(1 - 1/W) (root + 2 unit)``, plus one unit's
+unsharded gradients before their reduce-scatter. Activations do not shrink with W (batch per GPU). W = 1 is the
+trainer without FSDP (one process holds everything). All-reduce / reduce-scatter communication buffers of NCCL are
+not counted.
+
+The usable memory of a GPU is its nominal memory minus a context headroom, minus a fragmentation share of the rest
+(:func:`diffusion.bench.gpus.usable_bytes`; both printed with the plan).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from diffusion.bench.config_step import Variant, frozen_variants, simulate_config_step
+from diffusion.bench.gpus import CONTEXT_GIB, FRAGMENTATION, GIB, get_gpu, usable_bytes
+
+WORLDS = (1, 2, 8)
+FIT = (1, 4)  # the two batch sizes of the affine fit
+MAX_BATCH = 4096
+
+
+def rank_bytes(sim: dict, world: int) -> int:
+    """Per-rank peak of a simulated step under FSDP on ``world`` GPUs (``world == 1``: no FSDP)."""
+    if world == 1:
+        return sim["peak"]
+    gather = (1 - 1 / world) * (sim["root"] + 2 * sim["unit"]) + sim["unit"]
+    return int(sim["peak_sharded"][world] + gather)
+
+
+def largest_batch(fits: Callable[[int], bool], predicted: int) -> tuple[int, list[int]]:
+    """The largest batch ``b`` with ``fits(b)`` and not ``fits(b + 1)`` (memory grows with the batch), searched from
+    ``predicted``: both ``b`` and ``b + 1`` are always checked; a wrong prediction costs a galloping then a binary
+    search (a few checks), not one check per batch. Also returns the batches checked. 0 when batch 1 does not fit."""
+    checked: dict[int, bool] = {0: True}
+
+    def check(b: int) -> bool:
+        if b not in checked:
+            checked[b] = fits(b)
+        return checked[b]
+
+    b = max(1, min(predicted, MAX_BATCH))
+    if check(b):  # gallop up to a batch that does not fit
+        lo, step = b, 1
+        while lo + step <= MAX_BATCH and check(lo + step):
+            lo, step = lo + step, step * 2
+        hi = min(lo + step, MAX_BATCH + 1)
+    else:  # gallop down to a batch that fits
+        hi, step = b, 1
+        while hi - step > 0 and not check(hi - step):
+            hi, step = hi - step, step * 2
+        lo = max(hi - step, 0)
+    while hi - lo > 1:  # fits(lo), not fits(hi)
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if check(mid) else (lo, mid)
+    if lo < MAX_BATCH:
+        check(lo + 1)
+    return lo, sorted(k for k in checked if k)
+
+
+class Planner:
+    """Simulations of one config, cached by (variant, batch); :meth:`plan` answers for one GPU."""
+
+    def __init__(self, config: str, worlds: tuple[int, ...] = WORLDS, log: Callable[[str], None] = print):
+        from mmengine.config import Config
+
+        self.config, self.cfg, self.worlds, self.log = config, Config.fromfile(config), worlds, log
+        self.cache: dict[tuple[Variant, int], dict] = {}
+        self.seconds = 0.0
+
+    def variants(self) -> list[Variant]:
+        return [Variant(ckpt, frozen) for ckpt in (True, False) for frozen in frozen_variants(self.cfg)]
+
+    def simulate(self, variant: Variant, batch: int) -> dict:
+        key = (variant, batch)
+        if key not in self.cache:
+            start = time.perf_counter()
+            sharded = tuple(w for w in self.worlds if w > 1)
+            self.cache[key] = simulate_config_step(self.cfg, variant, batch, sharded)
+            self.seconds += time.perf_counter() - start
+            self.log(f"  simulated {variant.describe()}, batch {batch}: {self.cache[key]['peak'] / GIB:.2f} GiB")
+        return self.cache[key]
+
+    def predict(self, variant: Variant, world: int, budget: int) -> tuple[int, float, float]:
+        """The affine fit's answer: (largest batch, a, s) with per-rank bytes ``a + s * batch``."""
+        b1, b2 = FIT
+        m1, m2 = (rank_bytes(self.simulate(variant, b), world) for b in FIT)
+        slope = (m2 - m1) / (b2 - b1)
+        intercept = m1 - slope * b1
+        batch = int((budget - intercept) // slope) if slope > 0 else MAX_BATCH
+        return max(batch, 0), intercept, slope
+
+    def plan(self, gpu_name: str, context_gib: float = CONTEXT_GIB, fragmentation: float = FRAGMENTATION) -> dict:
+        """Per variant and world size: predicted and verified largest batch, the fit, and the peak at the answer."""
+        gpu = get_gpu(gpu_name)
+        budget = usable_bytes(gpu, context_gib, fragmentation)
+        return dict(
+            config=self.config,
+            gpu=gpu.name,
+            memory_gib=gpu.memory_gib,
+            context_gib=context_gib,
+            fragmentation=fragmentation,
+            usable=budget,
+            configured_batch=self.cfg["train"]["batch_size"],
+            rows=self.rows(budget),
+        )
+
+    def rows(self, budget: int) -> list[dict]:
+        """Per variant and world size, the largest batch whose simulated per-rank peak is at most ``budget`` bytes."""
+        rows = []
+        for variant in self.variants():
+            for world in self.worlds:
+                predicted, intercept, slope = self.predict(variant, world, budget)
+                batch, checked = largest_batch(
+                    lambda b, v=variant, w=world: rank_bytes(self.simulate(v, b), w) <= budget, predicted
+                )
+                peak = rank_bytes(self.simulate(variant, batch), world) if batch else None
+                rows.append(
+                    dict(
+                        checkpointing=variant.checkpointing,
+                        frozen=variant.frozen,
+                        world=world,
+                        predicted=predicted,
+                        batch=batch,
+                        checked=checked,
+                        intercept=intercept,
+                        slope=slope,
+                        peak=peak,
+                    )
+                )
+        return rows
+
+
+def plan_markdown(plan: dict) -> str:
+    """One GPU's plan as a table: rows = variants, columns = FSDP world sizes (largest batch per GPU)."""
+    worlds = sorted({r["world"] for r in plan["rows"]})
+    head = (
+        f"Simulated plan for {plan['config']} on {plan['gpu']} ({plan['memory_gib']:g} GiB; usable for allocations "
+        f"{plan['usable'] / GIB:.1f} GiB = ({plan['memory_gib']:g} - {plan['context_gib']:g} GiB CUDA context "
+        f"and driver) x (1 - {plan['fragmentation']:.0%} fragmentation)); the config trains at batch "
+        f"{plan['configured_batch']} per GPU. Largest batch per GPU (simulated peak at that batch, GiB):"
+    )
+    header = ["gradient checkpointing", "frozen copies", *(f"{w} GPU" if w == 1 else f"FSDP {w} GPUs" for w in worlds)]
+    lines = [head, "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    variants = []
+    for r in plan["rows"]:
+        if (r["checkpointing"], r["frozen"]) not in variants:
+            variants.append((r["checkpointing"], r["frozen"]))
+    for ckpt, frozen in variants:
+        cells = []
+        for w in worlds:
+            r = next(x for x in plan["rows"] if (x["checkpointing"], x["frozen"], x["world"]) == (ckpt, frozen, w))
+            cells.append(f"{r['batch']} ({r['peak'] / GIB:.1f})" if r["batch"] else "does not fit")
+        lines.append(f"| {'on' if ckpt else 'off'} | {frozen} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
