@@ -107,19 +107,26 @@ def _units(model: nn.Module) -> tuple[int, int]:
     return max(sizes), total - sum(sizes)
 
 
-def simulate_config_step(cfg, variant: Variant, batch_size: int, worlds: tuple[int, ...] = (2, 8)) -> dict:
+def simulate_config_step(
+    cfg, variant: Variant, batch_size: int, worlds: tuple[int, ...] = (2, 8), first_step: bool = False
+) -> dict:
     """The simulated peak of one steady-state optimizer step of ``cfg`` at ``batch_size`` per GPU.
 
-    Returns ``peak`` (bytes), ``peak_sharded`` {W: per-rank peak before FSDP's gather buffers}, ``at_peak`` (bytes
-    by owner at the peak), ``unit`` / ``root`` (bytes of the largest FSDP unit and of the root) and ``trained``."""
+    ``first_step``: create the optimizer state with a whole first training step instead of one AdamW step on zero
+    gradients (the same state, at twice the cost). Returns ``peak`` (bytes), ``peak_sharded`` {W: per-rank peak
+    before FSDP's gather buffers}, ``at_peak`` (bytes by owner at the peak), ``unit`` / ``root`` (bytes of the
+    largest FSDP unit and of the root) and ``trained``."""
     with simulation("cuda", "cpu", worlds=worlds) as counter:
         model, method, ema, optimizer, scaler, batch, train = _build(cfg, variant, batch_size, "cpu")
         params = [p for p in model.parameters() if p.requires_grad]
-        with torch.no_grad():  # the state a first step leaves: exp_avg, exp_avg_sq, step
-            for p in params:
-                p.grad = torch.zeros_like(p)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+        if first_step:
+            _train_step(model, method, ema, optimizer, scaler, batch, train, params)
+        else:
+            with torch.no_grad():  # the state a first step leaves: exp_avg, exp_avg_sq, step
+                for p in params:
+                    p.grad = torch.zeros_like(p)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
         trained = {id(p) for p in params}
         counter.tag([p for p in module_tensors(model) if id(p) not in trained], "frozen")
         counter.tag(module_tensors(*method.frozen_networks()), "frozen")

@@ -76,14 +76,24 @@ def largest_batch(fits: Callable[[int], bool], predicted: int) -> tuple[int, lis
 class Planner:
     """Simulations of one config, cached by (variant, batch); :meth:`plan` answers for one GPU."""
 
-    def __init__(self, config: str, worlds: tuple[int, ...] = WORLDS, log: Callable[[str], None] = print):
+    def __init__(
+        self,
+        config: str,
+        worlds: tuple[int, ...] = WORLDS,
+        log: Callable[[str], None] = print,
+        variants: list[Variant] | None = None,
+    ):
         from mmengine.config import Config
 
         self.config, self.cfg, self.worlds, self.log = config, Config.fromfile(config), worlds, log
+        self._variants = variants
         self.cache: dict[tuple[Variant, int], dict] = {}
         self.seconds = 0.0
 
     def variants(self) -> list[Variant]:
+        """``variants`` if given, else checkpointing on / off x the config's frozen-copy variants."""
+        if self._variants is not None:
+            return list(self._variants)
         return [Variant(ckpt, frozen) for ckpt in (True, False) for frozen in frozen_variants(self.cfg)]
 
     def simulate(self, variant: Variant, batch: int) -> dict:

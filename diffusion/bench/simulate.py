@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections.abc import Iterator
 
 import torch
@@ -79,6 +80,8 @@ def simulation(
     counter = LiveBytes(device, CUDA_BLOCK if cuda else 1, ATTENTION_WORKSPACES if cuda else None, fake, worlds)
     with contextlib.ExitStack() as stack:
         stack.callback(_clear_caches)
+        stack.enter_context(warnings.catch_warnings())  # deepcopy of a fake tensor asks for its (null) data pointer
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
         stack.enter_context(torch.random.fork_rng(devices=[]))
         if fake:
             stack.enter_context(dispatch_cache_scope())
