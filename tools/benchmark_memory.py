@@ -164,7 +164,7 @@ def run_simulated(args) -> dict:
         return dict(plans=plans, simulations=len(planner.cache), seconds=planner.seconds)
     from diffusion.bench.simulate import simulate_rows
 
-    result = simulate_rows(args.rows, args.size or "full")
+    result = simulate_rows(args.rows, args.size)
     print(rows_markdown(result, PAPER))
     return result
 
@@ -175,7 +175,9 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--json", default=None, help="also write the results here (rank 0)")
     rows = parser.add_argument_group("synthetic rows")
     rows.add_argument("--device", default="cuda" if cuda else "cpu")
-    rows.add_argument("--size", default=None, choices=sorted(BATCH), help="default: full on GPU, else cpu")
+    rows.add_argument(
+        "--size", default=None, choices=sorted(BATCH), help="default: full on GPU or --simulate, else cpu"
+    )
     rows.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     rows.add_argument("--row-timeout", type=float, default=600)
     rows.add_argument("--child", default=None, choices=list(ROWS), help=argparse.SUPPRESS)
@@ -200,7 +202,7 @@ def parse_args(argv: list[str] | None = None):
         parser.error(f"--{given[0].replace('_', '-')} belongs to a trainer run: add --trainer CONFIG")
     for key, default in TRAINER_DEFAULTS.items():
         setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
-    args.size = args.size or ("full" if args.device.startswith("cuda") else "cpu")
+    args.size = args.size or ("full" if args.device.startswith("cuda") or args.simulate else "cpu")
     return args
 
 

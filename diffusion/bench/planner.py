@@ -4,10 +4,11 @@ For each variant of the config (gradient checkpointing on / off x frozen copies 
 :mod:`diffusion.bench.config_step`) and each FSDP world size W in (1, 2, 8):
 
 1. Memory is near-affine in the batch: one step is simulated at two batch sizes (``FIT``) and the per-rank peak
-   ``a + s * batch`` solved for the largest batch under the GPU's usable memory.
-2. That answer is verified by simulating it and the next batch; while the answer does not fit it goes down, while
-   the next one fits it goes up (each step a simulation). Every simulation is cached by (variant, batch): one
-   simulation serves all world sizes and GPUs.
+   ``a + s * batch`` solved for the largest batch under the GPU's usable memory (``predicted`` in the result).
+2. The answer is refined by secants through the simulations nearest the budget (the peak is convex piecewise affine
+   in the batch: a moment dominated by weights and optimizer state at small batches, by activations at large ones)
+   and verified: the batch reported fits and the next one does not, both simulated. Every simulation is cached by
+   (variant, batch): one simulation serves all world sizes and GPUs.
 
 Per-rank memory under FSDP2 (the trainer's ``train.parallel='fsdp'``: every block its own unit, then the root; the
 frozen teacher / target sharded alike): what FSDP shards (trained weights, gradients, optimizer state, the EMA
@@ -43,34 +44,43 @@ def rank_bytes(sim: dict, world: int) -> int:
     return int(sim["peak_sharded"][world] + gather)
 
 
-def largest_batch(fits: Callable[[int], bool], predicted: int) -> tuple[int, list[int]]:
-    """The largest batch ``b`` with ``fits(b)`` and not ``fits(b + 1)`` (memory grows with the batch), searched from
-    ``predicted``: both ``b`` and ``b + 1`` are always checked; a wrong prediction costs a galloping then a binary
-    search (a few checks), not one check per batch. Also returns the batches checked. 0 when batch 1 does not fit."""
-    checked: dict[int, bool] = {0: True}
+def largest_batch(bytes_at: Callable[[int], int], budget: int, start: tuple[int, ...] = FIT) -> tuple[int, list[int]]:
+    """The largest batch whose bytes are at most ``budget`` (memory grows with the batch), with the answer ``b`` and
+    ``b + 1`` both simulated; also returns the batches simulated. 0 when batch 1 does not fit.
 
-    def check(b: int) -> bool:
-        if b not in checked:
-            checked[b] = fits(b)
-        return checked[b]
+    Starts from the affine fit through ``start`` and refines by secants through the simulated points nearest the
+    budget: the peak is a maximum over moments of the step of functions affine in the batch (convex, piecewise
+    affine), so the slope between two small batches can be lower than near the answer. A secant that does not halve
+    the bracket is followed by a bisection step."""
+    known: dict[int, int] = {}
 
-    b = max(1, min(predicted, MAX_BATCH))
-    if check(b):  # gallop up to a batch that does not fit
-        lo, step = b, 1
-        while lo + step <= MAX_BATCH and check(lo + step):
-            lo, step = lo + step, step * 2
-        hi = min(lo + step, MAX_BATCH + 1)
-    else:  # gallop down to a batch that fits
-        hi, step = b, 1
-        while hi - step > 0 and not check(hi - step):
-            hi, step = hi - step, step * 2
-        lo = max(hi - step, 0)
-    while hi - lo > 1:  # fits(lo), not fits(hi)
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if check(mid) else (lo, mid)
+    def at(b: int) -> int:
+        if b not in known:
+            known[b] = bytes_at(b)
+        return known[b]
+
+    for b in start:
+        at(b)
+    width = MAX_BATCH + 1
+    while True:
+        fits = [b for b, v in known.items() if v <= budget]
+        over = [b for b, v in known.items() if v > budget]
+        lo, hi = max(fits, default=0), min(over, default=MAX_BATCH + 1)
+        if hi - lo <= 1:
+            break
+        near = sorted(known, key=lambda b: abs(known[b] - budget))[:2] if not fits or not over else [lo, hi]
+        if lo == 0:
+            near = [b for b in near if b]  # batch 0 is not simulated
+        b1, b2 = sorted(near) if len(near) == 2 else (near[0], near[0])
+        slope = (known[b2] - known[b1]) / (b2 - b1) if b2 > b1 else 0
+        guess = b1 + int((budget - known[b1]) // slope) if slope > 0 else 2 * lo + 1
+        if over and hi - lo > width / 2:  # a bracket the last secant did not halve: bisect
+            guess = (lo + hi) // 2
+        width = hi - lo if over else width
+        at(min(max(guess, lo + 1), hi - 1))
     if lo < MAX_BATCH:
-        check(lo + 1)
-    return lo, sorted(k for k in checked if k)
+        at(lo + 1)
+    return lo, sorted(known)
 
 
 class Planner:
@@ -107,13 +117,13 @@ class Planner:
         return self.cache[key]
 
     def predict(self, variant: Variant, world: int, budget: int) -> tuple[int, float, float]:
-        """The affine fit's answer: (largest batch, a, s) with per-rank bytes ``a + s * batch``."""
+        """The affine fit's answer: (largest batch, a, s) with per-rank bytes ``a + s * batch`` through ``FIT``."""
         b1, b2 = FIT
         m1, m2 = (rank_bytes(self.simulate(variant, b), world) for b in FIT)
         slope = (m2 - m1) / (b2 - b1)
         intercept = m1 - slope * b1
         batch = int((budget - intercept) // slope) if slope > 0 else MAX_BATCH
-        return max(batch, 0), intercept, slope
+        return min(max(batch, 0), MAX_BATCH), intercept, slope
 
     def plan(self, gpu_name: str, context_gib: float = CONTEXT_GIB, fragmentation: float = FRAGMENTATION) -> dict:
         """Per variant and world size: predicted and verified largest batch, the fit, and the peak at the answer."""
@@ -137,7 +147,7 @@ class Planner:
             for world in self.worlds:
                 predicted, intercept, slope = self.predict(variant, world, budget)
                 batch, checked = largest_batch(
-                    lambda b, v=variant, w=world: rank_bytes(self.simulate(v, b), w) <= budget, predicted
+                    lambda b, v=variant, w=world: rank_bytes(self.simulate(v, b), w), budget, FIT
                 )
                 peak = rank_bytes(self.simulate(variant, batch), world) if batch else None
                 rows.append(

@@ -11,13 +11,20 @@ from diffusion.bench.planner import Planner, largest_batch, plan_markdown, rank_
 CONFIG = "configs/lcm/tiny_lcm.py"
 
 
-@pytest.mark.parametrize("limit", [0, 1, 7, 300, 4096])
-@pytest.mark.parametrize("predicted", [1, 9, 1000])
-def test_largest_batch_checks_the_answer_and_the_next(limit, predicted):
-    batch, checked = largest_batch(lambda b: b <= limit, predicted)
-    assert batch == limit
+@pytest.mark.parametrize("budget", [5, 11, 30, 333, 10**6])
+@pytest.mark.parametrize("curve", ["affine", "convex", "steep"])
+def test_largest_batch_checks_the_answer_and_the_next(budget, curve):
+    """Bytes convex piecewise affine in the batch (a flat start, then steeper), as a step's peak is."""
+    bytes_at = {
+        "affine": lambda b: 4 + 2 * b,
+        "convex": lambda b: max(8 + b // 2, 3 * b - 20),
+        "steep": lambda b: 6 + 50 * b,
+    }[curve]
+    batch, checked = largest_batch(bytes_at, budget)
+    expected = max((b for b in range(4097) if b == 0 or bytes_at(b) <= budget), default=0)
+    assert batch == expected
     assert (batch == 0 or batch in checked) and (batch + 1 in checked or batch == 4096)
-    assert len(checked) <= 30  # galloping and bisection, not one check per batch
+    assert len(checked) <= 30  # secants and bisection, not one simulation per batch
 
 
 def synthetic(batch: int) -> dict:
@@ -44,6 +51,7 @@ def test_more_memory_or_more_gpus_never_give_a_smaller_batch(monkeypatch):
     for budget_gib in range(8, 90, 3):
         rows = planner.rows(budget_gib * GIB)
         for r in rows:
+            assert r["predicted"] == r["batch"]  # an affine step: the fit is exact
             assert r["batch"] == 0 or rank_bytes(synthetic(r["batch"]), r["world"]) <= budget_gib * GIB
             assert rank_bytes(synthetic(r["batch"] + 1), r["world"]) > budget_gib * GIB
 
