@@ -154,15 +154,21 @@ def rows_markdown(result: dict, paper: dict[str, str]) -> str:
             why = f"{'not simulated' if simulated else 'skipped'}: {r['error']}"
             rows.append([row, why, "", "", "", "", paper[row]])
             continue
-        rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
-        cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
+        if "at_peak" in r:  # simulated: the split at the moment of the peak (gradients may not be live yet)
+            split = r["at_peak"]
+            held = [split.get("weights", 0) + split.get("frozen", 0), split.get("grads", 0), split.get("optimizer", 0)]
+            cells = [*held, r["peak"] - sum(held), r["peak"]]
+        else:
+            rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
+            cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
         rows.append([row, *(f"{c / GB:.2f}" for c in cells), paper[row]])
     first = f"Machine: {result['machine']}; {result['size']}; training batch {result['batch']}, inference batch 1"
     first += "; CPU: reduced size, resident memory (not the paper's GPU numbers)" if cpu else ""
     if simulated:
         first += (
             "; SIMULATED on fake tensors with CUDA's autocast and attention kernels (allocated bytes, as "
-            "torch.cuda.max_memory_allocated; the peak of the second optimizer step), not measured on a GPU"
+            "torch.cuda.max_memory_allocated; the peak of the second optimizer step, split as it stands at that "
+            "moment), not measured on a GPU"
         )
     return "\n".join([first, "", *_table([*header, "paper"], rows)])
 

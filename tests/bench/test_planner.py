@@ -94,6 +94,7 @@ def test_config_step_warm_state_equals_a_real_first_step():
     assert set(warm["at_peak"]) >= {"weights", "frozen", "optimizer"}
 
 
+@pytest.mark.slow
 def test_checkpointing_and_half_precision_copies_save_memory():
     from mmengine.config import Config
 
