@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from diffusion.bench.gpus import get_gpu
-from diffusion.bench.roofline import ROWS, count, lower_bounds, roofline
+from diffusion.bench.roofline import ROWS, count, lower_bounds, roofline, roofline_markdown
 from diffusion.bench.simulate import simulation
 from diffusion.model.pixart import PixArt
 
@@ -84,3 +84,6 @@ def test_roofline_json_per_image_stage():
     assert result["flops"]["text_encode_300"] > result["flops"]["text_encode"]
     h100 = result["lower_bound_s"]["H100-80GB"]["rows"]
     assert set(h100) == set(ROWS) and h100["dpm20"] > h100["dpm14"] > h100["lcm4"] > 0
+    measured = {"machine": "CPU, 2 threads", "times": {"lcm4": {"ours": {"total": 1.25}}}}  # benchmark_speed --json
+    text = roofline_markdown(result, measured)
+    assert "1.250 (CPU, 2 threads)" in text and "0.5 / 0.8 / 3.3" in text and "lower bound" in text
