@@ -9,11 +9,14 @@ under the counter of :func:`diffusion.bench.simulate.simulation` (CUDA rules). V
 - ``frozen``: ``"config"`` (as written), ``"fp32"`` or ``"bf16"``: the LCM teacher and EMA target
   (``method.teacher_dtype`` / ``target_dtype``), or a ControlNet's frozen base, in that dtype.
 
-The optimizer state is created by one AdamW step on zero gradients before the counted step (the state a first real
-step leaves behind: ``exp_avg``, ``exp_avg_sq``, ``step``; a test checks the peak equals that of a real second step).
-With gradient accumulation, two micro-batches are run (the second, which already holds the first's gradients, is
-what every further one repeats). The batch is square latents of the model's ``input_size`` (1024 px: 128², the
-square bucket; every ASPECT_RATIO_1024 bucket holds about 4096 tokens) with 20 of 120 caption tokens valid.
+Files a config reads (``load_from``, ``controlnet.load_from``, the LCM method's ``teacher_load_from``, a null-caption
+file) are not read: the networks hold random weights of the same shapes (a file null caption becomes the learned one,
+a tensor of the same shape). The optimizer state is created by one AdamW step on zero gradients before the counted
+step (the state a first real step leaves behind: ``exp_avg``, ``exp_avg_sq``, ``step``; a test checks the peak
+equals that of a real second step). With gradient accumulation, two micro-batches are run (the second, which already
+holds the first's gradients, is what every further one repeats). The batch is square latents of the model's
+``input_size`` (1024 px: 128², the square bucket; every ASPECT_RATIO_1024 bucket holds about 4096 tokens) with 20 of
+120 caption tokens valid.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ def _build(cfg, variant: Variant, batch_size: int, device: str):
     model_cfg = dict(cfg["model"], grad_checkpointing=variant.checkpointing)
     model = build_model({**dict(cfg), "model": model_cfg}, load_from=False)
     method_cfg = dict(cfg["method"])
+    if method_cfg["type"] == "LCMDistillation":  # weights files: not read (random weights of the same shapes)
+        method_cfg.update(teacher_load_from=None, null_caption="learned")
     if method_cfg["type"] == "LCMDistillation" and variant.frozen != "config":
         dtype = None if variant.frozen == "fp32" else variant.frozen
         method_cfg.update(teacher_dtype=dtype, target_dtype=dtype)
