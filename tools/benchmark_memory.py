@@ -15,8 +15,8 @@ sampled every 2 ms, above what it held before building, at the reduced size of `
 Trainer run (``--trainer CONFIG``): a short run of the real trainer, per rank (torchrun-able): the peak resident set
 size of the process (``getrusage``), the peak above the run's start (as for the rows), the peak CUDA allocation on a
 GPU, and MiB of the model tensors the trainer holds by owner (the trained network, the method's frozen networks, the
-EMA shadow, optimizer state, validation), counting only this rank's shards under FSDP; so that a change of the
-trainer can be measured.
+EMA shadow, optimizer state, on-the-fly encoders, validation), counting only this rank's shards under FSDP; so that a
+change of the trainer can be measured.
 
     python tools/benchmark_memory.py --trainer configs/lcm/tiny_lcm.py --random-teacher --steps 4 \\
         --json output/memory/one.json
@@ -25,6 +25,15 @@ trainer can be measured.
 
 ``--random-teacher`` writes a random ``cfg.model`` as the teacher (for enlarged tiny models via ``--cfg-options
 model.hidden_size=...``); ``--embedded-num N`` builds the embedded default with N images next to the work dir.
+
+Simulated (no GPU needed, ``diffusion.bench.simulate``): ``--simulate`` runs the synthetic rows at ``--size full``
+(default) on fake tensors with CUDA's rules and reports simulated peak *allocated* bytes, the same ``--json`` shape;
+``--plan CONFIG --gpu NAME [NAME ...]`` prints the largest per-GPU batch of that config that fits each GPU, with and
+without gradient checkpointing, with fp32 / bf16 frozen copies, alone and under FSDP on 2 and 8 GPUs
+(``diffusion.bench.planner``; the headroom it keeps is printed with it).
+
+    python tools/benchmark_memory.py --simulate --json output/memory/simulated.json
+    python tools/benchmark_memory.py --plan configs/lcm/pixartms_xl2_img1024_lcm.py --gpu RTX4090-24GB A100-80GB
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import torch
 from mmengine.config import DictAction
 
 from diffusion.bench import get_size, machine
+from diffusion.bench.gpus import CONTEXT_GIB, FRAGMENTATION, PLANNER_GPUS
 from diffusion.bench.memory import (
     MIB,
     Peak,
@@ -144,13 +154,31 @@ def run_trainer(args) -> dict:
     return dict(machine=machine(), config=args.trainer, steps=args.steps, ranks=reports)
 
 
+def run_simulated(args) -> dict:
+    """``--simulate``: the rows on fake tensors; ``--plan``: the planner's answer for each ``--gpu``."""
+    if args.plan:
+        from diffusion.bench.planner import Planner, plan_markdown
+
+        planner = Planner(args.plan, log=lambda line: print(line, file=sys.stderr, flush=True))
+        plans = [planner.plan(gpu, args.context_gib, args.fragmentation) for gpu in args.gpu]
+        print("\n\n".join(plan_markdown(p) for p in plans))
+        return dict(plans=plans, simulations=len(planner.cache), seconds=planner.seconds)
+    from diffusion.bench.simulate import simulate_rows
+
+    result = simulate_rows(args.rows, args.size)
+    print(rows_markdown(result, PAPER))
+    return result
+
+
 def parse_args(argv: list[str] | None = None):
     cuda = torch.cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", default=None, help="also write the results here (rank 0)")
     rows = parser.add_argument_group("synthetic rows")
     rows.add_argument("--device", default="cuda" if cuda else "cpu")
-    rows.add_argument("--size", default=None, choices=sorted(BATCH), help="default: full on GPU, else cpu")
+    rows.add_argument(
+        "--size", default=None, choices=sorted(BATCH), help="default: full on GPU or --simulate, else cpu"
+    )
     rows.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     rows.add_argument("--row-timeout", type=float, default=600)
     rows.add_argument("--child", default=None, choices=list(ROWS), help=argparse.SUPPRESS)
@@ -161,13 +189,21 @@ def parse_args(argv: list[str] | None = None):
     run.add_argument("--random-teacher", action="store_true", help="a random cfg.model as weights.base / .teacher")
     run.add_argument("--embedded-num", type=int, help="images of the embedded default, if used; default 256")
     run.add_argument("--cfg-options", nargs="+", action=DictAction)
+    sim = parser.add_argument_group("simulated (fake tensors, CUDA's rules; no GPU needed)")
+    sim.add_argument("--simulate", action="store_true", help="the synthetic rows, simulated (default --size full)")
+    sim.add_argument("--plan", metavar="CONFIG", help="largest per-GPU batch of CONFIG on each --gpu")
+    sim.add_argument("--gpu", nargs="+", default=["A100-80GB"], help=f"GPUs for --plan: {', '.join(PLANNER_GPUS)}")
+    sim.add_argument("--context-gib", type=float, default=CONTEXT_GIB, help="kept free for the CUDA context")
+    sim.add_argument("--fragmentation", type=float, default=FRAGMENTATION, help="share of the rest kept free")
     args = parser.parse_args(argv)
+    if (args.simulate or args.plan) and args.trainer:
+        parser.error("--simulate / --plan and --trainer are different modes: pick one")
     given = [k for k in TRAINER_DEFAULTS if getattr(args, k) not in (None, False)]
     if given and args.trainer is None:
         parser.error(f"--{given[0].replace('_', '-')} belongs to a trainer run: add --trainer CONFIG")
     for key, default in TRAINER_DEFAULTS.items():
         setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
-    args.size = args.size or ("full" if args.device.startswith("cuda") else "cpu")
+    args.size = args.size or ("full" if args.device.startswith("cuda") or args.simulate else "cpu")
     return args
 
 
@@ -177,6 +213,10 @@ def main(argv: list[str] | None = None) -> dict:
         row = run_row(args.child, args.size, args.device)
         print(json.dumps(row), flush=True)
         return row
+    if args.simulate or args.plan:
+        result = run_simulated(args)
+        write_json(args.json, result)
+        return result
     if args.trainer:
         from diffusion.engine import dist
 

@@ -27,6 +27,13 @@ keys / values of the last half of the blocks (14-27 of 28) pooled 2x2 against th
 
     python tools/benchmark_speed.py --sigma-kv --runs 3                     # CPU: width 288, 4 blocks, fp32
     python tools/benchmark_speed.py --sigma-kv --device cuda --size full --dtype bf16
+
+``--roofline`` measures nothing: it counts FLOPs and bytes moved per stage of one image on fake tensors (no GPU
+needed) and prints the lower bound ``max(FLOPs / peak, bytes / bandwidth)`` on V100, A100, H100, H200 and T4 next to
+the paper's seconds (``diffusion.bench.roofline``); ``--times F`` adds our measured seconds from an earlier
+``--json F`` of this tool.
+
+    python tools/benchmark_speed.py --roofline --json output/speed/roofline.json
 """
 
 from __future__ import annotations
@@ -269,7 +276,13 @@ def parse_args(argv: list[str] | None = None):
     parser.add_argument("--config", default=str(LCM_CONFIG), help="the transformer's config (a Σ one: 300 tokens)")
     parser.add_argument("--sigma-kv", action="store_true", help="PixArt-Σ KV compression vs none (transformer step)")
     parser.add_argument("--sigma-resolutions", type=int, nargs="+", default=list(sigma_kv.RESOLUTIONS))
+    parser.add_argument("--roofline", action="store_true", help="FLOPs / bytes lower bound per GPU (full size)")
+    parser.add_argument("--times", default=None, help="with --roofline: an earlier --json of this tool")
     args = parser.parse_args(argv)
+    if args.times and not args.roofline:
+        parser.error("--times belongs to --roofline")
+    if args.roofline:
+        args.size = args.size or "full"
     on_gpu = args.device.startswith("cuda")
     if args.cuda_graphs and not on_gpu:
         parser.error(f"--cuda-graphs needs CUDA (--device cuda); the device is {args.device}")
@@ -280,6 +293,14 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.roofline:
+        from diffusion.bench.roofline import roofline, roofline_markdown
+
+        result = roofline(args.size)
+        print(roofline_markdown(result, json.loads(Path(args.times).read_text()) if args.times else None))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=1))
+        return result
     if args.sigma_kv:
         if args.threads:
             torch.set_num_threads(args.threads)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 GB, MIB = 1024**3, 2**20
-TRAINER_OWNERS = ("trained", "frozen", "ema", "optimizer", "validation")
+TRAINER_OWNERS = ("trained", "frozen", "ema", "optimizer", "encoding", "validation")
 
 
 def _storages(t: torch.Tensor) -> Iterator[tuple[tuple[int, str], int]]:
@@ -72,20 +72,25 @@ def optimizer_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def trainer_owners(trainer) -> dict[str, list[torch.Tensor]]:
     """The model tensors a trainer holds on this rank: the trained network, the method's frozen networks (LCM:
-    teacher and EMA target), the EMA shadow, optimizer state, and validation (a second network copy or a resident
-    text encoder, which trainers before validation-by-EMA-swap kept)."""
-    method = trainer.method
-    if hasattr(method, "frozen_networks"):
-        frozen = method.frozen_networks()
-    else:  # trainers from before frozen_networks(): the LCM method's private copies
-        frozen = [*getattr(method, "_teacher", []), *(getattr(method, "_target", None) or [])]
-    text_encoder = getattr(getattr(trainer, "pipeline", None), "text_encoder", None)
+    teacher and EMA target), the EMA shadow, optimizer state, the frozen codec / T5 / annotator that encode batches on
+    the fly (training from shards), and validation (the grids' pipeline: its codec; T5 is freed after the prompts
+    are encoded)."""
+    encoder = getattr(trainer.data, "encoder", None)  # EncodedBatches only
+    pipeline = trainer.validator.pipeline if trainer.validator is not None else None
+    codec = getattr(pipeline, "codec", None)
     return dict(
         trained=module_tensors(trainer.model),
-        frozen=module_tensors(*frozen),
+        frozen=module_tensors(*trainer.method.frozen_networks()),
         ema=list(trainer.ema.shadow.values()) if trainer.ema is not None else [],
         optimizer=optimizer_tensors(trainer.optimizer),
-        validation=module_tensors(getattr(trainer, "val_model", None), getattr(text_encoder, "model", None)),
+        encoding=module_tensors(
+            *(
+                [encoder.codec, encoder.text_encoder.model] + ([encoder.annotator] if encoder.annotator else [])
+                if encoder is not None
+                else []
+            )
+        ),
+        validation=module_tensors(codec if isinstance(codec, nn.Module) else None),
     )
 
 
@@ -144,19 +149,32 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 def rows_markdown(result: dict, paper: dict[str, str]) -> str:
     """The synthetic rows: weights / gradients / optimizer state / the rest of each row's peak, in GB, against the
     paper's figure ``paper[row]``; a row that could not run says why."""
-    cpu = "CPU" in result["machine"]
-    peak_name = "peak RSS above start" if cpu else "peak allocated"
+    simulated = result.get("simulated", False)
+    cpu = "CPU" in result["machine"] and not simulated
+    peak_name = "simulated peak allocated" if simulated else "peak RSS above start" if cpu else "peak allocated"
     header = ["row", "weights (GB)", "grads (GB)", "optimizer (GB)", "activations, rest (GB)", f"{peak_name} (GB)"]
     rows = []
     for row, r in result["rows"].items():
         if "error" in r:
-            rows.append([row, f"skipped: {r['error']}", "", "", "", "", paper[row]])
+            why = f"{'not simulated' if simulated else 'skipped'}: {r['error']}"
+            rows.append([row, why, "", "", "", "", paper[row]])
             continue
-        rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
-        cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
+        if "at_peak" in r:  # simulated: the split at the moment of the peak (gradients may not be live yet)
+            split = r["at_peak"]
+            held = [split.get("weights", 0) + split.get("frozen", 0), split.get("grads", 0), split.get("optimizer", 0)]
+            cells = [*held, r["peak"] - sum(held), r["peak"]]
+        else:
+            rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
+            cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
         rows.append([row, *(f"{c / GB:.2f}" for c in cells), paper[row]])
     first = f"Machine: {result['machine']}; {result['size']}; training batch {result['batch']}, inference batch 1"
     first += "; CPU: reduced size, resident memory (not the paper's GPU numbers)" if cpu else ""
+    if simulated:
+        first += (
+            "; SIMULATED on fake tensors with CUDA's autocast and attention kernels (allocated bytes, as "
+            "torch.cuda.max_memory_allocated; the peak of the second optimizer step, split as it stands at that "
+            "moment), not measured on a GPU"
+        )
     return "\n".join([first, "", *_table([*header, "paper"], rows)])
 
 

@@ -15,10 +15,14 @@ building (:class:`~diffusion.bench.memory.Peak`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+from torch import nn
 
 from diffusion.bench import PROMPTS, Size, get_size, random_pixart, random_t5, random_vae
 from diffusion.bench.memory import Peak, module_tensors, optimizer_tensors, tensor_bytes
+from diffusion.pipeline import Pipeline
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 # row -> (kind, autocast dtype, dtype of the frozen copies)
@@ -61,21 +65,42 @@ def fake_batch(size: Size, batch: int, device: str) -> dict:
     }
 
 
-def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | None) -> dict:
-    """Two optimizer steps as ``Trainer.train_step`` takes them; the peak covers both (the second holds the Adam
-    state the first created)."""
+@dataclass
+class TrainSetup:
+    """What one training row holds: the trained model, the method (with its frozen copies), AdamW, the GradScaler,
+    a batch on the device and the autocast dtype."""
+
+    model: nn.Module
+    method: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    batch: dict
+    amp: torch.dtype
+    frozen: list[nn.Module]
+
+    @property
+    def params(self) -> list[nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+
+def build_train(
+    size: Size, device: str, kind: str, amp: str, frozen: str | None, batch_size: int, fused: bool
+) -> TrainSetup:
+    """The networks of a training row on ``device``: PixArt with gradient checkpointing; ``lcm``: teacher and EMA
+    target copies (fp32, or ``frozen`` half precision); ``controlnet``: N = 13 trainable copies (at most depth - 1 in a
+    reduced model) over a frozen base in ``frozen`` precision. ``fused``: AdamW's fused kernel (the trainer's choice
+    on CUDA: one kernel for all parameters, no per-parameter temporaries)."""
     from diffusion.methods import DiffusionLoss, LCMDistillation
 
-    size = get_size(size_name)
-    base = Peak(device).now()
     model = random_pixart(size, grad_checkpointing=True).to(device).train()
     frozen_modules = []
-    if kind == "controlnet":  # N = 13 trainable copies (at most depth - 1 in a reduced model), frozen base
+    if kind == "controlnet":
         from diffusion.model.controlnet import wrap_controlnet
 
         model = wrap_controlnet(model, "transformer", min(13, len(model.blocks) - 1)).to(device).train()
         if frozen != "fp32":
             model.base_model.to(HALF[frozen])  # the frozen base in half precision, the copies in fp32
+        frozen_modules = [model.base_model]
         method = DiffusionLoss(model)
     elif kind == "lcm":
         method = LCMDistillation(model, w=4.5).to(device)
@@ -86,26 +111,40 @@ def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | No
     else:
         method = DiffusionLoss(model)
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = device.startswith("cuda")  # one kernel for all parameters, no per-parameter temporaries
     optimizer = torch.optim.AdamW(params, lr=2e-5, weight_decay=0.0, eps=1e-10, fused=fused or None)
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=amp == "fp16")
-    batch = fake_batch(size, BATCH[size_name], device)
+    batch = fake_batch(size, batch_size, device)
     if kind == "controlnet":
         batch["c"] = torch.randn_like(batch["x0"])  # the control latent (HED map through the VAE)
-    weights = tensor_bytes(module_tensors(model, *frozen_modules))
+    return TrainSetup(model, method, optimizer, scaler, batch, HALF[amp], frozen_modules)
+
+
+def train_step(s: TrainSetup) -> torch.Tensor:
+    """One optimizer step as ``Trainer.train_step`` takes it (autocast forward, scaled backward, unscale, clip 0.01,
+    step, zero_grad(set_to_none), EMA of the LCM target); returns the loss."""
+    with torch.autocast(s.batch["x0"].device.type, dtype=s.amp):
+        loss, _ = s.method(s.model, s.batch)
+    s.scaler.scale(loss).backward()
+    s.scaler.unscale_(s.optimizer)
+    torch.nn.utils.clip_grad_norm_(s.params, 0.01)
+    s.scaler.step(s.optimizer)
+    s.scaler.update()
+    s.optimizer.zero_grad(set_to_none=True)
+    ema_step(s.method, s.model)
+    return loss.detach()
+
+
+def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | None) -> dict:
+    """Two optimizer steps; the peak covers both (the second holds the Adam state the first created)."""
+    size = get_size(size_name)
+    base = Peak(device).now()
+    s = build_train(size, device, kind, amp, frozen, BATCH[size_name], fused=device.startswith("cuda"))
+    weights = tensor_bytes(module_tensors(s.model, *s.frozen))  # a storage two modules share counts once
+    grads = tensor_bytes(s.params)  # each gradient has its parameter's shape and dtype
     with Peak(device) as peak:
         for _ in range(2):
-            with torch.autocast(torch.device(device).type, dtype=HALF[amp]):
-                loss, _ = method(model, batch)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, 0.01)
-            scaler.step(optimizer)
-            scaler.update()
-            grads = tensor_bytes(p.grad for p in params if p.grad is not None)
-            optimizer.zero_grad(set_to_none=True)
-            ema_step(method, model)
-    state = tensor_bytes(optimizer_tensors(optimizer))
+            loss = train_step(s)
+    state = tensor_bytes(optimizer_tensors(s.optimizer))
     return dict(weights=weights, grads=grads, optimizer=state, peak=peak.peak - base, loss=loss.item())
 
 
@@ -124,13 +163,11 @@ def ema_step(method, model) -> None:
             tp.lerp_(sp.detach().to(tp.dtype), 1.0 - method.ema_decay)
 
 
-def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
-    """One LCM 4-step image at ``size.resolution``; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
+def build_infer(size: Size, device: str, t5_dtype: str) -> tuple[Pipeline, list[nn.Module]]:
+    """The pipeline of an inference row and its networks: T5 in bf16 or int8 (then lean: T5 waits on the CPU between
+    calls and the VAE decodes in tiles), the transformer and the VAE in bf16."""
     from diffusion.data import AutoencoderKLCodec
-    from diffusion.pipeline import Pipeline
 
-    size = get_size(size_name)
-    base = Peak(device).now()
     lean = t5_dtype == "int8"
     text_encoder = random_t5(size, "cpu" if lean else device, torch.bfloat16)
     if lean:
@@ -140,11 +177,25 @@ def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
     if lean:
         codec.set_lean_decode(True)
     pipe = Pipeline(model, text_encoder, codec, size.resolution, offload_text_encoder=lean)
-    weights = tensor_bytes(module_tensors(text_encoder.model, model, codec))
+    return pipe, [text_encoder.model, model, codec]
+
+
+def infer_call(pipe: Pipeline) -> torch.Tensor:
+    """One LCM 4-step image of the first prompt."""
+    with torch.no_grad():
+        return pipe(list(PROMPTS[:1]), seed=0, name="lcm", steps=4)
+
+
+def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
+    """One LCM 4-step image at ``size.resolution``; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
+    size = get_size(size_name)
+    base = Peak(device).now()
+    pipe, modules = build_infer(size, device, t5_dtype)
+    weights = tensor_bytes(module_tensors(*modules))
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
-    with Peak(device) as peak, torch.no_grad():
-        pipe(list(PROMPTS[:1]), seed=0, name="lcm", steps=4)
+    with Peak(device) as peak:
+        infer_call(pipe)
     return dict(weights=weights, grads=0, optimizer=0, peak=peak.peak - base)
 
 
