@@ -135,8 +135,8 @@ def read_upload(source: str | Path | BinaryIO) -> np.ndarray:
 
 
 def check_image(image) -> np.ndarray:
-    """An uploaded file (its path or a binary file object: :func:`read_upload`) or a drawn / given array as (H, W, 3) uint8 (grey expanded,
-    alpha composited on black)."""
+    """An uploaded file (its path or a binary file object: :func:`read_upload`) or a drawn / given array as
+    (H, W, 3) uint8 (an array's grey expanded, its alpha composited on black: a sketch layer)."""
     if image is None:
         raise InputError("Upload an image or draw a sketch first.")
     if isinstance(image, str | Path | io.IOBase):

@@ -58,21 +58,24 @@ def page_errors(fn: Callable) -> Callable:
     return wrapped
 
 
-class UploadedImage(gr.Image):
-    """The page's ``gr.Image`` (a gradio template: the same element in the browser) whose value reaches the handler as
-    the uploaded file's path, not decoded. gradio decodes an upload before the handler runs, so a file that is not an
-    image, is truncated or corrupt, or is over Pillow's pixel limit would fail there with gradio's generic "Error" and
-    the reason only in the server log; the app decodes it itself (``diffusion.app.control.read_upload``) and answers
-    with its own message."""
+def upload_path(payload) -> str | io.BytesIO | None:
+    """An upload element's value as the uploaded file's path (a file object for an inline base64 image), undecoded."""
+    if payload is None:
+        return None
+    if payload.path is None and payload.url and payload.url.startswith("data:"):
+        return io.BytesIO(base64.b64decode(payload.url.split(",", 1)[1]))
+    return payload.path
 
-    is_template = True
 
-    def preprocess(self, payload) -> str | io.BytesIO | None:
-        if payload is None:
-            return None
-        if payload.path is None and payload.url and payload.url.startswith("data:"):  # an inline (base64) image
-            return io.BytesIO(base64.b64decode(payload.url.split(",", 1)[1]))
-        return payload.path
+def undecoded(image: gr.Image) -> gr.Image:
+    """``image`` handing its handler the uploaded file undecoded (:func:`upload_path`). gradio decodes an upload
+    before the handler runs, so a file that is not an image, is truncated or corrupt, or is over Pillow's pixel limit
+    would fail there with gradio's generic "Error" and the reason only in the server log; the app decodes it itself
+    (``diffusion.app.control.read_upload``) and answers with its own message. (The element's ``preprocess`` is
+    replaced on the instance: a subclass of a gradio component makes gradio write a ``.pyi`` stub next to this file.)
+    """
+    image.preprocess = upload_path
+    return image
 
 
 def speed_comparison(teacher_seconds: float, student_seconds: float) -> str:
@@ -223,12 +226,14 @@ def controlnet_tab(models: Models) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cn-prompt")
-            image = UploadedImage(
-                label="Upload an image (or a control map)",
-                type="filepath",
-                sources=["upload", "clipboard"],
-                height=260,
-                elem_id="cn-image",
+            image = undecoded(
+                gr.Image(
+                    label="Upload an image (or a control map)",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=260,
+                    elem_id="cn-image",
+                )
             )
             with gr.Accordion("… or draw a sketch (used when no image is uploaded)", open=False):
                 canvas = np.zeros((256, 256, 3), dtype=np.uint8)

@@ -162,7 +162,7 @@ class Trainer:
 
     def _build_data(self) -> BatchStream:
         dataset = DATASETS.build(self.cfg.data)
-        for note in preflight.check_caches(self.cfg, dataset):  # before step 1
+        for note in preflight.check_caches(self.cfg, dataset, info=self.logger.info):  # before step 1
             self.logger.warning(note)
         # a dataset may bring its own batch functions (test stand-ins do); otherwise the data package's contract ones
         import diffusion.data
