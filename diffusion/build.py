@@ -36,6 +36,7 @@ from diffusion.model.io import (
     resolve_checkpoint,
     set_null_caption,
 )
+from diffusion.paths import config_path
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, METHODS, MODELS, MOVED_KEYS, accepted_keys
 from diffusion.schedulers import DiffusionProcess
@@ -57,7 +58,7 @@ def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
     model = MODELS.build(dict(cfg["model"]))
     null_caption = cfg.get("null_caption")
     if load_from and cfg.get("load_from"):
-        load_model_weights(model, cfg["load_from"], null_caption=null_caption)
+        load_model_weights(model, config_path(cfg["load_from"]), null_caption=null_caption)
     elif load_from and null_caption:
         set_null_caption(model, null_caption)
     if cfg.get("controlnet") is not None:
@@ -66,7 +67,9 @@ def build_model(cfg: Mapping, load_from: bool = True) -> nn.Module:
         section = resolve_section("controlnet", cfg["controlnet"])
         model = wrap_controlnet(model, section["topology"], section["copy_blocks"])
         if load_from and section["load_from"]:
-            load_controlnet_weights(model, section["load_from"], has_base=bool(cfg.get("load_from")))
+            load_controlnet_weights(
+                model, config_path(section["load_from"], "controlnet.load_from"), bool(cfg.get("load_from"))
+            )
     return model
 
 
@@ -150,7 +153,7 @@ def load_teacher_weights(model: nn.Module, path: str | Path) -> None:
     both.
     For a plain PixArt: the whole network, any format of :func:`diffusion.model.io.load_state`.
     """
-    state = load_state(path)
+    state = load_state(path := config_path(path, "method.teacher_load_from"))
     if not getattr(model, "accepts_control", False):
         load_state_into(model, state, path)
     elif any(k.startswith("base_model.") for k in state):
@@ -205,7 +208,7 @@ def _merged_lora(cfg: Mapping, state: dict[str, torch.Tensor], path: Path) -> di
     if students.is_partial_lora(state):
         if not cfg.get("load_from"):
             raise KeyError(f"{path} holds only LoRA adapters; their base weights come from load_from, which is unset")
-        base = load_state(cfg["load_from"])
+        base = load_state(config_path(cfg["load_from"]))
     return students.merge_lora(state, rank, scale, base, str(path))
 
 

@@ -20,7 +20,7 @@ from diffusion.build import DTYPES, load_pipeline
 from diffusion.data import ensure_tiny_text_encoder
 from diffusion.data.buckets import aspect_ratio_table
 from diffusion.model.io import resolve_checkpoint
-from diffusion.paths import repo_path, shown
+from diffusion.paths import config_path, repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
 
 DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (load_from), student
@@ -131,10 +131,12 @@ def load_models(
         _require(path, f"--checkpoint {kind}")
     teacher_path = checkpoints.get("teacher")
     if teacher_path is None and cfg.get("load_from"):
-        if Path(cfg.load_from).exists() or "lcm" not in checkpoints:
-            teacher_path = _require(cfg.load_from, "teacher (the config's load_from; or --checkpoint teacher=PATH)")
-        else:
-            print(f"[app] no teacher: {cfg.load_from} (load_from) is missing; serving the LCM student only")
+        try:  # a config's path: from the current folder, else the checkout (diffusion.paths.config_path)
+            teacher_path = str(config_path(cfg.load_from))
+        except FileNotFoundError as err:
+            if "lcm" not in checkpoints:
+                raise SystemExit(f"teacher (the config's load_from; or --checkpoint teacher=PATH): {err}") from None
+            print(f"[app] no teacher: {err}; serving the LCM student only")
     if teacher_path is None and "lcm" not in checkpoints:
         raise SystemExit("nothing to serve: give --checkpoint teacher=PATH and/or lcm=PATH")
     kw = dict(device=device, dtype=DTYPES[dtype])

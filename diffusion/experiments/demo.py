@@ -137,6 +137,7 @@ def training_record(cfg: Config, work_dir: Path, student: Path, seconds: float |
 def summary(trained: dict, table: str, pictures: list[tuple[Path, Path, str]], out: Path, minutes: float) -> str:
     """The demo's closing text (markdown): what was trained, the table, where the pictures are."""
     t = trained
+    threads = f"{t['threads']} CPU thread{'s' * (t['threads'] != 1)}"
     took = f"{t['seconds'] / 60:.1f} min" if t["seconds"] is not None else "trained by an earlier run, reused"
     loss = f"; final loss {t['final_loss']:.4f}" if t["final_loss"] is not None else ""
     lines = [
@@ -144,8 +145,8 @@ def summary(trained: dict, table: str, pictures: list[tuple[Path, Path, str]], o
         "",
         f"Trained: LCM distillation (PixArt-δ §3, Algorithm 1) of the committed tiny teacher `{t['teacher']}` with "
         f"`{t['config']}`: {t['steps']} steps of batch {t['batch_size']}, mixed precision {t['precision']}, seed "
-        f"{t['seed']}, {t['threads']} CPU thread(s), {took}{loss}. Student: `{t['student']}`. A rerun on this machine "
-        f"with {t['threads']} thread(s) gives the same student bit for bit, and this table.",
+        f"{t['seed']}, {threads}, {took}{loss}. Student: `{t['student']}`. A rerun on this machine with {threads} "
+        "gives the same student bit for bit, and this table but its timings.",
         "",
         table.rstrip(),
         "",
