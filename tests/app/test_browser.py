@@ -6,6 +6,7 @@ answers gradio_client."""
 
 import io
 import os
+import re
 
 import numpy as np
 import pytest
@@ -128,7 +129,9 @@ def test_teacher_vs_lcm_side_by_side(app, page, tmp_path):
     set_number(page, "cmp-steps", 2)
     set_number(page, "cmp-cfg", 2.5)
     page.locator("#cmp-run").click()
-    expect(page.locator("#cmp-lcm-info")).to_contain_text("faster than the teacher", timeout=60_000)
+    # faster or slower, as measured (on a busy CPU a 2-step teacher can beat the 4-step student)
+    speed = re.compile(r"\d+\.\d× (faster|slower) than the teacher|about as fast as the teacher")
+    expect(page.locator("#cmp-lcm-info")).to_contain_text(speed, timeout=60_000)
     expect(page.locator("#cmp-teacher-info")).to_contain_text("2 steps, CFG 2.5: 4 model evaluations per image")
     teacher = reference(app["pipes"], [PROMPT], seed=3, name="dpm", steps=2, cfg_scale=2.5)
     assert_same(shown_images(page, "#cmp-teacher", 1), teacher)
