@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +34,7 @@ from diffusion.model import students
 from diffusion.model.controlnet_io import load_controlnet_state
 from diffusion.model.controlnet_io import load_teacher_weights as load_teacher_weights  # LCMDistillation's
 from diffusion.model.io import describe_state, load_state, load_state_into, resolve_checkpoint, set_null_caption
+from diffusion.paths import config_path
 from diffusion.pipeline import Pipeline
 from diffusion.registry import CODECS, METHODS, MODELS, MOVED_KEYS, accepted_keys
 from diffusion.schedulers import DiffusionProcess
@@ -61,6 +62,24 @@ class Weights:
     teacher: Source | None
     teacher_apart: bool
     null_caption: str | None
+
+    def files(self) -> Weights:
+        """These sources as the loaders open them: a relative path a config names is found in the current folder,
+        else in the checkout (:func:`diffusion.paths.config_path`: ``python /repo/tools/app.py`` from any folder finds
+        the committed assets), else it is a ``FileNotFoundError`` naming the key and both places. A missing null
+        caption stays as written: its loader falls back to the checkpoint's ``y_embedding`` with a warning. The
+        config's text is not changed, so a config hash stays the same on every machine and in every folder."""
+
+        def find(source, key: str, required: bool = True):
+            return str(config_path(source, key, required)) if isinstance(source, (str, Path)) else source
+
+        return replace(
+            self,
+            base=find(self.base, "weights.base"),
+            controlnet=find(self.controlnet, "weights.controlnet"),
+            teacher=find(self.teacher, "weights.teacher"),
+            null_caption=find(self.null_caption, "weights.null_caption", required=False),
+        )
 
 
 def weight_sources(cfg: Mapping) -> Weights:
@@ -149,7 +168,7 @@ def build_model(cfg: Mapping, load_weights: bool = True) -> nn.Module:
     model's ``y_embedding``: over the base's (:func:`diffusion.model.io.with_null_caption`), or written into a model
     trained from scratch (then the file must exist).
     """
-    weights = weight_sources(cfg)
+    weights = weight_sources(cfg).files() if load_weights else weight_sources(cfg)
     model = MODELS.build(dict(cfg["model"]))
     if load_weights and weights.base is not None:
         state, name = _read(weights.base, "weights.base")
@@ -205,7 +224,7 @@ def build_method(cfg: Mapping, model: nn.Module) -> Method:
     if weights.teacher_apart:
         if not getattr(cls, "requires_teacher", False):
             raise KeyError(f"weights.teacher is set but method {method.get('type')} distils no teacher")
-        method["teacher_weights"] = weights.teacher
+        method["teacher_weights"] = weights.files().teacher
     return METHODS.build(dict(method, model=model))
 
 
@@ -230,7 +249,7 @@ def load_model(
             into ``weights.base``.
         use_ema: for a trainer step folder, prefer the EMA weights.
     """
-    weights = weight_sources(cfg)
+    weights = weight_sources(cfg).files()
     if checkpoint is None:
         if weights.base is None and weights.controlnet is None:
             raise ValueError("no checkpoint given and the config names no weights (weights.base / weights.teacher)")
@@ -263,7 +282,9 @@ def controlnet_on(
     section = _controlnet_section(cfg)
     if section is None:
         raise KeyError("controlnet_on: the config has no controlnet section")
-    source = resolve_checkpoint(checkpoint, use_ema) if checkpoint is not None else weight_sources(cfg).controlnet
+    source = (
+        resolve_checkpoint(checkpoint, use_ema) if checkpoint is not None else weight_sources(cfg).files().controlnet
+    )
     if source is None:
         raise ValueError("controlnet_on: no checkpoint given and the config has no weights.controlnet")
     from diffusion.model.controlnet import wrap_controlnet

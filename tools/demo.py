@@ -7,7 +7,12 @@
    small-scale reproduction table (``tools/reproduce_lcm.py``);
 5. controllable generation (§4): the committed tiny ControlNet-Transformer (``assets/tiny_controlnet``, trained on the
    teacher by ``make controlnet``) on the teacher (DPM-Solver++ 20, CFG 4.5) and, as it is, on the freshly distilled
-   4-step LCM student, from edge maps of shapes drawn off the prompts' usual positions; all under ``output/demo/``.
+   4-step LCM student (under the student's LCM settings), from edge maps of shapes drawn off the prompts' usual
+   positions; all under ``output/demo/``;
+6. every grid also enlarged 4x (nearest neighbour, ``*_x4.png``), and a closing summary (what was trained, the table,
+   where the pictures are), printed and written to ``output/demo/summary.md``.
+
+A rerun on the same machine with the same number of CPU threads gives the same student bit for bit.
 
     python tools/demo.py [--out output/demo] [--steps N] [--eval-images N]
 """

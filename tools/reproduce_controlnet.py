@@ -38,21 +38,22 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from diffusion.build import load_pipeline, teacher_config, with_weights, without_controlnet
+from diffusion.build import load_pipeline, teacher_config, without_controlnet
 from diffusion.data.annotators import to_control_image
-from diffusion.engine.checkpoint import find_latest
+from diffusion.engine.checkpoint import find_latest, parse_step
 from diffusion.engine.validation import save_grid
 from diffusion.eval import build_feature_extractor, statistics_of
 from diffusion.eval.edges import generated_edge_f1
 from diffusion.experiments.controlnet_ablation import ROW_NAMES, select_rows, train_rows
 from diffusion.experiments.controlnet_eval import (
     GRID,
-    LCM,
     SAMPLER,
     controllable_lcm_rows,
     edge_f1_curve,
     eval_set,
     evaluate,
+    student_config,
+    student_rows,
 )
 from diffusion.pipeline import Pipeline
 
@@ -99,6 +100,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="4-step LCM student weights: adds the student without control and, route (a), the last row's "
         "ControlNet (the last --run, else the last --train row) applied to it as it is (no re-training), both with "
         "the LCM sampler at 4 steps",
+    )
+    parser.add_argument(
+        "--lcm-student-config",
+        default=None,
+        help="the config the --lcm-student was distilled with (its LCM settings sample it); default: its run's "
+        "config.py (a trainer step folder) or the config its meta.json names (assets/tiny_lcm)",
     )
     parser.add_argument("--out", default="output/reproduce_controlnet")
     return parser.parse_args(argv)
@@ -154,13 +161,13 @@ def main(argv: list[str] | None = None) -> dict:
     routes, last = [], None
     for label, work_dir in runs:
         checkpoint = find_latest(work_dir)
-        if work_dir.name.startswith("step_"):  # a given checkpoint of a run: <work_dir>/checkpoints/step_XXXXXXX
+        if parse_step(work_dir.name) is not None:  # a given checkpoint of a run: <work_dir>/checkpoints/step_XXXXXXX
             checkpoint, work_dir = work_dir, work_dir.parent.parent
         cfg = run_config(work_dir)
         if cfg.method.type == "LCMDistillation":  # route (b): evaluated with its LCM group below
             routes.append((label, cfg, checkpoint))
             continue
-        add(label, load_pipeline(cfg, checkpoint, like=teacher), True, step=int(checkpoint.name.split("_")[-1]))
+        add(label, load_pipeline(cfg, checkpoint, like=teacher), True, step=parse_step(checkpoint.name))
         last = (label, cfg, checkpoint)
     for label, cfg, checkpoint in routes:
         for row in controllable_lcm_rows(cfg, checkpoint, label, teacher):
@@ -169,14 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
         if last is None:
             raise SystemExit("--lcm-student needs a ControlNet run trained with the diffusion loss (a --run or row)")
         label, cfg, checkpoint = last  # its ControlNet weights sit on the student's base instead
-        on_student = with_weights(cfg, base=args.lcm_student)
-        add(
-            "LCM student 4 steps, no control",
-            load_pipeline(without_controlnet(on_student), like=teacher),
-            False,
-            LCM,
-        )
-        add(f"LCM student 4 steps + {label} (route a)", load_pipeline(on_student, checkpoint, like=teacher), True, LCM)
+        student_cfg = student_config(args.lcm_student, args.lcm_student_config)
+        for row in student_rows(cfg, checkpoint, label, args.lcm_student, student_cfg, teacher):
+            add(*row)
     curve, base, xlabel = [], (results[1]["f1"], results[1]["f1_conflict"]), "0 = teacher, no control"
     if args.curve:
         small = {k: v[: args.curve_images] for k, v in data.items()}

@@ -6,13 +6,17 @@ The ControlNet is built by ``diffusion.build.controlnet_on`` once per base, arou
 serves beside it: on the teacher, and (the paper's ControlNet + LCM route: the teacher's ControlNet applied as is) on
 the student, whichever kind it is (full, LCM-LoRA merged into its base, w-embedding), so the controlled images come
 from exactly the app's teacher / student, sampled under its diffusion process.
+An upload reaches :func:`check_image` as the uploaded file's path and is decoded here (:func:`read_upload`), so that a
+file that is not an image, is truncated or corrupt, or is over Pillow's pixel limit gets the app's own message.
 """
 
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,6 +38,7 @@ from diffusion.build import DTYPES, controlnet_on, load_pipeline
 from diffusion.data.annotators import CannyAnnotator
 from diffusion.data.annotators import load_control as read_control
 from diffusion.data.buckets import closest_bucket
+from diffusion.data.images import open_rgb
 from diffusion.paths import repo_path
 from diffusion.pipeline import Pipeline
 
@@ -105,10 +110,36 @@ def canny(image: np.ndarray, low: int, high: int) -> np.ndarray:
     return (CannyAnnotator(low, high, l2_gradient=True)(rgb)[0, 0] * 255).round().to(torch.uint8).numpy()
 
 
+def read_upload(source: str | Path | BinaryIO) -> np.ndarray:
+    """An uploaded file as the (H, W, 3) uint8 picture an image viewer shows (:func:`diffusion.data.images.open_rgb`:
+    EXIF orientation, transparency over white, 16-bit scaled), as ``tools/sample.py --control`` reads one.
+
+    Refused with :class:`InputError` saying why: not an image Pillow can read, truncated or corrupt, or more pixels
+    than ``PIL.Image.MAX_IMAGE_PIXELS`` (Pillow's decompression-bomb guard, which only warns up to twice that)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return np.asarray(open_rgb(source))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(
+            f"The image is too large: more than {Image.MAX_IMAGE_PIXELS:,} pixels, the most this app decodes "
+            "(Pillow's limit against decompression bombs). Upload a smaller image."
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise InputError(
+            "The uploaded file is not an image this app can read (PNG, JPEG, WebP, BMP, GIF, TIFF...)."
+        ) from None
+    except Exception as err:  # noqa: BLE001 - whatever a damaged file makes the decoder raise
+        raise InputError(f"The uploaded image cannot be decoded (truncated or corrupt?): {err}.") from None
+
+
 def check_image(image) -> np.ndarray:
-    """An uploaded / drawn image as (H, W, 3) uint8 (grey expanded, alpha composited on black)."""
+    """An uploaded file (its path or a binary file object: :func:`read_upload`) or a drawn / given array as
+    (H, W, 3) uint8 (an array's grey expanded, its alpha composited on black: a sketch layer)."""
     if image is None:
         raise InputError("Upload an image or draw a sketch first.")
+    if isinstance(image, str | Path | io.IOBase):
+        image = read_upload(image)
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
         raise InputError(f"Expected an RGB or grey 8-bit image, got an array {image.dtype} {image.shape}.")
@@ -122,6 +153,15 @@ def check_image(image) -> np.ndarray:
     return np.repeat(image, 3, axis=2) if image.shape[2] == 1 else image
 
 
+def check_canny(low, high) -> tuple[int, int]:
+    """The Canny thresholds as ints in ``CANNY_LIMITS`` with low <= high, else InputError."""
+    low = check_int("Canny low threshold", low, *CANNY_LIMITS)
+    high = check_int("Canny high threshold", high, *CANNY_LIMITS)
+    if low > high:
+        raise InputError(f"The Canny low threshold ({low}) must not be above the high threshold ({high}).")
+    return low, high
+
+
 def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=None, low=100, high=200) -> np.ndarray:
     """(H, W, 3) uint8 image -> (h, w, 3) uint8 control map at ``size`` = (h, w): resized first, then annotated
     (the official app's order), white edges on black like the training edge maps. The resize is training's and
@@ -133,8 +173,7 @@ def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=No
     Image.fromarray(image).save(png, format="PNG")
     resized = read_control(png, *size)[0].permute(1, 2, 0).numpy()
     if annotator == "canny":
-        low, high = check_int("Canny low threshold", low, *CANNY_LIMITS), check_int("Canny high", high, *CANNY_LIMITS)
-        edges = canny(resized, low, high)
+        edges = canny(resized, *check_canny(low, high))
     elif annotator == "hed":
         rgb = torch.from_numpy(resized).permute(2, 0, 1)[None].float() / 255
         with torch.no_grad():

@@ -25,7 +25,7 @@ from diffusion.data.buckets import binning_table
 from diffusion.methods import method_sampler
 from diffusion.model import PixArtMS
 from diffusion.model.io import resolve_checkpoint
-from diffusion.paths import repo_path, shown
+from diffusion.paths import config_path, repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
 
 DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (weights.teacher)
@@ -138,10 +138,12 @@ def load_models(
         _require(path, f"--checkpoint {kind}")
     teacher_path, named = checkpoints.get("teacher"), weight_sources(cfg).teacher
     if teacher_path is None and isinstance(named, (str, Path)):
-        if Path(named).exists() or "lcm" not in checkpoints:
-            teacher_path = _require(named, "teacher (the config's weights.teacher; or --checkpoint teacher=PATH)")
-        else:
-            print(f"[app] no teacher: {named} (weights.teacher) is missing; serving the LCM student only")
+        try:  # a config's path: from the current folder, else the checkout (diffusion.paths.config_path)
+            teacher_path = str(config_path(named, "weights.teacher"))
+        except FileNotFoundError as err:
+            if "lcm" not in checkpoints:
+                raise SystemExit(f"teacher (weights.teacher; or --checkpoint teacher=PATH): {err}") from None
+            print(f"[app] no teacher: {err}; serving the LCM student only")
     if teacher_path is None and "lcm" not in checkpoints:
         raise SystemExit("nothing to serve: give --checkpoint teacher=PATH and/or lcm=PATH")
     kw = dict(device=device, dtype=DTYPES[dtype])

@@ -7,7 +7,9 @@ Element ids (``t2i-*``, ``cmp-*``, ``cn-*``) are what the browser tests drive; a
 
 from __future__ import annotations
 
+import base64
 import functools
+import io
 import traceback
 from collections.abc import Callable
 
@@ -39,20 +41,53 @@ def page_css(models: Models) -> str | None:
 
 
 def page_errors(fn: Callable) -> Callable:
-    """Refused input -> its message in the page; anything else -> a one-line message there and the traceback in the
-    server log (the page never shows a stack trace)."""
+    """Refused input -> its message in the page and nothing in the server log (the person's mistake, not the
+    server's); anything else -> a one-line message there and the traceback in the server log (the page never shows
+    a stack trace)."""
 
     @functools.wraps(fn)
     def wrapped(*args):
         try:
             return fn(*args)
         except InputError as err:
-            raise gr.Error(str(err), title="Check the input") from None
+            raise gr.Error(str(err), title="Check the input", print_exception=False) from None
         except Exception as err:  # noqa: BLE001 - reported to the person, traced in the log
             traceback.print_exc()
             raise gr.Error(f"Generation failed ({type(err).__name__}: {err}).", title="Error") from None
 
     return wrapped
+
+
+def upload_path(payload) -> str | io.BytesIO | None:
+    """An upload element's value as the uploaded file's path (a file object for an inline base64 image), undecoded."""
+    if payload is None:
+        return None
+    if payload.path is None and payload.url and payload.url.startswith("data:"):
+        return io.BytesIO(base64.b64decode(payload.url.split(",", 1)[1]))
+    return payload.path
+
+
+def undecoded(image: gr.Image) -> gr.Image:
+    """``image`` handing its handler the uploaded file undecoded (:func:`upload_path`). gradio decodes an upload
+    before the handler runs, so a file that is not an image, is truncated or corrupt, or is over Pillow's pixel limit
+    would fail there with gradio's generic "Error" and the reason only in the server log; the app decodes it itself
+    (``diffusion.app.control.read_upload``) and answers with its own message. (The element's ``preprocess`` is
+    replaced on the instance: a subclass of a gradio component makes gradio write a ``.pyi`` stub next to this file.)
+    """
+    image.preprocess = upload_path
+    return image
+
+
+def speed_comparison(teacher_seconds: float, student_seconds: float) -> str:
+    """How the student's time compares with the teacher's, in words that stay true either way."""
+    if teacher_seconds <= 0 or student_seconds <= 0:
+        return ""
+    ratio = teacher_seconds / student_seconds
+    if f"{ratio:.1f}" == "1.0":
+        return "about as fast as the teacher"
+    if ratio > 1:
+        return f"{ratio:.1f}× faster than the teacher"
+    return f"{1 / ratio:.1f}× slower than the teacher"
 
 
 def on_sampler(name: str):
@@ -166,8 +201,8 @@ def teacher_vs_lcm_tab(models: Models) -> None:
     @page_errors
     def compare(prompt, seed, steps, cfg):
         slow, fast = teacher_vs_lcm(models, prompt, seed, steps, cfg)
-        speedup = f"; {slow.seconds / fast.seconds:.1f}× faster than the teacher" if fast.seconds > 0 else ""
-        return slow.images[0], slow.summary(), fast.images[0], fast.summary() + speedup
+        speed = speed_comparison(slow.seconds, fast.seconds)
+        return slow.images[0], slow.summary(), fast.images[0], fast.summary() + (f"; {speed}" if speed else "")
 
     outputs = [slow_image, slow_info, fast_image, fast_info]
     run.click(compare, [prompt, seed, steps, cfg], outputs, api_name="teacher_vs_lcm")
@@ -191,14 +226,14 @@ def controlnet_tab(models: Models) -> None:
     with gr.Row():
         with gr.Column(scale=1):
             prompt = gr.Textbox(label="Prompt", lines=2, elem_id="cn-prompt")
-            image = gr.Image(
-                label="Upload an image (or a control map)",
-                type="numpy",
-                format="png",
-                sources=["upload", "clipboard"],
-                image_mode="RGB",
-                height=260,
-                elem_id="cn-image",
+            image = undecoded(
+                gr.Image(
+                    label="Upload an image (or a control map)",
+                    type="filepath",
+                    sources=["upload", "clipboard"],
+                    height=260,
+                    elem_id="cn-image",
+                )
             )
             with gr.Accordion("… or draw a sketch (used when no image is uploaded)", open=False):
                 canvas = np.zeros((256, 256, 3), dtype=np.uint8)

@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 
 
 def run_child(spec: dict, argv: list[str]) -> None:
@@ -52,7 +53,8 @@ def run_child(spec: dict, argv: list[str]) -> None:
 
     def save_then_die(path, tensors):
         save_tensors(path, tensors)
-        if f"step_{spec.get('kill_in_save', -1):07d}.tmp" in str(path):
+        saving = ckpt.TMP_DIR.match(Path(path).parent.name)  # the .tmp folder of a checkpoint being written
+        if saving and int(saving.group(1)) == spec.get("kill_in_save"):
             os.kill(os.getpid(), signal.SIGKILL)  # one file of the checkpoint written, the rest not
 
     Trainer.train_step, Trainer.__init__, ckpt.save_tensors = step_with_faults, init_with_nans, save_then_die

@@ -34,6 +34,15 @@ OVERRIDES = {
 }
 
 
+def checkpoint_dir(work: str | os.PathLike, step: int, tmp: bool = False) -> Path:
+    """``work``'s checkpoint folder of ``step`` (``tmp``: the ``.tmp`` folder its save writes first), named by
+    :mod:`diffusion.engine.checkpoint` (imported here, not at the top: the drill's parent process stays light)."""
+    from diffusion.engine import checkpoint as ckpt
+
+    path = ckpt.step_dir(Path(work) / ckpt.CHECKPOINT_SUBDIR, step)
+    return path.with_suffix(".tmp") if tmp else path
+
+
 class Drill:
     """Starts and checks the drill's training runs under ``out``; ``results`` collects the scenarios' records
     (name, survived, lost, detail)."""
@@ -121,15 +130,15 @@ class Drill:
         if got != want:
             return False, f"losses differ: {got} vs {want}"
         for name in ("model", "ema"):
-            a = ckpt.load_tensors(ckpt.step_dir(work / "checkpoints", STEPS) / f"{name}.safetensors")
-            b = ckpt.load_tensors(ckpt.step_dir(ref / "checkpoints", STEPS) / f"{name}.safetensors")
+            a = ckpt.load_tensors(checkpoint_dir(work, STEPS) / f"{name}.safetensors")
+            b = ckpt.load_tensors(checkpoint_dir(ref, STEPS) / f"{name}.safetensors")
             if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
                 return False, f"final {name} weights differ"
         return True, f"{len(got)} losses and final weights equal the uninterrupted run"
 
     def verify_resume(self, work: Path, kept: list[int], ref: Path | None = None, **train) -> tuple[bool, str]:
         """Checkpoints ``kept`` survived, a resume leaves no ``.tmp`` and equals the reference: (lost, detail)."""
-        missing = [s for s in kept if not (work / "checkpoints" / f"step_{s:07d}" / "training_state.pt").is_file()]
+        missing = [s for s in kept if not (checkpoint_dir(work, s) / "training_state.pt").is_file()]
         result = self.train(work, resume="auto", **train)
         tmp_left = sorted(p.name for p in (work / "checkpoints").glob("*.tmp"))
         same, detail = self.same_as_reference(work, ref) if result.returncode == 0 else (False, probes.tail(result))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from diffusion.drill import probes
-from diffusion.drill.runner import EVERY, RUN_TIMEOUT, STEPS, Drill
+from diffusion.drill.runner import EVERY, RUN_TIMEOUT, STEPS, Drill, checkpoint_dir
 from diffusion.drill.shard_scenarios import SHARD_SCENARIOS
 
 
@@ -30,14 +30,12 @@ def sigkill_mid_checkpoint(drill: Drill) -> None:
     step 3 equals the reference."""
     work = drill.out / "sigkill_mid_checkpoint"
     result = drill.train(work, spec={"kill_in_save": 6})
-    half = (work / "checkpoints" / "step_0000006.tmp").is_dir() and not (
-        work / "checkpoints" / "step_0000006"
-    ).exists()
+    half = checkpoint_dir(work, 6, tmp=True).is_dir() and not checkpoint_dir(work, 6).exists()
     drill.resume_check(
         "SIGKILL mid-checkpoint-write",
         work,
         result.returncode == -signal.SIGKILL and half,
-        "killed after writing one file of step 6 (a half-written step_0000006.tmp, ignored)",
+        f"killed after writing one file of step 6 (a half-written {checkpoint_dir(work, 6, tmp=True).name}, ignored)",
         [3],
     )
 
@@ -53,7 +51,7 @@ def sigterm(drill: Drill) -> None:
     proc.send_signal(signal.SIGTERM)
     result = drill.finish(proc)
     stopped_at = len(probes.losses(work))
-    saved = (work / "checkpoints" / f"step_{stopped_at:07d}").is_dir()
+    saved = checkpoint_dir(work, stopped_at).is_dir()
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
     ok = result.returncode == 0 and saved and "stopped by SIGTERM" in log
     cause = f"rc {result.returncode}, checkpoint at stop step {stopped_at}: {saved}"
@@ -68,14 +66,14 @@ def torchrun_rank_killed(drill: Drill) -> None:
     work = drill.out / "torchrun_rank_killed"
     result = drill.train(work, spec={"kill_at_step": 5, "rank": 1}, resume="auto", ranks=2)
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
-    restarted = result.returncode == 0 and f"resumed from {work / 'checkpoints' / 'step_0000003'}" in log
+    restarted = result.returncode == 0 and f"resumed from {checkpoint_dir(work, 3)}" in log
     if first.returncode != 0:
         same, detail = False, f"the 2-rank reference failed: {probes.tail(first)}"
     elif result.returncode != 0:
         same, detail = False, probes.tail(result, 1500)
     else:
         same, detail = drill.same_as_reference(work, ref)
-    kept = (work / "checkpoints" / "step_0000006").is_dir()
+    kept = checkpoint_dir(work, 6).is_dir()
     drill.record(
         "rank killed under torchrun --max-restarts 1",
         restarted,
@@ -84,7 +82,7 @@ def torchrun_rank_killed(drill: Drill) -> None:
     )
     work = drill.out / "torchrun_sigterm_one_rank"
     result = drill.train(work, spec={"kill_at_step": 4, "signal": "SIGTERM", "rank": 1}, ranks=2)
-    both = result.returncode == 0 and (work / "checkpoints" / "step_0000004").is_dir()
+    both = result.returncode == 0 and checkpoint_dir(work, 4).is_dir()
     cause = f"SIGTERM to rank 1 only in step 4: rc {result.returncode}, both ranks saved step 4 and exited: {both}"
     drill.resume_check("SIGTERM to one rank under torchrun", work, both, cause, [4], ref=ref, ranks=2)
 
@@ -93,7 +91,7 @@ def disk_full(drill: Drill) -> None:
     """Room for one checkpoint (a tmpfs, else a file-size limit): the step-6 save fails naming its path, step 3 is
     kept and the run dir, moved to a bigger disk, resumes exactly; on a tmpfs too small for one checkpoint the run is
     refused before step 1."""
-    ckpt_bytes = probes.du(drill.out / "reference" / "checkpoints" / f"step_{EVERY:07d}")
+    ckpt_bytes = probes.du(checkpoint_dir(drill.out / "reference", EVERY))
     work = drill.out / "disk_full"
     work.mkdir(parents=True)
     mounted = drill.mount and probes.mount_tmpfs(work, int(ckpt_bytes * 1.6) + (256 << 10))
@@ -102,7 +100,7 @@ def disk_full(drill: Drill) -> None:
     else:  # not allowed to mount: a file-size limit on the running process once step 3 is saved
         result = _train_with_fsize_limit(drill, work, 64 << 10)
     try:
-        said = "no space left on device" in result.stderr and "step_0000006.tmp" in result.stderr
+        said = "no space left on device" in result.stderr and checkpoint_dir(work, 6, tmp=True).name in result.stderr
         kept = sorted(p.name for p in (work / "checkpoints").iterdir()) if (work / "checkpoints").is_dir() else []
         moved = drill.out / "disk_full_moved"  # the user frees space: here, the run dir moves to a bigger disk
         shutil.rmtree(moved, ignore_errors=True)
@@ -114,7 +112,7 @@ def disk_full(drill: Drill) -> None:
     drill.resume_check(
         "disk full",
         moved,
-        result.returncode != 0 and said and kept == ["step_0000003"],
+        result.returncode != 0 and said and kept == [checkpoint_dir(work, 3).name],
         f"{how}: rc {result.returncode}, error names the path: {said}, left {kept}"
         + ("" if said else probes.tail(result)),
         [3],
@@ -141,7 +139,7 @@ def _train_with_fsize_limit(drill: Drill, work: Path, limit: int) -> subprocess.
 
     proc = drill.start(drill.command(work, {"sleep": 0.5, "ignore_sigxfsz": True}, {}, None, 1), work)
     deadline = time.time() + RUN_TIMEOUT
-    while not (work / "checkpoints" / "step_0000003").is_dir() and proc.poll() is None and time.time() < deadline:
+    while not checkpoint_dir(work, 3).is_dir() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     if proc.poll() is None:
         resource.prlimit(proc.pid, resource.RLIMIT_FSIZE, (limit, limit))
@@ -223,7 +221,7 @@ def _victim(drill: Drill) -> Path:
     work = drill.out / "victim"
     shutil.rmtree(work, ignore_errors=True)
     (work / "checkpoints").mkdir(parents=True)
-    shutil.copytree(drill.out / "reference" / "checkpoints" / "step_0000003", work / "checkpoints" / "step_0000003")
+    shutil.copytree(checkpoint_dir(drill.out / "reference", 3), checkpoint_dir(work, 3))
     lines = (drill.out / "reference" / "metrics.jsonl").read_text().splitlines()[:3]
     (work / "metrics.jsonl").write_text("".join(line + "\n" for line in lines))  # the log of steps 1-3
     return work
@@ -241,26 +239,26 @@ def config_and_checkpoint_errors(drill: Drill) -> None:
     evil = drill.out / "evil.pth"
     torch.save({"state_dict": probes.CodeCarrier(str(marker))}, evil)
     other = drill.out / "other_arch"
-    shutil.copytree(work / "checkpoints" / "step_0000003", other / "checkpoints" / "step_0000003", dirs_exist_ok=True)
-    weights = ckpt.load_tensors(other / "checkpoints" / "step_0000003" / "model.safetensors")
+    shutil.copytree(checkpoint_dir(work, 3), checkpoint_dir(other, 3), dirs_exist_ok=True)
+    weights = ckpt.load_tensors(checkpoint_dir(other, 3) / "model.safetensors")
     weights = {k: torch.zeros(*v.shape[:-1], v.shape[-1] + 1) if v.ndim == 2 else v for k, v in weights.items()}
-    ckpt.save_tensors(other / "checkpoints" / "step_0000003" / "model.safetensors", weights)
-    evil_ckpt = drill.out / "evil_ckpt" / "checkpoints" / "step_0000003"
-    shutil.copytree(work / "checkpoints" / "step_0000003", evil_ckpt, dirs_exist_ok=True)
+    ckpt.save_tensors(checkpoint_dir(other, 3) / "model.safetensors", weights)
+    evil_ckpt = checkpoint_dir(drill.out / "evil_ckpt", 3)
+    shutil.copytree(checkpoint_dir(work, 3), evil_ckpt, dirs_exist_ok=True)
     shutil.copy(evil, evil_ckpt / "training_state.pt")
     cases = [
         ("misspelt train key", {"train.max_step": 5}, None, "max_step"),
         ("misspelt codec key", {"codec.scale_factr": 1.0}, None, "scale_factr"),
         ("misspelt text_encoder key", {"text_encoder.pth": "x"}, None, "pth"),
-        ("wrong-architecture checkpoint", {}, str(other / "checkpoints" / "step_0000003"), "does not fit"),
+        ("wrong-architecture checkpoint", {}, str(checkpoint_dir(other, 3)), "does not fit"),
         (".pth carrying code as weights.base", {"weights.base": str(evil)}, None, "weights_only"),
         (".pth carrying code as a resume state", {}, str(evil_ckpt), "never code"),
     ]
-    before = probes.hashes(work / "checkpoints" / "step_0000003")
+    before = probes.hashes(checkpoint_dir(work, 3))
     outcomes = []
     for name, options, resume, needle in cases:
         result = _in_process(drill.env, drill.out / "config.py", work, options, resume or "auto")
-        intact = probes.hashes(work / "checkpoints" / "step_0000003") == before
+        intact = probes.hashes(checkpoint_dir(work, 3)) == before
         outcomes.append((name, needle in result and not marker.exists(), intact, result))
     lost, detail = drill.verify_resume(work, [3])  # then the run dir still resumes, exactly
     for name, said, intact, result in outcomes:

@@ -37,7 +37,7 @@ class FeatureBatches:
                  dataset) -> None:  # fmt: skip
         import diffusion.data
 
-        for note in preflight.check_caches(cfg, dataset):  # before step 1
+        for note in preflight.check_caches(cfg, dataset, info=logger.info):  # before step 1
             logger.warning(note)
         if cfg.get("encoding"):
             logger.warning(

@@ -10,6 +10,9 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from diffusion.dtensor import full_tensor as full_tensor  # re-exported: parallel.full_tensor / local_tensor
+from diffusion.dtensor import is_dtensor
+from diffusion.dtensor import local_tensor as local_tensor
 from diffusion.engine import dist
 
 
@@ -78,22 +81,6 @@ def no_sync(model: nn.Module, skip: bool):
     else:
         with nullcontext():
             yield
-
-
-def is_dtensor(tensor: torch.Tensor) -> bool:
-    """True for a sharded FSDP2 tensor (a DTensor; the class is not imported, torch.distributed may be absent)."""
-    return hasattr(tensor, "full_tensor")
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor, gathering a sharded (FSDP2 DTensor) one (collective); plain tensors pass through."""
-    return tensor.full_tensor() if is_dtensor(tensor) else tensor
-
-
-def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """This rank's shard of an FSDP2 DTensor (a view: in-place updates reach the sharded tensor); plain tensors pass
-    through."""
-    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 def is_sharded(model: nn.Module) -> bool:

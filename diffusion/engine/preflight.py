@@ -10,13 +10,14 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
 
 from diffusion.config import check_codec, resolve_section
 from diffusion.model.io import read_null_caption, read_null_file
+from diffusion.paths import config_path
 from diffusion.registry import DATA_SAMPLERS, METHODS, MODELS, check_keys
 
 GIB = 2**30
@@ -72,7 +73,7 @@ def check_weights(cfg) -> None:
         return
     length, channels = null_caption_shape(cfg)
     if weights.null_caption is not None:
-        path = Path(weights.null_caption)
+        path = config_path(weights.null_caption, "weights.null_caption", required=False)  # as build.py opens it
         if path.is_file():
             read_null_caption(path, length, channels)  # the ValueError names the file and the expected shape
         elif weights.base is None:
@@ -130,14 +131,15 @@ _CONFIG_KEYS = {
 }
 
 
-def check_caches(cfg, dataset) -> list[str]:
+def check_caches(cfg, dataset, info: Callable[[str], None] | None = None) -> list[str]:
     """Compare the config's ``codec`` and ``text_encoder`` (no weights loaded) with the ``meta.json`` of the caches
     ``dataset`` reads (a :class:`~diffusion.data.FeatureDataset`; other datasets are not checked).
 
     A differing VAE, codec type or geometry, T5, ``max_length`` or ``clean_caption`` raises ValueError naming the
-    meta.json file and each config key. Returns warnings: caches without meta.json (older extractions), and a
-    differing ``scale_factor``, which the caches do not depend on (they hold the unscaled posterior; prepare_batch
-    scales it, and the embedded default trains at 10 on caches written at 1) but a pretrained model does.
+    meta.json file and each config key. Returns warnings: caches without meta.json (older extractions). A differing
+    ``scale_factor`` is no mismatch: the caches hold the unscaled posterior, which prepare_batch scales by the
+    config's (the embedded default trains at 10 on caches written at 1, as designed); it is passed to ``info`` once
+    (the trainer's train.log), for the record.
     """
     from diffusion.data.features import caption_dir
     from diffusion.data.provenance import config_caption_meta, config_codec_meta, meta_mismatch, read_meta
@@ -150,22 +152,29 @@ def check_caches(cfg, dataset) -> list[str]:
         expected[Path(dataset.control_dir)] = codec
     if cfg.get("text_encoder"):
         expected[caption_dir(dataset.root)] = config_caption_meta(resolve_section("text_encoder", cfg["text_encoder"]))
-    notes = []
+    notes, rescaled = [], []
     for directory, current in expected.items():
         recorded = read_meta(directory)
         if not recorded:
             notes.append(f"{directory} has no meta.json (an older extraction): its producer cannot be checked")
             continue
         diff = meta_mismatch({k: v for k, v in recorded.items() if k in current}, current)
-        lines = [f"\n  {_CONFIG_KEYS[k]} ({k}): cache has {a!r}, config has {b!r}" for k, (a, b) in diff.items()]
         if "scale_factor" in diff:
-            notes.append(f"{directory / 'meta.json'}: {lines.pop(list(diff).index('scale_factor')).strip()}")
+            rescaled.append((directory, *diff.pop("scale_factor")))
+        lines = [f"\n  {_CONFIG_KEYS[k]} ({k}): cache has {a!r}, config has {b!r}" for k, (a, b) in diff.items()]
         if lines:
             raise ValueError(
                 f"{directory / 'meta.json'}: the cache was extracted with other settings than this config:"
                 + "".join(lines)
                 + "\nre-extract it (tools/extract_features.py --redo) or set the config key(s) to the cache's values"
             )
+    if rescaled and info is not None:
+        written = sorted({a for _, a, _ in rescaled})
+        info(
+            f"codec.scale_factor {rescaled[0][2]!r} scales the cached posteriors of {[d.name for d, *_ in rescaled]} "
+            f"(extracted with scale_factor {written[0] if len(written) == 1 else written}): the caches hold the "
+            "unscaled posterior, so this is expected, not a mismatch"
+        )
     return notes
 
 

@@ -22,7 +22,7 @@ from mmengine.config import Config
 
 from diffusion.data import ensure_embedded_default
 from diffusion.engine import dist, launch
-from diffusion.engine.checkpoint import find_latest
+from diffusion.engine.checkpoint import find_latest, parse_step
 from diffusion.experiments.assets import config_hash
 from diffusion.paths import repo_path, shown
 
@@ -102,7 +102,7 @@ def run_state(work_dir: Path, cfg: Config, replace_stale: bool) -> str:
         work_dir.rename(stale)
         print(f"[ablation] {work_dir} held a run of another config ({why}); moved it to {stale}", file=sys.stderr)
         return "new"
-    done = latest is not None and latest.name == f"step_{cfg.train.max_steps:07d}"
+    done = latest is not None and parse_step(latest.name) == cfg.train.max_steps
     return "done" if done else ("partial" if latest is not None else "new")
 
 
@@ -143,7 +143,7 @@ def train_rows(
         else:
             ensure_data(cfg)
             latest = find_latest(work_dir)
-            start_step = int(latest.name.split("_")[-1]) if state == "partial" else 0
+            start_step = parse_step(latest.name) if state == "partial" else 0
             command = shlex.join(["python", "train_scripts/train_controlnet.py", shown(argv[0]), *argv[1:]])
             print(f"{head}: training steps {start_step}..{steps}: {command}", file=sys.stderr, flush=True)
             start = time.time()

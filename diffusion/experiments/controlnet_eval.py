@@ -1,6 +1,11 @@
 """The evaluation of a ControlNet setting for ``tools/reproduce_controlnet.py`` (PixArt-delta §4.2-4.4): the rendered
 evaluation set, sampling with and without control, edge F1 / FID / attribute accuracy of one pipeline, the 4-step
-controllable LCM group of a route-(b) run, and edge F1 against training step over a run's checkpoints.
+controllable LCM group of a route-(b) run, a ControlNet put on an LCM student as it is (route (a), ``--lcm-student``),
+and edge F1 against training step over a run's checkpoints.
+
+Every LCM student row samples under the student's diffusion process (its config's LCM settings), never the
+ControlNet run's: a route-(b) run's config is the student's distillation config (its ``_base_``); for
+``--lcm-student`` the student's config is found by :func:`student_config`.
 """
 
 from __future__ import annotations
@@ -12,13 +17,15 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from diffusion.build import load_pipeline, teacher_config, weight_sources, without_controlnet
+from diffusion.build import load_pipeline, teacher_config, weight_sources, with_weights, without_controlnet
 from diffusion.data.annotators import to_control_image
 from diffusion.data.embedded import all_attribute_combinations, caption, render
-from diffusion.engine.checkpoint import list_checkpoints
+from diffusion.engine.checkpoint import list_checkpoints, parse_step
 from diffusion.eval import attribute_accuracy, compute_statistics, extract_features, frechet_distance
 from diffusion.eval.edges import generated_edge_f1
+from diffusion.paths import config_path
 from diffusion.pipeline import Pipeline
+from diffusion.schedulers import DiffusionProcess
 
 SAMPLER = dict(name="dpm", steps=20, cfg_scale=4.5)
 LCM = dict(name="lcm", steps=4)  # routes (a) and (b): the 4-step LCM sampler, no CFG
@@ -85,7 +92,7 @@ def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pi
         raise SystemExit(f"{label}: a route-(b) run needs weights.controlnet and weights.teacher beside weights.base")
     # built once, sampled at 14 and at 20 steps
     on_teacher = load_pipeline(teacher_config(cfg), like=teacher)
-    step = int(checkpoint.name.split("_")[-1])
+    step = parse_step(checkpoint.name)
     student = load_pipeline(without_controlnet(cfg), like=teacher)
     return [
         ("LCM student 4 steps, no control", student, False, LCM, None),
@@ -93,6 +100,43 @@ def controllable_lcm_rows(cfg: Config, checkpoint: Path, label: str, teacher: Pi
         ("teacher + its ControlNet, DPM-Solver++ 20 steps", on_teacher, True, SAMPLER, None),
         ("route (a): that ControlNet on the LCM student, 4 steps", load_pipeline(cfg, like=teacher), True, LCM, 0),
         (f"{label}, 4 steps", load_pipeline(cfg, checkpoint, like=teacher), True, LCM, step),
+    ]
+
+
+def student_config(student: str | Path, config: str | Path | None = None) -> Config:
+    """The config the LCM student ``student`` (weights file or trainer step folder) was distilled with: ``config``
+    when given; else the ``config.py`` of the run a step folder belongs to (``<run>/checkpoints/step_X[/model.*]``);
+    else the config a published asset's ``meta.json`` names (``assets/tiny_lcm``). None of these: SystemExit."""
+    if config is not None:
+        return Config.fromfile(str(config))
+    path = Path(student)
+    folder = path if path.is_dir() else path.parent
+    run = folder.parent.parent / "config.py"
+    if parse_step(folder.name) is not None and run.is_file():
+        return Config.fromfile(str(run))
+    meta = folder / "meta.json"
+    named = json.loads(meta.read_text()).get("config") if meta.is_file() else None
+    if named:
+        return Config.fromfile(str(config_path(named, f"{meta} config")))
+    raise SystemExit(
+        f"--lcm-student {student}: its config (whose LCM settings it is sampled under) is not beside it (no run "
+        "config.py, no meta.json naming one); pass --lcm-student-config"
+    )
+
+
+def student_rows(
+    cfg: Config, checkpoint: Path, label: str, student: str | Path, student_cfg: Config, teacher: Pipeline
+) -> list[tuple]:
+    """``(setting, pipeline, controlled, sampler)`` of the LCM student ``student`` alone and, route (a), with the
+    ControlNet of the diffusion-loss run ``cfg`` (weights ``checkpoint``, named ``label``) on its base as it is; both
+    4 LCM steps under the student's process (``student_cfg``'s LCM settings, not ``cfg``'s)."""
+    process = DiffusionProcess.from_config(student_cfg)
+    on_student = with_weights(cfg, base=str(student))  # the ControlNet's base: the student
+    alone = load_pipeline(without_controlnet(on_student), like=teacher, process=process)
+    controlled = load_pipeline(on_student, checkpoint, like=teacher, process=process)
+    return [
+        ("LCM student 4 steps, no control", alone, False, LCM),
+        (f"LCM student 4 steps + {label} (route a)", controlled, True, LCM),
     ]
 
 
@@ -111,7 +155,7 @@ def edge_f1_curve(work_dir: Path, cfg: Config, data: dict, teacher: Pipeline, ba
             .item()
             for k in ("prompts", "conflict")
         ]
-        step = 0 if checkpoint is None else int(checkpoint.name.split("_")[-1])
+        step = 0 if checkpoint is None else parse_step(checkpoint.name)
         curve.append(dict(step=step, f1=f1[0], f1_conflict=f1[1]))
         print(json.dumps(curve[-1]), flush=True)
     return curve

@@ -43,8 +43,11 @@ def find_student(explicit: str | None) -> Path | None:
         return Path(explicit).resolve()
     if repo_path("assets/tiny_lcm/model.safetensors").is_file():
         return repo_path("assets/tiny_lcm/model.safetensors")
-    checkpoints = sorted(Path("output/demo/lcm/checkpoints").resolve().glob("step_*/model.safetensors"))
-    return checkpoints[-1] if checkpoints else None
+    from diffusion.engine.checkpoint import list_checkpoints  # here: the engine is not needed to list the jobs
+
+    found = [c / "model.safetensors" for c in list_checkpoints(Path("output/demo/lcm/checkpoints").resolve())]
+    found = [f for f in found if f.is_file()]  # by step (list_checkpoints), not by name
+    return found[-1] if found else None
 
 
 def default_jobs(args: argparse.Namespace, out: Path | None = None) -> list[Job]:

@@ -16,6 +16,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
+from diffusion.dtensor import local_tensor
+
 
 def frozen_copy(model: nn.Module, dtype: str | None, weights=None) -> nn.Module:
     """A frozen eval-mode copy of ``model`` (in bf16 when ``dtype == 'bf16'``), holding ``weights`` (a file or a
@@ -29,11 +31,6 @@ def frozen_copy(model: nn.Module, dtype: str | None, weights=None) -> nn.Module:
 
         load_teacher_weights(net, weights)
     return net.to(torch.bfloat16) if dtype == "bf16" else net
-
-
-def _local(tensor: Tensor) -> Tensor:
-    """This rank's shard of an FSDP2 DTensor (a view: in-place updates reach the parameter); else the tensor."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
 class EMATarget:
@@ -64,8 +61,8 @@ class EMATarget:
         target, source = [], []
         for name, p in self._net[0].named_parameters():
             if trained[name].requires_grad:
-                target.append(_local(p))
-                source.append(_local(trained[name].detach()).to(p.dtype))
+                target.append(local_tensor(p))
+                source.append(local_tensor(trained[name].detach()).to(p.dtype))
         torch._foreach_lerp_(target, source, 1.0 - self.decay)
 
     def state_dict(self, student: nn.Module) -> dict[str, Tensor]:

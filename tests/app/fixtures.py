@@ -76,3 +76,41 @@ def reference_control_pipelines(app: dict, pipes: dict) -> dict:
         model = build_model(with_weights(app["cn_cfg"], base=str(base), controlnet=str(app["controlnet"]))).eval()
         out[name] = load_pipeline(app["cn_cfg"], model=model, like=pipes[name])
     return out
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` and holds no pixels: Pillow sizes it from the header alone."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def bad_uploads(root: Path) -> dict[str, tuple[Path, str]]:
+    """Files the ControlNet tab must refuse with its own message: name -> (file, part of the message). Each is named
+    ``*.png``, as a person's file would be, so that neither the browser nor gradio tells them apart by name."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)  # incompressible: a long IDAT
+    Image.fromarray(noise).save(root / "good.png")
+    png = (root / "good.png").read_bytes()
+    corrupt = bytearray(png)
+    corrupt[200:400] = bytes(b ^ 0x5A for b in corrupt[200:400])  # inside the compressed pixel data
+    files = {
+        "not an image": (b"a shopping list, not a picture\n", "not an image this app can read"),
+        "truncated": (png[: len(png) // 2], "cannot be decoded (truncated or corrupt?)"),
+        "corrupt": (bytes(corrupt), "cannot be decoded (truncated or corrupt?)"),
+        "over the pixel limit": (png_header_only(30000, 30000), "The image is too large"),
+    }
+    out = {}
+    for name, (data, message) in files.items():
+        path = root / f"{name.replace(' ', '_')}.png"
+        path.write_bytes(data)
+        out[name] = (path, message)
+    return out

@@ -1,15 +1,21 @@
 """The app's ControlNet requests without the page: the control map each annotator makes, the controlled images of
-the teacher and of the LCM student (the teacher's ControlNet on the student's base), and every refusal."""
+the teacher and of the LCM student (the teacher's ControlNet on the student's base, under the student's process),
+and every refusal (bad uploads included)."""
+
+import re
 
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config
 
 from diffusion.app.control import check_image, control_map, controlled, load_control
 from diffusion.app.core import InputError, load_models
+from diffusion.build import build_model, load_pipeline, with_weights
 from diffusion.data.embedded import edge_map, render
 from tests.app.fixtures import (
     PROMPT,
+    bad_uploads,
     make_tiny_app,
     make_tiny_controlnet,
     reference,
@@ -128,3 +134,73 @@ def test_a_controlnet_file_without_trained_controlnet_weights_is_refused(tiny):
     the tab would ignore the control; the app refuses to start, naming the file."""
     with pytest.raises(SystemExit, match=f"(?s){tiny['lcm'].name}.*no trained ControlNet"):
         load_control(tiny["models"], str(tiny["cn_config"]), str(tiny["lcm"]))
+
+
+def test_bad_uploads_are_refused_with_the_reason(tiny, tmp_path):
+    """A file that is not an image, a truncated or corrupt one, or one over Pillow's pixel limit: InputError saying
+    why (its message is what the page shows), never the decoder's own exception."""
+    for path, message in bad_uploads(tmp_path).values():
+        with pytest.raises(InputError, match=re.escape(message)):
+            controlled(tiny["models"], tiny["control"], PROMPT, str(path), "canny", "lcm", 1, None, 0)
+
+
+def test_the_pixel_limit_is_pillows_and_holds_below_its_error(tmp_path, monkeypatch):
+    """Pillow raises only above twice MAX_IMAGE_PIXELS and merely warns between; the app refuses both, and follows
+    the limit a deployment sets."""
+    from PIL import Image
+
+    from diffusion.app.control import read_upload
+
+    one_bit = tmp_path / "wide.png"
+    Image.new("1", (10_000, 9_000)).save(one_bit)  # 90 M pixels: over the default 89.5 M, under twice that
+    with pytest.raises(InputError, match="more than 89,478,485 pixels"):
+        read_upload(str(one_bit))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000_000)
+    assert read_upload(str(one_bit)).shape == (9_000, 10_000, 3)
+
+
+def test_an_upload_is_read_as_displayed(tmp_path):
+    """The path of an upload is decoded as ``tools/sample.py --control`` reads a file: an RGBA image's transparent
+    pixels over white (not whatever colour they store), a grey one expanded to RGB."""
+    from PIL import Image
+
+    rgba = np.zeros((16, 16, 4), np.uint8)
+    rgba[4:8, 4:8] = (10, 20, 30, 255)
+    Image.fromarray(rgba).save(tmp_path / "rgba.png")
+    image = check_image(str(tmp_path / "rgba.png"))
+    assert image.shape == (16, 16, 3) and image[5, 5].tolist() == [10, 20, 30] and image[0, 0].tolist() == [255] * 3
+    Image.fromarray(np.full((9, 12), 77, np.uint8)).save(tmp_path / "grey.png")
+    assert check_image(tmp_path / "grey.png").tolist() == np.full((9, 12, 3), 77, np.uint8).tolist()
+
+
+def test_canny_low_above_high_is_an_input_message(tiny):
+    image, _ = render(SHAPE)
+    with pytest.raises(InputError, match=r"Canny low threshold \(150\) must not be above the high threshold \(90\)"):
+        controlled(tiny["models"], tiny["control"], PROMPT, image, "canny", "lcm", 1, None, 0, low=150, high=90)
+    cmap, _ = controlled(tiny["models"], tiny["control"], PROMPT, image, "canny", "lcm", 1, None, 0, low=90, high=90)
+    assert cmap.any()
+
+
+def test_the_controlnet_on_the_student_samples_under_the_students_process(tmp_path):
+    """The ControlNet config (trained on the teacher) carries the teacher's LCM settings; on the student it must
+    sample with the student's (here another DDIM grid and timestep scaling), as the app's own student pipeline does."""
+    app = make_tiny_app(tmp_path)
+    config = tmp_path / "student.py"
+    config.write_text(
+        f"_base_ = ['{app['config']}']\n"
+        "method = dict(type='LCMDistillation', num_ddim_steps=25, timestep_scaling=4.0)\n"
+    )
+    app.update(make_tiny_controlnet(app, tmp_path))
+    models = load_models(str(config), {"teacher": str(app["teacher"]), "lcm": str(app["lcm"])})
+    control = load_control(models, str(app["cn_config"]), str(app["controlnet"]))
+    assert control.lcm.process == models.lcm.process
+    assert control.lcm.process.lcm.num_ddim_steps == 25 and control.lcm.process.lcm.timestep_scaling == 4.0
+    assert control.teacher.process == models.teacher.process
+    _, edges = render(SHAPE)
+    _, result = controlled(models, control, PROMPT, edges, "image", "lcm", 2, None, 3)
+    cond = torch.from_numpy(edges)[None, None].expand(1, 3, 32, 32)
+    on_lcm = with_weights(app["cn_cfg"], base=str(app["lcm"]), controlnet=str(app["controlnet"]))
+    model = build_model(on_lcm).eval()
+    student = load_pipeline(Config.fromfile(str(config)), model=model, like=models.teacher)  # the student's config
+    expected = reference({"lcm": student}, [PROMPT], 3, name="lcm", steps=2, control=cond)[0]
+    assert torch.equal(torch.from_numpy(result.images[0]), expected)

@@ -105,3 +105,11 @@ def test_controlnet_flags_need_their_config(tiny, monkeypatch):
         app.main([*argv, "--device", "cpu"])
     with pytest.raises(SystemExit, match="--concurrency must be >= 1"):
         app.main([*argv, "--concurrency", "0"])
+
+
+def test_the_embedded_default_serves_teacher_and_student_from_any_folder(tmp_path, monkeypatch):
+    """``python /repo/tools/app.py`` started elsewhere: the config's weights.teacher (``assets/tiny_teacher/…``) is
+    found in the checkout, so the teacher is served too (it was "... is missing; serving the LCM student only")."""
+    monkeypatch.chdir(tmp_path)
+    models = load_models(None, {})
+    assert models.teacher is not None and models.lcm is not None

@@ -67,11 +67,23 @@ def test_matching_pixel_caches_pass_and_a_mismatch_is_named(tmp_path, t5):
         _check(_cfg(root, t5, dict(type="PixelCodec", downsample=2), clean_caption=False))
 
 
-def test_the_scale_factor_is_a_warning(tmp_path, t5):
-    # the caches hold the unscaled posterior (prepare_batch scales it): the embedded default trains at 10 on them
+def test_the_scale_factor_is_noted_not_warned(tmp_path, t5):
+    # the caches hold the unscaled posterior (prepare_batch scales it): the embedded default trains at 10 on them, as
+    # designed; one info line (train.log) records it, and no warning (the console) repeats it on every run
     root = _data(tmp_path / "data", t5, PixelCodec(downsample=2))
-    (warning,) = _check(_cfg(root, t5, dict(type="PixelCodec", downsample=2, scale_factor=10.0)))
-    assert "meta.json" in warning and "codec.scale_factor" in warning and "1.0" in warning and "10.0" in warning
+    cfg, infos = _cfg(root, t5, dict(type="PixelCodec", downsample=2, scale_factor=10.0)), []
+    assert (
+        preflight.check_caches(
+            cfg, FeatureDataset(**{k: v for k, v in cfg["data"].items() if k != "type"}), info=infos.append
+        )
+        == []
+    )
+    (info,) = infos
+    assert (
+        "codec.scale_factor 10.0" in info and "vae_features_16" in info and "1.0" in info and "not a mismatch" in info
+    )
+    with pytest.raises(ValueError, match="codec.downsample"):  # a real mismatch beside it is still an error
+        _check(_cfg(root, t5, dict(type="PixelCodec", downsample=4, scale_factor=10.0)))
 
 
 def test_another_vae_or_codec_type_is_refused(tmp_path, t5):
@@ -105,3 +117,16 @@ def test_the_trainer_refuses_a_mismatch_before_step_1(tmp_path, t5):
         Trainer(_trainer_cfg(root, other), tmp_path / "run")
     with pytest.raises(ValueError, match=r"text_encoder\.clean_caption"):
         Trainer(_trainer_cfg(root, t5, clean_caption=False), tmp_path / "run")
+
+
+def test_a_normal_embedded_style_run_warns_nothing(tmp_path, t5, capsys):
+    """Caches written at scale 1, a config training at 10 (the embedded default): one info line in train.log, no
+    warning on the console."""
+    root = _data(tmp_path / "data", t5, PixelCodec(downsample=2))
+    cfg = _trainer_cfg(root, t5)
+    cfg["codec"] = dict(cfg["codec"], scale_factor=10.0)
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.logger.close()
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "INFO codec.scale_factor 10.0 scales the cached posteriors" in log and "WARNING" not in log
+    assert "WARNING" not in capsys.readouterr().out
