@@ -16,6 +16,7 @@ The trainer's parts, each built with explicit arguments: the logger (first, so a
 """
 
 import math
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -94,7 +95,11 @@ class Trainer:
             raise KeyError(f"method {cfg.method['type']} distils a pretrained teacher: set the config key 'load_from'")
 
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
-        model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
+        with warnings.catch_warnings(record=True) as caught:  # what loading load_from warns goes into train.log
+            warnings.simplefilter("always")  # (e.g. KV-compression weights started from their init)
+            model = build_model(cfg)  # cfg.model with cfg.load_from's weights (the one way in, shared with the tools)
+        for warning in caught:
+            self.logger.warning(f"{warning.category.__name__}: {warning.message}")
         self.method = build_method(cfg, model)  # under the config's diffusion process (the one way in)
         if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is cfg.load_from)
             self.checkpointer.load_weights(resume_dir, model)
