@@ -16,7 +16,7 @@ Then ``OUT/table.md`` (both variants side by side, the fine-tunes, sampling time
 interrupted run resumes where it stopped when started again.
 
     python tools/sigma_demo.py [--out output/sigma_demo] [--variants none kv] [--eval-images 240]
-        [--speed-images 120] [--speed-repeats 3] [--teacher-steps N] [--lcm-steps N] [--cfg-options K=V ...]
+        [--speed-images 48] [--speed-repeats 3] [--teacher-steps N] [--lcm-steps N] [--cfg-options K=V ...]
 """
 
 import argparse
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default="output/sigma_demo")
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
     parser.add_argument("--eval-images", type=int, default=240, help="images per row of the reproduction tables")
-    parser.add_argument("--speed-images", type=int, default=120, help="images per timed batch (0 repeats: no timing)")
+    parser.add_argument("--speed-images", type=int, default=48, help="images per timed batch (0 repeats: no timing)")
     parser.add_argument("--speed-repeats", type=int, default=3, help="interleaved timing rounds (median reported)")
     parser.add_argument("--teacher-steps", type=int, default=None, help="override the fine-tune's train.max_steps")
     parser.add_argument("--lcm-steps", type=int, default=None, help="override the distillation's train.max_steps")

@@ -151,7 +151,7 @@ def run(
     out: str | Path = "output/sigma_demo",
     variants: tuple[str, ...] = tuple(VARIANTS),
     eval_images: int = 240,
-    speed_images: int = 120,
+    speed_images: int = 48,
     speed_repeats: int = 3,
     cfg_options: dict | None = None,
     teacher_steps: int | None = None,
