@@ -65,15 +65,23 @@ def variant_configs(variant: str, out: Path, cfg_options: dict | None = None) ->
 
 def fine_tune_teacher(cfg: Config, work_dir: Path, out_dir: Path, variant: str) -> Path:
     """Fine-tune ``cfg.load_from`` (the alpha teacher) with ``cfg`` and publish it to ``out_dir`` (fp16 +
-    ``meta.json``); an interrupted run of the same config and weights resumes, a run of others is moved aside."""
+    ``meta.json``); an interrupted run of the same config and weights resumes, a run of others is moved aside, and a
+    teacher already published from the same config and weights is reused as it is (its meta keeps the run's time)."""
+    digest = lcm_run_digest(cfg)  # the config and the file it starts from
+    published = out_dir / "model.safetensors"
+    if published.is_file() and (out_dir / "meta.json").is_file():
+        if json.loads((out_dir / "meta.json").read_text()).get("run_sha256") == digest:
+            print(f"[sigma-demo] {variant}: {published} is already fine-tuned from these inputs")
+            return published
     inputs = lambda: dict(  # noqa: E731 (what meta.json records beside the run's measurements)
         variant=variant,
-        cfg_options={k: v for k, v in VARIANTS[variant].items()},
+        cfg_options=dict(VARIANTS[variant]),
         kv_compress_config=cfg.model.get("kv_compress_config"),
         fine_tuned_from=cfg.load_from,
         fine_tuned_from_sha256=file_hash(cfg.load_from),
+        run_sha256=digest,
     )
-    return train_and_publish(cfg, TEACHER_CONFIG, work_dir, out_dir, lcm_run_digest(cfg), inputs, on_other="move")
+    return train_and_publish(cfg, TEACHER_CONFIG, work_dir, out_dir, digest, inputs, on_other="move")
 
 
 def distil(cfg: Config, work_dir: Path) -> Path:

@@ -69,6 +69,7 @@ def demo(tmp_path_factory):
         weights=tiny_attribute_net(tmp_path_factory),
     )
     patch.undo()
+    options["load_from"] = str(root / "alpha.safetensors")
     return dict(root=root, out=out, result=result, options=options)
 
 
@@ -128,3 +129,18 @@ def test_sigma_student_samples_through_tools_sample(demo, tmp_path):
     image = torch.from_numpy(np.array(Image.open(tmp_path / "samples" / "s0_001.png"))).permute(2, 0, 1)
     assert torch.equal(image, expected[1])
     assert load_pipeline(cfg, student / "model.safetensors").model.blocks[3].attn.sr_ratio == 2
+
+
+def test_a_published_teacher_of_the_same_inputs_is_reused(demo, monkeypatch):
+    calls = []
+    monkeypatch.setattr(sigma_demo, "train_and_publish", lambda *a, **k: calls.append(a) or Path("trained"))
+    cfg, _ = sigma_demo.variant_configs("kv", demo["out"], demo["options"])
+    cfg.merge_from_dict({"train.max_steps": 2})  # as the run had it
+    out = demo["out"] / "kv"
+    assert sigma_demo.fine_tune_teacher(cfg, out / "teacher_run", out / "teacher", "kv") == out / "teacher" / (
+        "model.safetensors"
+    )
+    assert calls == []
+    cfg.merge_from_dict({"train.max_steps": 3})  # other inputs: trained (and published) again
+    assert sigma_demo.fine_tune_teacher(cfg, out / "teacher_run", out / "teacher", "kv") == Path("trained")
+    assert len(calls) == 1
