@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv test test-slow lint demo teacher controlnet drill lcm-student app app-screenshots gpu-wheels gpu-report clean-venv
+.PHONY: venv test test-slow lint demo sigma-demo teacher controlnet drill lcm-student app app-screenshots gpu-wheels gpu-report clean-venv
 
 # The venv with the pinned stack, and this checkout installed into it in editable mode (pyproject.toml; no dependency
 # resolution beyond requirements.txt), so `import diffusion` and every tools/*.py work from any folder.
@@ -46,6 +46,12 @@ drill: $(STAMP)
 
 demo: $(STAMP)
 	WANDB_MODE=offline $(PYTHON) tools/demo.py
+
+# The embedded default as PixArt-Sigma (issue 18 item 5): the committed tiny teacher fine-tuned into a Sigma-style one
+# with and without KV compression, each distilled into a 4-step LCM; make demo's teacher-vs-LCM table for both, side
+# by side, in output/sigma_demo/table.md (and the grids output/sigma_demo/kv_vs_none.png, */teacher_vs_lcm.png).
+sigma-demo: $(STAMP)
+	WANDB_MODE=offline $(PYTHON) tools/sigma_demo.py
 
 # The embedded default's 4-step LCM student (committed as assets/tiny_lcm/): `make lcm-student` distils the committed
 # teacher again with configs/lcm/tiny_lcm_student.py (make demo's distillation cut at 100 steps, same seed).

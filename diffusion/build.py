@@ -63,10 +63,11 @@ class Weights:
     teacher_apart: bool
     null_caption: str | None
 
-    def files(self) -> Weights:
+    def files(self, required: bool = True) -> Weights:
         """These sources as the loaders open them: a relative path a config names is found in the current folder,
         else in the checkout (:func:`diffusion.paths.config_path`: ``python /repo/tools/app.py`` from any folder finds
-        the committed assets), else it is a ``FileNotFoundError`` naming the key and both places. A missing null
+        the committed assets), else it is a ``FileNotFoundError`` naming the key and both places (``required``; else the
+        path stays as written, for callers that may not open it: a student's checkpoint needs no base). A missing null
         caption stays as written: its loader falls back to the checkpoint's ``y_embedding`` with a warning. The
         config's text is not changed, so a config hash stays the same on every machine and in every folder."""
 
@@ -75,9 +76,9 @@ class Weights:
 
         return replace(
             self,
-            base=find(self.base, "weights.base"),
-            controlnet=find(self.controlnet, "weights.controlnet"),
-            teacher=find(self.teacher, "weights.teacher"),
+            base=find(self.base, "weights.base", required),
+            controlnet=find(self.controlnet, "weights.controlnet", required),
+            teacher=find(self.teacher, "weights.teacher", required),
             null_caption=find(self.null_caption, "weights.null_caption", required=False),
         )
 
@@ -249,7 +250,7 @@ def load_model(
             into ``weights.base``.
         use_ema: for a trainer step folder, prefer the EMA weights.
     """
-    weights = weight_sources(cfg).files()
+    weights = weight_sources(cfg).files(required=checkpoint is None)  # a checkpoint may need none of them
     if checkpoint is None:
         if weights.base is None and weights.controlnet is None:
             raise ValueError("no checkpoint given and the config names no weights (weights.base / weights.teacher)")

@@ -18,6 +18,7 @@ encoded in the step by the frozen codec and text encoder), the :class:`Validator
 """
 
 import math
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -93,7 +94,11 @@ class Trainer:
         self.checkpointer = Checkpointer(self.work_dir, self.ckpt_cfg["keep_last"], self.logger)
         resume_dir = self.checkpointer.resolve(resume)
         ckpt.seed_everything(tc["seed"])  # identical initial weights on every rank
-        model = build_model(cfg)  # cfg.model with weights.base (the one way in, shared with the tools)
+        with warnings.catch_warnings(record=True) as caught:  # what loading the weights warns goes into train.log
+            warnings.simplefilter("always")  # (e.g. KV-compression weights started from their init)
+            model = build_model(cfg)  # cfg.model with weights.base (the one way in, shared with the tools)
+        for warning in caught:
+            self.logger.warning(f"{warning.category.__name__}: {warning.message}")
         self.method = build_method(cfg, model)  # under the config's diffusion process (the one way in)
         if resume_dir is not None:  # with frozen parameters, only the trainable ones (the rest is weights.base)
             self.checkpointer.load_weights(resume_dir, model)

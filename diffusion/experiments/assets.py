@@ -139,15 +139,17 @@ def train_and_publish(
     digest: str,
     inputs: Callable[[], dict],
     only_prefix: str | None = None,
+    on_other: str = "error",
 ) -> Path:
     """The recipe every committed tiny asset follows (teacher, LCM student, ControlNet): make the embedded data, train
-    ``cfg`` in ``work_dir`` (claimed for ``digest``; an interrupted run of the same inputs resumes), publish the final
+    ``cfg`` in ``work_dir`` (claimed for ``digest``; an interrupted run of the same inputs resumes; a run of other
+    inputs there is ``on_other``: ``"error"`` or ``"move"``d aside, see ``claim_run_dir``), publish the final
     checkpoint to ``out_dir`` with the run's measurements and ``inputs()`` (hashes of what it was trained from, read
     once the embedded data and its text encoder exist)."""
     start = time.time()
     ensure_embedded_default(root=cfg.data.root, text_encoder_path=cfg.text_encoder.path, progress=True)
     data_s = time.time() - start
-    claim_run_dir(work_dir, digest, on_other="error")
+    claim_run_dir(work_dir, digest, on_other=on_other)
     finished = Trainer(cfg, work_dir, resume="auto").train()
     dist.cleanup()
     require_finished(finished, "run the same make target again to resume it; nothing was published")

@@ -273,7 +273,8 @@ class PixArt(nn.Module):
             return {}
         warnings.warn(
             f"the checkpoint has no KV-compression weights for {sorted(filled)}: they start from their mean-pool "
-            "initialisation (depthwise conv 1/sr², default LayerNorm)",
+            "initialisation (depthwise conv 1/sr², default LayerNorm), as expected when an uncompressed checkpoint "
+            "is fine-tuned into a KV-compressed model (the official Sigma kv-compress recipe)",
             stacklevel=3,
         )
         own = self.state_dict()
