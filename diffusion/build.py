@@ -66,8 +66,8 @@ class Weights:
     def files(self, required: bool = True) -> Weights:
         """These sources as the loaders open them: a relative path a config names is found in the current folder,
         else in the checkout (:func:`diffusion.paths.config_path`: ``python /repo/tools/app.py`` from any folder finds
-        the committed assets), else it is a ``FileNotFoundError`` naming the key and both places (``required``; else the
-        path stays as written, for callers that may not open it: a student's checkpoint needs no base). A missing null
+        the committed assets), else a ``FileNotFoundError`` naming the key and both places (``required``; else the path
+        stays as written, for callers that may not open it: a student's checkpoint needs no base). A missing null
         caption stays as written: its loader falls back to the checkpoint's ``y_embedding`` with a warning. The
         config's text is not changed, so a config hash stays the same on every machine and in every folder."""
 
