@@ -84,13 +84,13 @@ def validation_control(val_cfg: dict, prompts: list[str], height: int, width: in
         if height != width:
             raise KeyError(f"validation.control='embedded' needs a square resolution, got {height}x{width}")
         return torch.from_numpy(prompt_edges(list(prompts), height)).permute(0, 3, 1, 2).contiguous()
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
 
     paths = [control] if isinstance(control, str) else list(control)
     if len(paths) not in (1, len(prompts)):
         raise KeyError(f"validation.control has {len(paths)} images for {len(prompts)} prompts: give one or one each")
     try:
-        maps = [load_control(p, height, width, val_cfg["annotator"], val_cfg["hed_path"]) for p in paths]
+        maps = [read_control_image(p, height, width, val_cfg["annotator"], val_cfg["hed_path"]) for p in paths]
     except (FileNotFoundError, ValueError) as error:
         raise KeyError(f"validation.control: {error}") from error
     return torch.cat(maps)
