@@ -50,6 +50,7 @@ from diffusion.engine.validation import save_grid
 from diffusion.eval.sampling import read_prompts
 from diffusion.methods import chosen_sampler, configured_method
 from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig
+from diffusion.protocols import ControlledModel
 
 ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
 
@@ -154,7 +155,7 @@ def describe(sampler: dict, args: argparse.Namespace, method: str) -> str:
 
 def warn_uncontrolled(pipe: Pipeline, control: torch.Tensor | None) -> None:
     """A ControlNet sampled without control, or one whose ControlNet weights are untrained: say so on stderr."""
-    if not getattr(pipe.model, "accepts_control", False):
+    if not isinstance(pipe.model, ControlledModel):
         return
     if control is None:
         reason = "no --control image was given"

@@ -15,6 +15,7 @@ from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
+from diffusion.protocols import ControlledModel
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None) -> torch.Tensor:
@@ -172,7 +173,7 @@ class Validator:
 
     def _control(self) -> torch.Tensor | None:
         """The control maps of a ControlNet run's grids (``validation.control``), read before step 1."""
-        controlled = getattr(self.model, "accepts_control", False)
+        controlled = isinstance(self.model, ControlledModel)
         if self.val_cfg["control"] is not None and not controlled:
             raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
         if self.val_cfg["control"] is None:
