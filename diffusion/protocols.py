@@ -1,4 +1,4 @@
-"""The optional parts of the contracts between packages (docs/design.md, "Contracts as protocols"), named once.
+"""The optional parts of the contracts between packages (docs/design.md, "Optional contracts"), named once.
 
 A network, method, dataset, batch sampler or codec offers some capabilities and not others (a ControlNet takes a
 control latent, a plain PixArt does not; a feature cache reports its skipped files, a test stand-in does not). The
