@@ -30,12 +30,14 @@ from torch import nn
 from diffusion.config import WEIGHT_KEYS, resolve_section, weights_section, without_moved_weight_keys
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.methods import Method, configured_method
+from diffusion.methods.base import needs_teacher
 from diffusion.model import students
 from diffusion.model.controlnet_io import load_controlnet_state
 from diffusion.model.controlnet_io import load_teacher_weights as load_teacher_weights  # LCMDistillation's
 from diffusion.model.io import describe_state, load_state, load_state_into, resolve_checkpoint, set_null_caption
 from diffusion.paths import config_path
 from diffusion.pipeline import Pipeline
+from diffusion.protocols import LeanDecoder
 from diffusion.registry import CODECS, METHODS, MODELS, MOVED_KEYS, accepted_keys
 from diffusion.schedulers import DiffusionProcess
 
@@ -223,7 +225,7 @@ def build_method(cfg: Mapping, model: nn.Module) -> Method:
     if accepted is None or "schedule" in accepted[0]:  # a method without a noise schedule (a test stand-in) gets none
         method["schedule"] = schedule
     if weights.teacher_apart:
-        if not getattr(cls, "requires_teacher", False):
+        if not needs_teacher(cls):
             raise KeyError(f"weights.teacher is set but method {method.get('type')} distils no teacher")
         method["teacher_weights"] = weights.files().teacher
     return METHODS.build(dict(method, model=model))
@@ -369,7 +371,7 @@ def load_pipeline(
     text_device = "cpu" if lean else device
     text_encoder = build_text_encoder(cfg, text_device, int8=text_encoder_8bit)
     codec = build_codec(cfg, device)
-    if lean and hasattr(codec, "set_lean_decode"):
+    if lean and isinstance(codec, LeanDecoder):
         codec.set_lean_decode(True)
     return Pipeline(
         model,

@@ -18,6 +18,7 @@ from torch import nn
 from diffusion.data.buckets import binning_table, closest_bucket, resize_and_crop
 from diffusion.data.text_encoder import TextEncoder
 from diffusion.model.compile import compile_blocks, graphed_step
+from diffusion.protocols import CaptionEncoder, ControlledModel, embeds_guidance
 from diffusion.schedulers import DiffusionProcess, ddim_sample, dpm_solver_pp_sample
 
 SAMPLERS = ("dpm", "ddim", "lcm")  # the diffusion samplers (diffusion.registry.DATA_SAMPLERS: the batch samplers)
@@ -145,7 +146,7 @@ class Pipeline:
         ``control``: images (1 | batch, 3, height, width), uint8 or float in [-1, 1], encoded with this pipeline's
         codec (posterior mean, x ``scale_factor``); or a ready latent (1 | batch, C, h, w) already x ``scale_factor``.
         """
-        if not getattr(self.model, "accepts_control", False):
+        if not isinstance(self.model, ControlledModel):
             raise ValueError(f"control= needs a ControlNet model; {type(self.model).__name__} takes no control input")
         down, channels = self.codec.downsample, self.model.in_channels
         if control.ndim == 3:
@@ -210,7 +211,7 @@ class Pipeline:
         at every step: the same numbers (tests/test_pipeline_speed.py), ~(1 + depth) fewer matmuls per step.
         With ``cuda_graphs`` the call replays the captured step and its output is copied out of the graph's memory."""
         model, caption = self._step_model, {}
-        if self.reuse_caption and hasattr(self.model, "encode_caption"):
+        if self.reuse_caption and isinstance(self.model, CaptionEncoder):
             caption, y, mask = {"caption": self.model.encode_caption(y, mask)}, None, None
 
         def model_fn(x, t, **kw):
@@ -281,7 +282,7 @@ class Pipeline:
 
     def guidance_info(self, sampler: SamplerConfig, batch_size: int) -> dict[str, torch.Tensor]:
         """``{'guidance': w (B,)}`` for a w-embedding student under the LCM sampler (w = cfg_scale - 1), else {}."""
-        embeds_w = getattr(self.model, "w_embedder", None) is not None
+        embeds_w = embeds_guidance(self.model)
         if sampler.name != "lcm":
             if embeds_w:
                 raise ValueError("a student with a w-embedding samples with the 'lcm' sampler")

@@ -110,9 +110,9 @@ def main(argv: list[str] | None = None) -> None:
     if controlnet is not None:
         if cn_config is None:
             raise SystemExit("--controlnet needs --controlnet-config (a config with a controlnet section)")
-        from diffusion.app.control import load_control
+        from diffusion.app.control import load_controlnets
 
-        models.control = load_control(models, cn_config, controlnet, args.hed, device, args.dtype)
+        models.control = load_controlnets(models, cn_config, controlnet, args.hed, device, args.dtype)
     from diffusion.app.ui import serve  # gradio is imported once the models are loaded
 
     serve(models, args.host, args.port, args.concurrency)

@@ -39,6 +39,7 @@ from diffusion.export import LCM_SCHEDULES, PIPELINES, SCHEDULER_CHOICES, export
 from diffusion.model.diffusers_format import load_diffusers, official_to_diffusers, save_diffusers
 from diffusion.model.io import check_fits, load_state, resolve_checkpoint
 from diffusion.model.students import export_peft_lora, fold_guidance_embedding, has_lora, lora_scale
+from diffusion.protocols import embeds_guidance
 from diffusion.registry import MODELS
 from diffusion.schedulers import DiffusionProcess
 
@@ -102,7 +103,7 @@ def export_from_config(args: argparse.Namespace) -> Path:
     text_encoder, vae, codec = _export_parts(cfg, args)
     model = load_model(cfg, args.src, use_ema=not args.no_ema)
     _check_vae_fits(model.in_channels, args.src, vae)
-    if getattr(model, "w_embedder", None) is not None:  # diffusers has no w-embedding: fold one w into the weights
+    if embeds_guidance(model):  # diffusers has no w-embedding: fold one w into the weights
         w = (args.cfg_scale if args.cfg_scale is not None else cfg.method.get("w", 4.5) + 1.0) - 1.0
         plain = MODELS.build(dict(cfg.model, guidance_embedding=False))
         plain.load_state_dict(fold_guidance_embedding(model, w))

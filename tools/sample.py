@@ -17,8 +17,8 @@ for the trainer's sample grids (``diffusion.methods.method_sampler``): LCM 4 ste
 steps with CFG 4.5 for a teacher or ControlNet config; the choice is printed. With ``--control IMAGE`` (a ControlNet
 config: one with a ``controlnet`` section), the image is read as displayed (EXIF orientation), resized to cover the
 sampling size keeping its aspect ratio and centre-cropped (training's geometry,
-``diffusion.data.annotators.load_control``), turned into a control map by ``--annotator`` (``canny``; ``hed`` with
-``--hed ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
+``diffusion.data.annotators.read_control_image``), turned into a control map by ``--annotator`` (``canny``; ``hed``
+with ``--hed ControlNetHED.pth``; ``image``: used as it is, e.g. an edge, depth or scribble map) and written as
 ``<out>/control.png``; every prompt is sampled under it. A ControlNet config sampled without ``--control``, or whose
 ControlNet holds no trained weights (a plain teacher checkpoint), prints a warning: its samples are uncontrolled.
 ``--binning`` is diffusers' resolution binning (``use_resolution_binning``, on by default in ``PixArtAlphaPipeline``
@@ -45,11 +45,12 @@ import torch
 from PIL import Image
 
 from diffusion.build import DTYPES, load_pipeline, sampled_config, weight_sources
-from diffusion.data.annotators import load_control
+from diffusion.data.annotators import read_control_image
 from diffusion.engine.validation import save_grid
 from diffusion.eval.sampling import read_prompts
 from diffusion.methods import chosen_sampler, configured_method
 from diffusion.pipeline import SAMPLERS, Pipeline, SamplerConfig
+from diffusion.protocols import ControlledModel
 
 ANNOTATORS = ("image", "canny", "hed")  # image: the file is the control map already (edges, depth, scribbles)
 
@@ -154,7 +155,7 @@ def describe(sampler: dict, args: argparse.Namespace, method: str) -> str:
 
 def warn_uncontrolled(pipe: Pipeline, control: torch.Tensor | None) -> None:
     """A ControlNet sampled without control, or one whose ControlNet weights are untrained: say so on stderr."""
-    if not getattr(pipe.model, "accepts_control", False):
+    if not isinstance(pipe.model, ControlledModel):
         return
     if control is None:
         reason = "no --control image was given"
@@ -201,7 +202,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
         )
     if args.control:
         size = pipe.binned_size(height, width) if args.binning else (height, width)
-        control = load_control(args.control, *size, args.annotator, args.hed)
+        control = read_control_image(args.control, *size, args.annotator, args.hed)
     warn_uncontrolled(pipe, control)
     written = sample(pipe, prompts, args.seeds, args.out, args.height, args.width, control, args.binning, **sampler)
     print(f"wrote {len(written) - 1} images and {written[-1]}")

@@ -35,8 +35,7 @@ from diffusion.app.core import (
     sampler_label,
 )
 from diffusion.build import DTYPES, controlnet_on, load_pipeline
-from diffusion.data.annotators import CannyAnnotator
-from diffusion.data.annotators import load_control as read_control
+from diffusion.data.annotators import CannyAnnotator, read_control_image
 from diffusion.data.buckets import closest_bucket
 from diffusion.data.images import open_rgb
 from diffusion.paths import repo_path
@@ -69,7 +68,7 @@ class Control:
         return [name for name in ANNOTATORS if name != "hed" or self.hed is not None]
 
 
-def load_control(
+def load_controlnets(
     models: Models, config: str, checkpoint: str, hed: str | None = None, device: str = "cpu", dtype: str = "fp32"
 ) -> Control:
     """The ControlNet of ``config`` (a config with a ``controlnet`` section) from ``checkpoint`` on each of the app's
@@ -165,13 +164,14 @@ def check_canny(low, high) -> tuple[int, int]:
 def control_map(image: np.ndarray, annotator: str, size: tuple[int, int], hed=None, low=100, high=200) -> np.ndarray:
     """(H, W, 3) uint8 image -> (h, w, 3) uint8 control map at ``size`` = (h, w): resized first, then annotated
     (the official app's order), white edges on black like the training edge maps. The resize is training's and
-    ``tools/sample.py --control``'s (``diffusion.data.annotators.load_control``: cover ``size`` keeping the aspect
-    ratio, centre crop), fed the array as a lossless PNG; Gradio has applied the upload's EXIF orientation already."""
+    ``tools/sample.py --control``'s (``diffusion.data.annotators.read_control_image``: cover ``size`` keeping the
+    aspect ratio, centre crop), fed the array as a lossless PNG; Gradio has applied the upload's EXIF orientation
+    already."""
     if annotator not in ANNOTATORS or (annotator == "hed" and hed is None):
         raise InputError(f"Unknown annotator {annotator!r}; choose one of {list(ANNOTATORS)} (HED needs --hed).")
     png = io.BytesIO()
     Image.fromarray(image).save(png, format="PNG")
-    resized = read_control(png, *size)[0].permute(1, 2, 0).numpy()
+    resized = read_control_image(png, *size)[0].permute(1, 2, 0).numpy()
     if annotator == "canny":
         edges = canny(resized, *check_canny(low, high))
     elif annotator == "hed":

@@ -27,6 +27,7 @@ from diffusion.model import PixArtMS
 from diffusion.model.io import resolve_checkpoint
 from diffusion.paths import config_path, repo_path, shown
 from diffusion.pipeline import SAMPLER_DEFAULTS, Pipeline
+from diffusion.protocols import base_network, embeds_guidance
 
 DEFAULT_CONFIG = repo_path("configs/lcm/tiny_lcm.py")  # the embedded default: committed teacher (weights.teacher)
 DEFAULT_LCM = repo_path("assets/tiny_lcm/model.safetensors")
@@ -97,7 +98,7 @@ class Models:
 
 def size_choices(pipe: Pipeline, resolution: int) -> dict[str, tuple[int, int]]:
     """See :attr:`Models.sizes`; square ``resolution`` first."""
-    if not isinstance(getattr(pipe.model, "base_model", pipe.model), PixArtMS):  # a ControlNet: its base decides
+    if not isinstance(base_network(pipe.model), PixArtMS):  # a ControlNet: its base decides
         return {f"{pipe.resolution[0]}×{pipe.resolution[1]}": pipe.resolution}
     table = binning_table(resolution, pipe.codec.downsample * pipe.model.patch_size)
     ordered = sorted(table.items(), key=lambda item: (item[0] != "1.0", float(item[0])))
@@ -159,7 +160,7 @@ def load_models(
 
 
 def _embeds_w(pipe: Pipeline) -> bool:
-    return getattr(pipe.model, "w_embedder", None) is not None
+    return embeds_guidance(pipe.model)
 
 
 def check_prompt(prompt: str | None) -> str:

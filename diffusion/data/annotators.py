@@ -178,7 +178,7 @@ def control_pixels(annotator: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return pixels_to_model(control.to(images.device))
 
 
-def load_control(
+def read_control_image(
     path: str | Path | BinaryIO,
     height: int,
     width: int,

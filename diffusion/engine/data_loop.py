@@ -6,12 +6,13 @@ about the data: :func:`describe_data` (size, the dataset's own ``report()``) at 
 (batches, items ``drop_last`` dropped, items skipped so far) at every epoch, through ``BatchStream.on_epoch``.
 """
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence, Sized
 
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler
 
 from diffusion.data.workers import worker_init
+from diffusion.protocols import Collates, Describes, EpochAware, NotesSkips, ReportsSkips
 
 
 def to_device(batch, device: torch.device):
@@ -93,14 +94,15 @@ class BatchStream:
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
 
     def _check_not_empty(self) -> None:
-        size = len(self.dataset) if hasattr(self.dataset, "__len__") else None
-        report = self.dataset.report() if hasattr(self.dataset, "report") else ""
+        size = len(self.dataset) if isinstance(self.dataset, Sized) else None
+        report = self.dataset.report() if isinstance(self.dataset, ReportsSkips) else ""
         if size == 0:
             raise RuntimeError(f"the dataset is empty: {report or type(self.dataset).__name__}")
-        if hasattr(self.batch_sampler, "__len__") and len(self.batch_sampler) == 0:
+        if isinstance(self.batch_sampler, Sized) and len(self.batch_sampler) == 0:
+            sampler = self.batch_sampler
             raise RuntimeError(
                 f"the data sampler yields no batches: {size} item(s) do not fill one batch on every rank "
-                f"({getattr(self.batch_sampler, 'describe', lambda: type(self.batch_sampler).__name__)()}); "
+                f"({sampler.describe() if isinstance(sampler, Describes) else type(sampler).__name__}); "
                 "lower train.batch_size or add data"
             )
 
@@ -108,14 +110,14 @@ class BatchStream:
         """Items loaded in DataLoader workers carry their skipped files; record them in the main-process dataset."""
         if isinstance(batch, dict) and "skipped" in batch:
             skipped = batch.pop("skipped")
-            if hasattr(self.dataset, "note_skipped"):
+            if isinstance(self.dataset, NotesSkips):
                 self.dataset.note_skipped(skipped)
 
     def __iter__(self) -> Iterator:
         self._check_not_empty()
         empty_epochs = 0
         while True:
-            if hasattr(self.batch_sampler, "set_epoch"):
+            if isinstance(self.batch_sampler, EpochAware):
                 self.batch_sampler.set_epoch(self.epoch)
             if self.on_epoch is not None:
                 self.on_epoch(self.epoch)
@@ -161,7 +163,7 @@ def build_stream(dataset: Dataset, sampler_cfg: dict | None, train_cfg: dict, ra
         )
     else:
         batch_sampler = EpochBatchSampler(dataset, batch_size, world, rank, seed)
-    collate = getattr(dataset, "collate", diffusion.data.collate)
+    collate = dataset.collate if isinstance(dataset, Collates) else diffusion.data.collate
     return BatchStream(dataset, batch_sampler, collate, train_cfg["num_workers"], seed + rank)
 
 
@@ -187,8 +189,7 @@ def describe_data(dataset, batch_sampler, batch_size: int, world_size: int) -> s
         f"rank per epoch on {world_size} rank(s), "
         f"{dropped_items(batch_sampler, len(dataset), batch_size, world_size)} items dropped per epoch (drop_last)"
     )
-    report = getattr(dataset, "report", None)
-    return text + (f"\n{report()}" if callable(report) else "")
+    return text + (f"\n{dataset.report()}" if isinstance(dataset, ReportsSkips) else "")
 
 
 def epoch_report(stream: BatchStream, epoch: int, batch_size: int, world_size: int) -> str:
@@ -198,11 +199,8 @@ def epoch_report(stream: BatchStream, epoch: int, batch_size: int, world_size: i
         f"epoch {epoch}: {len(sampler)} batches per rank, "
         f"{dropped_items(sampler, len(dataset), batch_size, world_size)} items dropped (drop_last)"
     )
-    skipped = getattr(dataset, "skipped", None)
-    skipped = skipped() if callable(skipped) else skipped
-    if isinstance(skipped, int):
-        text += f", {skipped} items skipped by the dataset so far (this process)"
-    report = getattr(dataset, "report", None)
-    if isinstance(skipped, int) and skipped > 0 and callable(report):
-        text += f"\n{report()}"  # names the skipped files
+    if isinstance(dataset, ReportsSkips):
+        text += f", {dataset.skipped} items skipped by the dataset so far (this process)"
+        if dataset.skipped > 0:
+            text += f"\n{dataset.report()}"  # names the skipped files
     return text

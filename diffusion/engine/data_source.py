@@ -22,6 +22,7 @@ from diffusion.engine import dist, preflight
 from diffusion.engine import resume as on_resume
 from diffusion.engine.data_loop import build_stream, describe_data, epoch_report, to_device
 from diffusion.engine.metrics import MetricLogger
+from diffusion.protocols import ImageDataset, PreparesBatches, ReportsSkips, base_network, yields_images
 from diffusion.registry import CODECS, DATASETS
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -47,7 +48,9 @@ class FeatureBatches:
         codec = cfg.codec
         self.scale_factor = codec["scale_factor"] if "scale_factor" in codec else CODECS.build(codec).scale_factor
         # a dataset may bring its own batch functions (test stand-ins do); otherwise the data package's contract ones
-        self.prepare_batch = getattr(dataset, "prepare_batch", diffusion.data.prepare_batch)
+        self.prepare_batch = (
+            dataset.prepare_batch if isinstance(dataset, PreparesBatches) else diffusion.data.prepare_batch
+        )
         self.dataset, self.device, self.logger, self.notes = dataset, device, logger, []
         self.batch_size, self.world = train_cfg["batch_size"], world
         self.stream = build_stream(dataset, cfg.get("data_sampler"), train_cfg, rank, world)
@@ -70,8 +73,7 @@ class FeatureBatches:
 
     def summary(self) -> str | None:
         """The dataset's report when it skipped anything (logged at the end of a run), else None."""
-        report = getattr(self.dataset, "report", None)
-        return report() if getattr(self.dataset, "skipped", 0) and callable(report) else None
+        return self.dataset.report() if isinstance(self.dataset, ReportsSkips) and self.dataset.skipped else None
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()
@@ -94,6 +96,7 @@ class EncodedBatches:
     control from the shard (``data.load_control``) or ``encoding.annotator``."""
 
     notes: list[str]
+    sharded: bool = False  # T5 sharded on the FSDP mesh: set by frozen_networks()
 
     def __init__(self, cfg, train_cfg: dict, rank: int, world: int, device: torch.device, logger: MetricLogger,
                  dataset) -> None:  # fmt: skip
@@ -119,7 +122,7 @@ class EncodedBatches:
     def _annotator(cfg, settings: dict, dataset) -> nn.Module | None:
         """``encoding.annotator``'s network, or None; a ControlNet without a control source is an error."""
         controlnet = bool(cfg.get("controlnet"))
-        load_control = getattr(getattr(dataset, "spec", None), "load_control", False)
+        load_control = dataset.spec.load_control if isinstance(dataset, ImageDataset) else False
         if settings["annotator"] is None:
             if controlnet and not load_control:
                 raise KeyError(
@@ -160,7 +163,7 @@ class EncodedBatches:
     def check_model(self, model: nn.Module) -> None:
         """The text encoder's width and length against the model's ``caption_channels`` / ``model_max_length`` (a
         mismatch would otherwise fail at the first forward)."""
-        base = getattr(model, "base_model", model)
+        base = base_network(model)
         te = self.encoder.text_encoder
         for attr, value, key in (("caption_channels", te.caption_channels, "text_encoder.path"),
                                  ("model_max_length", te.max_length, "text_encoder.max_length")):  # fmt: skip
@@ -177,7 +180,7 @@ class EncodedBatches:
             control = f", control: {self.settings['annotator']} maps of the images, made on the fly"
         elif self.dataset.spec.load_control:
             control = ", control: the shards' control images"
-        sharded = " (sharded on the FSDP mesh)" if getattr(self, "sharded", False) else ""
+        sharded = " (sharded on the FSDP mesh)" if self.sharded else ""
         return (
             f"on-the-fly encoding: {codec} (scale {self.scale_factor:g}) and T5 {self.encoder.text_encoder.path}"
             f"{sharded} in {str(self.dtype).removeprefix('torch.')}{control}\n{self.stream.describe()}"
@@ -246,5 +249,5 @@ def build_data_source(cfg, train_cfg: dict, rank: int, world: int, device: torch
     """``cfg.data``'s dataset and the data source over it: :class:`EncodedBatches` for a dataset that yields images
     (``dataset.yields == "images"``), else :class:`FeatureBatches`. ``train_cfg``: the resolved ``train`` section."""
     dataset = DATASETS.build(cfg.data)
-    kind = EncodedBatches if getattr(dataset, "yields", "features") == "images" else FeatureBatches
+    kind = EncodedBatches if yields_images(dataset) else FeatureBatches
     return kind(cfg, train_cfg, rank, world, device, logger, dataset)

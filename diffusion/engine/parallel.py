@@ -14,6 +14,7 @@ from diffusion.dtensor import full_tensor as full_tensor  # re-exported: paralle
 from diffusion.dtensor import is_dtensor
 from diffusion.dtensor import local_tensor as local_tensor
 from diffusion.engine import dist
+from diffusion.protocols import CaptionEncoder, CaptionKVBlock, FSDPUnits
 
 
 def wrap(model: nn.Module, parallel: str, device: torch.device, frozen: Sequence[nn.Module] = ()) -> nn.Module:
@@ -47,15 +48,15 @@ def _shard(model: nn.Module, mesh, reshard_root: bool | None = None) -> None:
     """
     from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
-    blocks = getattr(model, "fsdp_wrap_modules", None) or getattr(model, "blocks", None)
+    blocks = model.fsdp_wrap_modules if isinstance(model, FSDPUnits) else getattr(model, "blocks", None)
     if blocks is None:
         raise AttributeError("parallel='fsdp' needs the model to expose `fsdp_wrap_modules` or `blocks`")
     for block in blocks:
         fully_shard(block, mesh=mesh)
-        if hasattr(block, "caption_kv"):
+        if isinstance(block, CaptionKVBlock):
             register_fsdp_forward_method(block, "caption_kv")
     fully_shard(model, mesh=mesh, reshard_after_forward=reshard_root)
-    if hasattr(model, "encode_caption"):
+    if isinstance(model, CaptionEncoder):
         register_fsdp_forward_method(model, "encode_caption")
 
 

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 from diffusion.config import check_codec, resolve_section
+from diffusion.methods.base import needs_teacher
 from diffusion.model.io import read_null_caption, read_null_file
 from diffusion.paths import config_path
+from diffusion.protocols import FeatureCache
 from diffusion.registry import DATA_SAMPLERS, METHODS, MODELS, check_keys
 
 GIB = 2**30
@@ -59,7 +61,7 @@ def check_weights(cfg) -> None:
     weights = weight_sources(cfg)
     method = cfg.get("method") or {}
     method_cls = METHODS.get(method.get("type"))
-    distils = getattr(method_cls, "requires_teacher", False)
+    distils = needs_teacher(method_cls)
     if distils and weights.teacher is None:
         raise KeyError(
             f"method {method['type']} distils a pretrained teacher: name it in the config's weights section "
@@ -144,11 +146,11 @@ def check_caches(cfg, dataset, info: Callable[[str], None] | None = None) -> lis
     from diffusion.data.features import caption_dir
     from diffusion.data.provenance import config_caption_meta, config_codec_meta, meta_mismatch, read_meta
 
-    if not hasattr(dataset, "latent_dir"):
+    if not isinstance(dataset, FeatureCache):
         return []
     codec = config_codec_meta(cfg["codec"])
     expected = {Path(dataset.latent_dir): codec}
-    if getattr(dataset, "load_control", False):
+    if dataset.load_control:
         expected[Path(dataset.control_dir)] = codec
     if cfg.get("text_encoder"):
         expected[caption_dir(dataset.root)] = config_caption_meta(resolve_section("text_encoder", cfg["text_encoder"]))

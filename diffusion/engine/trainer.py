@@ -38,6 +38,7 @@ from diffusion.engine.optim import build_lr_scheduler, build_optimizer, build_sc
 from diffusion.engine.signals import StopSignal
 from diffusion.engine.state import TrainState
 from diffusion.engine.validation import Validator
+from diffusion.protocols import FreezesNetworks
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -109,7 +110,8 @@ class Trainer:
         self.data.check_model(model)
         self.scale_factor = self.data.scale_factor
         # teacher / target, and a T5 that encodes in the step: sharded with the model (FSDP)
-        frozen = [*getattr(self.method, "frozen_networks", list)(), *self.data.frozen_networks(tc["parallel"])]
+        method_frozen = self.method.frozen_networks() if isinstance(self.method, FreezesNetworks) else []
+        frozen = [*method_frozen, *self.data.frozen_networks(tc["parallel"])]
         self.model = parallel.wrap(model, tc["parallel"], self.device, frozen=frozen)
         unwrapped = parallel.unwrap(self.model)
         self.generator = torch.Generator(self.device).manual_seed(tc["seed"] + self.rank)

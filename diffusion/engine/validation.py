@@ -15,6 +15,7 @@ from diffusion.engine import checkpoint as ckpt
 from diffusion.engine import dist, parallel, preflight
 from diffusion.engine.ema import EMA
 from diffusion.engine.metrics import MetricLogger
+from diffusion.protocols import ControlledModel
 
 
 def make_grid(images: torch.Tensor, columns: int | None = None) -> torch.Tensor:
@@ -84,13 +85,13 @@ def validation_control(val_cfg: dict, prompts: list[str], height: int, width: in
         if height != width:
             raise KeyError(f"validation.control='embedded' needs a square resolution, got {height}x{width}")
         return torch.from_numpy(prompt_edges(list(prompts), height)).permute(0, 3, 1, 2).contiguous()
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
 
     paths = [control] if isinstance(control, str) else list(control)
     if len(paths) not in (1, len(prompts)):
         raise KeyError(f"validation.control has {len(paths)} images for {len(prompts)} prompts: give one or one each")
     try:
-        maps = [load_control(p, height, width, val_cfg["annotator"], val_cfg["hed_path"]) for p in paths]
+        maps = [read_control_image(p, height, width, val_cfg["annotator"], val_cfg["hed_path"]) for p in paths]
     except (FileNotFoundError, ValueError) as error:
         raise KeyError(f"validation.control: {error}") from error
     return torch.cat(maps)
@@ -172,7 +173,7 @@ class Validator:
 
     def _control(self) -> torch.Tensor | None:
         """The control maps of a ControlNet run's grids (``validation.control``), read before step 1."""
-        controlled = getattr(self.model, "accepts_control", False)
+        controlled = isinstance(self.model, ControlledModel)
         if self.val_cfg["control"] is not None and not controlled:
             raise KeyError("validation.control is set but the model is no ControlNet (no 'controlnet' section)")
         if self.val_cfg["control"] is None:

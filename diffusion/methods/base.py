@@ -106,3 +106,9 @@ class Method(nn.Module):
     def sampler_defaults(self) -> dict:
         """The sampler config the trainer's sample grids should use."""
         return {}
+
+
+def needs_teacher(method_cls: type | None) -> bool:
+    """Whether a registered method class distils a pretrained teacher (:attr:`Method.requires_teacher`); a class
+    that is no :class:`Method` (a test stand-in) or None (an unknown type, refused elsewhere) does not."""
+    return isinstance(method_cls, type) and issubclass(method_cls, Method) and method_cls.requires_teacher

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from diffusion.methods.base import Method, checked_schedule
 from diffusion.methods.lcm_targets import EMATarget, StudentTarget, frozen_copy
+from diffusion.protocols import ControlledModel, embeds_guidance
 from diffusion.registry import METHODS
 from diffusion.schedulers import DiffusionProcess, LCMSettings, NoiseSchedule, boundary_scalings
 
@@ -137,7 +138,7 @@ class LCMDistillation(Method):
         super().__init__(generator)
         if loss_type not in ("huber", "l2"):
             raise ValueError(f"loss_type must be 'huber' or 'l2', got {loss_type!r}")
-        if guidance_embedding and getattr(model, "w_embedder", None) is None:
+        if guidance_embedding and not embeds_guidance(model):
             raise ValueError("guidance_embedding=True needs a model built with guidance_embedding=True")
         self.w, self.w_range, self.guidance_embedding = w, w_range, guidance_embedding
         self.ema_decay, self.loss_type, self.huber_c = ema_decay, loss_type, huber_c
@@ -229,7 +230,7 @@ class LCMDistillation(Method):
         :meth:`draw`'s. Returns (scalar loss, {"mse_to_target", "w"})."""
         x0, y, mask, info = batch["x0"], batch["y"], batch["y_mask"], dict(batch["data_info"])
         c = batch.get("c")  # a ControlNet's control latent (B, C, H, W), or None
-        if c is not None and not getattr(model, "accepts_control", False):
+        if c is not None and not isinstance(model, ControlledModel):
             raise ValueError("the batch carries a control latent (data.load_control) but the model is no ControlNet")
         # 1. n ~ U[0, N), t_{n+k} = start_t, t_n = t; z_{t_{n+k}} ~ q(z_t | z).
         draws = self.draw(x0) if draws is None else draws

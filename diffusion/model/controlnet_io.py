@@ -27,6 +27,7 @@ from diffusion.model.io import (
     load_state_into,
     with_null_caption,
 )
+from diffusion.protocols import ControlledModel
 
 BASE_PREFIX, CONTROL_PREFIX = "base_model.", "controlnet."
 
@@ -107,7 +108,7 @@ def load_teacher_weights(model: nn.Module, source: str | Path | Mapping[str, tor
     """
     state = load_state(source) if isinstance(source, (str, Path)) else dict(source)
     name = source if isinstance(source, (str, Path)) else "weights.teacher (a state dict)"
-    if not getattr(model, "accepts_control", False):
+    if not isinstance(model, ControlledModel):
         load_state_into(model, state, name)
     elif any(k.startswith(BASE_PREFIX) for k in state):
         load_controlnet_state(model, state, name, keep_base=False)

@@ -145,9 +145,9 @@ def diffusers_config(model) -> dict:
     """The ``config.json`` of a ``PixArtTransformer2DModel`` equivalent to our ``PixArt``/``PixArtMS`` ``model``.
 
     A KV-compressing or qk-norm model (PixArt-Sigma options diffusers lacks) is a ``ValueError`` saying why."""
-    if getattr(model, "kv_compress_config", None):
+    if model.kv_compress_config:
         raise ValueError(f"kv_compress_config={model.kv_compress_config}: {KV_COMPRESS_REFUSAL}")
-    if getattr(model, "qk_norm", False):
+    if model.qk_norm:
         raise ValueError(f"qk_norm=True: {QK_NORM_REFUSAL}")
     head_dim = model.hidden_size // model.blocks[0].attn.num_heads
     return {

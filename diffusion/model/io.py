@@ -31,6 +31,7 @@ from safetensors.torch import load_file
 from diffusion.model.diffusers_format import load_diffusers
 from diffusion.model.students import BASE as LORA_BASE
 from diffusion.model.students import LORA_A, LORA_B
+from diffusion.protocols import ControlledModel
 
 
 def resolve_checkpoint(path: str | Path, use_ema: bool = True) -> Path:
@@ -117,7 +118,7 @@ def load_state_into(
     ``model`` takes its file through :func:`diffusion.model.controlnet_io.load_controlnet_state` (the official full
     layout loads whole, ``controlnet.*`` alone onto the base it holds, a plain PixArt file as its base)."""
     path = source
-    if getattr(model, "accepts_control", False):
+    if isinstance(model, ControlledModel):
         from diffusion.model.controlnet_io import load_controlnet_state  # lazy: it reads files through this module
 
         load_controlnet_state(model, state, source, keep_base=False, null_caption=null_caption)

@@ -23,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from diffusion.model.diffusers_format import official_to_diffusers
+from diffusion.protocols import embeds_guidance
 
 BASE, LORA_A, LORA_B = ".base_layer.", ".lora_A.", ".lora_B."
 PEFT_WEIGHTS, PEFT_CONFIG = "adapter_model.safetensors", "adapter_config.json"
@@ -129,7 +130,7 @@ def fold_guidance_embedding(model: nn.Module, w: float) -> dict[str, torch.Tenso
     """State dict of ``model`` without its w-embedding, sampling exactly like ``model`` at guidance ``w``
     (LCM convention, = diffusers' ``guidance_scale - 1``): ``w_embedder(1000 w)`` is added to the timestep MLP's
     output bias. Load it into the same architecture built with ``guidance_embedding=False``."""
-    if getattr(model, "w_embedder", None) is None:
+    if not embeds_guidance(model):
         raise ValueError("the model has no w-embedding to fold")
     param = next(model.parameters())
     shift = model.w_embedder(torch.tensor([1000.0 * w], device=param.device, dtype=param.dtype))[0]

@@ -9,7 +9,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from diffusion.app.control import check_image, control_map, controlled, load_control
+from diffusion.app.control import check_image, control_map, controlled, load_controlnets
 from diffusion.app.core import InputError, load_models
 from diffusion.build import build_model, load_pipeline, with_weights
 from diffusion.data.embedded import edge_map, render
@@ -41,7 +41,7 @@ def tiny(tmp_path_factory):
     app = make_tiny_app(root)
     app.update(make_tiny_controlnet(app, root))
     models = load_models(str(app["config"]), {"teacher": str(app["teacher"]), "lcm": str(app["lcm"])})
-    control = load_control(models, str(app["cn_config"]), str(app["controlnet"]))
+    control = load_controlnets(models, str(app["cn_config"]), str(app["controlnet"]))
     pipes = reference_pipelines(app)
     return dict(app, models=models, control=control, pipes=reference_control_pipelines(app, pipes))
 
@@ -102,7 +102,7 @@ def test_trained_weights_sit_on_the_apps_bases_not_the_configs_base(tiny, tmp_pa
     config.write_text(
         f"_base_ = ['{tiny['cn_config']}']\nweights = dict(base='{tmp_path / 'not_here.safetensors'}')\n"
     )
-    control = load_control(tiny["models"], str(config), str(tiny["controlnet"]))
+    control = load_controlnets(tiny["models"], str(config), str(tiny["controlnet"]))
     _, edges = render(SHAPE)
     for sampler in ("lcm", "dpm"):
         args = (PROMPT, edges, "image", sampler, 1, 2.0, 5)
@@ -133,7 +133,7 @@ def test_a_controlnet_file_without_trained_controlnet_weights_is_refused(tiny):
     """--controlnet given a plain PixArt file: the copies come from the base and every zero projection stays zero, so
     the tab would ignore the control; the app refuses to start, naming the file."""
     with pytest.raises(SystemExit, match=f"(?s){tiny['lcm'].name}.*no trained ControlNet"):
-        load_control(tiny["models"], str(tiny["cn_config"]), str(tiny["lcm"]))
+        load_controlnets(tiny["models"], str(tiny["cn_config"]), str(tiny["lcm"]))
 
 
 def test_bad_uploads_are_refused_with_the_reason(tiny, tmp_path):
@@ -192,7 +192,7 @@ def test_the_controlnet_on_the_student_samples_under_the_students_process(tmp_pa
     )
     app.update(make_tiny_controlnet(app, tmp_path))
     models = load_models(str(config), {"teacher": str(app["teacher"]), "lcm": str(app["lcm"])})
-    control = load_control(models, str(app["cn_config"]), str(app["controlnet"]))
+    control = load_controlnets(models, str(app["cn_config"]), str(app["controlnet"]))
     assert control.lcm.process == models.lcm.process
     assert control.lcm.process.lcm.num_ddim_steps == 25 and control.lcm.process.lcm.timestep_scaling == 4.0
     assert control.teacher.process == models.teacher.process

@@ -10,7 +10,7 @@ import torch
 from mmengine.config import Config
 from safetensors.torch import load_file
 
-from diffusion.app.control import controlled, load_control
+from diffusion.app.control import controlled, load_controlnets
 from diffusion.app.core import load_models, teacher_vs_lcm, text_to_image
 from diffusion.build import load_pipeline
 from diffusion.model.controlnet import PixArtControlNet
@@ -61,7 +61,7 @@ def test_the_controlnet_tab_sits_on_every_student_kind(made, references, kind):
     w-embedding student sampled at its config's w."""
     models = load_models(made["kinds"][kind]["config"], {"lcm": made["kinds"][kind]["checkpoint"]})
     cn = made["kinds"]["controlnet"]
-    control = load_control(models, cn["config"], cn["checkpoint"])
+    control = load_controlnets(models, cn["config"], cn["checkpoint"])
     edges = np.zeros((32, 32, 3), np.uint8)
     edges[8:24, 14:18] = 255
     copies = {k[len("controlnet.") :]: v for k, v in load_file(cn["checkpoint"]).items()}

@@ -92,11 +92,11 @@ def test_load_control_crops_a_wide_image_like_training(tmp_path):
     ``load_image`` does (the circle stays a circle), not stretched into an ellipse."""
     from PIL import Image
 
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
     from diffusion.data.images import load_image
 
     Image.fromarray(circle_image(64, 128)).save(tmp_path / "wide.png")
-    control = load_control(tmp_path / "wide.png", 32, 32)
+    control = read_control_image(tmp_path / "wide.png", 32, 32)
     assert control.shape == (1, 3, 32, 32) and control.dtype == torch.uint8
     assert torch.equal(control[0], as_uint8(load_image(tmp_path / "wide.png", (32, 32))))
     ys, xs = np.nonzero(control[0, 0].numpy() > 64)
@@ -107,7 +107,7 @@ def test_load_control_honours_exif_orientation(tmp_path):
     """An EXIF-rotated control image is used as displayed (portrait), like training's image loading."""
     from PIL import Image
 
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
     from diffusion.data.images import load_image
 
     stored = np.zeros((32, 64, 3), np.uint8)
@@ -115,7 +115,7 @@ def test_load_control_honours_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6
     Image.fromarray(stored).save(tmp_path / "rotated.png", exif=exif)
-    control = load_control(tmp_path / "rotated.png", 64, 32)
+    control = read_control_image(tmp_path / "rotated.png", 64, 32)
     assert torch.equal(control[0], as_uint8(load_image(tmp_path / "rotated.png", (64, 32))))
     assert control[0, :, :16].min() == 255 and control[0, :, 16:].max() == 0
 
@@ -123,10 +123,10 @@ def test_load_control_honours_exif_orientation(tmp_path):
 def test_load_control_names_a_truncated_file(tmp_path):
     from PIL import Image
 
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
 
     Image.fromarray(circle_image(64, 64)).save(tmp_path / "whole.jpg", quality=95)
     data = (tmp_path / "whole.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(OSError, match="cut.jpg"):
-        load_control(tmp_path / "cut.jpg", 32, 32)
+        read_control_image(tmp_path / "cut.jpg", 32, 32)

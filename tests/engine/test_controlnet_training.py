@@ -128,7 +128,7 @@ def test_validation_grids_sample_under_the_control_beside_it(setup):
 
 
 def test_validation_control_from_files_with_an_annotator_and_its_errors(setup, tmp_path):
-    from diffusion.data.annotators import load_control
+    from diffusion.data.annotators import read_control_image
     from diffusion.engine.validation import validation_control
 
     root, cfg = setup
@@ -136,7 +136,7 @@ def test_validation_control_from_files_with_an_annotator_and_its_errors(setup, t
     Image.fromarray((torch.rand(40, 50, 3) * 255).byte().numpy()).save(photo)
     val = lambda **kw: {"control": None, "annotator": "image", "hed_path": None, **kw}  # noqa: E731
     got = validation_control(val(control=[str(photo)], annotator="canny"), PROMPTS, 32, 32)
-    assert torch.equal(got, load_control(photo, 32, 32, "canny")) and got.shape == (1, 3, 32, 32)
+    assert torch.equal(got, read_control_image(photo, 32, 32, "canny")) and got.shape == (1, 3, 32, 32)
     assert validation_control(val(control=[str(photo)] * 2), PROMPTS, 32, 32).shape == (2, 3, 32, 32)
     with pytest.raises(KeyError, match="3 images for 2 prompts"):
         validation_control(val(control=[str(photo)] * 3), PROMPTS, 32, 32)
