@@ -11,9 +11,13 @@ shapes (not training images); every row samples the same prompts, seeds and cont
 
 - edge F1 (tolerance 1 px) between the control edges and Canny on the generated image, with the control's own
   caption (matched) and with another shape's caption (conflicting: the control must win over the prompt);
-- FID (embedded attribute-classifier features, comparable between rows only) and prompt-attribute accuracy, matched.
+- FID (embedded attribute-classifier features, comparable between rows only), SWD (multi-scale sliced Wasserstein
+  distance on Laplacian-pyramid patches of the pixels, x 1e3: sees noise, blur and texture that those features miss;
+  ``diffusion/eval/swd.py``), both against the same real embedded-dataset images, and prompt-attribute accuracy,
+  matched.
 
-Reference rows: the teacher without control, and Canny on the rendered images themselves (the metric's ceiling).
+Reference rows: the teacher without control, and the rendered images themselves (Canny on them: the edge metric's
+ceiling; their SWD: what real images score against the real reference, the floor).
 
 A run of the LCM method on a ControlNet (row ``b``, ``configs/controlnet/tiny_controlnet_lcm.py``, or any such
 ``--run``) adds the controllable 4-step rows of PixArt-delta §4: the LCM student alone; the ControlNet it started from
@@ -44,6 +48,7 @@ from diffusion.engine.checkpoint import find_latest, parse_step
 from diffusion.engine.validation import save_grid
 from diffusion.eval import build_feature_extractor, statistics_of
 from diffusion.eval.edges import generated_edge_f1
+from diffusion.eval.swd import swd
 from diffusion.experiments.controlnet_ablation import ROW_NAMES, select_rows, train_rows
 from diffusion.experiments.controlnet_eval import (
     GRID,
@@ -55,6 +60,7 @@ from diffusion.experiments.controlnet_eval import (
     student_config,
     student_rows,
 )
+from diffusion.experiments.lcm_quality import reference_images, swd_caption, swd_cell
 from diffusion.pipeline import Pipeline
 
 
@@ -146,13 +152,21 @@ def main(argv: list[str] | None = None) -> dict:
     ref = statistics_of(first.data.root, extractor, num=args.num_images, progress=False)[:2]
     data = eval_set(args.num_images)
     teacher = load_pipeline(without_controlnet(teacher_config(first)))  # a route-(b) run's base is the student
+    reference = reference_images(first.data.root, args.num_images, teacher.resolution[0])  # the images of ``ref``
     results, grids = [], {"matched": [data["images"][:GRID], to_control_image(data["edges"][:GRID])], "conflict": []}
     grids["conflict"].append(grids["matched"][1])
     ceiling = generated_edge_f1(data["images"], data["edges"]).mean().item()
-    results.append(dict(setting="rendered images (metric ceiling)", f1=ceiling, f1_conflict=float("nan")))
+    results.append(
+        dict(
+            setting="rendered images (metric ceiling)",
+            f1=ceiling,
+            f1_conflict=float("nan"),
+            swd=swd(reference, data["images"]),
+        )
+    )
 
     def add(setting: str, pipe: Pipeline, controlled: bool, sampler: dict = SAMPLER, step: int | None = None) -> None:
-        row, g = evaluate(pipe, data, controlled, args.batch_size, extractor, extractor.net, ref, sampler)
+        row, g = evaluate(pipe, data, controlled, args.batch_size, extractor, extractor.net, ref, sampler, reference)
         results.append(dict(setting=setting, **({} if step is None else {"step": step}), **row))
         grids["matched"].append(g["matched"]), grids["conflict"].append(g["conflict"])
         print(json.dumps(results[-1]), flush=True)
@@ -224,16 +238,19 @@ def format_table(results: list[dict], curve: list[dict], args: argparse.Namespac
         f"{args.num_images} rendered edge maps (not training images), DPM-Solver++ 20 steps CFG 4.5 (LCM rows: 4 LCM "
         "steps, no CFG), the same seeds in every row. Edge F1 (1 px) of Canny on the sample against the control; "
         "FID (embedded features, rows "
-        "comparable only) and all-attributes-right accuracy with the matched caption.",
+        "comparable only) and all-attributes-right accuracy with the matched caption. "
+        f"{swd_caption(results, args.num_images)}",
         "",
-        "| setting | step | edge F1 matched ↑ | edge F1 conflicting prompt ↑ | FID ↓ | attributes all-correct ↑ |",
-        "|---|---|---|---|---|---|",
+        "| setting | step | edge F1 matched ↑ | edge F1 conflicting prompt ↑ | FID ↓ | SWD ×1e3 ↓ "
+        "| attributes all-correct ↑ |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         fid = f"{r['fid']:.2f}" if "fid" in r else "–"
         attr = f"{r['attr_all']:.3f}" if "attr_all" in r else "–"
         conflict = "–" if np.isnan(r["f1_conflict"]) else f"{r['f1_conflict']:.3f}"
-        lines.append(f"| {r['setting']} | {r.get('step', '–')} | {r['f1']:.3f} | {conflict} | {fid} | {attr} |")
+        cells = f"{r['f1']:.3f} | {conflict} | {fid} | {swd_cell(r)} | {attr}"
+        lines.append(f"| {r['setting']} | {r.get('step', '–')} | {cells} |")
     if curve:
         lines += [
             "",

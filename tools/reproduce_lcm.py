@@ -3,10 +3,13 @@ teacher at 14-20 DPM-Solver++ steps with CFG, and far better than the teacher at
 the same prompts (``diffusion/experiments/lcm_quality.py``).
 
 Rows: teacher DPM-Solver++ at 4, 14 and 20 steps with CFG 4.5; LCM at 1, 2, 4 and 8 steps (no CFG).
-Columns: FID against the embedded dataset, prompt-attribute accuracy, seconds per image and model evaluations per
-image. FID uses the features of a small attribute classifier trained on the embedded data (InceptionV3 cannot be
-downloaded here), so its values are comparable between rows, not with published FIDs. Writes ``table.md``,
-``results.json`` and ``grid.png`` under ``--out``.
+Columns: FID and SWD against the embedded dataset, prompt-attribute accuracy, seconds per image and model evaluations
+per image. FID uses the features of a small attribute classifier trained on the embedded data (InceptionV3 cannot be
+downloaded here), so its values are comparable between rows, not with published FIDs; those features do not see
+texture. SWD (``diffusion/eval/swd.py``: the multi-scale sliced Wasserstein distance on Laplacian-pyramid patches of
+the pixels, x 1e3, seeded) sees noise, blur and texture: its mean over pyramid levels in the table, each level in
+``results.json``. The caption gives both metrics for real against real images (the floor at that sample size).
+Writes ``table.md``, ``results.json`` and ``grid.png`` under ``--out``.
 
     python tools/reproduce_lcm.py --teacher assets/tiny_teacher/model.safetensors \
         --student output/demo/lcm/checkpoints/step_0000300/model.safetensors --num-images 480

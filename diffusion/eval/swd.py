@@ -24,9 +24,14 @@ Choices for small images and for a metric that must be symmetric and exactly 0 o
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+PATCH = 7  # ProGAN's neighbourhood, patches per image, directions per repeat and repeats: swd()'s defaults
+PATCHES_PER_IMAGE = 128
+DIRECTIONS = 128
+REPEATS = 4
 _BINOMIAL = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0]) / 16.0
 
 
@@ -89,6 +94,12 @@ def _quantiles(sorted_proj: torch.Tensor, count: int) -> torch.Tensor:
     return sorted_proj[:, lo] * (1 - frac) + sorted_proj[:, hi] * frac
 
 
+def _sorted_rows(x: torch.Tensor) -> torch.Tensor:
+    """x (D, M) with every row sorted ascending: numpy's sort (SIMD) is ~4x faster than torch's on a CPU and is >90%
+    of the metric's time (measured at 240 images of 32 x 32); the same values either way."""
+    return torch.from_numpy(np.sort(x.detach().cpu().numpy(), axis=1)).to(x.device)
+
+
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, repeats: int, generator) -> float:
     """Mean |sorted(a @ d) - sorted(b @ d)| over random unit directions d; a (M, D), b (M', D)."""
     total, count = 0.0, min(a.shape[0], b.shape[0])
@@ -96,8 +107,8 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, directions: int, repeat
         d = torch.randn(a.shape[1], directions, generator=generator)
         d = d / d.norm(dim=0, keepdim=True)
         # (directions, M): each direction's projections contiguous, sorted along the last dimension
-        pa = _quantiles((d.T @ a.T).sort(dim=1).values, count)
-        pb = _quantiles((d.T @ b.T).sort(dim=1).values, count)
+        pa = _quantiles(_sorted_rows(d.T @ a.T), count)
+        pb = _quantiles(_sorted_rows(d.T @ b.T), count)
         total += (pa - pb).abs().mean(dtype=torch.float64).item()
     return total / repeats
 
@@ -116,10 +127,10 @@ def swd(
     a: torch.Tensor,
     b: torch.Tensor,
     min_resolution: int = 8,
-    patch: int = 7,
-    patches_per_image: int = 128,
-    directions: int = 128,
-    repeats: int = 4,
+    patch: int = PATCH,
+    patches_per_image: int = PATCHES_PER_IMAGE,
+    directions: int = DIRECTIONS,
+    repeats: int = REPEATS,
     seed: int = 0,
 ) -> dict[str, float]:
     """SWD x 1e3 between two image sets, per pyramid level (key: its resolution, finest first) and ``"avg"``.

@@ -1,5 +1,5 @@
 """The evaluation of a ControlNet setting for ``tools/reproduce_controlnet.py`` (PixArt-delta §4.2-4.4): the rendered
-evaluation set, sampling with and without control, edge F1 / FID / attribute accuracy of one pipeline, the 4-step
+evaluation set, sampling with and without control, edge F1 / FID / SWD / attribute accuracy of one pipeline, the 4-step
 controllable LCM group of a route-(b) run, a ControlNet put on an LCM student as it is (route (a), ``--lcm-student``),
 and edge F1 against training step over a run's checkpoints.
 
@@ -23,6 +23,7 @@ from diffusion.data.embedded import all_attribute_combinations, caption, render
 from diffusion.engine.checkpoint import list_checkpoints, parse_step
 from diffusion.eval import attribute_accuracy, compute_statistics, extract_features, frechet_distance
 from diffusion.eval.edges import generated_edge_f1
+from diffusion.eval.swd import swd
 from diffusion.paths import config_path
 from diffusion.pipeline import Pipeline
 from diffusion.schedulers import DiffusionProcess
@@ -65,10 +66,20 @@ def generate(
 
 
 def evaluate(
-    pipe, data, controlled: bool, batch: int, extractor, classifier, ref, sampler: dict = SAMPLER
+    pipe,
+    data,
+    controlled: bool,
+    batch: int,
+    extractor,
+    classifier,
+    ref,
+    sampler: dict = SAMPLER,
+    reference: torch.Tensor | None = None,
 ) -> tuple[dict, dict]:
     """``data``'s matched and conflicting prompts sampled by ``pipe`` (under its edge maps when ``controlled``): the
-    row (edge F1 of each, FID against ``ref`` = (mu, sigma), all-attributes accuracy) and the first ``GRID`` images."""
+    row (edge F1 of each, FID against ``ref`` = (mu, sigma), SWD x 1e3 per pyramid level and ``avg`` against the real
+    images ``reference`` (uint8 (N, 3, H, W), the ones ``ref`` was computed on; no ``swd`` without them),
+    all-attributes accuracy; FID, SWD and attributes of the matched samples) and the first ``GRID`` images."""
     control = to_control_image(data["edges"]) if controlled else None
     matched = generate(pipe, data["prompts"], control, batch, sampler)
     conflict = generate(pipe, data["conflict"], control, batch, sampler)
@@ -80,6 +91,8 @@ def evaluate(
         fid=frechet_distance(mu, sigma, *ref),
         attr_all=acc["all"],
     )
+    if reference is not None:
+        row["swd"] = swd(reference, matched)
     return row, dict(matched=matched[:GRID], conflict=conflict[:GRID])
 
 

@@ -4,7 +4,8 @@
 2. load the committed tiny teacher (``assets/tiny_teacher``; trained by ``make teacher`` if absent);
 3. PixArt-delta LCM distillation of that teacher with the shared trainer (``configs/lcm/tiny_lcm.py``);
 4. a comparison grid (teacher DPM-Solver++ 20 and 4 steps with CFG 4.5 next to LCM 1, 2, 4 steps, no CFG) and the
-   small-scale reproduction table (:mod:`diffusion.experiments.lcm_quality`, ``tools/reproduce_lcm.py``);
+   small-scale reproduction table (:mod:`diffusion.experiments.lcm_quality`, ``tools/reproduce_lcm.py``: FID, SWD,
+   prompt attributes, speed);
 5. controllable generation (§4): the committed tiny ControlNet-Transformer (``assets/tiny_controlnet``, trained on the
    teacher by ``make controlnet``) on the teacher (DPM-Solver++ 20, CFG 4.5) and, as it is, on the freshly distilled
    4-step LCM student (sampled under the student's LCM settings), from edge maps of shapes drawn off the prompts'

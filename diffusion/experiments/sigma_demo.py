@@ -10,7 +10,8 @@ Per variant (:data:`VARIANTS`: ``kv``, the configs as they are, keys and values 
 2. distil it with PixArt-delta's LCM method (``configs/lcm/tiny_sigma_lcm.py``, ``weights.teacher`` = that teacher) in
    ``<out>/<variant>/lcm``, as ``make demo`` distils the alpha teacher;
 3. ``make demo``'s comparison grid (``<variant>/teacher_vs_lcm.png``) and reproduction table
-   (``<variant>/reproduce_lcm/``, :func:`diffusion.experiments.lcm_quality.reproduce`).
+   (``<variant>/reproduce_lcm/``, :func:`diffusion.experiments.lcm_quality.reproduce`: FID, SWD, attributes; each
+   variant's table names the real-vs-real floor).
 
 Then one table with both variants side by side (``<out>/table.md``), the sampling time of the two networks measured
 interleaved (``<out>/speed.json``; the table's own ms/image are from runs minutes apart on whatever else the CPU does)
@@ -34,7 +35,7 @@ from diffusion.engine.checkpoint import claim_run_dir
 from diffusion.engine.validation import save_grid
 from diffusion.experiments.assets import file_hash, lcm_run_digest, make_teacher, train_and_publish
 from diffusion.experiments.demo import comparison_grid
-from diffusion.experiments.lcm_quality import eval_prompts, generate, reproduce
+from diffusion.experiments.lcm_quality import eval_prompts, floor_caption, generate, reproduce, swd_caption, swd_cell
 from diffusion.paths import repo_path, shown
 
 ALPHA_TEACHER = repo_path("assets/tiny_teacher/model.safetensors")
@@ -126,23 +127,29 @@ def side_by_side_grid(pipes: dict[str, dict], out: Path) -> Path:
     return path
 
 
-def combined_table(results: dict[str, list[dict]], teachers: dict[str, dict], speed: dict, num_images: int) -> str:
-    """Markdown: every reproduction row with each variant next to the other, then the interleaved speed."""
+def combined_table(
+    results: dict[str, list[dict]], teachers: dict[str, dict], speed: dict, num_images: int, floor: dict | None = None
+) -> str:
+    """Markdown: every reproduction row with each variant next to the other, then the interleaved speed; ``floor``:
+    the real-vs-real FID and SWD (:func:`~diffusion.experiments.lcm_quality.real_floor`; one data set, both
+    variants)."""
     lines = [
         f"FID (embedded features) against {num_images} embedded-dataset images, {num_images} generated images per "
-        "row; prompt attributes by the embedded attribute classifier (all five right / mean). KV compression: keys "
+        "row; prompt attributes by the embedded attribute classifier (all five right / mean). "
+        f"{swd_caption(next(iter(results.values()), []), num_images)}{floor_caption(floor)} KV compression: keys "
         "and values of self-attention in the listed blocks on a 2x2-pooled token grid (8x8 -> 4x4).",
         "",
-        "| setting | KV compression | FID ↓ | attributes all-correct ↑ | attribute mean ↑ | s / image "
+        "| setting | KV compression | FID ↓ | SWD ×1e3 ↓ | attributes all-correct ↑ | attribute mean ↑ | s / image "
         "| model evals / image |",
-        "|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|",
     ]
     variants = list(results)
     for i, row in enumerate(results[variants[0]]):
         for v in variants:
             r = results[v][i]
             lines.append(
-                f"| {row['setting']} | {LABELS[v]} | {r['fid']:.2f} | {r.get('attr_all', float('nan')):.3f} | "
+                f"| {row['setting']} | {LABELS[v]} | {r['fid']:.2f} | {swd_cell(r)} | "
+                f"{r.get('attr_all', float('nan')):.3f} | "
                 f"{r.get('attr_mean', float('nan')):.3f} | {r['sec_per_image'] * 1e3:.1f} ms | {r['nfe']} |"
             )
     lines += ["", "| teacher fine-tune | KV compression | steps x batch | final loss | wall time |"]
@@ -185,7 +192,7 @@ def run(
             raise FileNotFoundError(f"alpha teacher {alpha_teacher} does not exist")
         print(f"[sigma-demo] {shown(ALPHA_TEACHER)} missing: training the tiny teacher (make teacher)")
         make_teacher()
-    results, teachers, pipes = {}, {}, {}
+    results, teachers, pipes, floor = {}, {}, {}, None
     for variant in variants:
         teacher_cfg, lcm_cfg = variant_configs(variant, out, cfg_options, alpha_teacher)
         for cfg, steps in ((teacher_cfg, teacher_steps), (lcm_cfg, lcm_steps)):
@@ -199,13 +206,13 @@ def run(
         grid = comparison_grid(lcm_cfg, teacher, student, out / variant / "teacher_vs_lcm.png")
         print(f"[sigma-demo] {variant}: comparison grid {grid} ({time.time() - start:.0f} s)")
         table = reproduce(lcm_cfg, teacher, student, out / variant / "reproduce_lcm", eval_images, weights=weights)
-        results[variant] = table["results"]
+        results[variant], floor = table["results"], table["floor"]  # the floor: the same data for every variant
         pipes[variant] = {"teacher": load_pipeline(lcm_cfg, teacher)}
         pipes[variant]["student"] = load_pipeline(lcm_cfg, student, like=pipes[variant]["teacher"])
     grid = side_by_side_grid(pipes, out / "kv_vs_none.png")
     speed = interleaved_speed(pipes, speed_images, speed_repeats) if speed_repeats > 0 else {}
     (out / "speed.json").write_text(json.dumps(speed, indent=2))
-    table = combined_table(results, teachers, speed, eval_images)
+    table = combined_table(results, teachers, speed, eval_images, floor)
     (out / "table.md").write_text(table)
     print(table)
     print(f"[sigma-demo] grids: {grid} and {out}/<variant>/teacher_vs_lcm.png")

@@ -1,5 +1,6 @@
 """diffusion.eval.swd on invariants: 0 for identical sets, symmetric, deterministic given a seed, rising with added
-noise and with blur, and scale-appropriate (fine levels react to noise, the coarse level to a colour shift)."""
+noise and with blur (on average and at the finest level), scale-appropriate (fine levels react to noise and blur, the
+coarse level to a colour shift), and a set metric (the order of the images matters little)."""
 
 import pytest
 import torch
@@ -108,3 +109,25 @@ def test_scale_appropriate(sets):
     both = swd(a.float() * 2 + 7, b.float() * 2 + 7, **FAST)  # an affine rescale of both sets
     for k, v in base.items():
         assert both[k] == pytest.approx(v, rel=1e-3)
+
+
+def test_noise_and_blur_show_first_at_the_finest_level(sets):
+    """Per level, not only on average: the finest level rises with every added noise level, and one blur (which
+    removes the finest detail only) moves the finest level and leaves the coarsest where it was."""
+    a, b = sets
+    base = swd(a, b, **FAST)
+    fine = [swd(a, noisy(b, s), **FAST)["32"] for s in (8, 24, 64)]
+    assert base["32"] < fine[0] < fine[1] < fine[2]
+    blur = swd(a, blurred(b, 1), **FAST)
+    assert blur["32"] - base["32"] > 2 * base["32"]
+    assert abs(blur["8"] - base["8"]) < 0.05 * base["8"]
+
+
+def test_a_set_metric_the_order_of_images_matters_little(sets):
+    """Patch positions are drawn per image index, so a shuffled copy of a set is not exactly 0, but far below
+    another draw of the same distribution, and shuffling one of two different sets changes little."""
+    a, b = sets
+    perm = torch.randperm(len(a), generator=torch.Generator().manual_seed(0))
+    other = swd(a, b, **FAST)["avg"]
+    assert swd(a, a[perm], **FAST)["avg"] < 0.4 * other
+    assert swd(a, b[perm], **FAST)["avg"] == pytest.approx(other, rel=0.15)

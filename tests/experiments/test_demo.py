@@ -72,7 +72,8 @@ def _sha256(path) -> str:
 @pytest.mark.slow
 def test_a_short_demo_twice_gives_the_same_student_and_no_warning(tmp_path, monkeypatch, capfd):
     """Two short demos (2 distillation steps, 16 images a row) in one folder: every picture and its x4 copy, the
-    summary; the two students are equal bit for bit and so are the tables' FID and attribute columns; no warning."""
+    summary; the two students are equal bit for bit and so are the tables' FID, SWD and attribute columns; no
+    warning."""
     monkeypatch.chdir(tmp_path)  # the embedded data is made under this folder's output/
     monkeypatch.setenv("WANDB_MODE", "disabled")
     texts = [demo.run(tmp_path / f"demo{i}", steps=2, eval_images=16) for i in range(2)]
@@ -85,6 +86,8 @@ def test_a_short_demo_twice_gives_the_same_student_and_no_warning(tmp_path, monk
     student = "lcm/checkpoints/step_0000002/model.safetensors"
     assert _sha256(tmp_path / "demo0" / student) == _sha256(tmp_path / "demo1" / student)
     rows = [json.loads((tmp_path / f"demo{i}/reproduce_lcm/results.json").read_text()) for i in range(2)]
+    keys = ("fid", "swd", "attr_all", "attr_mean")
     for a, b in zip(*rows, strict=True):
-        assert (a["fid"], a["attr_all"], a["attr_mean"]) == (b["fid"], b["attr_all"], b["attr_mean"])
+        assert [a[k] for k in keys] == [b[k] for k in keys]
+    assert "SWD ×1e3 ↓" in texts[0]  # the summary carries the table's SWD column
     assert torch.get_num_threads() == int(re.search(r"(\d+) CPU thread", texts[0]).group(1))

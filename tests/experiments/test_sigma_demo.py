@@ -1,6 +1,7 @@
 """``make sigma-demo`` at a tiny size (the embedded default's 6 blocks at 32 wide, 48 images, 2 steps each): the
 alpha -> Sigma teacher fine-tune with and without KV compression (the missing ``attn.sr``/``attn.norm`` weights start
-from their mean-pool init, said in train.log), the LCM distillation of each, both tables side by side, the grids, and
+from their mean-pool init, said in train.log), the LCM distillation of each, both tables side by side (FID and SWD),
+the grids, and
 the distilled Sigma student sampled by ``tools/sample.py`` (the tiny Sigma teacher -> LCM -> sample path)."""
 
 import json
@@ -104,6 +105,11 @@ def test_table_has_both_variants_for_every_row_and_the_grids(demo):
     assert table == result["table"]
     for label, _, _ in ROWS:
         assert f"| {label} | no |" in table and f"| {label} | blocks 3-5, 2x2 |" in table
+    assert "| FID ↓ | SWD ×1e3 ↓ |" in table and "Real against real (8 other" in table
+    for variant, label in (("none", "no"), ("kv", "blocks 3-5, 2x2")):
+        for r in result["results"][variant]:  # SWD per level in the results, its mean in the table
+            assert set(r["swd"]) == {"32", "16", "8", "avg"} and r["swd"]["avg"] > 0
+            assert f"| {r['setting']} | {label} | {r['fid']:.2f} | {r['swd']['avg']:.2f} |" in table
     for variant in ("none", "kv"):
         assert (out / variant / "reproduce_lcm" / "table.md").is_file()
         assert Image.open(out / variant / "teacher_vs_lcm.png").size == (5 * 32, 8 * 32)

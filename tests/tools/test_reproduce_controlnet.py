@@ -70,6 +70,10 @@ def test_train_rows_then_reuse_them(tiny, spy, capsys):
     assert "| ControlNet-Transformer N = 1 | 2 |" in table
     assert "| ControlNet-Transformer N = 3 (½ depth) | 2 |" in table
     assert [c["step"] for c in first["curve"]] == [2]  # the curve is the N = 3 row's checkpoints
+    assert "| FID ↓ | SWD ×1e3 ↓ |" in table
+    for r in first["rows"]:  # every row, the rendered images' too: SWD per level, its mean in the table
+        assert set(r["swd"]) == {"32", "16", "8", "avg"} and r["swd"]["avg"] > 0
+        assert f" | {r['swd']['avg']:.2f} | " in table
     err = capsys.readouterr().err
     assert "[ablation] 1/2 n1 (ControlNet-Transformer N = 1): training steps 0..2" in err
 
