@@ -3,7 +3,9 @@
 Two modes, one accounting (``diffusion.bench.memory``):
 
 Synthetic rows (the default): one LCM distillation step with fp32 or half-precision frozen copies, a teacher step, a
-ControlNet step and 1024² inference with bf16 or int8 T5 (``diffusion.bench.memory_rows`` lists them), each in a fresh
+ControlNet step and 1024² inference with bf16 or int8 T5; PixArt-Sigma's LCM step (its config: CAME, bf16 teacher,
+300-token captions) and 4-step inference at 1024² with and without KV compression and at 2K (``sigma*`` rows,
+``diffusion.bench.sigma_rows``). ``diffusion.bench.memory_rows`` lists them all. Each row runs in a fresh
 subprocess so that one row's allocations never count towards another's. Each row is split into weights / gradients /
 optimizer state (bytes of the tensors) and the rest of the peak (activations, workspaces, allocator slack). On a GPU
 the peak is ``torch.cuda.max_memory_allocated`` at the real sizes; on a CPU it is the process's resident memory,
@@ -33,7 +35,14 @@ without gradient checkpointing, with fp32 / bf16 frozen copies, alone and under 
 (``diffusion.bench.planner``; the headroom it keeps is printed with it).
 
     python tools/benchmark_memory.py --simulate --json output/memory/simulated.json
+    python tools/benchmark_memory.py --simulate --rows sigma-lcm-bf16 sigma-kv-lcm-bf16 sigma2k-lcm-bf16
     python tools/benchmark_memory.py --plan configs/lcm/pixartms_xl2_img1024_lcm.py --gpu RTX4090-24GB A100-80GB
+
+``--compare SIMULATED MEASURED`` prints, row by row, the simulated peak of one ``--json`` beside the measured
+``torch.cuda.max_memory_allocated`` peak of another (a GPU run of the rows; a CPU run's column says it has none) and
+their ratio (``tools/gpu_report.py`` does this for its memory step).
+
+    python tools/benchmark_memory.py --compare output/gpu_report/memory_simulated.json output/gpu_report/memory.json
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ from diffusion.bench.gpus import CONTEXT_GIB, FRAGMENTATION, PLANNER_GPUS
 from diffusion.bench.memory import (
     MIB,
     Peak,
+    compare_markdown,
     held_bytes,
     process_peaks,
     ranks_markdown,
@@ -195,7 +205,10 @@ def parse_args(argv: list[str] | None = None):
     sim.add_argument("--gpu", nargs="+", default=["A100-80GB"], help=f"GPUs for --plan: {', '.join(PLANNER_GPUS)}")
     sim.add_argument("--context-gib", type=float, default=CONTEXT_GIB, help="kept free for the CUDA context")
     sim.add_argument("--fragmentation", type=float, default=FRAGMENTATION, help="share of the rest kept free")
+    sim.add_argument("--compare", nargs=2, metavar=("SIMULATED", "MEASURED"), help="two --json results, side by side")
     args = parser.parse_args(argv)
+    if args.compare and (args.simulate or args.plan or args.trainer):
+        parser.error("--compare reads two earlier results: it runs nothing else")
     if (args.simulate or args.plan) and args.trainer:
         parser.error("--simulate / --plan and --trainer are different modes: pick one")
     given = [k for k in TRAINER_DEFAULTS if getattr(args, k) not in (None, False)]
@@ -209,6 +222,10 @@ def parse_args(argv: list[str] | None = None):
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.compare:
+        simulated, measured = (json.loads(Path(f).read_text()) for f in args.compare)
+        print(compare_markdown(simulated, measured))
+        return dict(simulated=simulated, measured=measured)
     if args.child:
         row = run_row(args.child, args.size, args.device)
         print(json.dumps(row), flush=True)

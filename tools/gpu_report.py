@@ -10,7 +10,9 @@ rest still run):
      with regional compilation of the blocks / the whole step under CUDA graphs (first, compiling, call reported
      apart from the steady state);
   5. ``benchmark_memory.py`` at the paper's sizes (LCM step at batch 12 with gradient checkpointing, teacher step,
-     ControlNet when present, 1024² inference with bf16 and int8 T5).
+     ControlNet when present, 1024² inference with bf16 and int8 T5), then, row by row, its measured
+     ``torch.cuda.max_memory_allocated`` peak beside the simulated one (``benchmark_memory.py --simulate`` of the same
+     rows and size, which needs no GPU: it runs on the CPU, one thread, alongside the GPU steps) and their ratio.
 ``--tiny`` runs the same steps at tiny size on the CPU (the test suite does, end to end; CUDA graphs are skipped
 there, with a line saying so). A GPU machine may lack
 mmengine / diffusers / torchao: ``--wheels DIR`` installs the pinned wheels found there (``make gpu-wheels`` fills
@@ -42,8 +44,12 @@ MEMORY_ROWS_GPU = (
     "infer-bf16",
     "infer-int8-lean",
 )
+MEMORY_ROWS_TINY = ("lcm-bf16", "infer-int8-lean")
 # Seconds each step may take on the GPU (parity, eager, compiled, speed, compiled speed, memory): 8 minutes together.
 LIMITS = (35, 45, 110, 75, 80, 135)
+# The simulation of the memory rows runs beside the GPU steps; after them it may take this much longer (full size:
+# a few minutes of one CPU core for the six rows).
+SIMULATION_EXTRA = 240
 
 
 def install_wheels(wheels: Path | None, site: Path) -> dict[str, str]:
@@ -68,7 +74,7 @@ def steps(args) -> list[tuple[str, list[str], float]]:
     if args.tiny:
         dev, model_size = ["--device", "cpu"], ["--depth", "1", "--resolution", "64", "--batch", "1"]
         speed = ["--size", "tiny", "--runs", "1"]
-        memory = ["--size", "tiny", "--rows", "lcm-bf16", "infer-int8-lean"]
+        memory = ["--size", "tiny", "--rows", *MEMORY_ROWS_TINY]
         compiled = ["--size", "tiny", "--runs", "1", "--rows", "lcm4"]
         compile_step = None
     else:
@@ -99,6 +105,38 @@ def steps(args) -> list[tuple[str, list[str], float]]:
     todo = [(title, cmd, limit) for (title, cmd), limit in zip(todo, LIMITS) if cmd is not None]
     # --tiny runs on a CPU that other jobs may share: the limits are there to bound a GPU run, not to judge a CPU.
     return [(title, cmd, limit * 10 if args.tiny else limit) for title, cmd, limit in todo]
+
+
+def simulation(args, env: dict) -> tuple[list[str], subprocess.Popen]:
+    """Start ``benchmark_memory.py --simulate`` of the memory step's rows and size (one thread, on the CPU, output to
+    ``OUT/memory_simulated.*``): the command and the running process."""
+    size, rows = ("tiny", MEMORY_ROWS_TINY) if args.tiny else ("full", MEMORY_ROWS_GPU)
+    out = Path(args.out)
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_memory.py"), "--simulate", "--size", size, "--rows", *rows]
+    cmd += ["--json", str(out / "memory_simulated.json")]
+    with open(out / "memory_simulated.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(env, OMP_NUM_THREADS="1"), stdout=log, stderr=log)
+    return cmd, proc
+
+
+def compare_memory(out: Path, proc: subprocess.Popen, limit: float, env: dict) -> tuple[str, str]:
+    """(status, markdown) of simulated vs measured memory (``benchmark_memory.py --compare``), once the simulation
+    ``proc`` has finished."""
+    try:
+        proc.wait(timeout=limit)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return f"simulation ran past {limit:.0f} s after the GPU steps", ""
+    if proc.returncode:
+        log = (out / "memory_simulated.log").read_text().strip().splitlines()[-3:]
+        return f"simulation failed (exit {proc.returncode})", "\n".join(log)
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark_memory.py"), "--compare"]
+    cmd += [str(out / "memory_simulated.json"), str(out / "memory.json")]
+    compared = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    if compared.returncode:
+        return f"comparison failed (exit {compared.returncode})", "\n".join(compared.stderr.splitlines()[-3:])
+    return "ok", compared.stdout.strip()
 
 
 def parity(tiny: bool) -> dict:
@@ -177,6 +215,7 @@ def main(argv: list[str] | None = None) -> Path:
     if args.cuda_graphs and args.tiny:
         report += ["", "CUDA graphs skipped: --tiny runs on the CPU and CUDA graphs need CUDA."]
     start_all = time.perf_counter()
+    sim_cmd, sim_proc = simulation(args, env)
     with open(out / "log.txt", "w") as log:
         for title, cmd, limit in steps(args):
             start = time.perf_counter()
@@ -197,6 +236,12 @@ def main(argv: list[str] | None = None) -> Path:
             seconds = time.perf_counter() - start
             report += ["", f"## {title}", "", f"`{shown}` — {status}, {seconds:.0f} s", "", body]
             log.flush()
+    start = time.perf_counter()
+    status, body = compare_memory(out, sim_proc, SIMULATION_EXTRA * (10 if args.tiny else 1), env)
+    shown = " ".join(_shown(c) for c in sim_cmd)
+    title = "Memory: simulated (no GPU) vs measured, row by row"
+    waited = f"{time.perf_counter() - start:.0f} s after the GPU steps"
+    report += ["", f"## {title}", "", f"`{shown}` — {status}, {waited}", "", body]
     report += ["", f"Total: {time.perf_counter() - start_all:.0f} s"]
     (out / "report.md").write_text("\n".join(report) + "\n")
     print("\n".join(report))

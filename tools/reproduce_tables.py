@@ -12,6 +12,8 @@ Tables (PixArt-δ: Table 2 / Fig. 7 quality, Fig. 2 guidance, Table 1 / §3.3 me
   evaluates them on ``--controlnet-images`` edge maps.
 - ``speed``, ``memory``: ``tools/benchmark_speed.py``, ``tools/benchmark_memory.py`` with their defaults for this
   machine (each skipped with a clear line if absent).
+- ``memory_simulated``, ``roofline``: ``tools/benchmark_memory.py --simulate`` and ``tools/benchmark_speed.py
+  --roofline``, Table 1 and Table 2 at full size without a GPU (simulated peak memory, FLOP / bytes lower bound).
 
 Contract with the tools: each prints its markdown table(s) on stdout (the ``|`` lines and the text between them are
 kept); progress goes to stderr. A failing tool is reported in its table file and the index, and the others still run.

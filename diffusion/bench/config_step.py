@@ -1,9 +1,10 @@
 """One training step of a real config, simulated (the memory planner's unit of work, :mod:`diffusion.bench.planner`).
 
 What the trainer builds from a config (``diffusion.build.build_model``, the config's method with its frozen copies,
-the EMA shadow when ``train.ema_rate`` is set, AdamW with the fused kernel the trainer picks on CUDA, a GradScaler for
-fp16) is built on fake tensors, the optimizer state is created, and one optimizer step of ``Trainer.train_step`` runs
-under the counter of :func:`diffusion.bench.simulate.simulation` (CUDA rules). Variants of the config:
+the EMA shadow when ``train.ema_rate`` is set, the config's optimizer (AdamW with the fused kernel the trainer picks on
+CUDA; CAME, which has none, as is), a GradScaler for fp16) is built on fake tensors, the optimizer state is created,
+and one optimizer step of ``Trainer.train_step`` runs under the counter of :func:`diffusion.bench.simulate.simulation`
+(CUDA rules). Variants of the config:
 
 - ``checkpointing``: the model's ``grad_checkpointing`` flag on or off;
 - ``frozen``: ``"config"`` (as written), ``"fp32"`` or ``"bf16"``: the LCM teacher and EMA target
@@ -61,7 +62,7 @@ def _build(cfg, variant: Variant, batch_size: int, device: str):
     from diffusion.build import build_method, build_model
     from diffusion.config import resolve_section
     from diffusion.engine.ema import EMA
-    from diffusion.engine.optim import build_optimizer
+    from diffusion.engine.optim import FUSED_CAPABLE, build_optimizer
 
     model_cfg = dict(cfg["model"], grad_checkpointing=variant.checkpointing)
     method_cfg = dict(cfg["method"])
@@ -85,7 +86,10 @@ def _build(cfg, variant: Variant, batch_size: int, device: str):
     train = resolve_section("train", cfg["train"])
     ema = EMA(model, train["ema_rate"]) if train["ema_rate"] is not None else None
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = build_optimizer(params, dict(cfg["optimizer"], fused=True), cfg["optimizer"]["lr"])
+    optimizer_cfg = dict(cfg["optimizer"])
+    if optimizer_cfg["type"] in FUSED_CAPABLE:  # AdamW's fused kernel, as the trainer picks on CUDA; CAME has none
+        optimizer_cfg["fused"] = True
+    optimizer = build_optimizer(params, optimizer_cfg, optimizer_cfg["lr"])
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=train["mixed_precision"] == "fp16")
     batch = config_batch(getattr(model, "base_model", model), batch_size, device)
     if getattr(model, "accepts_control", False):

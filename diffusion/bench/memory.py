@@ -152,13 +152,15 @@ def rows_markdown(result: dict, paper: dict[str, str]) -> str:
     simulated = result.get("simulated", False)
     cpu = "CPU" in result["machine"] and not simulated
     peak_name = "simulated peak allocated" if simulated else "peak RSS above start" if cpu else "peak allocated"
-    header = ["row", "weights (GB)", "grads (GB)", "optimizer (GB)", "activations, rest (GB)", f"{peak_name} (GB)"]
+    header = ["row", "batch × image", "weights (GB)", "grads (GB)", "optimizer (GB)", "activations, rest (GB)"]
+    header.append(f"{peak_name} (GB)")
     rows = []
     for row, r in result["rows"].items():
         if "error" in r:
             why = f"{'not simulated' if simulated else 'skipped'}: {r['error']}"
-            rows.append([row, why, "", "", "", "", paper[row]])
+            rows.append([row, "", why, "", "", "", "", paper[row]])
             continue
+        shape = f"{r['batch']} × {r['resolution']}²" if "batch" in r else ""
         if "at_peak" in r:  # simulated: the split at the moment of the peak (gradients may not be live yet)
             split = r["at_peak"]
             held = [split.get("weights", 0) + split.get("frozen", 0), split.get("grads", 0), split.get("optimizer", 0)]
@@ -166,8 +168,8 @@ def rows_markdown(result: dict, paper: dict[str, str]) -> str:
         else:
             rest = r["peak"] - r["weights"] - r["grads"] - r["optimizer"]
             cells = [r["weights"], r["grads"], r["optimizer"], rest, r["peak"]]
-        rows.append([row, *(f"{c / GB:.2f}" for c in cells), paper[row]])
-    first = f"Machine: {result['machine']}; {result['size']}; training batch {result['batch']}, inference batch 1"
+        rows.append([row, shape, *(f"{c / GB:.2f}" for c in cells), paper[row]])
+    first = f"Machine: {result['machine']}; {result['size']}; batch and image size per row"
     first += "; CPU: reduced size, resident memory (not the paper's GPU numbers)" if cpu else ""
     if simulated:
         first += (
@@ -196,3 +198,32 @@ def write_json(path: str | Path | None, result: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=1))
+
+
+def compare_markdown(simulated: dict, measured: dict) -> str:
+    """Row by row: the simulated peak (``--simulate``), the measured ``torch.cuda.max_memory_allocated`` peak of the
+    same row and size, and measured / simulated. A CPU run has no allocated-bytes peak (its peak is resident memory,
+    which counts the allocator's and the libraries' pages too): its column says so, with that number beside."""
+    gpu = "CPU" not in measured["machine"]
+    header = ["row", "batch × image", "simulated peak (GB)", "measured max_memory_allocated (GB)"]
+    header.append("measured / simulated")
+    rows = []
+    for row in dict.fromkeys([*simulated["rows"], *measured["rows"]]):
+        sim, real = simulated["rows"].get(row, {"error": "not run"}), measured["rows"].get(row, {"error": "not run"})
+        shape = next((f"{r['batch']} × {r['resolution']}²" for r in (sim, real) if "batch" in r), "")
+        sim_cell = f"{sim['peak'] / GB:.2f}" if "error" not in sim else f"not simulated: {sim['error']}"
+        if "error" in real:
+            real_cell, ratio = f"not measured: {real['error']}", "—"
+        elif not gpu:
+            real_cell, ratio = f"n/a on a CPU (peak RSS above start: {real['peak'] / GB:.2f})", "—"
+        else:
+            real_cell = f"{real['peak'] / GB:.2f}"
+            ratio = f"{real['peak'] / sim['peak']:.3f}" if "error" not in sim and sim["peak"] else "—"
+        rows.append([row, shape, sim_cell, real_cell, ratio])
+    first = (
+        f"Simulated: {simulated['machine']}, {simulated['size']}. Measured: {measured['machine']}, "
+        f"{measured['size']}. Both are allocated bytes above what the process held before building the row; the "
+        "measured peak leaves out the CUDA context and the allocator's cached, unallocated blocks, as the simulation "
+        "does."
+    )
+    return "\n".join([first, "", *_table(header, rows)])

@@ -9,6 +9,9 @@ inference in 8 GB), built from random-weight architectures (:mod:`diffusion.benc
   controlnet  ControlNet-Transformer training (N = 13 trainable copies, frozen base in bf16) at the same size;
   infer-*     LCM 4-step inference of one 1024² image with T5-XXL in bf16 or int8 (``--text-encoder-8bit``), the
               transformer in bf16 and the SD VAE; ``lean``: T5 offloaded after encoding, VAE decoded in tiles.
+  sigma*-*    PixArt-Sigma (:mod:`diffusion.bench.sigma_rows`): the Σ LCM step of ``configs/lcm/
+              pixart_sigma_xl2_img1024_lcm.py`` (its CAME, bf16 teacher, fp32 target, batch 12) at 1024², with and
+              without KV compression, and at 2K (batch 4, the 2K config's); Σ 4-step inference at the same sizes.
 :func:`run_row` returns bytes of weights / gradients / optimizer state and the peak above what the process held before
 building (:class:`~diffusion.bench.memory.Peak`).
 """
@@ -16,6 +19,7 @@ building (:class:`~diffusion.bench.memory.Peak`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -25,16 +29,34 @@ from diffusion.bench.memory import Peak, module_tensors, optimizer_tensors, tens
 from diffusion.pipeline import Pipeline
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
-# row -> (kind, autocast dtype, dtype of the frozen copies)
+
+
+class Row(NamedTuple):
+    """A memory row: ``kind`` (lcm / teacher / controlnet / infer), the autocast dtype, the dtype of the frozen copies
+    (inference: of T5; ``config``: as the config says) and the PixArt-Sigma model (a key of
+    :data:`diffusion.bench.sigma_rows.MODELS`) or None for PixArt-alpha."""
+
+    kind: str
+    amp: str
+    frozen: str | None
+    sigma: str | None = None
+
+
 ROWS = {
-    "lcm-fp16-fp32copies": ("lcm", "fp16", "fp32"),
-    "lcm-fp16": ("lcm", "fp16", "fp16"),
-    "lcm-bf16": ("lcm", "bf16", "bf16"),
-    "teacher-fp16": ("teacher", "fp16", None),
-    "teacher-bf16": ("teacher", "bf16", None),
-    "controlnet-bf16": ("controlnet", "bf16", "bf16"),
-    "infer-bf16": ("infer", "bf16", "bf16"),
-    "infer-int8-lean": ("infer", "bf16", "int8"),
+    "lcm-fp16-fp32copies": Row("lcm", "fp16", "fp32"),
+    "lcm-fp16": Row("lcm", "fp16", "fp16"),
+    "lcm-bf16": Row("lcm", "bf16", "bf16"),
+    "teacher-fp16": Row("teacher", "fp16", None),
+    "teacher-bf16": Row("teacher", "bf16", None),
+    "controlnet-bf16": Row("controlnet", "bf16", "bf16"),
+    "infer-bf16": Row("infer", "bf16", "bf16"),
+    "infer-int8-lean": Row("infer", "bf16", "int8"),
+    "sigma-lcm-bf16": Row("lcm", "bf16", "config", "1024"),
+    "sigma-kv-lcm-bf16": Row("lcm", "bf16", "config", "1024-kv"),
+    "sigma2k-lcm-bf16": Row("lcm", "bf16", "config", "2k"),
+    "sigma-infer-bf16": Row("infer", "bf16", "bf16", "1024"),
+    "sigma-kv-infer-bf16": Row("infer", "bf16", "bf16", "1024-kv"),
+    "sigma2k-infer-bf16": Row("infer", "bf16", "bf16", "2k"),
 }
 PAPER_BY_KIND = {
     "lcm": "~32 GB / V100 (Table 1); < 24 GB (Fig. 8); target ≤ 20 GB",
@@ -42,7 +64,8 @@ PAPER_BY_KIND = {
     "controlnet": "16 × V100 32 GB (§4)",
     "infer": "within 8 GB with 8-bit T5 (§4); target < 7.5 GB",
 }
-PAPER = {row: PAPER_BY_KIND[kind] for row, (kind, _, _) in ROWS.items()}
+SIGMA_PAPER = "— (the Σ paper gives no memory figure)"
+PAPER = {row: SIGMA_PAPER if r.sigma else PAPER_BY_KIND[r.kind] for row, r in ROWS.items()}
 # Per size: training batch and ControlNet depth N; (full = the paper's 12 images per GPU and N = 13).
 BATCH = {"full": 12, "cpu": 2, "tiny": 2}
 
@@ -134,11 +157,56 @@ def train_step(s: TrainSetup) -> torch.Tensor:
     return loss.detach()
 
 
-def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | None) -> dict:
-    """Two optimizer steps; the peak covers both (the second holds the Adam state the first created)."""
+def row_size(row: str, size_name: str) -> Size:
+    """The :class:`Size` a row is built at: ``SIZES[size_name]``; a Σ row's at its model's resolution (2K: twice
+    the size's)."""
     size = get_size(size_name)
+    if ROWS[row].sigma is None:
+        return size
+    from diffusion.bench.sigma_rows import sigma_size
+
+    return sigma_size(ROWS[row].sigma, size)
+
+
+def row_batch(row: str, size_name: str) -> int:
+    """Images per step: 1 for inference; ``BATCH[size_name]`` for training, except a Σ row at full size, which takes
+    its config's per-GPU batch (1024²: the Σ LCM config's 12; 2K: the 2K config's 4)."""
+    r = ROWS[row]
+    if r.kind == "infer":
+        return 1
+    if r.sigma is not None and size_name == "full":
+        from diffusion.bench.sigma_rows import full_batch
+
+        return full_batch(r.sigma)
+    return BATCH[size_name]
+
+
+def build_row_train(row: str, size_name: str, device: str, fused: bool) -> TrainSetup:
+    """The :class:`TrainSetup` of training row ``row`` at ``size_name``."""
+    r = ROWS[row]
+    size, batch = row_size(row, size_name), row_batch(row, size_name)
+    if r.sigma is None:
+        return build_train(size, device, r.kind, r.amp, r.frozen, batch, fused)
+    from diffusion.bench.sigma_rows import build_sigma_train
+
+    return build_sigma_train(size, r.sigma, device, batch, fused)
+
+
+def build_row_infer(row: str, size_name: str, device: str) -> tuple[Pipeline, list[nn.Module]]:
+    """The pipeline and networks of inference row ``row`` at ``size_name``."""
+    r = ROWS[row]
+    size = row_size(row, size_name)
+    if r.sigma is None:
+        return build_infer(size, device, r.frozen)
+    from diffusion.bench.sigma_rows import build_sigma_infer
+
+    return build_sigma_infer(size, r.sigma, device)
+
+
+def train_row(row: str, size_name: str, device: str) -> dict:
+    """Two optimizer steps; the peak covers both (the second holds the optimizer state the first created)."""
     base = Peak(device).now()
-    s = build_train(size, device, kind, amp, frozen, BATCH[size_name], fused=device.startswith("cuda"))
+    s = build_row_train(row, size_name, device, fused=device.startswith("cuda"))
     weights = tensor_bytes(module_tensors(s.model, *s.frozen))  # a storage two modules share counts once
     grads = tensor_bytes(s.params)  # each gradient has its parameter's shape and dtype
     with Peak(device) as peak:
@@ -149,18 +217,10 @@ def train_row(size_name: str, device: str, kind: str, amp: str, frozen: str | No
 
 
 def ema_step(method, model) -> None:
-    """The target EMA; with a half-precision target the student is cast first (``_foreach_lerp_`` needs one dtype).
-    A bf16 target rounds away updates below 2^-8 of a weight: the memory row shows the cost, not a recommendation."""
-    target = getattr(method, "_target", None)
-    if target is None:
-        return
-    t = [p for p in target[0].parameters()]
-    if t[0].dtype == torch.float32:
-        method.after_optimizer_step(model)
-        return
-    with torch.no_grad():
-        for tp, sp in zip(t, model.parameters()):
-            tp.lerp_(sp.detach().to(tp.dtype), 1.0 - method.ema_decay)
+    """The method's after-step update: the LCM target's EMA (a half-precision target takes the student cast to its
+    dtype; a bf16 target rounds away updates below 2^-8 of a weight: the memory row shows the cost, not a
+    recommendation); nothing for a method without one."""
+    method.after_optimizer_step(model)
 
 
 def build_infer(size: Size, device: str, t5_dtype: str) -> tuple[Pipeline, list[nn.Module]]:
@@ -186,11 +246,10 @@ def infer_call(pipe: Pipeline) -> torch.Tensor:
         return pipe(list(PROMPTS[:1]), seed=0, name="lcm", steps=4)
 
 
-def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
-    """One LCM 4-step image at ``size.resolution``; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
-    size = get_size(size_name)
+def infer_row(row: str, size_name: str, device: str) -> dict:
+    """One LCM 4-step image; int8: T5 weights in int8, T5 offloaded, VAE tiled."""
     base = Peak(device).now()
-    pipe, modules = build_infer(size, device, t5_dtype)
+    pipe, modules = build_row_infer(row, size_name, device)
     weights = tensor_bytes(module_tensors(*modules))
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
@@ -200,8 +259,6 @@ def infer_row(size_name: str, device: str, t5_dtype: str) -> dict:
 
 
 def run_row(row: str, size_name: str, device: str) -> dict:
-    """One row of ``ROWS`` in this process (the tool runs each in a fresh one)."""
-    kind, amp, frozen = ROWS[row]
-    if kind == "infer":
-        return infer_row(size_name, device, frozen)
-    return train_row(size_name, device, kind, amp, frozen)
+    """One row of ``ROWS`` in this process (the tool runs each in a fresh one), with its batch and image size."""
+    out = (infer_row if ROWS[row].kind == "infer" else train_row)(row, size_name, device)
+    return dict(out, batch=row_batch(row, size_name), resolution=row_size(row, size_name).resolution)

@@ -11,7 +11,8 @@ memory the caching allocator holds on top, nor the CUDA context). What is modell
   (:mod:`diffusion.bench.cuda_rules`), never the attention matrix the CPU's math path would store.
 - **Autocast**: CUDA's per-op cast rules, emulated on the CPU's autocast key (:mod:`diffusion.bench.cuda_rules`),
   including the autocast cache of half-precision weight copies that lives as long as the autocast region.
-- **Gradient checkpointing, fused AdamW, the GradScaler, frozen copies in fp32 / bf16 / fp16**: the real code runs,
+- **Gradient checkpointing, fused AdamW (the Σ rows: CAME, unfused, its temporaries counted), the GradScaler, frozen
+  copies in fp32 / bf16 / fp16**: the real code runs,
   so nothing is assumed: only each block's input is kept in the forward and the block is recomputed in the backward
   (``torch.utils.checkpoint``); AdamW's fused kernel updates in place (``exp_avg``, ``exp_avg_sq``, a 0-d ``step`` per
   parameter, no temporaries); a frozen copy takes the dtype it is given.
@@ -22,7 +23,7 @@ memory the caching allocator holds on top, nor the CUDA context). What is modell
   tensors, such as a T5 waiting on the CPU in the lean row, are then not counted).
 - **Data-dependent control flow**: integer, boolean and float64 tensors of at most 4M elements computed only from
   constants (schedules, timesteps, caption masks) carry their real values; the batch's captions have 20 valid tokens
-  of 120 as in the measured rows.
+  of 120 (Σ: of 300) as in the measured rows.
 
 A row the simulation cannot run reports why (``error``) instead of a number. Nothing outlives the call: the autocast
 registrations are destroyed, the fused-attention and fake modes exited, the global RNG state restored and the
@@ -46,9 +47,11 @@ from diffusion.bench.memory_rows import (
     BATCH,
     ROWS,
     TrainSetup,
-    build_infer,
-    build_train,
+    build_row_infer,
+    build_row_train,
     infer_call,
+    row_batch,
+    row_size,
     train_step,
 )
 
@@ -126,26 +129,25 @@ def run_train(s: TrainSetup, counter: LiveBytes) -> dict:
 def simulate_row(row: str, size_name: str = "full", target: str = "cuda", fake: bool = True) -> dict:
     """One row of ``ROWS`` simulated at ``size_name``: bytes of weights / grads / optimizer state and the peak,
     plus ``simulated``, ``target`` and the split of the peak by owner (``at_peak``); or ``error`` saying why not."""
-    kind, amp, frozen = ROWS[row]
-    size = get_size(size_name)
-    infer = kind == "infer"
+    infer = ROWS[row].kind == "infer"
     device = "cuda" if infer and target == "cuda" else "cpu"
     start = time.perf_counter()
     try:
         with simulation(target, device, fake) as counter:
             if infer:
-                pipe, modules = build_infer(size, device, frozen)
+                pipe, modules = build_row_infer(row, size_name, device)
                 counter.tag(module_tensors(*modules), "weights")
                 weights = counter.by_tag["weights"]
                 counter.reset_peak()
                 infer_call(pipe)
                 out = dict(weights=weights, grads=0, optimizer=0, peak=counter.peak, at_peak=dict(counter.peak_by_tag))
             else:
-                s = build_train(size, device, kind, amp, frozen, BATCH[size_name], fused=True)
+                s = build_row_train(row, size_name, device, fused=True)
                 out = run_train(s, counter)
     except Exception as err:  # a row the fake tensors cannot run says why instead of printing a number
         return {"error": f"simulation failed: {type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     out.update(simulated=fake, target=target, seconds=time.perf_counter() - start)
+    out.update(batch=row_batch(row, size_name), resolution=row_size(row, size_name).resolution)
     out["at_peak"] = {k: v for k, v in out["at_peak"].items() if v}
     return out
 

@@ -78,6 +78,11 @@ def default_jobs(args: argparse.Namespace, out: Path | None = None) -> list[Job]
         controlnet,
         Job("speed", "Sampling speed (PixArt-δ Table 2)", "tools/benchmark_speed.py"),
         Job("memory", "Training memory (PixArt-δ Table 1, §3.3)", "tools/benchmark_memory.py"),
+        # README "Table 1 and Table 2 at full size, without a GPU": simulated memory and the roofline (no GPU needed)
+        Job(
+            "memory_simulated", "PixArt-δ Table 1 at full size, simulated", "tools/benchmark_memory.py", ["--simulate"]
+        ),
+        Job("roofline", "PixArt-δ Table 2, roofline lower bound", "tools/benchmark_speed.py", ["--roofline"]),
     ]
 
 

@@ -104,3 +104,15 @@ def test_checkpointing_and_half_precision_copies_save_memory():
     peaks[Variant(False, "bf16")] = simulate_config_step(cfg, Variant(False, "bf16"), 16)["peak"]
     assert peaks[Variant(True, "bf16")] < peaks[Variant(True, "fp32")]
     assert peaks[Variant(True, "bf16")] < peaks[Variant(False, "bf16")]
+
+
+def test_config_step_of_a_came_config():
+    """The Σ LCM config trains with CAME (no fused kernel): its step simulates, the fused flag goes to AdamW only."""
+    from mmengine.config import Config
+
+    cfg = Config.fromfile("configs/lcm/pixart_sigma_xl2_img1024_lcm.py")
+    tiny = dict(depth=2, hidden_size=48, num_heads=2, caption_channels=32, input_size=8)
+    cfg.merge_from_dict({f"model.{k}": v for k, v in tiny.items()})
+    assert cfg.optimizer.type == "CAME"
+    result = simulate_config_step(cfg, Variant(), 2)
+    assert result["at_peak"]["optimizer"] > 0 and result["peak"] > result["at_peak"]["weights"]

@@ -137,7 +137,7 @@ def test_rows_report_simulated_or_say_why(monkeypatch):
     def cannot(*args, **kwargs):
         raise NotImplementedError("no fake kernel for this op")
 
-    monkeypatch.setattr(simulate, "build_train", cannot)
+    monkeypatch.setattr(simulate, "build_row_train", cannot)
     failed = simulate_rows(["teacher-bf16"], "tiny")
     assert "no fake kernel" in failed["rows"]["teacher-bf16"]["error"]
     assert "not simulated: simulation failed" in rows_markdown(failed, PAPER)

@@ -99,3 +99,17 @@ def test_trainer_run_fsdp_two_ranks_hold_half(root):
         assert held["frozen"] == pytest.approx(2 * held["trained"], rel=0.02)  # teacher and target sharded too
         assert held["optimizer"] == pytest.approx(params, rel=0.02)  # moments of this rank's shards only
     assert "| 1 / 2 (fsdp) |" in proc.stdout
+
+
+def test_reproduce_tables_rebuilds_table_1_and_2_without_a_gpu():
+    import argparse
+
+    from diffusion.experiments.tables import default_jobs
+
+    args = argparse.Namespace(student=None, num_images=8, sweep=False, controlnet_steps=2, controlnet_images=2)
+    jobs = {job.name: job for job in default_jobs(args)}
+    assert (jobs["memory_simulated"].tool, jobs["memory_simulated"].args) == (
+        "tools/benchmark_memory.py",
+        ["--simulate"],
+    )
+    assert (jobs["roofline"].tool, jobs["roofline"].args) == ("tools/benchmark_speed.py", ["--roofline"])
