@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from diffusion.bench import LCM_CONFIG, Size, diffusers_twin, random_pixart, timed
+from diffusion.methods import LCDDraws
 from diffusion.model.diffusers_format import diffusers_forward
 
 AMP = {"fp32": None, "bf16": torch.bfloat16}
@@ -86,7 +87,7 @@ class OursStep:
         self.optimizer = build_optimizer(self.params, cfg["optimizer"], cfg["optimizer"]["lr"])
         self.amp, self.grad_clip, self.device = AMP[cfg["train"]["mixed_precision"]], cfg["train"]["grad_clip"], device
 
-    def __call__(self, batch: dict, draws) -> tuple[float, float]:
+    def __call__(self, batch: dict, draws: LCDDraws) -> tuple[float, float]:
         """One optimizer step; returns (loss, gradient norm before clipping)."""
         self.model.train()
         with torch.autocast(torch.device(self.device).type, dtype=self.amp, enabled=self.amp is not None):
@@ -165,7 +166,7 @@ class ReferenceStep:
         s = self.solver
         return eps, s.extract(s.sqrt_recip_ac, t, xt.ndim) * xt - s.extract(s.sqrt_recipm1_ac, t, xt.ndim) * eps
 
-    def __call__(self, batch: dict, draws) -> tuple[float, float]:
+    def __call__(self, batch: dict, draws: LCDDraws) -> tuple[float, float]:
         s, x0, y = self.solver, batch["x0"], batch["y"]
         index, noise = draws.index, draws.noise
         start_t = s.ddim_timesteps.to(index.device)[index]
