@@ -5,8 +5,16 @@ Both models get the same random weights (ours converted with ``diffusion.model.d
 process: median forward and forward+backward time, in fp32 and under bf16 autocast. Prints a markdown row per
 precision and checks the outputs are still equal.
 
+``--lcd`` times one whole LCM distillation training step instead (PixArt-delta §3.1): ours as the trainer builds and
+runs it (the LCM config's model, ``LCMDistillation`` and AdamW) against the official ``train_pixart_lcm.py`` step
+written on diffusers' transformer with the same weights (student forward and backward, the teacher's conditional and
+unconditional passes as two calls, the EMA target's forward, AdamW, the EMA update; ``diffusion.bench.lcd``). It
+prints both sides' step-1 loss and gradient norm (same weights, inputs, timesteps and noise) next to the timings.
+
     python tools/benchmark_model.py                      # CPU: XL width, 2 blocks, 256 px, batch 2
     python tools/benchmark_model.py --device cuda --depth 28 --resolution 1024 --ms --precisions bf16 --compile
+    python tools/benchmark_model.py --lcd --warmup 1 --repeats 5          # CPU: the LCD step at the same size
+    python tools/benchmark_model.py --lcd --size tiny --resolution 64     # smoke size
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ import statistics
 
 import torch
 
-from diffusion.bench import diffusers_twin, timed
+from diffusion.bench import SIZES, diffusers_twin, get_size, timed
+from diffusion.bench.lcd import bench_lcd
 from diffusion.model import PixArt, PixArtMS
 from diffusion.model.diffusers_format import diffusers_forward
 
@@ -96,7 +105,40 @@ def bench(args, precision: str) -> dict:
     )
 
 
-def main(argv=None) -> None:
+def main_lcd(args) -> dict:
+    """Prints the LCD table; returns {precision: LCDResult}."""
+    size = get_size(args.size, depth=args.depth, resolution=args.resolution)
+    ckpt = "on" if args.checkpointing else "off"
+    m = {"depth": 28, "hidden_size": 1152, **size.model}
+    print(
+        f"# LCD step, {device_name(args)}; PixArt depth {m['depth']} width {m['hidden_size']}, {size.resolution} px, "
+        f"batch {args.batch}, {args.valid_tokens}/120 valid tokens, gradient checkpointing {ckpt}; medians of "
+        f"{args.repeats} interleaved rounds after {args.warmup}"
+    )
+    print(
+        "| precision | ours step (s) | reference step (s) | ratio (reference / ours) | step-1 loss ours | "
+        "step-1 loss reference | loss rel. diff | grad-norm rel. diff | warm-up rounds, both (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    results = {}
+    for precision in args.precisions:
+        r = results[precision] = bench_lcd(
+            size, precision, args.batch, args.valid_tokens, args.device, args.warmup, args.repeats, args.checkpointing
+        )
+        norm_diff = abs(r.grad_norm_ours - r.grad_norm_reference) / abs(r.grad_norm_reference)
+        print(
+            f"| {precision} | {r.ours:.3f} | {r.reference:.3f} | {r.ratio:.2f}x | {r.loss_ours:.6g} "
+            f"| {r.loss_reference:.6g} | {r.loss_rel_diff:.1e} | {norm_diff:.1e} | {r.first:.1f} |",
+            flush=True,
+        )
+    return results
+
+
+def device_name(args) -> str:
+    return torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+
+
+def main(argv=None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--depth", type=int, default=2)
@@ -104,17 +146,27 @@ def main(argv=None) -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--valid-tokens", type=int, default=20, help="valid caption tokens of the longest prompt")
     parser.add_argument("--ms", action="store_true", help="PixArtMS (micro-conditions) instead of PixArt")
-    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument("--precisions", nargs="+", choices=["fp32", "bf16", "fp16"], default=["fp32", "bf16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--lcd", action="store_true", help="time one LCM distillation step against the official one")
+    parser.add_argument("--size", choices=sorted(SIZES), default="cpu", help="--lcd: the architecture (width)")
+    parser.add_argument(
+        "--no-checkpointing", dest="checkpointing", action="store_false", help="--lcd: no gradient checkpointing"
+    )
     args = parser.parse_args(argv)
+    if args.lcd and (args.ms or args.compile):
+        parser.error("--lcd takes neither --ms nor --compile")
+    if args.lcd and "fp16" in args.precisions:
+        parser.error("--lcd times fp32 and bf16 (fp16 training would need a GradScaler on both sides)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    device_name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    if args.lcd:
+        return main_lcd(args)
     print(
-        f"# {device_name}; depth {args.depth}, {args.resolution}px, batch {args.batch}, "
+        f"# {device_name(args)}; depth {args.depth}, {args.resolution}px, batch {args.batch}, "
         f"{args.valid_tokens}/120 valid tokens, compile={args.compile}"
     )
     print(
