@@ -12,6 +12,7 @@ from diffusion.data import AutoencoderKLCodec, TextEncoder, make_tiny_text_encod
 from diffusion.export import default_pipeline, export_pipeline, lcm_timesteps
 from diffusion.model import PixArtMS, PixArtSigmaMS_XL_2
 from diffusion.pipeline import Pipeline, SamplerConfig
+from tests.latents import assert_same_latents, diffusers_latents
 from tests.model.helpers import KV_CONV, SIGMA_ARCH, randomize
 
 MAX_LENGTH = 40
@@ -45,24 +46,6 @@ def parts(tmp_path_factory):
     return dict(root=root, te_dir=te_dir, model=model, ours=ours)
 
 
-def _latents(pipe, seed: int, **kwargs) -> torch.Tensor:
-    return pipe(
-        height=SIZE,
-        width=SIZE,
-        use_resolution_binning=False,
-        clean_caption=False,
-        max_sequence_length=MAX_LENGTH,
-        output_type="latent",
-        generator=torch.Generator("cpu").manual_seed(seed),
-        **kwargs,
-    ).images
-
-
-def _assert_same_latents(theirs: torch.Tensor, ours: torch.Tensor) -> None:
-    scale = max(1.0, ours.abs().max().item())  # x0 of a random model reaches ~1e3 (see tests/tools/test_export.py)
-    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5 * scale)
-
-
 def test_lcm_export_loads_in_the_sigma_pipeline_and_matches(parts):
     out = export_pipeline(
         parts["model"],
@@ -77,10 +60,12 @@ def test_lcm_export_loads_in_the_sigma_pipeline_and_matches(parts):
     config = json.loads((out / "transformer" / "config.json").read_text())
     assert config["use_additional_conditions"] is False and config["interpolation_scale"] == 0.5
     pipe = PixArtSigmaPipeline.from_pretrained(str(out))
-    theirs = _latents(pipe, seed=3, prompt=PROMPTS, guidance_scale=0.0, timesteps=lcm_timesteps(4))
+    theirs = diffusers_latents(
+        pipe, SIZE, 3, max_sequence_length=MAX_LENGTH, prompt=PROMPTS, guidance_scale=0.0, timesteps=lcm_timesteps(4)
+    )
     ours = parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=4), seed=3)
     assert ours.shape == (2, 4, SIZE, SIZE)
-    _assert_same_latents(theirs, ours)
+    assert_same_latents(theirs, ours, tolerance=1e-5)
 
 
 def test_dpm_export_with_cfg_matches_given_our_null_caption(parts):
@@ -95,9 +80,11 @@ def test_dpm_export_with_cfg_matches_given_our_null_caption(parts):
     pipe = PixArtSigmaPipeline.from_pretrained(str(out))
     y, mask = parts["ours"].encode(PROMPTS)
     null = parts["model"].y_embedder.null_caption(len(PROMPTS))[:, 0]  # ours: y_embedding under the prompt's mask
-    theirs = _latents(
+    theirs = diffusers_latents(
         pipe,
-        seed=2,
+        SIZE,
+        2,
+        max_sequence_length=MAX_LENGTH,
         prompt_embeds=y[:, 0],
         prompt_attention_mask=mask,
         negative_prompt=None,
@@ -107,7 +94,7 @@ def test_dpm_export_with_cfg_matches_given_our_null_caption(parts):
         num_inference_steps=20,
     )
     ours = parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=20, cfg_scale=4.5), seed=2)
-    _assert_same_latents(theirs, ours)
+    assert_same_latents(theirs, ours, tolerance=1e-5)
 
 
 def test_sigma_is_the_default_pipeline_of_a_300_token_model_without_micro_conditions(parts):

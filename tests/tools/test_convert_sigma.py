@@ -19,6 +19,7 @@ from diffusion.export import lcm_timesteps
 from diffusion.pipeline import SamplerConfig
 from diffusion.registry import MODELS
 from tests.commands import load_command
+from tests.latents import assert_same_latents, diffusers_latents
 from tests.model.helpers import KV_CONV, randomize
 
 convert = load_command("tools/convert_diffusers.py").main
@@ -101,23 +102,6 @@ def test_a_kv_compressed_checkpoint_is_refused_with_the_reason(sigma, tmp_path):
     assert not (tmp_path / "hf").exists()
 
 
-def _latents(pipe, seed: int, **kwargs) -> torch.Tensor:
-    return pipe(
-        height=SIZE,
-        width=SIZE,
-        use_resolution_binning=False,
-        clean_caption=False,
-        output_type="latent",
-        generator=torch.Generator("cpu").manual_seed(seed),
-        **kwargs,
-    ).images
-
-
-def _assert_same(theirs: torch.Tensor, ours: torch.Tensor) -> None:
-    scale = max(1.0, ours.abs().max().item())  # x0 of a random model is large (tests/tools/test_export.py)
-    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5 * scale)
-
-
 @pytest.mark.parametrize("scheduler", ["lcm", "dpm"])
 def test_export_pipeline_samples_our_latents_in_the_sigma_pipeline(sigma, tmp_path, scheduler):
     out = tmp_path / scheduler
@@ -141,13 +125,16 @@ def test_export_pipeline_samples_our_latents_in_the_sigma_pipeline(sigma, tmp_pa
     ours = load_pipeline(sigma["cfg"], sigma["root"] / "sigma.pth")
     assert ours.text_encoder.max_length == 300
     if scheduler == "lcm":
-        theirs = _latents(theirs_pipe, 3, prompt=PROMPTS, guidance_scale=0.0, timesteps=lcm_timesteps(4))
+        theirs = diffusers_latents(
+            theirs_pipe, SIZE, 3, prompt=PROMPTS, guidance_scale=0.0, timesteps=lcm_timesteps(4)
+        )
         expected = ours.sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=4), seed=3)
     else:
         y, mask = ours.encode(PROMPTS)
         null = ours.model.y_embedder.null_caption(len(PROMPTS))[:, 0]  # ours: T5("") under the prompt's mask
-        theirs = _latents(
+        theirs = diffusers_latents(
             theirs_pipe,
+            SIZE,
             2,
             prompt_embeds=y[:, 0],
             prompt_attention_mask=mask,
@@ -158,4 +145,4 @@ def test_export_pipeline_samples_our_latents_in_the_sigma_pipeline(sigma, tmp_pa
             num_inference_steps=20,
         )
         expected = ours.sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=20, cfg_scale=4.5), seed=2)
-    _assert_same(theirs, expected)
+    assert_same_latents(theirs, expected, tolerance=1e-5)

@@ -13,6 +13,7 @@ from diffusion.export import export_pipeline, lcm_timesteps
 from diffusion.model.io import load_state
 from diffusion.pipeline import Pipeline, SamplerConfig
 from tests.commands import load_command
+from tests.latents import assert_same_latents, diffusers_latents
 from tests.model.helpers import tiny
 
 convert_main = load_command("tools/convert_diffusers.py").main
@@ -46,32 +47,15 @@ def parts(tmp_path_factory):
     return dict(root=root, te_dir=te_dir, model=model, ours=ours, lcm_dir=lcm_dir)
 
 
-def diffusers_latents(pipe, seed: int, output_type: str = "latent", **kwargs) -> torch.Tensor:
-    return pipe(
-        PROMPTS,
-        height=SIZE,
-        width=SIZE,
-        use_resolution_binning=False,
-        clean_caption=False,
-        max_sequence_length=MAX_LENGTH,
-        output_type=output_type,
-        generator=torch.Generator("cpu").manual_seed(seed),
-        **kwargs,
-    ).images
-
-
-def assert_same_latents(theirs: torch.Tensor, ours: torch.Tensor) -> None:
-    # A random model is far from eps(x_T) = noise, so x0 = (x - sqrt(1-a) eps) / sqrt(a) reaches |x0| ~ 1e3 at t=999
-    # (1 / sqrt(a_999) = 157): compare relative to that scale (diffusers keeps fp32 schedule tables, ours fp64).
-    scale = max(1.0, ours.abs().max().item())
-    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-6 * scale)
+def export_latents(pipe, seed: int, output_type: str = "latent", **kwargs) -> torch.Tensor:
+    return diffusers_latents(pipe, SIZE, seed, output_type, prompt=PROMPTS, max_sequence_length=MAX_LENGTH, **kwargs)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
 def test_lcm_export_matches_our_pipeline(parts, steps):
     pipe = PixArtAlphaPipeline.from_pretrained(str(parts["lcm_dir"]))
     timesteps = lcm_timesteps(steps, "pixart")  # official PixArt-LCM schedule: passed explicitly to diffusers
-    theirs = diffusers_latents(pipe, seed=3, guidance_scale=0.0, timesteps=timesteps)
+    theirs = export_latents(pipe, seed=3, guidance_scale=0.0, timesteps=timesteps)
     ours = parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=steps), seed=3)
     assert ours.shape == (2, 4, SIZE, SIZE)
     assert parts["ours"].nfe == steps
@@ -80,7 +64,7 @@ def test_lcm_export_matches_our_pipeline(parts, steps):
 
 def test_lcm_export_num_inference_steps_uses_diffusers_spacing(parts):
     pipe = PixArtAlphaPipeline.from_pretrained(str(parts["lcm_dir"]))
-    theirs = diffusers_latents(pipe, seed=5, guidance_scale=0.0, num_inference_steps=4)
+    theirs = export_latents(pipe, seed=5, guidance_scale=0.0, num_inference_steps=4)
     assert pipe.scheduler.timesteps.tolist() == [999, 759, 499, 259]
     sampler = SamplerConfig(name="lcm", steps=4, lcm_schedule="diffusers")
     assert_same_latents(theirs, parts["ours"].sample_latents(PROMPTS, sampler, seed=5))
@@ -88,7 +72,7 @@ def test_lcm_export_num_inference_steps_uses_diffusers_spacing(parts):
 
 def test_lcm_export_decoded_images_match(parts):
     pipe = PixArtAlphaPipeline.from_pretrained(str(parts["lcm_dir"]))
-    theirs = diffusers_latents(pipe, seed=1, output_type="pt", guidance_scale=0.0, timesteps=lcm_timesteps(2))
+    theirs = export_latents(pipe, seed=1, output_type="pt", guidance_scale=0.0, timesteps=lcm_timesteps(2))
     ours = parts["ours"](PROMPTS, seed=1, name="lcm", steps=2)
     assert ours.dtype == torch.uint8 and ours.shape == theirs.shape == (2, 3, SIZE, SIZE)
     assert (ours.float() / 255 - theirs).abs().max() <= 1 / 255 + 1e-4
@@ -99,7 +83,7 @@ def test_teacher_export_with_dpm_matches_unguided_pipeline(parts):
     pipe = PixArtAlphaPipeline.from_pretrained(str(out))
     assert type(pipe.scheduler).__name__ == "DPMSolverMultistepScheduler"
     # guidance 1 = no CFG in both (diffusers' null is T5(""), ours the learned y_embedding: only w=1 is comparable)
-    theirs = diffusers_latents(pipe, seed=2, guidance_scale=1.0, num_inference_steps=5)
+    theirs = export_latents(pipe, seed=2, guidance_scale=1.0, num_inference_steps=5)
     ours = parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="dpm", steps=5, cfg_scale=1.0), seed=2)
     assert_same_latents(theirs, ours)
 
@@ -144,7 +128,7 @@ def test_cli_export_pipeline(parts, tmp_path):
         + ["--config", str(tmp_path / "cfg.py")]
     )  # text encoder and VAE taken from the config
     pipe = PixArtAlphaPipeline.from_pretrained(str(tmp_path / "out"))
-    theirs = diffusers_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(4))
+    theirs = export_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(4))
     assert_same_latents(theirs, parts["ours"].sample_latents(PROMPTS, SamplerConfig(name="lcm", steps=4), seed=4))
 
 
@@ -166,7 +150,7 @@ def test_cli_export_w_embedding_student_folds_its_guidance(parts, tmp_path):
         + ["--config", str(tmp_path / "cfg.py"), "--cfg-scale", "5.5"]
     )
     pipe = PixArtAlphaPipeline.from_pretrained(str(tmp_path / "out"))
-    theirs = diffusers_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(2))
+    theirs = export_latents(pipe, seed=4, guidance_scale=0.0, timesteps=lcm_timesteps(2))
     ours = (
         parts["ours"]
         .with_model(student)
