@@ -103,42 +103,44 @@ def _shard_copy(drill: Drill, name: str) -> Path:
     return folder
 
 
-def shard_corrupt_member(drill: Drill) -> None:
-    """One sample's image bytes overwritten in shard 00002: skipped, named in train.log, every step trained."""
+def _damaged_shards_run(drill: Drill, name: str, damage, label: str) -> None:
+    """Train the shard reference on a copy of its shards that ``damage(folder)`` spoiled; ``damage`` returns the line
+    train.log must hold and what the record says was named. Passes when the run trains every step and names it."""
     config, _ = shard_reference(drill)
-    folder = _shard_copy(drill, "shards_corrupt")
-    key = _corrupt_member(drill.out / "shards" / "00002.tar", folder / "00002.tar")
-    work = drill.out / "shard_corrupt_member"
+    folder = _shard_copy(drill, f"shards_{name}")
+    expected, what = damage(folder)
+    work = drill.out / f"shard_{name}"
     result = drill.train(work, options={"data.urls": str(folder / "{00000..00005}.tar")}, config=config)
     log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
-    named = f"skipped {folder / '00002.tar'} {key}" in log
+    named = expected in log
     ok = result.returncode == 0 and named and len(probes.losses(work)) == STEPS
     drill.record(
-        "shards: corrupt member",
+        label,
         ok,
         False,
-        f"rc {result.returncode}, {len(probes.losses(work))} steps, 00002.tar {key} named in train.log: {named}"
+        f"rc {result.returncode}, {len(probes.losses(work))} steps, {what}: {named}"
         + ("" if ok else f" ({probes.tail(result)})"),
     )
+
+
+def shard_corrupt_member(drill: Drill) -> None:
+    """One sample's image bytes overwritten in shard 00002: skipped, named in train.log, every step trained."""
+
+    def damage(folder: Path) -> tuple[str, str]:
+        key = _corrupt_member(drill.out / "shards" / "00002.tar", folder / "00002.tar")
+        return f"skipped {folder / '00002.tar'} {key}", f"00002.tar {key} named in train.log"
+
+    _damaged_shards_run(drill, "corrupt_member", damage, "shards: corrupt member")
 
 
 def shard_missing(drill: Drill) -> None:
     """Shard 00004 deleted: reported by name in train.log, the run trains every step on the other five."""
-    config, _ = shard_reference(drill)
-    folder = _shard_copy(drill, "shards_missing")
-    (folder / "00004.tar").unlink()
-    work = drill.out / "shard_missing"
-    result = drill.train(work, options={"data.urls": str(folder / "{00000..00005}.tar")}, config=config)
-    log = (work / "train.log").read_text() if (work / "train.log").is_file() else ""
-    named = f"skipped {folder / '00004.tar'}: missing shard" in log
-    ok = result.returncode == 0 and named and len(probes.losses(work)) == STEPS
-    drill.record(
-        "shards: missing shard",
-        ok,
-        False,
-        f"rc {result.returncode}, {len(probes.losses(work))} steps, 00004.tar named missing in train.log: {named}"
-        + ("" if ok else f" ({probes.tail(result)})"),
-    )
+
+    def damage(folder: Path) -> tuple[str, str]:
+        (folder / "00004.tar").unlink()
+        return f"skipped {folder / '00004.tar'}: missing shard", "00004.tar named missing in train.log"
+
+    _damaged_shards_run(drill, "missing", damage, "shards: missing shard")
 
 
 SHARD_SCENARIOS = {
